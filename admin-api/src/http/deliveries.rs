@@ -1,0 +1,524 @@
+//! Notifications and their delivery records: `GET /api/notifications`, `GET /api/deliveries`,
+//! and the operator's retries `POST /api/deliveries/{id}/retry` and `POST /api/deliveries/retry`.
+//! A retry only enqueues a job through `dashlight_core::notify::enqueue_delivery_retry`; the
+//! worker's delivery module does the rest. Also the row types and loaders the booking timeline
+//! shares.
+
+use std::collections::HashMap;
+
+use axum::{Json, extract::State, http::StatusCode};
+use chrono::{DateTime, Utc};
+use dashlight_core::{kinds::Kind, notify};
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, PgConnection};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    extract::{ApiPath, ApiQuery, OptionalJson, rfc3339},
+    pagination,
+};
+
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_notifications))
+        .routes(routes!(list_deliveries))
+        .routes(routes!(retry_delivery))
+        .routes(routes!(retry_deliveries))
+}
+
+/// Every delivery status (PRODUCT.md, "Delivery statuses").
+pub const DELIVERY_STATUSES: [&str; 8] = ["pending", "sending", "sent", "retrying", "failed", "dead", "skipped", "cancelled"];
+/// The statuses an operator may retry.
+pub const RETRYABLE: [&str; 2] = ["failed", "dead"];
+
+/// One attempt at a delivery.
+#[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
+pub struct AttemptOut {
+    /// `delivery_attempts.id`.
+    pub id: i64,
+    /// Delivery.
+    pub delivery_id: i64,
+    /// 1, 2, …
+    pub attempt: i32,
+    /// The apalis job that made it.
+    pub job_id: Option<String>,
+    /// The worker that made it.
+    pub worker: Option<String>,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `sent`, `transient`, `permanent` or `interrupted`.
+    pub outcome: Option<String>,
+    /// The provider's error.
+    pub error: Option<String>,
+    /// The provider's id of the message.
+    pub provider_message_id: Option<String>,
+    /// Retry-After the provider asked for.
+    pub retry_after_ms: Option<i64>,
+}
+
+/// A delivery record: one channel path of a notification.
+#[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
+pub struct DeliveryOut {
+    /// `notification_deliveries.id`.
+    pub id: i64,
+    /// Its notification.
+    pub notification_id: i64,
+    /// The notification's kind.
+    pub kind: String,
+    /// The recipient user (none for school-facing kinds).
+    pub user_id: Option<i64>,
+    /// `email`, `sms` or `push`.
+    pub channel: String,
+    /// Address, number or push endpoint.
+    pub target: String,
+    /// `user_devices.id` for push.
+    pub device_id: Option<i64>,
+    /// pending, sending, sent, retrying, failed, dead, skipped, cancelled.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// Attempts before `dead`.
+    pub max_attempts: i32,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Why it was skipped.
+    pub skip_reason: Option<String>,
+    /// The provider's id of the message.
+    pub provider_message_id: Option<String>,
+    /// Next retry.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Sent.
+    pub sent_at: Option<DateTime<Utc>>,
+    /// Delivered (where the provider says so).
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A delivery with its attempts, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryWithAttempts {
+    /// The delivery.
+    #[serde(flatten)]
+    pub delivery: DeliveryOut,
+    /// Its attempts.
+    pub attempts_log: Vec<AttemptOut>,
+}
+
+/// A notification with its deliveries.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotificationOut {
+    /// `notifications.id`.
+    pub id: i64,
+    /// Recipient user.
+    pub user_id: Option<i64>,
+    /// Recipient address when not a user.
+    pub recipient_email: Option<String>,
+    /// Kind, e.g. `booking_confirmed`.
+    pub kind: String,
+    /// Short title.
+    pub title: String,
+    /// One-line summary.
+    pub content: String,
+    /// Channels in order.
+    pub channels: Vec<String>,
+    /// `all` or `first`.
+    pub policy: String,
+    /// pending, processing, done, skipped, cancelled.
+    pub status: String,
+    /// Why it is in that status.
+    pub status_reason: Option<String>,
+    /// Related booking.
+    pub booking_id: Option<i64>,
+    /// When it should reach the recipient.
+    pub due_at: DateTime<Utc>,
+    /// Not sent after this.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Its deliveries, oldest first, each with its attempts.
+    pub deliveries: Vec<DeliveryWithAttempts>,
+}
+
+#[derive(FromRow)]
+struct NotificationRow {
+    id: i64,
+    user_id: Option<i64>,
+    recipient_email: Option<String>,
+    kind: String,
+    title: String,
+    content: String,
+    channels: Vec<String>,
+    policy: String,
+    status: String,
+    status_reason: Option<String>,
+    booking_id: Option<i64>,
+    due_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+const NOTIFICATION_COLUMNS: &str = "id, user_id, recipient_email, type AS kind, title, content, channels, policy, status, status_reason, booking_id, due_at, expires_at, created_at";
+
+const DELIVERY_COLUMNS: &str = "d.id, d.notification_id, n.type AS kind, n.user_id, d.channel, d.target, d.device_id, d.status, d.attempts, \
+     d.max_attempts, d.last_error, d.skip_reason, d.provider_message_id, d.next_attempt_at, d.sent_at, d.delivered_at, d.created_at, d.updated_at";
+
+/// Attaches deliveries (oldest first) and their attempts to notification rows.
+async fn with_deliveries(conn: &mut PgConnection, rows: Vec<NotificationRow>) -> Result<Vec<NotificationOut>, ApiError> {
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let deliveries: Vec<DeliveryOut> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+         WHERE d.notification_id = ANY($1) ORDER BY d.created_at, d.id"
+    )))
+    .bind(&ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let delivery_ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
+    let attempts: Vec<AttemptOut> = sqlx::query_as(
+        "SELECT id, delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms
+         FROM delivery_attempts WHERE delivery_id = ANY($1) ORDER BY attempt, id",
+    )
+    .bind(&delivery_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut attempts_by: HashMap<i64, Vec<AttemptOut>> = HashMap::new();
+    for a in attempts {
+        attempts_by.entry(a.delivery_id).or_default().push(a);
+    }
+    let mut by_notification: HashMap<i64, Vec<DeliveryWithAttempts>> = HashMap::new();
+    for d in deliveries {
+        let attempts_log = attempts_by.remove(&d.id).unwrap_or_default();
+        by_notification
+            .entry(d.notification_id)
+            .or_default()
+            .push(DeliveryWithAttempts { delivery: d, attempts_log });
+    }
+    Ok(rows
+        .into_iter()
+        .map(|r| NotificationOut {
+            deliveries: by_notification.remove(&r.id).unwrap_or_default(),
+            id: r.id,
+            user_id: r.user_id,
+            recipient_email: r.recipient_email,
+            kind: r.kind,
+            title: r.title,
+            content: r.content,
+            channels: r.channels,
+            policy: r.policy,
+            status: r.status,
+            status_reason: r.status_reason,
+            booking_id: r.booking_id,
+            due_at: r.due_at,
+            expires_at: r.expires_at,
+            created_at: r.created_at,
+        })
+        .collect())
+}
+
+/// A booking's notifications, oldest first, each with its deliveries and their attempts.
+pub(crate) async fn for_booking(conn: &mut PgConnection, booking_id: i64) -> Result<Vec<NotificationOut>, ApiError> {
+    let rows: Vec<NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE booking_id = $1 ORDER BY created_at, id"
+    )))
+    .bind(booking_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    with_deliveries(conn, rows).await
+}
+
+fn check_kind(kind: Option<&str>) -> Result<(), ApiError> {
+    match kind {
+        Some(k) if Kind::parse(k).is_none() => {
+            let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            Err(ApiError::invalid("kind", format!("expected one of {}", all.join(", "))))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_channel(channel: Option<&str>) -> Result<(), ApiError> {
+    match channel {
+        Some(c) if !matches!(c, "email" | "sms" | "push") => Err(ApiError::invalid("channel", "expected email, sms or push")),
+        _ => Ok(()),
+    }
+}
+
+/// `GET /api/notifications` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NotificationQuery {
+    /// Only this recipient (`users.id`).
+    pub user_id: Option<i64>,
+    /// Only this kind, e.g. `lesson_reminder`.
+    pub kind: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of notifications, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NotificationPage {
+    /// The notifications.
+    pub items: Vec<NotificationOut>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Notifications with their deliveries, newest first.
+#[utoipa::path(get, path = "/api/notifications", tag = "deliveries", params(NotificationQuery),
+    responses(
+        (status = 200, description = "A page", body = NotificationPage),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 422, description = "Invalid parameter", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_notifications(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<NotificationQuery>,
+) -> Result<Json<NotificationPage>, ApiError> {
+    let limit = pagination::limit(q.limit)?;
+    let cursor = pagination::id_cursor(q.cursor.as_deref())?;
+    check_kind(q.kind.as_deref())?;
+    let mut conn = state.pool.acquire().await?;
+    let rows: Vec<NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {NOTIFICATION_COLUMNS} FROM notifications
+         WHERE ($1::bigint IS NULL OR user_id = $1) AND ($2::text IS NULL OR type = $2) AND ($3::bigint IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
+    )))
+    .bind(q.user_id)
+    .bind(&q.kind)
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&mut *conn)
+    .await?;
+    let (rows, next_cursor) = pagination::finish(rows, limit, |r| r.id.to_string());
+    let items = with_deliveries(&mut conn, rows).await?;
+    Ok(Json(NotificationPage { items, next_cursor }))
+}
+
+/// `GET /api/deliveries` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeliveryQuery {
+    /// Only this status (pending, sending, sent, retrying, failed, dead, skipped, cancelled).
+    pub status: Option<String>,
+    /// Only this channel (email, sms, push).
+    pub channel: Option<String>,
+    /// Only deliveries to this user (`users.id`).
+    pub user_id: Option<i64>,
+    /// Only deliveries of this notification kind.
+    pub kind: Option<String>,
+    /// Only deliveries changed at or after this time (RFC 3339 with offset; encode `+` as %2B).
+    #[serde(default, deserialize_with = "rfc3339::optional")]
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub since: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of deliveries, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeliveryPage {
+    /// The deliveries.
+    pub items: Vec<DeliveryOut>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+/// Delivery records, newest first.
+#[utoipa::path(get, path = "/api/deliveries", tag = "deliveries", params(DeliveryQuery),
+    responses(
+        (status = 200, description = "A page", body = DeliveryPage),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 422, description = "Invalid parameter", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn list_deliveries(State(state): State<AppState>, ApiQuery(q): ApiQuery<DeliveryQuery>) -> Result<Json<DeliveryPage>, ApiError> {
+    let limit = pagination::limit(q.limit)?;
+    let cursor = pagination::id_cursor(q.cursor.as_deref())?;
+    if let Some(s) = q.status.as_deref()
+        && !DELIVERY_STATUSES.contains(&s)
+    {
+        return Err(ApiError::invalid(
+            "status",
+            format!("expected one of {}", DELIVERY_STATUSES.join(", ")),
+        ));
+    }
+    check_channel(q.channel.as_deref())?;
+    check_kind(q.kind.as_deref())?;
+    let statuses: Option<Vec<String>> = q.status.map(|s| vec![s]);
+    let rows = matching_deliveries(
+        &state.pool,
+        statuses.as_deref(),
+        q.channel.as_deref(),
+        q.user_id,
+        q.kind.as_deref(),
+        q.since,
+        cursor,
+        Some(limit + 1),
+    )
+    .await?;
+    let (items, next_cursor) = pagination::finish(rows, limit, |d| d.id.to_string());
+    Ok(Json(DeliveryPage { items, next_cursor }))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn matching_deliveries<'c, E: sqlx::PgExecutor<'c>>(
+    exec: E,
+    statuses: Option<&[String]>,
+    channel: Option<&str>,
+    user_id: Option<i64>,
+    kind: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    before_id: Option<i64>,
+    limit: Option<i64>,
+) -> Result<Vec<DeliveryOut>, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {DELIVERY_COLUMNS} FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+         WHERE ($1::text[] IS NULL OR d.status = ANY($1)) AND ($2::text IS NULL OR d.channel = $2)
+           AND ($3::bigint IS NULL OR n.user_id = $3) AND ($4::text IS NULL OR n.type = $4)
+           AND ($5::timestamptz IS NULL OR d.updated_at >= $5) AND ($6::bigint IS NULL OR d.id < $6)
+         ORDER BY d.id DESC LIMIT $7"
+    )))
+    .bind(statuses)
+    .bind(channel)
+    .bind(user_id)
+    .bind(kind)
+    .bind(since)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(exec)
+    .await?)
+}
+
+/// A retry was enqueued.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RetryQueued {
+    /// The delivery.
+    pub delivery_id: i64,
+    /// Always `queued`: a worker sends it shortly.
+    pub status: String,
+}
+
+/// Sends a failed or dead delivery again (enqueues a job for the worker).
+#[utoipa::path(post, path = "/api/deliveries/{id}/retry", tag = "deliveries",
+    params(("id" = i64, Path, description = "notification_deliveries.id")),
+    responses(
+        (status = 202, description = "Retry enqueued", body = RetryQueued),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such delivery", body = ErrorBody),
+        (status = 409, description = "The delivery is not failed or dead", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn retry_delivery(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<(StatusCode, Json<RetryQueued>), ApiError> {
+    let mut tx = state.pool.begin().await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM notification_deliveries WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(status) = status else {
+        return Err(ApiError::NotFound("delivery not found".into()));
+    };
+    if !RETRYABLE.contains(&status.as_str()) {
+        return Err(ApiError::Conflict(format!(
+            "the delivery is {status}; only failed or dead deliveries can be retried"
+        )));
+    }
+    if !notify::enqueue_delivery_retry(&mut tx, id).await? {
+        return Err(ApiError::NotFound("delivery not found".into()));
+    }
+    tx.commit().await?;
+    tracing::info!(delivery_id = id, "delivery retry enqueued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RetryQueued {
+            delivery_id: id,
+            status: "queued".into(),
+        }),
+    ))
+}
+
+/// `POST /api/deliveries/retry`: which deliveries to retry (every field optional).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRetry {
+    /// `failed` or `dead`; both when left out.
+    pub status: Option<String>,
+    /// Only this channel (email, sms, push).
+    pub channel: Option<String>,
+    /// Only deliveries changed at or after this time (RFC 3339 with offset).
+    #[serde(default, deserialize_with = "rfc3339::optional")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only deliveries of this notification kind.
+    pub kind: Option<String>,
+}
+
+/// How many retries were enqueued.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BulkRetried {
+    /// Deliveries put back on their way.
+    pub retried: u64,
+}
+
+/// Sends every matching failed or dead delivery again, in one transaction.
+#[utoipa::path(post, path = "/api/deliveries/retry", tag = "deliveries", request_body(content = BulkRetry, description = "Filters; an empty body retries every failed and dead delivery"),
+    responses(
+        (status = 202, description = "Retries enqueued", body = BulkRetried),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid filter (status must be failed or dead)", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn retry_deliveries(
+    State(state): State<AppState>,
+    OptionalJson(body): OptionalJson<BulkRetry>,
+) -> Result<(StatusCode, Json<BulkRetried>), ApiError> {
+    let statuses: Vec<String> = match body.status.as_deref() {
+        None => RETRYABLE.iter().map(|s| s.to_string()).collect(),
+        Some(s) if RETRYABLE.contains(&s) => vec![s.to_owned()],
+        Some(_) => return Err(ApiError::invalid("status", "only failed or dead deliveries can be retried")),
+    };
+    check_channel(body.channel.as_deref())?;
+    check_kind(body.kind.as_deref())?;
+    let mut tx = state.pool.begin().await?;
+    let matching = matching_deliveries(
+        &mut *tx,
+        Some(&statuses),
+        body.channel.as_deref(),
+        None,
+        body.kind.as_deref(),
+        body.since,
+        None,
+        None,
+    )
+    .await?;
+    let mut retried = 0u64;
+    for d in &matching {
+        if notify::enqueue_delivery_retry(&mut tx, d.id).await? {
+            retried += 1;
+        }
+    }
+    tx.commit().await?;
+    tracing::info!(retried, "bulk delivery retry enqueued");
+    Ok((StatusCode::ACCEPTED, Json(BulkRetried { retried })))
+}

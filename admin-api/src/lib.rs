@@ -1,0 +1,192 @@
+//! `dashlight-admin-api`: the operators' JSON API over HTTP (PRODUCT.md, "Admin API").
+//!
+//! It writes business rows through `dashlight_core` (people, bookings, series), each request in
+//! one transaction together with the notifications and jobs it implies, reads the queues and the
+//! delivery records, and re-enqueues failed work. It never talks to a provider and never writes
+//! deliveries itself.
+//!
+//! - [`error`]: the one API error enum and its status table; the JSON error body.
+//! - [`extract`]: body, path and query extractors whose rejections are API errors; time formats.
+//! - [`auth`]: the bearer-token check (constant time) on every `/api` route.
+//! - [`pagination`]: `limit`/`cursor` and the `{items, next_cursor}` page.
+//! - [`http`]: the handlers, one module per area, each with its routes.
+//! - [`telemetry`]: request tracing, Prometheus metrics.
+//! - [`docs`]: the OpenAPI document.
+//!
+//! [`serve`] runs the API on a listener until a shutdown future resolves; [`run`] binds
+//! `ADMIN_API_ADDR` first. [`ROUTES`] lists every route, the one list tests compare the router
+//! and the OpenAPI document against.
+
+pub mod auth;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod http;
+pub mod pagination;
+pub mod telemetry;
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context as _;
+use axum::Router;
+use dashlight_core::{Clock, Config, bookings::BookingSettings};
+use sqlx::PgPool;
+use tower_http::limit::RequestBodyLimitLayer;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use error::{ApiError, ErrorBody};
+
+/// Largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Every route of the router as `(method, path)`, paths in OpenAPI/axum form. The router is
+/// built from the same handlers, and tests check that this list, the router and the OpenAPI
+/// document agree.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/api/users"),
+    ("PUT", "/api/users/{id}/preferences"),
+    ("POST", "/api/users/{id}/devices"),
+    ("PUT", "/api/instructors/{id}/availability"),
+    ("POST", "/api/bookings"),
+    ("POST", "/api/bookings/{id}/cancel"),
+    ("POST", "/api/bookings/{id}/reschedule"),
+    ("GET", "/api/bookings/{id}/timeline"),
+    ("POST", "/api/booking-series"),
+    ("GET", "/api/queues"),
+    ("GET", "/api/jobs"),
+    ("GET", "/api/jobs/{id}"),
+    ("POST", "/api/jobs/{id}/retry"),
+    ("GET", "/api/notifications"),
+    ("GET", "/api/deliveries"),
+    ("POST", "/api/deliveries/{id}/retry"),
+    ("POST", "/api/deliveries/retry"),
+    ("GET", "/api/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub pool: PgPool,
+    /// "Now" for every write.
+    pub clock: Clock,
+    /// The configuration; the bearer token is `config.admin_api_token`. Its `Debug` shows the
+    /// token, so it is never logged.
+    pub config: Arc<Config>,
+    /// What booking operations need (school time zone, reminder offsets).
+    pub booking: BookingSettings,
+}
+
+impl AppState {
+    /// State from the configuration, a pool and a clock.
+    pub fn new(config: Config, pool: PgPool, clock: Clock) -> AppState {
+        let booking = BookingSettings {
+            school_tz: config.school_timezone,
+            reminder_offsets: config.reminder_offsets.clone(),
+        };
+        AppState {
+            pool,
+            clock,
+            config: Arc::new(config),
+            booking,
+        }
+    }
+}
+
+/// The `/api` routes (bearer token required) with their documentation.
+pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(http::people::routes())
+        .merge(http::bookings::routes())
+        .merge(http::queues::routes())
+        .merge(http::deliveries::routes())
+        .merge(docs::routes())
+}
+
+/// The open routes: liveness, readiness, metrics.
+pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
+    http::health::routes()
+}
+
+/// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors
+/// everywhere, the 1 MiB body limit, request tracing and metrics.
+pub fn router(state: AppState) -> Router {
+    telemetry::install_recorder();
+    let api = api_routes().route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+    let (router, _) = OpenApiRouter::new().merge(api).merge(open_routes()).split_for_parts();
+    router
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn(telemetry::http_metrics))
+        .layer(telemetry::trace_layer())
+        .with_state(state)
+}
+
+fn require_token(config: &Config) -> anyhow::Result<()> {
+    match config.admin_api_token.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => Ok(()),
+        _ => anyhow::bail!("ADMIN_API_TOKEN: required: set it to the bearer token operators will use"),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then finishes in-flight requests.
+/// Fails when `ADMIN_API_TOKEN` is not configured.
+pub async fn serve(
+    config: &Config,
+    pool: PgPool,
+    clock: Clock,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    require_token(config)?;
+    let addr = listener.local_addr().context("reading the listener's address")?;
+    let app = router(AppState::new(config.clone(), pool, clock));
+    tracing::info!(%addr, "admin API listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("the admin API server failed")?;
+    tracing::info!("admin API stopped");
+    Ok(())
+}
+
+/// Binds `config.admin_api_addr` and [`serve`]s until `shutdown` resolves.
+pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    require_token(config)?;
+    let listener = tokio::net::TcpListener::bind(&config.admin_api_addr)
+        .await
+        .with_context(|| format!("ADMIN_API_ADDR: cannot listen on {}", config.admin_api_addr))?;
+    serve(config, pool, clock, listener, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn routes_list_matches_the_openapi_document() {
+        let doc = docs::openapi();
+        let mut documented = BTreeSet::new();
+        for (path, item) in &doc.paths.paths {
+            for (method, op) in [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+            ] {
+                if op.is_some() {
+                    documented.insert((method.to_owned(), path.clone()));
+                }
+            }
+        }
+        let listed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        assert_eq!(listed, documented);
+    }
+}

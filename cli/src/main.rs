@@ -1,0 +1,186 @@
+//! `dashlight`: the operator's command. `migrate`, `seed-demo`, and `up` (everything in one
+//! process for local use). Thin: the work lives in the libraries.
+
+mod localpg;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use dashlight_core::{Clock, Config, bookings::BookingSettings, cli, db};
+
+/// Dashlight: background jobs and notifications for driving schools.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the database if needed and apply every migration (ours and apalis's). Safe to repeat.
+    Migrate,
+    /// Load the demo school (instructors, students, devices, bookings, payments). Safe to repeat.
+    SeedDemo,
+    /// Run everything locally: find or start Postgres, migrate, load demo data, then run the
+    /// scheduler, the workers and the admin API in this process until Ctrl-C.
+    Up {
+        /// Skip the demo data.
+        #[arg(long)]
+        no_demo: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return cli::fail("dashlight", format!("cannot start the runtime: {e}"), 1),
+    };
+    rt.block_on(async move {
+        match args.command {
+            Command::Migrate => {
+                let config = match Config::from_env() {
+                    Ok(c) => c,
+                    Err(e) => return cli::fail("dashlight", format!("configuration error: {e}"), 2),
+                };
+                match migrate(&config).await {
+                    Ok(_) => {
+                        println!("migrated {}", db::redact_url(&config.database_url));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => cli::fail("dashlight migrate", format!("{e:#}"), 1),
+                }
+            }
+            Command::SeedDemo => {
+                let config = match Config::from_env() {
+                    Ok(c) => c,
+                    Err(e) => return cli::fail("dashlight", format!("configuration error: {e}"), 2),
+                };
+                match seed(&config).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => cli::fail("dashlight seed-demo", format!("{e:#}"), 1),
+                }
+            }
+            Command::Up { no_demo } => match up(no_demo).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => cli::fail("dashlight up", format!("{e:#}"), 1),
+            },
+        }
+    })
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
+    db::ensure_database(&config.database_url).await?;
+    let pool = db::connect(&config.database_url, cli::pool_size(config)).await?;
+    db::migrate(&pool).await?;
+    Ok(pool)
+}
+
+fn booking_settings(config: &Config) -> BookingSettings {
+    BookingSettings {
+        school_tz: config.school_timezone,
+        reminder_offsets: config.reminder_offsets.clone(),
+    }
+}
+
+async fn seed(config: &Config) -> anyhow::Result<()> {
+    let pool = migrate(config).await?;
+    let s = dashlight_core::demo::seed(&pool, &booking_settings(config), chrono::Utc::now()).await?;
+    if s.already_present {
+        println!("demo data already present");
+    } else {
+        println!(
+            "demo school loaded: {} instructors, {} students, {} bookings, {} payments",
+            s.instructors, s.students, s.bookings, s.payments
+        );
+    }
+    Ok(())
+}
+
+async fn up(no_demo: bool) -> anyhow::Result<()> {
+    // Find Postgres before reading the rest of the configuration.
+    if std::env::var("DATABASE_URL").map(|v| v.trim().is_empty()).unwrap_or(true) {
+        // Passed on explicitly rather than by mutating the environment of a running runtime.
+        let url = localpg::find_or_start().await?;
+        return up_with(Some(url), no_demo).await;
+    }
+    up_with(None, no_demo).await
+}
+
+async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<()> {
+    let mut config = Config::from_env().map_err(|e| anyhow::anyhow!("configuration error: {e}"))?;
+    if let Some(url) = database_url {
+        config.database_url = url;
+    }
+    let generated_token = config.admin_api_token.is_none();
+    if generated_token {
+        config.admin_api_token = Some(format!("local-{:016x}", rand_token()));
+    }
+    let pool = migrate(&config).await?;
+    println!("database: {} (migrated)", db::redact_url(&config.database_url));
+    if !no_demo {
+        let s = dashlight_core::demo::seed(&pool, &booking_settings(&config), chrono::Utc::now()).await?;
+        if s.already_present {
+            println!("demo data: already present");
+        } else {
+            println!(
+                "demo data: {} instructors, {} students, {} bookings, {} payments",
+                s.instructors, s.students, s.bookings, s.payments
+            );
+        }
+    }
+    let token = config.admin_api_token.clone().unwrap_or_default();
+    println!(
+        "admin API: http://{}  (Authorization: Bearer {token}{})",
+        config.admin_api_addr,
+        if generated_token { ", generated for this run" } else { "" }
+    );
+    println!("dashboard: http://{}/", config.admin_api_addr);
+    println!(
+        "outbox:    {}",
+        std::fs::canonicalize(&config.outbox_dir)
+            .unwrap_or(config.outbox_dir.clone())
+            .display()
+    );
+    println!("Ctrl-C stops everything.");
+
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let clock = Clock::system();
+    let worker = tokio::spawn({
+        let (c, p, k, s) = (config.clone(), pool.clone(), clock.clone(), stop(rx.clone()));
+        async move { dashlight_worker::run(&c, p, k, s).await }
+    });
+    let scheduler = tokio::spawn({
+        let (c, p, k, s) = (config.clone(), pool.clone(), clock.clone(), stop(rx.clone()));
+        async move { dashlight_scheduler::run(&c, p, k, s).await }
+    });
+    let api = tokio::spawn({
+        let (c, p, k, s) = (config.clone(), pool.clone(), clock.clone(), stop(rx.clone()));
+        async move { dashlight_admin_api::run(&c, p, k, s).await }
+    });
+    cli::shutdown_signal().await;
+    let _ = tx.send(true);
+    let (w, s, a) = tokio::join!(worker, scheduler, api);
+    for (name, r) in [("worker", w), ("scheduler", s), ("admin API", a)] {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.context(format!("{name} failed"))),
+            Err(e) => anyhow::bail!("{name} panicked: {e}"),
+        }
+    }
+    println!("stopped cleanly");
+    Ok(())
+}
+
+fn rand_token() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    (t as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15
+}

@@ -1,0 +1,483 @@
+//! Bookings: create, cancel and reschedule, each in the caller's transaction together with
+//! everything it implies — the calendar event, the student's and instructor's notifications and
+//! the lesson reminders. The database's exclusion constraint is the final judge of double
+//! bookings; its violation comes back as [`DomainError::Conflict`]. Owns writes to `bookings`
+//! and `calendar_events`/`event_participants`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Datelike, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{AssertSqlSafe, FromRow, PgConnection};
+
+use crate::{
+    analytics,
+    config::format_offset,
+    error::DomainError,
+    kinds::Kind,
+    notify::{self, NewNotification},
+};
+
+/// A booking row.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Booking {
+    /// Id.
+    pub id: i64,
+    /// Student.
+    pub student_id: i64,
+    /// Instructor.
+    pub instructor_id: i64,
+    /// Series it came from.
+    pub series_id: Option<i64>,
+    /// Start.
+    pub start_time: DateTime<Utc>,
+    /// End.
+    pub end_time: DateTime<Utc>,
+    /// pending, confirmed, cancelled, completed, no_show.
+    pub status: String,
+    /// Pickup.
+    pub pickup_location: Option<String>,
+    /// Drop-off.
+    pub dropoff_location: Option<String>,
+    /// Raised on reschedule.
+    pub version: i32,
+    /// Why it was cancelled.
+    pub cancel_reason: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+const BOOKING_COLUMNS: &str = "id, student_id, instructor_id, series_id, start_time, end_time, status, pickup_location, dropoff_location, version, cancel_reason, created_at";
+
+/// What a new booking needs.
+#[derive(Debug, Clone)]
+pub struct NewBooking {
+    /// Student.
+    pub student_id: i64,
+    /// Instructor.
+    pub instructor_id: i64,
+    /// Start.
+    pub start_time: DateTime<Utc>,
+    /// End.
+    pub end_time: DateTime<Utc>,
+    /// Pickup.
+    pub pickup_location: Option<String>,
+    /// Drop-off.
+    pub dropoff_location: Option<String>,
+    /// The series and local date it was expanded for.
+    pub series: Option<(i64, chrono::NaiveDate)>,
+}
+
+/// Settings the booking operations need.
+#[derive(Debug, Clone)]
+pub struct BookingSettings {
+    /// The school's time zone (for `booking_date`).
+    pub school_tz: Tz,
+    /// Reminder offsets.
+    pub reminder_offsets: Vec<Duration>,
+}
+
+/// A person on a booking, with what messages about it need.
+#[derive(Debug, Clone, FromRow)]
+pub struct Party {
+    /// students.id or instructors.id.
+    pub id: i64,
+    /// users.id.
+    pub user_id: i64,
+    /// Full name.
+    pub name: String,
+    /// The user's time zone.
+    pub timezone: String,
+}
+
+async fn student(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
+    sqlx::query_as(
+        "SELECT s.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
+         FROM students s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DomainError::NotFound("student"))
+}
+
+async fn instructor(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
+    sqlx::query_as(
+        "SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
+         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1 AND i.active",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DomainError::NotFound("instructor"))
+}
+
+/// Checks `[start, end)` against the instructor's weekly availability in their time zone.
+/// An instructor with no availability rows at all is taken as available any time.
+pub async fn check_availability(
+    conn: &mut PgConnection,
+    instructor: &Party,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<bool, DomainError> {
+    let windows: Vec<(i16, NaiveTime, NaiveTime)> =
+        sqlx::query_as("SELECT day_of_week, start_time, end_time FROM instructor_availability WHERE instructor_id = $1 AND is_available")
+            .bind(instructor.id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instructor_availability WHERE instructor_id = $1)")
+        .bind(instructor.id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if !any {
+        return Ok(true);
+    }
+    let tz: Tz = instructor.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+    let (ls, le) = (start.with_timezone(&tz), end.with_timezone(&tz));
+    if ls.date_naive() != le.date_naive() && le.time() != NaiveTime::MIN {
+        return Ok(false);
+    }
+    let dow = ls.weekday().number_from_monday() as i16;
+    let end_t = if le.date_naive() != ls.date_naive() {
+        NaiveTime::from_hms_opt(23, 59, 59).unwrap()
+    } else {
+        le.time()
+    };
+    Ok(windows.iter().any(|(d, ws, we)| *d == dow && *ws <= ls.time() && end_t <= *we))
+}
+
+fn validate_times(start: DateTime<Utc>, end: DateTime<Utc>) -> Result<(), DomainError> {
+    if end <= start {
+        return Err(DomainError::invalid("end_time", "must be after start_time"));
+    }
+    if end - start > chrono::Duration::hours(12) {
+        return Err(DomainError::invalid("end_time", "a lesson lasts at most 12 hours"));
+    }
+    Ok(())
+}
+
+/// The template context of a booking.
+pub fn booking_context(b: &Booking, student: &Party, instructor: &Party) -> serde_json::Value {
+    json!({
+        "id": b.id,
+        "start_time": b.start_time.to_rfc3339(),
+        "end_time": b.end_time.to_rfc3339(),
+        "pickup_location": b.pickup_location,
+        "instructor_name": instructor.name,
+        "student_name": student.name,
+        "status": b.status,
+    })
+}
+
+async fn load(conn: &mut PgConnection, id: i64, lock: bool) -> Result<Booking, DomainError> {
+    let sql = format!(
+        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(DomainError::NotFound("booking"))
+}
+
+/// Reads a booking.
+pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Booking, DomainError> {
+    load(conn, id, false).await
+}
+
+/// Creates a confirmed booking with its calendar event, notifications and reminders.
+pub async fn create(conn: &mut PgConnection, s: &BookingSettings, nb: NewBooking, now: DateTime<Utc>) -> Result<Booking, DomainError> {
+    validate_times(nb.start_time, nb.end_time)?;
+    let student = student(conn, nb.student_id).await.map_err(|e| field_not_found(e, "student_id"))?;
+    let instructor = instructor(conn, nb.instructor_id)
+        .await
+        .map_err(|e| field_not_found(e, "instructor_id"))?;
+    if !check_availability(conn, &instructor, nb.start_time, nb.end_time).await? {
+        return Err(DomainError::invalid("start_time", "outside the instructor's availability"));
+    }
+    let booking_date = nb.start_time.with_timezone(&s.school_tz).date_naive();
+    let booking: Booking = sqlx::query_as(AssertSqlSafe(format!(
+        "INSERT INTO bookings (student_id, instructor_id, series_id, series_occurrence, booking_date, start_time, end_time,
+                               status, pickup_location, dropoff_location)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 'confirmed', $8, $9)
+         RETURNING {BOOKING_COLUMNS}"
+    )))
+    .bind(nb.student_id)
+    .bind(nb.instructor_id)
+    .bind(nb.series.map(|x| x.0))
+    .bind(nb.series.map(|x| x.1))
+    .bind(booking_date)
+    .bind(nb.start_time)
+    .bind(nb.end_time)
+    .bind(&nb.pickup_location)
+    .bind(&nb.dropoff_location)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+
+    let event_id: i64 = sqlx::query_scalar(
+        "INSERT INTO calendar_events (owner_id, booking_id, title, start_time, end_time, event_type, location, uid)
+         VALUES ($1, $2, $3, $4, $5, 'lesson', $6, $7) RETURNING id",
+    )
+    .bind(instructor.user_id)
+    .bind(booking.id)
+    .bind(format!("Driving lesson: {} with {}", student.name, instructor.name))
+    .bind(booking.start_time)
+    .bind(booking.end_time)
+    .bind(&booking.pickup_location)
+    .bind(format!("booking-{}@dashlight", booking.id))
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO event_participants (event_id, user_id, participation_status, role)
+         VALUES ($1, $2, 'accepted', 'organizer'), ($1, $3, 'accepted', 'attendee')",
+    )
+    .bind(event_id)
+    .bind(instructor.user_id)
+    .bind(student.user_id)
+    .execute(&mut *conn)
+    .await?;
+
+    let ctx = booking_context(&booking, &student, &instructor);
+    let mut confirmed = NewNotification::to_user(
+        Kind::BookingConfirmed,
+        student.user_id,
+        format!("booking_confirmed:{}", booking.id),
+        now,
+    );
+    confirmed.title = "Lesson booked".into();
+    confirmed.content = format!("Your lesson with {} is confirmed.", instructor.name);
+    confirmed.data = json!({ "booking": ctx });
+    confirmed.booking_id = Some(booking.id);
+    notify::create(conn, confirmed).await?;
+
+    alert(conn, &booking, &student, &instructor, "new", None, now).await?;
+    schedule_reminders(conn, s, &booking, &student, &instructor, now).await?;
+    analytics::record(
+        conn,
+        Some(student.user_id),
+        "booking_created",
+        json!({"booking_id": booking.id, "instructor_id": instructor.id, "series_id": booking.series_id}),
+        now,
+    )
+    .await?;
+    Ok(booking)
+}
+
+fn field_not_found(e: DomainError, field: &str) -> DomainError {
+    match e {
+        DomainError::NotFound(what) => DomainError::invalid(field, format!("no such {what}")),
+        other => other,
+    }
+}
+
+async fn alert(
+    conn: &mut PgConnection,
+    b: &Booking,
+    student: &Party,
+    instructor: &Party,
+    change: &str,
+    previous: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    now: DateTime<Utc>,
+) -> Result<(), DomainError> {
+    let mut n = NewNotification::to_user(
+        Kind::BookingAlert,
+        instructor.user_id,
+        format!("booking_alert:{}:{change}:v{}", b.id, b.version),
+        now,
+    );
+    n.title = match change {
+        "new" => "New booking",
+        "cancelled" => "Booking cancelled",
+        _ => "Booking moved",
+    }
+    .into();
+    n.content = format!("{}: lesson with {}", n.title, student.name);
+    n.data = json!({
+        "booking": booking_context(b, student, instructor),
+        "change": change,
+        "previous": previous.map(|(s, e)| json!({"start_time": s.to_rfc3339(), "end_time": e.to_rfc3339()})),
+    });
+    n.booking_id = Some(b.id);
+    notify::create(conn, n).await?;
+    Ok(())
+}
+
+/// One reminder per offset, due at start minus the offset, expiring at the start. An offset whose
+/// moment has passed is recorded as skipped.
+async fn schedule_reminders(
+    conn: &mut PgConnection,
+    s: &BookingSettings,
+    b: &Booking,
+    student: &Party,
+    instructor: &Party,
+    now: DateTime<Utc>,
+) -> Result<(), DomainError> {
+    for offset in &s.reminder_offsets {
+        let label = format_offset(*offset);
+        let due = b.start_time - chrono::Duration::from_std(*offset).expect("offset fits");
+        let mut n = NewNotification::to_user(
+            Kind::LessonReminder,
+            student.user_id,
+            format!("lesson_reminder:{}:{label}:v{}", b.id, b.version),
+            now,
+        );
+        n.due_at = due;
+        n.title = "Lesson reminder".into();
+        n.content = format!("Your lesson with {} starts in {}.", instructor.name, human_offset(*offset));
+        n.data = json!({ "booking": booking_context(b, student, instructor), "offset_label": human_offset(*offset), "offset": label });
+        n.booking_id = Some(b.id);
+        n.expires_at = Some(b.start_time);
+        if due <= now {
+            n.skip_reason = Some("the reminder time had already passed when the booking was made; the confirmation covers it".into());
+        }
+        notify::create(conn, n).await?;
+    }
+    Ok(())
+}
+
+/// "24 hours", "2 hours", "90 minutes".
+pub fn human_offset(d: Duration) -> String {
+    let s = d.as_secs();
+    let plural = |n: u64, w: &str| if n == 1 { format!("1 {w}") } else { format!("{n} {w}s") };
+    if s.is_multiple_of(86_400) && s >= 86_400 * 2 {
+        plural(s / 86_400, "day")
+    } else if s.is_multiple_of(3600) {
+        plural(s / 3600, "hour")
+    } else {
+        plural(s / 60, "minute")
+    }
+}
+
+/// Cancels a pending or confirmed booking: pending reminders are cancelled, the calendar event
+/// is cancelled (SEQUENCE raised), the student and instructor are told.
+pub async fn cancel(conn: &mut PgConnection, id: i64, reason: Option<String>, now: DateTime<Utc>) -> Result<Booking, DomainError> {
+    let b = load(conn, id, true).await?;
+    if !matches!(b.status.as_str(), "pending" | "confirmed") {
+        return Err(DomainError::Conflict(format!(
+            "booking is {}, only pending or confirmed bookings can be cancelled",
+            b.status
+        )));
+    }
+    let b: Booking = sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE bookings SET status = 'cancelled', cancel_reason = $2, cancelled_at = $3 WHERE id = $1 RETURNING {BOOKING_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(&reason)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await?;
+    notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], "booking cancelled").await?;
+    sqlx::query("UPDATE calendar_events SET status = 'cancelled', sequence = sequence + 1 WHERE booking_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    let student = student(conn, b.student_id).await?;
+    let instructor = instructor_any(conn, b.instructor_id).await?;
+    let mut n = NewNotification::to_user(Kind::BookingCancelled, student.user_id, format!("booking_cancelled:{id}"), now);
+    n.title = "Lesson cancelled".into();
+    n.content = format!("Your lesson with {} has been cancelled.", instructor.name);
+    n.data = json!({ "booking": booking_context(&b, &student, &instructor), "reason": reason });
+    n.booking_id = Some(id);
+    notify::create(conn, n).await?;
+    alert(conn, &b, &student, &instructor, "cancelled", None, now).await?;
+    analytics::record(
+        conn,
+        Some(student.user_id),
+        "booking_cancelled",
+        json!({"booking_id": id, "reason": reason}),
+        now,
+    )
+    .await?;
+    Ok(b)
+}
+
+async fn instructor_any(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
+    sqlx::query_as(
+        "SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
+         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DomainError::NotFound("instructor"))
+}
+
+/// Moves a confirmed booking: version raised, old reminders cancelled and new ones scheduled,
+/// the calendar event moved (SEQUENCE raised), both people told.
+pub async fn reschedule(
+    conn: &mut PgConnection,
+    s: &BookingSettings,
+    id: i64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Booking, DomainError> {
+    validate_times(start, end)?;
+    let old = load(conn, id, true).await?;
+    if old.status != "confirmed" {
+        return Err(DomainError::Conflict(format!(
+            "booking is {}, only confirmed bookings can be rescheduled",
+            old.status
+        )));
+    }
+    let instructor = instructor_any(conn, old.instructor_id).await?;
+    if !check_availability(conn, &instructor, start, end).await? {
+        return Err(DomainError::invalid("start_time", "outside the instructor's availability"));
+    }
+    let b: Booking = sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE bookings SET start_time = $2, end_time = $3, booking_date = $4, version = version + 1 WHERE id = $1 RETURNING {BOOKING_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(start)
+    .bind(end)
+    .bind(start.with_timezone(&s.school_tz).date_naive())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], "booking rescheduled").await?;
+    sqlx::query("UPDATE calendar_events SET start_time = $2, end_time = $3, sequence = sequence + 1 WHERE booking_id = $1")
+        .bind(id)
+        .bind(start)
+        .bind(end)
+        .execute(&mut *conn)
+        .await?;
+    let student = student(conn, b.student_id).await?;
+    let mut n = NewNotification::to_user(
+        Kind::BookingRescheduled,
+        student.user_id,
+        format!("booking_rescheduled:{id}:v{}", b.version),
+        now,
+    );
+    n.title = "Lesson moved".into();
+    n.content = format!("Your lesson with {} has moved.", instructor.name);
+    n.data = json!({
+        "booking": booking_context(&b, &student, &instructor),
+        "previous": {"start_time": old.start_time.to_rfc3339(), "end_time": old.end_time.to_rfc3339()},
+    });
+    n.booking_id = Some(id);
+    notify::create(conn, n).await?;
+    alert(
+        conn,
+        &b,
+        &student,
+        &instructor,
+        "rescheduled",
+        Some((old.start_time, old.end_time)),
+        now,
+    )
+    .await?;
+    schedule_reminders(conn, s, &b, &student, &instructor, now).await?;
+    analytics::record(
+        conn,
+        Some(student.user_id),
+        "booking_rescheduled",
+        json!({"booking_id": id, "version": b.version}),
+        now,
+    )
+    .await?;
+    Ok(b)
+}

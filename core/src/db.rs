@@ -1,0 +1,154 @@
+//! The database: connecting with errors an operator can act on, creating the database when it
+//! is missing, and migrating both our schema (`migrations/`) and apalis's (`apalis` schema, its
+//! own history table) in one step. Owns no table.
+
+use std::time::Duration;
+
+use sqlx::{
+    ConnectOptions, Connection, PgPool,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+};
+
+/// Errors of this module, each with the host or the step and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// `DATABASE_URL` cannot be parsed.
+    #[error("DATABASE_URL: {0}")]
+    BadUrl(String),
+    /// The server could not be reached or refused us.
+    #[error("cannot connect to the database at {target}: {source}. Is PostgreSQL running there, and is DATABASE_URL right?")]
+    Unreachable {
+        /// host:port/database, without credentials.
+        target: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("migrating the database failed: {0}")]
+    Migrate(String),
+    /// Anything else the database said.
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// Checks that `url` is a usable Postgres URL, without connecting.
+pub fn validate_url(url: &str) -> Result<PgConnectOptions, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("expected postgres://user@host:port/database, could not parse it: {e}"))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(format!("expected a postgres:// URL, got scheme {:?}", parsed.scheme()));
+    }
+    url.parse::<PgConnectOptions>()
+        .map_err(|e| format!("expected postgres://user@host:port/database: {e}"))
+}
+
+/// The URL without its password, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("****"));
+            }
+            u.to_string()
+        }
+        Err(_) => "<unparseable DATABASE_URL>".into(),
+    }
+}
+
+fn target(opts: &PgConnectOptions) -> String {
+    format!(
+        "{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap_or("(default)")
+    )
+}
+
+/// Opens a pool of at most `max_connections`, failing fast (5 s) with a clear message.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let opts = validate_url(url).map_err(DbError::BadUrl)?;
+    let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+    let t = target(&opts);
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .map_err(|source| DbError::Unreachable { target: t, source })
+}
+
+/// Creates the database named in `url` when it does not exist yet (connecting to `postgres`).
+pub async fn ensure_database(url: &str) -> Result<(), DbError> {
+    let opts = validate_url(url).map_err(DbError::BadUrl)?;
+    let Some(name) = opts.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let admin = opts.clone().database("postgres");
+    let mut conn = PgConnection::connect_with(&admin).await.map_err(|source| DbError::Unreachable {
+        target: target(&admin),
+        source,
+    })?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+            // Another process may have created it meanwhile.
+            let raced = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04" || c == "23505");
+            if !raced {
+                return Err(e.into());
+            }
+        }
+        tracing::info!(database = %name, "created database");
+    }
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// Our own migrations (`migrations/` at the workspace root).
+pub fn migrator() -> sqlx::migrate::Migrator {
+    let mut m = sqlx::migrate!("../migrations");
+    // apalis keeps its history in its own table; ignoring unknown versions keeps the two
+    // migrators independent even if they ever share one.
+    m.set_ignore_missing(true);
+    m
+}
+
+/// Applies apalis's migrations, then ours. Running it twice is a no-op.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    apalis_postgres::PostgresStorage::setup(pool)
+        .await
+        .map_err(|e| DbError::Migrate(format!("apalis schema: {e}")))?;
+    migrator().run(pool).await.map_err(|e| DbError::Migrate(e.to_string()))?;
+    Ok(())
+}
+
+/// True when every migration we ship is applied (readiness).
+pub async fn migrations_applied(pool: &PgPool) -> Result<bool, DbError> {
+    let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await
+    {
+        Ok(v) => v,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(migrator().iter().all(|m| applied.contains(&m.version)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert!(validate_url("postgres://root@127.0.0.1:5432/x").is_ok());
+        assert!(validate_url("mysql://root@h/x").unwrap_err().contains("postgres://"));
+        assert!(validate_url("not a url").is_err());
+        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:****@h:5432/db");
+    }
+}

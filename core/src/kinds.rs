@@ -1,0 +1,180 @@
+//! The notification kinds of PRODUCT.md: for each, who it goes to, the channel list and the
+//! policy that reads it. The one place this table lives.
+
+use serde::{Deserialize, Serialize};
+
+/// A delivery channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// SMTP email.
+    Email,
+    /// Twilio-compatible SMS.
+    Sms,
+    /// Web Push.
+    Push,
+}
+
+impl Channel {
+    /// The name stored in `notification_deliveries.channel`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Push => "push",
+        }
+    }
+
+    /// Parses a stored channel name.
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s {
+            "email" => Some(Channel::Email),
+            "sms" => Some(Channel::Sms),
+            "push" => Some(Channel::Push),
+            _ => None,
+        }
+    }
+}
+
+/// How a channel list is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// Every enabled, reachable channel of the list.
+    All,
+    /// The first channel that works, moving down on off/unreachable/permanent failure.
+    First,
+}
+
+impl Policy {
+    /// The name stored in `notifications.policy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::All => "all",
+            Policy::First => "first",
+        }
+    }
+}
+
+/// Every notification kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// To the student: their booking is confirmed.
+    BookingConfirmed,
+    /// To the instructor: a booking was made, cancelled or moved.
+    BookingAlert,
+    /// To the student, one per reminder offset.
+    LessonReminder,
+    /// To the student: their booking was cancelled.
+    BookingCancelled,
+    /// To the student: their booking was moved.
+    BookingRescheduled,
+    /// To the student and the school: a series slot could not be booked.
+    RecurringConflict,
+    /// To the student, with the PDF.
+    InvoiceIssued,
+    /// To the instructor at 07:00 their time.
+    DailyAgenda,
+    /// To the student after a completed lesson.
+    LessonReport,
+    /// To the other participants of a message.
+    NewMessage,
+    /// To the student before a driving test.
+    TestReminder,
+    /// To the student: one lesson left in a package.
+    PackageLow,
+    /// To the school: a lead needs a follow-up.
+    CrmFollowUp,
+}
+
+impl Kind {
+    /// All kinds.
+    pub const ALL: [Kind; 13] = [
+        Kind::BookingConfirmed,
+        Kind::BookingAlert,
+        Kind::LessonReminder,
+        Kind::BookingCancelled,
+        Kind::BookingRescheduled,
+        Kind::RecurringConflict,
+        Kind::InvoiceIssued,
+        Kind::DailyAgenda,
+        Kind::LessonReport,
+        Kind::NewMessage,
+        Kind::TestReminder,
+        Kind::PackageLow,
+        Kind::CrmFollowUp,
+    ];
+
+    /// The stored name (`notifications.type`) and template folder.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::BookingConfirmed => "booking_confirmed",
+            Kind::BookingAlert => "booking_alert",
+            Kind::LessonReminder => "lesson_reminder",
+            Kind::BookingCancelled => "booking_cancelled",
+            Kind::BookingRescheduled => "booking_rescheduled",
+            Kind::RecurringConflict => "recurring_conflict",
+            Kind::InvoiceIssued => "invoice_issued",
+            Kind::DailyAgenda => "daily_agenda",
+            Kind::LessonReport => "lesson_report",
+            Kind::NewMessage => "new_message",
+            Kind::TestReminder => "test_reminder",
+            Kind::PackageLow => "package_low",
+            Kind::CrmFollowUp => "crm_follow_up",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The policy and channel list of PRODUCT.md.
+    pub fn routing(self) -> (Policy, &'static [Channel]) {
+        use Channel::*;
+        match self {
+            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled => (Policy::All, &[Email, Push]),
+            Kind::BookingAlert | Kind::LessonReminder | Kind::TestReminder => (Policy::First, &[Push, Sms, Email]),
+            Kind::RecurringConflict | Kind::InvoiceIssued | Kind::LessonReport | Kind::PackageLow | Kind::CrmFollowUp => {
+                (Policy::All, &[Email])
+            }
+            Kind::DailyAgenda | Kind::NewMessage => (Policy::First, &[Push, Email]),
+        }
+    }
+
+    /// Queue priority: higher runs first. Time-critical messages outrank reports.
+    pub fn priority(self) -> i32 {
+        match self {
+            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder => 20,
+            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::NewMessage => 15,
+            _ => 10,
+        }
+    }
+
+    /// Push urgency (RFC 8030): reminders and alerts are high.
+    pub fn urgency(self) -> &'static str {
+        match self {
+            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder => "high",
+            Kind::NewMessage | Kind::BookingCancelled | Kind::BookingRescheduled => "normal",
+            _ => "low",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sms_only_ever_falls_back() {
+        for k in Kind::ALL {
+            let (policy, channels) = k.routing();
+            if channels.contains(&Channel::Sms) {
+                assert_eq!(policy, Policy::First, "{k:?}");
+                assert_ne!(channels[0], Channel::Sms, "{k:?}");
+            }
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+    }
+}

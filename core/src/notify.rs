@@ -1,0 +1,177 @@
+//! Creating notifications: the producers' side of the pipeline. A notification row is the
+//! logical message; it is unique for its triggering event (`dedupe_key`), so producing the same
+//! event twice creates nothing new. Creating one enqueues its [`DeliverJob`] at its due time on
+//! the same connection. Owns inserts into `notifications` and the cancel of open ones; deliveries
+//! belong to the worker.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::{
+    jobs::{self, DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
+    kinds::Kind,
+};
+
+/// A notification to create.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// Recipient user, or `None` with `recipient_email` for school-facing kinds.
+    pub user_id: Option<i64>,
+    /// Address for recipients that are not users (the school's `MAIL_FROM`).
+    pub recipient_email: Option<String>,
+    /// Kind (template folder, routing).
+    pub kind: Kind,
+    /// Short plain title (for lists and the dashboard).
+    pub title: String,
+    /// Plain one-line summary.
+    pub content: String,
+    /// The template context of the kind (see `templates/`).
+    pub data: Value,
+    /// Related booking.
+    pub booking_id: Option<i64>,
+    /// Related payment.
+    pub payment_id: Option<i64>,
+    /// Related message.
+    pub message_id: Option<i64>,
+    /// The triggering event; unique.
+    pub dedupe_key: String,
+    /// When it should reach the recipient.
+    pub due_at: DateTime<Utc>,
+    /// After this it is skipped rather than sent late.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The producer's "now" (its clock may be injected): the job runs `due_at - produced_at`
+    /// from the real now.
+    pub produced_at: DateTime<Utc>,
+    /// Record it as `skipped` with this reason instead of sending (e.g. a reminder whose moment
+    /// had already passed when the booking was made).
+    pub skip_reason: Option<String>,
+}
+
+impl NewNotification {
+    /// A notification of `kind` to `user_id`, due now, keyed by `dedupe_key`.
+    pub fn to_user(kind: Kind, user_id: i64, dedupe_key: String, now: DateTime<Utc>) -> Self {
+        NewNotification {
+            user_id: Some(user_id),
+            recipient_email: None,
+            kind,
+            title: String::new(),
+            content: String::new(),
+            data: Value::Object(Default::default()),
+            booking_id: None,
+            payment_id: None,
+            message_id: None,
+            dedupe_key,
+            due_at: now,
+            produced_at: now,
+            expires_at: None,
+            skip_reason: None,
+        }
+    }
+}
+
+/// Inserts the notification and enqueues its job. Returns its id, or `None` when the event was
+/// already notified (same `dedupe_key`).
+pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i64>, sqlx::Error> {
+    let (policy, channels) = n.kind.routing();
+    let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
+    let status = if n.skip_reason.is_some() { "skipped" } else { "pending" };
+    let id: Option<i64> = sqlx::query_scalar(
+        r#"
+        INSERT INTO notifications (user_id, recipient_email, type, title, content, channels, policy, data,
+                                   booking_id, payment_id, message_id, dedupe_key, due_at, expires_at,
+                                   status, status_reason, priority, next_check_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $13)
+        ON CONFLICT (dedupe_key) DO NOTHING
+        RETURNING id
+        "#,
+    )
+    .bind(n.user_id)
+    .bind(&n.recipient_email)
+    .bind(n.kind.as_str())
+    .bind(&n.title)
+    .bind(&n.content)
+    .bind(&channels)
+    .bind(policy.as_str())
+    .bind(&n.data)
+    .bind(n.booking_id)
+    .bind(n.payment_id)
+    .bind(n.message_id)
+    .bind(&n.dedupe_key)
+    .bind(n.due_at)
+    .bind(n.expires_at)
+    .bind(status)
+    .bind(&n.skip_reason)
+    .bind(n.kind.priority() as i16)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(id) = id {
+        if n.skip_reason.is_none() {
+            let job = DeliverJob {
+                notification_id: id,
+                retry_delivery_id: None,
+            };
+            jobs::enqueue(
+                conn,
+                &[NewJob::new(QUEUE_NOTIFICATIONS, &job)
+                    .due(n.due_at, n.produced_at)
+                    .priority(n.kind.priority())],
+            )
+            .await?;
+        }
+        metrics_created(n.kind);
+    }
+    Ok(id)
+}
+
+fn metrics_created(kind: Kind) {
+    tracing::debug!(kind = kind.as_str(), "notification created");
+}
+
+/// Cancels the open (pending or processing) notifications of a booking of the given kinds.
+/// The worker, meeting a cancelled notification, cancels its open deliveries. Returns how many.
+pub async fn cancel_for_booking(conn: &mut PgConnection, booking_id: i64, kinds: &[Kind], reason: &str) -> Result<u64, sqlx::Error> {
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    let r = sqlx::query(
+        "UPDATE notifications SET status = 'cancelled', status_reason = $3
+         WHERE booking_id = $1 AND type = ANY($2) AND status IN ('pending', 'processing')",
+    )
+    .bind(booking_id)
+    .bind(&kinds)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Cancels one open notification by its dedupe key (e.g. the delayed email of a message that was
+/// read). Returns whether one was cancelled.
+pub async fn cancel_by_key(conn: &mut PgConnection, dedupe_key: &str, reason: &str) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE notifications SET status = 'cancelled', status_reason = $2
+         WHERE dedupe_key = $1 AND status IN ('pending', 'processing')",
+    )
+    .bind(dedupe_key)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() > 0)
+}
+
+/// Puts a delivery back on its way: enqueues a job that retries it now (operator action).
+/// Returns false when the delivery does not exist.
+pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -> Result<bool, sqlx::Error> {
+    let row: Option<(i64, i16)> = sqlx::query_as(
+        "SELECT n.id, n.priority FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id WHERE d.id = $1",
+    )
+    .bind(delivery_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((notification_id, priority)) = row else { return Ok(false) };
+    let job = DeliverJob {
+        notification_id,
+        retry_delivery_id: Some(delivery_id),
+    };
+    jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(priority as i32)]).await?;
+    Ok(true)
+}

@@ -1,0 +1,485 @@
+//! People: users with their student or instructor profile and default preferences, notification
+//! preferences, Web Push devices and instructors' weekly availability. Each function runs on the
+//! caller's connection (use a transaction: creating a user writes three rows). Owns writes to
+//! `users`, `students`, `instructors`, `user_preferences`, `user_devices` and
+//! `instructor_availability`; it does not check Web Push key cryptography (the API does) and
+//! never touches bookings.
+
+use chrono::{DateTime, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection};
+
+use crate::error::DomainError;
+
+/// The role of a user created with a profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Has a `students` row.
+    Student,
+    /// Has an `instructors` row.
+    Instructor,
+}
+
+impl Role {
+    /// The stored name (`users.role`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Instructor => "instructor",
+        }
+    }
+
+    /// Parses `student` or `instructor`.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "student" => Some(Role::Student),
+            "instructor" => Some(Role::Instructor),
+            _ => None,
+        }
+    }
+}
+
+/// The student profile of a new student.
+#[derive(Debug, Clone, Default)]
+pub struct NewStudent {
+    /// Licence category, default `B`.
+    pub license_type: Option<String>,
+    /// The usual instructor (`instructors.id`).
+    pub current_instructor_id: Option<i64>,
+    /// Booked driving tests.
+    pub test_dates: Vec<DateTime<Utc>>,
+}
+
+/// The instructor profile of a new instructor.
+#[derive(Debug, Clone, Default)]
+pub struct NewInstructor {
+    /// Instructor licence number (unique).
+    pub license_number: String,
+    /// Hourly rate in minor units, default 0.
+    pub hourly_rate_minor: Option<i64>,
+    /// ISO 4217 currency, default `GBP`.
+    pub currency: Option<String>,
+    /// Free text.
+    pub bio: Option<String>,
+}
+
+/// A user to create, with the profile of their role.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Student or instructor.
+    pub role: Role,
+    /// Email address (unique, case-insensitive).
+    pub email: String,
+    /// E.164 phone number.
+    pub phone: Option<String>,
+    /// Given name.
+    pub first_name: String,
+    /// Family name.
+    pub last_name: String,
+    /// IANA time zone.
+    pub timezone: String,
+    /// Profile when `role` is student (defaults when `None`).
+    pub student: Option<NewStudent>,
+    /// Profile when `role` is instructor (required then).
+    pub instructor: Option<NewInstructor>,
+}
+
+/// What [`create_user`] created.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedUser {
+    /// `users.id`.
+    pub id: i64,
+    /// The role.
+    pub role: Role,
+    /// `students.id` for a student.
+    pub student_id: Option<i64>,
+    /// `instructors.id` for an instructor.
+    pub instructor_id: Option<i64>,
+    /// Secret of the user's calendar feed.
+    pub calendar_token: String,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Checks an email address: one `@`, something either side, no spaces, at most 254 characters.
+pub fn validate_email(field: &str, email: &str) -> Result<(), DomainError> {
+    let ok = email.len() <= 254
+        && !email.chars().any(char::is_whitespace)
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(field, "expected an email address such as name@example.com"))
+    }
+}
+
+/// Checks an E.164 number: `+`, a non-zero country digit, 7 to 15 digits in all.
+pub fn validate_phone(field: &str, phone: &str) -> Result<(), DomainError> {
+    let digits = phone.strip_prefix('+').unwrap_or("");
+    let ok = (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+    if ok {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(field, "expected an E.164 phone number such as +447700900123"))
+    }
+}
+
+/// Parses an IANA time-zone name.
+pub fn parse_timezone(field: &str, tz: &str) -> Result<Tz, DomainError> {
+    tz.parse::<Tz>()
+        .map_err(|_| DomainError::invalid(field, format!("expected an IANA time zone such as Europe/London, got {tz:?}")))
+}
+
+fn validate_name(field: &str, name: &str) -> Result<(), DomainError> {
+    let n = name.trim().chars().count();
+    if (1..=100).contains(&n) {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(field, "expected 1 to 100 characters"))
+    }
+}
+
+fn validate_currency(field: &str, c: &str) -> Result<(), DomainError> {
+    if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(DomainError::invalid(field, "expected an ISO 4217 code such as GBP"))
+    }
+}
+
+/// Creates the user, their student or instructor profile and a default preferences row.
+pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<CreatedUser, DomainError> {
+    validate_email("email", &nu.email)?;
+    if let Some(p) = &nu.phone {
+        validate_phone("phone", p)?;
+    }
+    validate_name("first_name", &nu.first_name)?;
+    validate_name("last_name", &nu.last_name)?;
+    parse_timezone("timezone", &nu.timezone)?;
+    match nu.role {
+        Role::Student if nu.instructor.is_some() => {
+            return Err(DomainError::invalid("instructor", "only an instructor has an instructor profile"));
+        }
+        Role::Instructor if nu.student.is_some() => return Err(DomainError::invalid("student", "only a student has a student profile")),
+        _ => {}
+    }
+    let student = match nu.role {
+        Role::Student => Some(nu.student.clone().unwrap_or_default()),
+        Role::Instructor => None,
+    };
+    let instructor = match nu.role {
+        Role::Instructor => Some(
+            nu.instructor
+                .clone()
+                .ok_or_else(|| DomainError::invalid("instructor", "an instructor needs an instructor profile with a license_number"))?,
+        ),
+        Role::Student => None,
+    };
+    if let Some(i) = &instructor {
+        if i.license_number.trim().is_empty() || i.license_number.len() > 100 {
+            return Err(DomainError::invalid("instructor.license_number", "expected 1 to 100 characters"));
+        }
+        if i.hourly_rate_minor.is_some_and(|r| r < 0) {
+            return Err(DomainError::invalid("instructor.hourly_rate_minor", "must not be negative"));
+        }
+        if let Some(c) = &i.currency {
+            validate_currency("instructor.currency", c)?;
+        }
+    }
+    if let Some(s) = &student {
+        if let Some(l) = &s.license_type
+            && (l.trim().is_empty() || l.len() > 20)
+        {
+            return Err(DomainError::invalid("student.license_type", "expected 1 to 20 characters"));
+        }
+        if let Some(iid) = s.current_instructor_id {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instructors WHERE id = $1)")
+                .bind(iid)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !exists {
+                return Err(DomainError::invalid("student.current_instructor_id", "no such instructor"));
+            }
+        }
+    }
+
+    let (id, calendar_token, created_at): (i64, String, DateTime<Utc>) = sqlx::query_as(
+        "INSERT INTO users (email, role, first_name, last_name, phone, timezone) VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, calendar_token, created_at",
+    )
+    .bind(nu.email.trim())
+    .bind(nu.role.as_str())
+    .bind(nu.first_name.trim())
+    .bind(nu.last_name.trim())
+    .bind(&nu.phone)
+    .bind(&nu.timezone)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    sqlx::query("INSERT INTO user_preferences (user_id) VALUES ($1)")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+
+    let mut out = CreatedUser {
+        id,
+        role: nu.role,
+        student_id: None,
+        instructor_id: None,
+        calendar_token,
+        created_at,
+    };
+    if let Some(s) = student {
+        let sid: i64 = sqlx::query_scalar(
+            "INSERT INTO students (user_id, license_type, current_instructor_id, test_dates) VALUES ($1, coalesce($2, 'B'), $3, $4) RETURNING id",
+        )
+        .bind(id)
+        .bind(&s.license_type)
+        .bind(s.current_instructor_id)
+        .bind(&s.test_dates)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(DomainError::from_db)?;
+        out.student_id = Some(sid);
+    }
+    if let Some(i) = instructor {
+        let iid: i64 = sqlx::query_scalar(
+            "INSERT INTO instructors (user_id, license_number, hourly_rate_minor, currency, bio)
+             VALUES ($1, $2, coalesce($3, 0), coalesce($4, 'GBP'), $5) RETURNING id",
+        )
+        .bind(id)
+        .bind(i.license_number.trim())
+        .bind(i.hourly_rate_minor)
+        .bind(&i.currency)
+        .bind(&i.bio)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(DomainError::from_db)?;
+        out.instructor_id = Some(iid);
+    }
+    Ok(out)
+}
+
+/// A user's notification preferences.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+pub struct Preferences {
+    /// `users.id`.
+    pub user_id: i64,
+    /// Email on or off.
+    pub email_notifications: bool,
+    /// SMS on or off.
+    pub sms_notifications: bool,
+    /// Push on or off.
+    pub push_notifications: bool,
+    /// Start of quiet hours in the user's time zone.
+    pub quiet_hours_start: Option<NaiveTime>,
+    /// End of quiet hours (may be before the start: wraps midnight).
+    pub quiet_hours_end: Option<NaiveTime>,
+}
+
+/// Replaces a user's preferences (creating the row if it is missing). Quiet hours are both set
+/// or both `None`, and not empty.
+pub async fn set_preferences(conn: &mut PgConnection, p: &Preferences) -> Result<Preferences, DomainError> {
+    match (p.quiet_hours_start, p.quiet_hours_end) {
+        (Some(s), Some(e)) if s == e => return Err(DomainError::invalid("quiet_hours.end", "must differ from quiet_hours.start")),
+        (Some(_), None) => return Err(DomainError::invalid("quiet_hours.end", "required with quiet_hours.start")),
+        (None, Some(_)) => return Err(DomainError::invalid("quiet_hours.start", "required with quiet_hours.end")),
+        _ => {}
+    }
+    user_exists(conn, p.user_id).await?;
+    let saved: Preferences = sqlx::query_as(
+        "INSERT INTO user_preferences (user_id, email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (user_id) DO UPDATE SET email_notifications = EXCLUDED.email_notifications,
+             sms_notifications = EXCLUDED.sms_notifications, push_notifications = EXCLUDED.push_notifications,
+             quiet_hours_start = EXCLUDED.quiet_hours_start, quiet_hours_end = EXCLUDED.quiet_hours_end
+         RETURNING user_id, email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end",
+    )
+    .bind(p.user_id)
+    .bind(p.email_notifications)
+    .bind(p.sms_notifications)
+    .bind(p.push_notifications)
+    .bind(p.quiet_hours_start)
+    .bind(p.quiet_hours_end)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    Ok(saved)
+}
+
+async fn user_exists(conn: &mut PgConnection, user_id: i64) -> Result<(), DomainError> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(user_id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if exists { Ok(()) } else { Err(DomainError::NotFound("user")) }
+}
+
+/// A Web Push subscription to register. Keys are base64url as the browser gives them; their
+/// cryptographic validity is the caller's to check.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    /// The client's own name for the device (unique per user).
+    pub device_id: String,
+    /// The push service URL (http or https).
+    pub push_endpoint: String,
+    /// base64url uncompressed P-256 public key.
+    pub p256dh: String,
+    /// base64url 16-byte auth secret.
+    pub auth: String,
+}
+
+/// A registered device (without its keys).
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Device {
+    /// `user_devices.id`.
+    pub id: i64,
+    /// Owner.
+    pub user_id: i64,
+    /// The client's name for it.
+    pub device_id: String,
+    /// Push service URL.
+    pub push_endpoint: String,
+    /// False once the push service ended the subscription.
+    pub active: bool,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Registers a device, or renews the subscription of the user's device with the same
+/// `device_id` (browsers rotate subscriptions) and makes it active again. Returns the device and
+/// whether it was new.
+pub async fn register_device(conn: &mut PgConnection, user_id: i64, nd: &NewDevice) -> Result<(Device, bool), DomainError> {
+    let n = nd.device_id.chars().count();
+    if !(1..=200).contains(&n) {
+        return Err(DomainError::invalid("device_id", "expected 1 to 200 characters"));
+    }
+    if !(nd.push_endpoint.starts_with("https://") || nd.push_endpoint.starts_with("http://")) {
+        return Err(DomainError::invalid("push_endpoint", "expected an http(s) URL"));
+    }
+    user_exists(conn, user_id).await?;
+    let (device, inserted): (Device, bool) = {
+        let row: (i64, i64, String, String, bool, DateTime<Utc>, DateTime<Utc>, bool) = sqlx::query_as(
+            "INSERT INTO user_devices (user_id, device_id, push_endpoint, p256dh, auth) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, device_id) DO UPDATE SET push_endpoint = EXCLUDED.push_endpoint, p256dh = EXCLUDED.p256dh,
+                 auth = EXCLUDED.auth, active = true, disabled_reason = NULL
+             RETURNING id, user_id, device_id, push_endpoint, active, created_at, updated_at, (xmax = 0) AS inserted",
+        )
+        .bind(user_id)
+        .bind(&nd.device_id)
+        .bind(&nd.push_endpoint)
+        .bind(&nd.p256dh)
+        .bind(&nd.auth)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(DomainError::from_db)?;
+        (
+            Device {
+                id: row.0,
+                user_id: row.1,
+                device_id: row.2,
+                push_endpoint: row.3,
+                active: row.4,
+                created_at: row.5,
+                updated_at: row.6,
+            },
+            row.7,
+        )
+    };
+    Ok((device, inserted))
+}
+
+/// A weekly availability window in the instructor's time zone.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+pub struct Window {
+    /// ISO weekday: 1 = Monday … 7 = Sunday.
+    pub day_of_week: i16,
+    /// Local start.
+    pub start_time: NaiveTime,
+    /// Local end, after the start.
+    pub end_time: NaiveTime,
+}
+
+/// Replaces an instructor's weekly windows. Windows of one day must not overlap. An empty list
+/// removes every window (the instructor is then taken as available any time).
+pub async fn set_availability(conn: &mut PgConnection, instructor_id: i64, windows: &[Window]) -> Result<Vec<Window>, DomainError> {
+    for (i, w) in windows.iter().enumerate() {
+        if !(1..=7).contains(&w.day_of_week) {
+            return Err(DomainError::invalid(
+                format!("[{i}].day_of_week"),
+                "expected 1 (Monday) to 7 (Sunday)",
+            ));
+        }
+        if w.end_time <= w.start_time {
+            return Err(DomainError::invalid(format!("[{i}].end_time"), "must be after start_time"));
+        }
+        for (j, o) in windows.iter().enumerate().take(i) {
+            if o.day_of_week == w.day_of_week && o.start_time < w.end_time && w.start_time < o.end_time {
+                return Err(DomainError::invalid(
+                    format!("[{i}]"),
+                    format!("overlaps window [{j}] on the same day"),
+                ));
+            }
+        }
+    }
+    // Locking the instructor serialises concurrent replacements of the same week.
+    let locked: Option<i64> = sqlx::query_scalar("SELECT id FROM instructors WHERE id = $1 FOR UPDATE")
+        .bind(instructor_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if locked.is_none() {
+        return Err(DomainError::NotFound("instructor"));
+    }
+    sqlx::query("DELETE FROM instructor_availability WHERE instructor_id = $1")
+        .bind(instructor_id)
+        .execute(&mut *conn)
+        .await?;
+    let days: Vec<i16> = windows.iter().map(|w| w.day_of_week).collect();
+    let starts: Vec<NaiveTime> = windows.iter().map(|w| w.start_time).collect();
+    let ends: Vec<NaiveTime> = windows.iter().map(|w| w.end_time).collect();
+    let saved: Vec<Window> = sqlx::query_as(
+        "WITH ins AS (
+             INSERT INTO instructor_availability (instructor_id, day_of_week, start_time, end_time)
+             SELECT $1, d, s, e FROM unnest($2::smallint[], $3::time[], $4::time[]) AS t(d, s, e)
+             RETURNING day_of_week, start_time, end_time)
+         SELECT day_of_week, start_time, end_time FROM ins ORDER BY day_of_week, start_time",
+    )
+    .bind(instructor_id)
+    .bind(&days)
+    .bind(&starts)
+    .bind(&ends)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    Ok(saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validators() {
+        assert!(validate_email("email", "a@b.co").is_ok());
+        assert!(validate_email("email", "a b@c.co").is_err());
+        assert!(validate_email("email", "ab.co").is_err());
+        assert!(validate_email("email", "a@b").is_err());
+        assert!(validate_phone("phone", "+447700900123").is_ok());
+        assert!(validate_phone("phone", "07700900123").is_err());
+        assert!(validate_phone("phone", "+0447700900").is_err());
+        assert!(validate_phone("phone", "+44 7700 900").is_err());
+        assert!(parse_timezone("tz", "Europe/Berlin").is_ok());
+        assert!(parse_timezone("tz", "Mars/Olympus").is_err());
+    }
+}

@@ -1,0 +1,172 @@
+//! `dashlight-worker`: drains the queues.
+//!
+//! - [`channels`]: email, SMS, push, outbox — the only code that talks to providers.
+//! - [`render`]: templates, loaded and checked at start-up.
+//! - [`delivery`]: notification → deliveries → attempts, the retry schedule and the crash window.
+//! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).
+//!
+//! [`run`] starts one apalis worker per queue with a concurrency limit, and stops cleanly when
+//! `shutdown` resolves: in-flight sends finish, nothing new is fetched.
+
+pub mod channels;
+pub mod delivery;
+pub mod periodic;
+pub mod render;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use apalis::prelude::*;
+use apalis_postgres::{Config as PgConfig, PostgresStorage};
+use dashlight_core::{
+    Clock, Config,
+    jobs::{DeliverJob, PeriodicJob, QUEUE_NOTIFICATIONS, QUEUE_PERIODIC},
+};
+use sqlx::PgPool;
+
+use crate::{
+    channels::{email, outbox::Outbox, push::PushSender, sms::SmsSender},
+    delivery::{DeliverySettings, Pipeline, PipelineError},
+    render::Renderer,
+};
+
+/// A unique name for this process's workers: host, pid and a random suffix. apalis rescues the
+/// jobs of a dead worker only if a restarted one does not reuse its name.
+pub fn worker_name(role: &str) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_else(|| "host".into());
+    format!("{}-{role}-{}-{:04x}", host.trim(), std::process::id(), rand::random::<u16>())
+}
+
+/// Builds the pipeline from configuration: templates are loaded (a broken one fails here with its
+/// file name), channels configured (a bad `SMTP_URL` or VAPID key fails here).
+pub fn pipeline(config: &Config, pool: PgPool, clock: Clock, worker_name: String) -> anyhow::Result<Pipeline> {
+    let renderer = Renderer::load(&config.templates_dir).map_err(|e| anyhow::anyhow!("templates: {e}"))?;
+    let from = email::parse_from(&config.mail_from).map_err(anyhow::Error::msg)?;
+    let outbox = Outbox::new(&config.outbox_dir);
+    let email = match &config.smtp {
+        Some(smtp) => email::EmailSender::Smtp {
+            transport: email::smtp_transport(&smtp.url).map_err(anyhow::Error::msg)?,
+            from,
+        },
+        None => email::EmailSender::Outbox {
+            outbox: outbox.clone(),
+            from,
+        },
+    };
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("dashlight/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build()
+        .context("building the HTTP client")?;
+    let sms = match &config.sms {
+        Some(c) => SmsSender::Api {
+            config: c.clone(),
+            client: http.clone(),
+        },
+        None => SmsSender::Outbox(outbox.clone()),
+    };
+    let push = match &config.push {
+        Some(c) => PushSender::from_config(c, http.clone()).map_err(anyhow::Error::msg)?,
+        None => PushSender::Outbox(outbox),
+    };
+    Ok(Pipeline {
+        pool,
+        clock,
+        renderer: Arc::new(renderer),
+        email,
+        sms,
+        push,
+        settings: DeliverySettings {
+            max_attempts: config.delivery_max_attempts,
+            retry_base: config.retry_base_delay,
+            retry_max: config.retry_max_delay,
+            school_name: config.school_name.clone(),
+            school_tz: config.school_timezone,
+            worker_name,
+        },
+    })
+}
+
+async fn deliver(job: DeliverJob, pipeline: Data<Pipeline>, id: TaskId) -> Result<(), BoxDynError> {
+    match pipeline.process(&job, &id.to_string()).await {
+        Ok(()) => Ok(()),
+        Err(PipelineError::Poison(m)) => {
+            tracing::error!(job = %id, notification = job.notification_id, error = %m, "job can never succeed: giving up");
+            Err(Box::new(AbortError::new(m)))
+        }
+        Err(e) => {
+            tracing::warn!(job = %id, notification = job.notification_id, error = %e, "job failed, apalis will retry it");
+            Err(Box::new(e))
+        }
+    }
+}
+
+async fn periodic(job: PeriodicJob, ctx: Data<periodic::Context>, id: TaskId) -> Result<(), BoxDynError> {
+    let started = std::time::Instant::now();
+    match periodic::run(&ctx, &job).await {
+        Ok(summary) => {
+            tracing::info!(job = %id, task = job.task.as_str(), tick = %job.tick, took_ms = started.elapsed().as_millis() as u64, %summary, "periodic job done");
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(job = %id, task = job.task.as_str(), error = %e, "periodic job failed");
+            Err(e.into())
+        }
+    }
+}
+
+fn storage<T>(pool: &PgPool, queue: &str, batch: usize) -> PostgresStorage<T> {
+    PostgresStorage::new(pool).with_config(
+        PgConfig::default()
+            .queue(queue)
+            .batch_size(batch)
+            // A dead worker's jobs go back to the queue after 30 s rather than 5 minutes.
+            .heartbeat_interval(Duration::from_secs(5))
+            .missed_heartbeats(6),
+    )
+}
+
+/// Runs the workers until `shutdown` resolves, then lets in-flight jobs finish (up to 30 s).
+pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let name = worker_name("worker");
+    let pipeline = pipeline(config, pool.clone(), clock.clone(), name.clone())?;
+    let ctx = periodic::Context::new(config, pool.clone(), clock);
+    let concurrency = config.worker_concurrency;
+    let poll = config.poll_interval;
+    tracing::info!(worker = %name, concurrency, poll_ms = poll.as_millis() as u64, email = ?pipeline.email, sms = ?std::mem::discriminant(&pipeline.sms), push = ?pipeline.push, "worker starting");
+
+    let deliver_storage = storage::<DeliverJob>(&pool, QUEUE_NOTIFICATIONS, concurrency.clamp(10, 500));
+    let periodic_storage = storage::<PeriodicJob>(&pool, QUEUE_PERIODIC, 4);
+    let n_name = format!("{name}-notifications");
+    let p_name = format!("{name}-periodic");
+    let monitor = Monitor::new()
+        .shutdown_timeout(Duration::from_secs(30))
+        .register(move |_| {
+            WorkerBuilder::new(n_name.clone())
+                .backend(deliver_storage.clone().with_pubsub().poll_with_interval(poll))
+                .data(pipeline.clone())
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .build(deliver)
+        })
+        .register(move |_| {
+            WorkerBuilder::new(p_name.clone())
+                .backend(periodic_storage.clone().with_pubsub().poll_with_interval(poll))
+                .data(ctx.clone())
+                .concurrency(2)
+                .build(periodic)
+        });
+    monitor
+        .run_with_signal(async move {
+            shutdown.await;
+            tracing::info!("worker stopping: finishing in-flight jobs");
+            Ok(())
+        })
+        .await
+        .context("worker monitor")?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
