@@ -127,6 +127,9 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 
 /// Parses a JSON document into `T`, classifying errors as [`ApiJson`] documents.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Syntax first, so `{} trailing` is malformed rather than "missing field".
+    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
+        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     de.end()
@@ -320,6 +323,7 @@ mod tests {
     #[test]
     fn json_errors_name_the_field() {
         assert_eq!(field_of("{"), ("malformed_json".into(), None));
+        assert_eq!(field_of("{} x"), ("malformed_json".into(), None));
         assert_eq!(field_of("{}"), ("missing_field".into(), Some("name".into())));
         assert_eq!(field_of(r#"{"name": 3}"#), ("invalid_type".into(), Some("name".into())));
         assert_eq!(

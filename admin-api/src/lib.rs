@@ -189,4 +189,15 @@ mod tests {
         let listed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
         assert_eq!(listed, documented);
     }
+
+    #[test]
+    fn optional_bodies_are_documented_as_optional() {
+        let doc = serde_json::to_value(docs::openapi()).unwrap();
+        for path in ["/api/deliveries/retry", "/api/bookings/{id}/cancel"] {
+            let body = &doc["paths"][path]["post"]["requestBody"];
+            assert!(body.is_object(), "{path}");
+            assert_ne!(body["required"], true, "{path}: {body}");
+        }
+        assert_eq!(doc["paths"]["/api/bookings"]["post"]["requestBody"]["required"], true);
+    }
 }

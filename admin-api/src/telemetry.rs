@@ -70,7 +70,7 @@ pub fn trace_layer() -> TraceLayer<
         .on_response(|res: &Response, latency: std::time::Duration, _span: &Span| {
             tracing::info!(
                 status = res.status().as_u16(),
-                latency_ms = latency.as_secs_f64() * 1000.0,
+                latency_ms = (latency.as_secs_f64() * 10_000.0).round() / 10.0,
                 "response"
             );
         })

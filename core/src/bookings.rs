@@ -103,10 +103,14 @@ async fn student(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError>
     .ok_or(DomainError::NotFound("student"))
 }
 
+/// Loads an active instructor and locks their row (`FOR NO KEY UPDATE`) until the transaction
+/// ends: bookings of one instructor are written one at a time, so two concurrent requests for
+/// one slot end in one booking and one clean exclusion violation (409), never a deadlock.
 async fn instructor(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
     sqlx::query_as(
         "SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
-         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1 AND i.active",
+         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1 AND i.active
+         FOR NO KEY UPDATE OF i",
     )
     .bind(id)
     .fetch_optional(conn)
@@ -395,10 +399,12 @@ pub async fn cancel(conn: &mut PgConnection, id: i64, reason: Option<String>, no
     Ok(b)
 }
 
+/// Loads an instructor, active or not, locking the row like [`instructor`].
 async fn instructor_any(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
     sqlx::query_as(
         "SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
-         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1",
+         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1
+         FOR NO KEY UPDATE OF i",
     )
     .bind(id)
     .fetch_optional(conn)

@@ -80,8 +80,8 @@ impl std::fmt::Debug for PushConfig {
     }
 }
 
-/// Everything the programs need, read once at start-up.
-#[derive(Debug, Clone)]
+/// Everything the programs need, read once at start-up. Its `Debug` redacts every secret.
+#[derive(Clone)]
 pub struct Config {
     /// `DATABASE_URL`; may hold a password, see [`crate::db::redact_url`].
     pub database_url: String,
@@ -122,6 +122,32 @@ pub struct Config {
     pub poll_interval: Duration,
     /// `RECURRING_HORIZON_DAYS`: how far ahead weekly series are booked.
     pub recurring_horizon_days: u32,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &crate::db::redact_url(&self.database_url))
+            .field("school_timezone", &self.school_timezone)
+            .field("school_name", &self.school_name)
+            .field("smtp", &self.smtp)
+            .field("mail_from", &self.mail_from)
+            .field("sms", &self.sms)
+            .field("push", &self.push)
+            .field("admin_api_addr", &self.admin_api_addr)
+            .field("admin_api_token", &self.admin_api_token.as_ref().map(|_| "<redacted>"))
+            .field("outbox_dir", &self.outbox_dir)
+            .field("invoice_dir", &self.invoice_dir)
+            .field("templates_dir", &self.templates_dir)
+            .field("reminder_offsets", &self.reminder_offsets)
+            .field("worker_concurrency", &self.worker_concurrency)
+            .field("delivery_max_attempts", &self.delivery_max_attempts)
+            .field("retry_base_delay", &self.retry_base_delay)
+            .field("retry_max_delay", &self.retry_max_delay)
+            .field("poll_interval", &self.poll_interval)
+            .field("recurring_horizon_days", &self.recurring_horizon_days)
+            .finish()
+    }
 }
 
 fn var(name: &'static str) -> Option<String> {

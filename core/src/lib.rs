@@ -7,6 +7,9 @@
 //! - [`jobs`]: the queue contract and [`jobs::enqueue`], the one function that enqueues.
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
+//! - [`series`]: weekly recurring bookings and their expansion over the horizon (DST-correct).
+//! - [`people`]: users with their student/instructor profile, preferences, devices, availability.
+//! - [`cli`]: what every program does around its work (logging, config, database, signals).
 //! - [`analytics`]: the system's own analytics events.
 //! - [`error`]: the domain error the API maps to status codes.
 //! - [`demo`]: `dashlight seed-demo`.

@@ -1,24 +1,56 @@
 //! Bookings: create, cancel, reschedule, the timeline of one booking, and weekly series. Every
 //! write runs in one transaction through `dashlight_core::bookings` (or `series`), with
 //! `now = state.clock.now()`; the notifications and jobs it implies are enqueued on the same
-//! connection and the transaction commits only after them.
+//! connection and the transaction commits only after them. A transaction that loses a deadlock
+//! (two concurrent bookings of one slot can end in one rather than in the exclusion
+//! constraint's violation) is run again, so the loser gets its clean 409.
 
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use dashlight_core::{
-    bookings::{self, Booking, NewBooking},
-    series::{self, NewSeries},
+    DomainError,
+    bookings::{self, Booking, BookingSettings, NewBooking},
+    series::{self, ExpandReport, NewSeries, Series},
 };
 use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     AppState,
-    error::{ApiError, ErrorBody},
+    error::{ApiError, ErrorBody, is_transient},
     extract::{ApiJson, ApiPath, OptionalJson, hhmm, rfc3339},
     http::deliveries::{self, NotificationOut},
 };
+
+/// Tries a transaction this many times when it is a deadlock's victim.
+const ATTEMPTS: u32 = 3;
+
+/// Runs `$body` (an expression using the transaction `$tx`, giving
+/// `Result<T, DomainError>`) in a transaction on `$pool` and commits; runs it again when the
+/// database reports a deadlock or serialization failure. Evaluates to `Result<T, ApiError>`.
+macro_rules! in_transaction {
+    ($pool:expr, |$tx:ident| $body:expr) => {{
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut $tx = $pool.begin().await?;
+            match $body {
+                Ok(value) => match $tx.commit().await {
+                    Ok(()) => break Ok::<_, ApiError>(value),
+                    Err(e) if is_transient(&e) && attempt < ATTEMPTS => continue,
+                    Err(e) => break Err(ApiError::from(e)),
+                },
+                Err(DomainError::Db(e)) if is_transient(&e) && attempt < ATTEMPTS => {
+                    tracing::debug!(attempt, error = %e, "transaction lost a deadlock; running it again");
+                    continue;
+                }
+                Err(e) => break Err(ApiError::from(e)),
+            }
+        }
+    }};
+}
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -136,9 +168,8 @@ pub async fn create_booking(
         dropoff_location: body.dropoff_location,
         series: None,
     };
-    let mut tx = state.pool.begin().await?;
-    let b = bookings::create(&mut tx, &state.booking, nb, state.clock.now()).await?;
-    tx.commit().await?;
+    let now = state.clock.now();
+    let b = in_transaction!(state.pool, |tx| bookings::create(&mut tx, &state.booking, nb.clone(), now).await)?;
     tracing::info!(booking_id = b.id, "booking created");
     Ok((StatusCode::CREATED, Json(b.into())))
 }
@@ -154,7 +185,7 @@ pub struct CancelBooking {
 /// Cancels a pending or confirmed booking: its reminders are cancelled, student and instructor
 /// are told.
 #[utoipa::path(post, path = "/api/bookings/{id}/cancel", tag = "bookings",
-    request_body(content = CancelBooking, description = "Optional"),
+    request_body(content = Option<CancelBooking>, description = "Optional: the body may be left out"),
     params(("id" = i64, Path, description = "bookings.id")),
     responses(
         (status = 200, description = "Cancelled", body = BookingOut),
@@ -176,9 +207,8 @@ pub async fn cancel_booking(
     if body.reason.as_ref().is_some_and(|r| r.chars().count() > 1000) {
         return Err(ApiError::invalid("reason", "at most 1000 characters"));
     }
-    let mut tx = state.pool.begin().await?;
-    let b = bookings::cancel(&mut tx, id, body.reason, state.clock.now()).await?;
-    tx.commit().await?;
+    let now = state.clock.now();
+    let b = in_transaction!(state.pool, |tx| bookings::cancel(&mut tx, id, body.reason.clone(), now).await)?;
     tracing::info!(booking_id = id, "booking cancelled");
     Ok(Json(b.into()))
 }
@@ -217,9 +247,16 @@ pub async fn reschedule_booking(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<RescheduleBooking>,
 ) -> Result<Json<BookingOut>, ApiError> {
-    let mut tx = state.pool.begin().await?;
-    let b = bookings::reschedule(&mut tx, &state.booking, id, body.start_time, body.end_time, state.clock.now()).await?;
-    tx.commit().await?;
+    let now = state.clock.now();
+    let b = in_transaction!(state.pool, |tx| bookings::reschedule(
+        &mut tx,
+        &state.booking,
+        id,
+        body.start_time,
+        body.end_time,
+        now
+    )
+    .await)?;
     tracing::info!(booking_id = id, version = b.version, "booking rescheduled");
     Ok(Json(b.into()))
 }
@@ -349,6 +386,22 @@ pub struct SeriesCreated {
     pub skipped: Vec<SkippedOut>,
 }
 
+/// Creates the series, books it up to the horizon and notifies its clashes.
+async fn create_and_expand(
+    conn: &mut PgConnection,
+    settings: &BookingSettings,
+    ns: NewSeries,
+    now: DateTime<Utc>,
+    horizon_days: u32,
+    school_email: &str,
+) -> Result<(Series, ExpandReport), DomainError> {
+    let created = series::create(conn, ns).await?;
+    let report = series::expand(conn, settings, created.id, now, horizon_days).await?;
+    series::notify_conflicts(conn, &report, Some(school_email), now).await?;
+    let s = series::get(conn, created.id).await?;
+    Ok((s, report))
+}
+
 /// Creates a weekly series and books its occurrences up to the horizon
 /// (`RECURRING_HORIZON_DAYS`); the scheduler books later ones as time moves on.
 #[utoipa::path(post, path = "/api/booking-series", tag = "bookings", request_body = CreateSeries,
@@ -379,12 +432,15 @@ pub async fn create_series(
         until_on: body.until_on,
         occurrence_count: body.occurrence_count,
     };
-    let mut tx = state.pool.begin().await?;
-    let created = series::create(&mut tx, ns).await?;
-    let report = series::expand(&mut tx, &state.booking, created.id, now, state.config.recurring_horizon_days).await?;
-    series::notify_conflicts(&mut tx, &report, Some(&state.config.mail_from), now).await?;
-    let s = series::get(&mut tx, created.id).await?;
-    tx.commit().await?;
+    let (s, report) = in_transaction!(state.pool, |tx| create_and_expand(
+        &mut tx,
+        &state.booking,
+        ns.clone(),
+        now,
+        state.config.recurring_horizon_days,
+        &state.config.mail_from
+    )
+    .await)?;
     tracing::info!(
         series_id = s.id,
         booked = report.created.len(),

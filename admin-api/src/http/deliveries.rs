@@ -478,7 +478,7 @@ pub struct BulkRetried {
 }
 
 /// Sends every matching failed or dead delivery again, in one transaction.
-#[utoipa::path(post, path = "/api/deliveries/retry", tag = "deliveries", request_body(content = BulkRetry, description = "Filters; an empty body retries every failed and dead delivery"),
+#[utoipa::path(post, path = "/api/deliveries/retry", tag = "deliveries", request_body(content = Option<BulkRetry>, description = "Filters; an empty body retries every failed and dead delivery"),
     responses(
         (status = 202, description = "Retries enqueued", body = BulkRetried),
         (status = 400, description = "Malformed JSON", body = ErrorBody),

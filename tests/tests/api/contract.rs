@@ -12,7 +12,11 @@ use crate::{Api, Reply, TOKEN};
 
 fn concrete(path: &str) -> String {
     // A well-formed id of either kind: numbers for our rows, ULIDs for apalis jobs.
-    if path.starts_with("/api/jobs/") { path.replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV") } else { path.replace("{id}", "1") }
+    if path.starts_with("/api/jobs/") {
+        path.replace("{id}", "01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    } else {
+        path.replace("{id}", "1")
+    }
 }
 
 fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
@@ -31,7 +35,10 @@ fn documented_routes(doc: &Value) -> BTreeSet<(String, String)> {
 async fn every_api_route_needs_the_token_and_the_document_matches_the_router() {
     let api = Api::start().await;
     let doc = api.get("/api/openapi.json").await.expect(200);
-    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "an OpenAPI 3 document");
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "an OpenAPI 3 document"
+    );
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     let documented = documented_routes(&doc);
     let listed: BTreeSet<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
@@ -65,15 +72,44 @@ async fn every_api_route_needs_the_token_and_the_document_matches_the_router() {
             }
         }
         // With the token the route exists: whatever it answers, it is not "no such route".
-        let reply = Api::reply(api.http.request(m.clone(), &url).bearer_auth(TOKEN).json(&json!({})).send().await.unwrap()).await;
+        let reply = Api::reply(
+            api.http
+                .request(m.clone(), &url)
+                .bearer_auth(TOKEN)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
         assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
         assert_ne!(reply.body["message"], "no such route", "{method} {path} is routed");
-        assert!(reply.status.as_u16() < 500 || reply.status == StatusCode::SERVICE_UNAVAILABLE, "{method} {path}: {}", reply.body);
+        assert!(
+            reply.status.as_u16() < 500 || reply.status == StatusCode::SERVICE_UNAVAILABLE,
+            "{method} {path}: {}",
+            reply.body
+        );
     }
     // "Basic" or a bare token is no bearer token.
-    let r = Api::reply(api.http.get(format!("{}/api/queues", api.base)).header("authorization", format!("Basic {TOKEN}")).send().await.unwrap()).await;
+    let r = Api::reply(
+        api.http
+            .get(format!("{}/api/queues", api.base))
+            .header("authorization", format!("Basic {TOKEN}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     r.expect_error(401, "unauthorized", None);
-    let r = Api::reply(api.http.get(format!("{}/api/queues", api.base)).header("authorization", TOKEN).send().await.unwrap()).await;
+    let r = Api::reply(
+        api.http
+            .get(format!("{}/api/queues", api.base))
+            .header("authorization", TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     r.expect_error(401, "unauthorized", None);
     api.stop().await;
 }
@@ -83,10 +119,18 @@ async fn unknown_routes_methods_and_ids_get_json_errors() {
     let api = Api::start().await;
     api.get("/nope").await.expect_error(404, "not_found", None);
     api.get("/api/nope").await.expect_error(404, "not_found", None);
-    api.call(Method::DELETE, "/api/users", None).await.expect_error(405, "method_not_allowed", None);
-    api.post("/api/bookings/abc/cancel", json!({})).await.expect_error(404, "not_found", None);
-    api.put("/api/users/12x/preferences", json!({})).await.expect_error(404, "not_found", None);
-    api.get("/api/bookings/99999999999999999999/timeline").await.expect_error(404, "not_found", None);
+    api.call(Method::DELETE, "/api/users", None)
+        .await
+        .expect_error(405, "method_not_allowed", None);
+    api.post("/api/bookings/abc/cancel", json!({}))
+        .await
+        .expect_error(404, "not_found", None);
+    api.put("/api/users/12x/preferences", json!({}))
+        .await
+        .expect_error(404, "not_found", None);
+    api.get("/api/bookings/99999999999999999999/timeline")
+        .await
+        .expect_error(404, "not_found", None);
     api.get("/api/jobs/not-a-ulid").await.expect_error(404, "not_found", None);
     api.stop().await;
 }
@@ -98,26 +142,53 @@ async fn malformed_mistyped_and_oversized_bodies() {
     let (_, instructor) = api.instructor("bodyguard").await;
 
     // Not JSON at all.
-    api.post_raw("/api/bookings", Some("application/json"), "{\"student_id\": ").await.expect_error(400, "malformed_json", None);
-    api.post_raw("/api/users", Some("application/json"), "not json").await.expect_error(400, "malformed_json", None);
-    api.post_raw("/api/users", Some("application/json"), "{} trailing").await.expect_error(400, "malformed_json", None);
+    api.post_raw("/api/bookings", Some("application/json"), "{\"student_id\": ")
+        .await
+        .expect_error(400, "malformed_json", None);
+    api.post_raw("/api/users", Some("application/json"), "not json")
+        .await
+        .expect_error(400, "malformed_json", None);
+    api.post_raw("/api/users", Some("application/json"), "{} trailing")
+        .await
+        .expect_error(400, "malformed_json", None);
     // Wrong content type, or none.
-    api.post_raw("/api/bookings", Some("text/plain"), "{}").await.expect_error(415, "unsupported_media_type", None);
-    api.post_raw("/api/bookings", None, "{}").await.expect_error(415, "unsupported_media_type", None);
+    api.post_raw("/api/bookings", Some("text/plain"), "{}")
+        .await
+        .expect_error(415, "unsupported_media_type", None);
+    api.post_raw("/api/bookings", None, "{}")
+        .await
+        .expect_error(415, "unsupported_media_type", None);
     // Missing fields and wrong types name the field.
-    api.post("/api/bookings", json!({"student_id": student, "start_time": "2030-01-01T10:00:00Z", "end_time": "2030-01-01T11:00:00Z"}))
-        .await
-        .expect_error(422, "missing_field", Some("instructor_id"));
-    api.post("/api/bookings", json!({"student_id": "one", "instructor_id": instructor, "start_time": "2030-01-01T10:00:00Z", "end_time": "2030-01-01T11:00:00Z"}))
-        .await
-        .expect_error(422, "invalid_type", Some("student_id"));
-    api.post("/api/users", json!({"role": "instructor", "email": "x@school.test", "first_name": "X", "last_name": "Y", "instructor": {"license_number": 7}}))
-        .await
-        .expect_error(422, "invalid_type", Some("instructor.license_number"));
-    api.post("/api/users", json!({"role": "instructor", "email": "x@school.test", "first_name": "X", "last_name": "Y", "instructor": {}}))
-        .await
-        .expect_error(422, "missing_field", Some("instructor.license_number"));
-    api.put("/api/instructors/1/availability", json!([{"day_of_week": 1, "start_time": "08:00"}])).await.expect_error(422, "missing_field", Some("[0].end_time"));
+    api.post(
+        "/api/bookings",
+        json!({"student_id": student, "start_time": "2030-01-01T10:00:00Z", "end_time": "2030-01-01T11:00:00Z"}),
+    )
+    .await
+    .expect_error(422, "missing_field", Some("instructor_id"));
+    api.post(
+        "/api/bookings",
+        json!({"student_id": "one", "instructor_id": instructor, "start_time": "2030-01-01T10:00:00Z", "end_time": "2030-01-01T11:00:00Z"}),
+    )
+    .await
+    .expect_error(422, "invalid_type", Some("student_id"));
+    api.post(
+        "/api/users",
+        json!({"role": "instructor", "email": "x@school.test", "first_name": "X", "last_name": "Y", "instructor": {"license_number": 7}}),
+    )
+    .await
+    .expect_error(422, "invalid_type", Some("instructor.license_number"));
+    api.post(
+        "/api/users",
+        json!({"role": "instructor", "email": "x@school.test", "first_name": "X", "last_name": "Y", "instructor": {}}),
+    )
+    .await
+    .expect_error(422, "missing_field", Some("instructor.license_number"));
+    api.put(
+        "/api/instructors/1/availability",
+        json!([{"day_of_week": 1, "start_time": "08:00"}]),
+    )
+    .await
+    .expect_error(422, "missing_field", Some("[0].end_time"));
     api.post("/api/bookings", json!([])).await.expect_error(422, "invalid_type", None);
     // A misspelt field is not silently ignored.
     api.post("/api/bookings", json!({"student_id": student, "instructor_id": instructor, "start_time": "2030-01-01T10:00:00Z", "end_time": "2030-01-01T11:00:00Z", "pickup_locaton": "x"}))
@@ -127,18 +198,25 @@ async fn malformed_mistyped_and_oversized_bodies() {
     api.post("/api/bookings", json!({"student_id": student, "instructor_id": instructor, "start_time": "2030-01-01T10:00:00", "end_time": "2030-01-01T11:00:00Z"}))
         .await
         .expect_error(422, "invalid_value", Some("start_time"));
-    api.post("/api/bookings", json!({"student_id": student, "instructor_id": instructor, "start_time": "2030-01-01T10:00:00+01:00", "end_time": "next tuesday"}))
-        .await
-        .expect_error(422, "invalid_value", Some("end_time"));
+    api.post(
+        "/api/bookings",
+        json!({"student_id": student, "instructor_id": instructor, "start_time": "2030-01-01T10:00:00+01:00", "end_time": "next tuesday"}),
+    )
+    .await
+    .expect_error(422, "invalid_value", Some("end_time"));
 
     // Over 1 MiB: 413 with the error body, whether the length is announced or streamed.
     let big = format!("{{\"reason\": \"{}\"}}", "x".repeat(1024 * 1024 + 10));
-    api.post_raw("/api/bookings/1/cancel", Some("application/json"), big.clone()).await.expect_error(413, "payload_too_large", None);
+    api.post_raw("/api/bookings/1/cancel", Some("application/json"), big.clone())
+        .await
+        .expect_error(413, "payload_too_large", None);
     let (status, body) = post_chunked(&api.base, "/api/bookings/1/cancel", big.into_bytes()).await;
     assert_eq!((status, body["error"].as_str()), (413, Some("payload_too_large")), "{body}");
     // Just under the limit is read (and then judged on its merits).
     let fits = format!("{{\"reason\": \"{}\"}}", "x".repeat(1000 * 1000));
-    api.post_raw("/api/bookings/999999/cancel", Some("application/json"), fits).await.expect_error(422, "invalid_value", Some("reason"));
+    api.post_raw("/api/bookings/999999/cancel", Some("application/json"), fits)
+        .await
+        .expect_error(422, "invalid_value", Some("reason"));
     api.stop().await;
 }
 
@@ -166,7 +244,10 @@ async fn post_chunked(base: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
     let mut raw = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf)).await.expect("an answer") {
+        match tokio::time::timeout(Duration::from_secs(10), rd.read(&mut buf))
+            .await
+            .expect("an answer")
+        {
             Ok(0) | Err(_) => break,
             Ok(n) => raw.extend_from_slice(&buf[..n]),
         }
@@ -183,7 +264,11 @@ fn complete_response(raw: &[u8]) -> Option<(u16, Value)> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n")?;
     let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
-    let len: usize = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))?.parse().ok()?;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))?
+        .parse()
+        .ok()?;
     if body.len() < len {
         return None;
     }
@@ -240,7 +325,14 @@ async fn an_unreachable_database_is_503_within_seconds() {
     r.expect_error(503, "unavailable", None);
     let r = Api::reply(http.get(format!("{base}/api/queues")).bearer_auth(TOKEN).send().await.unwrap()).await;
     r.expect_error(503, "unavailable", None);
-    let r = Api::reply(http.post(format!("{base}/api/bookings/1/cancel")).bearer_auth(TOKEN).send().await.unwrap()).await;
+    let r = Api::reply(
+        http.post(format!("{base}/api/bookings/1/cancel"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     r.expect_error(503, "unavailable", None);
     let r = Api::reply(http.get(format!("{base}/healthz")).send().await.unwrap()).await;
     r.expect(200);
@@ -253,16 +345,22 @@ async fn start_up_errors_name_the_variable() {
     let db = dashlight_tests::db::TestDb::new().await;
     let mut config = db.config();
     config.admin_api_token = None;
-    let err = dashlight_admin_api::run(&config, db.pool.clone(), dashlight_core::Clock::system(), async {}).await.unwrap_err();
+    let err = dashlight_admin_api::run(&config, db.pool.clone(), dashlight_core::Clock::system(), async {})
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("ADMIN_API_TOKEN"), "{err:#}");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = dashlight_admin_api::serve(&config, db.pool.clone(), dashlight_core::Clock::system(), listener, async {}).await.unwrap_err();
+    let err = dashlight_admin_api::serve(&config, db.pool.clone(), dashlight_core::Clock::system(), listener, async {})
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("ADMIN_API_TOKEN"), "{err:#}");
 
     let taken = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut config = db.config();
     config.admin_api_addr = taken.local_addr().unwrap().to_string();
-    let err = dashlight_admin_api::run(&config, db.pool.clone(), dashlight_core::Clock::system(), async {}).await.unwrap_err();
+    let err = dashlight_admin_api::run(&config, db.pool.clone(), dashlight_core::Clock::system(), async {})
+        .await
+        .unwrap_err();
     assert!(format!("{err:#}").contains("ADMIN_API_ADDR"), "{err:#}");
 
     // `run` on a free port stops when told to.
@@ -280,7 +378,11 @@ async fn start_up_errors_name_the_variable() {
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     tx.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), server).await.expect("stops").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
