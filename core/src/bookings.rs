@@ -79,6 +79,16 @@ pub struct BookingSettings {
     pub reminder_offsets: Vec<Duration>,
 }
 
+impl BookingSettings {
+    /// The settings of a configuration.
+    pub fn from_config(config: &crate::Config) -> BookingSettings {
+        BookingSettings {
+            school_tz: config.school_timezone,
+            reminder_offsets: config.reminder_offsets.clone(),
+        }
+    }
+}
+
 /// A person on a booking, with what messages about it need.
 #[derive(Debug, Clone, FromRow)]
 pub struct Party {

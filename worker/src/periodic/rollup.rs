@@ -1,0 +1,305 @@
+//! Analytics rollup: the last three local days (school time zone) recomputed from scratch into
+//! `daily_rollups`, one row per instructor with activity and one for the whole school
+//! (`instructor_id` NULL), plus the CRM figures that follow from payments and bookings.
+//!
+//! Every figure is a range scan on the time it happened, over `[local midnight, next local
+//! midnight)` (23 or 25 hours on the days the clocks change):
+//!
+//! | figure | counted from | attributed to the instructor of |
+//! |---|---|---|
+//! | `bookings_made` | `bookings.created_at` | the booking |
+//! | `lessons_completed` | `lessons.completed_at` | the lesson |
+//! | `cancellations` | `bookings.cancelled_at` | the booking |
+//! | `no_shows` | `bookings.start_time` of `no_show` bookings | the booking |
+//! | `revenue_minor` | `payments.paid_at` of succeeded payments | the paid booking (packages: school only) |
+//! | `deliveries` | `sent_at` of sent, `updated_at` of failed and dead deliveries | the notification's booking |
+//! | `due_to_sent_p50/p95_ms` | `sent_at − notifications.due_at` of the day's sent deliveries | the notification's booking |
+//! | `events` | `analytics_events.timestamp` | `event_data.instructor_id` |
+//!
+//! The school row counts everything, attributed or not. The run is an upsert on
+//! `(day, instructor_id)`; an instructor row whose figures are all gone is deleted. Recomputing
+//! gives identical rows except `computed_at`. Owns `daily_rollups` and the
+//! `crm_contacts.lifetime_value_minor` / `lead_status` moves made here.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::{FromRow, PgConnection};
+
+use super::{Context, PeriodicError, day_bounds};
+
+/// Local days recomputed per run (today and the two before).
+pub const DAYS: i64 = 3;
+
+const CHANNELS: [&str; 3] = ["email", "sms", "push"];
+
+/// One row of `daily_rollups` (without its id and `computed_at`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rollup {
+    /// Bookings created that day.
+    pub bookings_made: i64,
+    /// Lessons completed that day.
+    pub lessons_completed: i64,
+    /// Bookings cancelled that day.
+    pub cancellations: i64,
+    /// No-shows of lessons that day.
+    pub no_shows: i64,
+    /// Succeeded payments paid that day.
+    pub revenue_minor: i64,
+    /// channel → (sent, failed, dead).
+    pub deliveries: BTreeMap<String, (i64, i64, i64)>,
+    /// Median lateness of the day's sends, ms.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile lateness of the day's sends, ms.
+    pub p95_ms: Option<f64>,
+    /// Analytics events.
+    pub events: i64,
+}
+
+impl Rollup {
+    fn is_empty(&self) -> bool {
+        *self == Rollup::default()
+    }
+
+    /// `{"email": {"sent": n, "failed": n, "dead": n}, ...}`, every channel present.
+    pub fn deliveries_json(&self) -> Value {
+        let mut m = Map::new();
+        for ch in CHANNELS {
+            let (sent, failed, dead) = self.deliveries.get(ch).copied().unwrap_or_default();
+            m.insert(ch.into(), json!({"sent": sent, "failed": failed, "dead": dead}));
+        }
+        Value::Object(m)
+    }
+
+    /// sent / (sent + failed + dead) over every channel; `None` without any.
+    pub fn success_rate(&self) -> Option<f64> {
+        let (sent, all) = self
+            .deliveries
+            .values()
+            .fold((0, 0), |(s, a), (sent, failed, dead)| (s + sent, a + sent + failed + dead));
+        (all > 0).then(|| sent as f64 / all as f64)
+    }
+}
+
+/// Key of a row: `None` is the school.
+type Key = Option<i64>;
+
+#[derive(FromRow)]
+struct Count {
+    instructor_id: Option<i64>,
+    school: bool,
+    n: i64,
+}
+
+#[derive(FromRow)]
+struct Lateness {
+    instructor_id: Option<i64>,
+    school: bool,
+    p50: Option<f64>,
+    p95: Option<f64>,
+}
+
+/// Recomputes the last [`DAYS`] days and the CRM figures; returns the summary line.
+pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
+    let tz = ctx.config.school_timezone;
+    let today = now.with_timezone(&tz).date_naive();
+    let mut tx = ctx.pool.begin().await?;
+    let mut rows = 0;
+    for back in (0..DAYS).rev() {
+        let day = today - Duration::days(back);
+        let (start, end) = day_bounds(tz, day);
+        let computed = compute_day(&mut tx, start, end).await?;
+        rows += store_day(&mut tx, day, &computed, now).await?;
+        let school = computed.get(&None).cloned().unwrap_or_default();
+        tracing::info!(%day, instructors = computed.len() - 1, bookings = school.bookings_made, revenue_minor = school.revenue_minor, events = school.events, "daily rollup recomputed");
+    }
+    let (valued, activated) = crm(&mut tx).await?;
+    tx.commit().await?;
+    Ok(format!(
+        "recomputed {DAYS} days ({} to {today}) into {rows} rollup rows; {valued} contacts revalued, {activated} leads became active",
+        today - Duration::days(DAYS - 1)
+    ))
+}
+
+fn add(map: &mut BTreeMap<Key, Rollup>, c: &Count, f: impl Fn(&mut Rollup, i64)) {
+    let key = if c.school { None } else { c.instructor_id };
+    // Unattributed rows (no instructor) only count towards the school's.
+    if c.school || c.instructor_id.is_some() {
+        f(map.entry(key).or_default(), c.n);
+    }
+}
+
+/// The figures of `[start, end)`: one entry per instructor with activity, and the school's.
+pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: DateTime<Utc>) -> Result<BTreeMap<Key, Rollup>, sqlx::Error> {
+    let mut map: BTreeMap<Key, Rollup> = BTreeMap::new();
+    map.insert(None, Rollup::default());
+
+    // (sql, setter): every query groups by instructor and adds the school's total (grouping set ()).
+    type Setter = fn(&mut Rollup, i64);
+    let counts: [(&str, Setter); 6] = [
+        (
+            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM bookings
+             WHERE created_at >= $1 AND created_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            |r, n| r.bookings_made = n,
+        ),
+        (
+            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM lessons
+             WHERE completed_at >= $1 AND completed_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            |r, n| r.lessons_completed = n,
+        ),
+        (
+            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM bookings
+             WHERE cancelled_at >= $1 AND cancelled_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            |r, n| r.cancellations = n,
+        ),
+        (
+            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM bookings
+             WHERE status = 'no_show' AND start_time >= $1 AND start_time < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            |r, n| r.no_shows = n,
+        ),
+        (
+            "SELECT b.instructor_id, grouping(b.instructor_id) = 1 AS school, coalesce(sum(p.amount_minor), 0)::bigint AS n
+             FROM payments p LEFT JOIN bookings b ON b.id = p.booking_id
+             WHERE p.status = 'succeeded' AND p.paid_at >= $1 AND p.paid_at < $2 GROUP BY GROUPING SETS ((b.instructor_id), ())",
+            |r, n| r.revenue_minor = n,
+        ),
+        (
+            r#"SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n
+               FROM (SELECT CASE WHEN event_data->>'instructor_id' ~ '^[0-9]{1,18}$' THEN (event_data->>'instructor_id')::bigint END AS instructor_id
+                     FROM analytics_events WHERE "timestamp" >= $1 AND "timestamp" < $2) e
+               GROUP BY GROUPING SETS ((instructor_id), ())"#,
+            |r, n| r.events = n,
+        ),
+    ];
+    for (sql, set) in counts {
+        let rows: Vec<Count> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(start)
+            .bind(end)
+            .fetch_all(&mut *conn)
+            .await?;
+        for c in &rows {
+            add(&mut map, c, set);
+        }
+    }
+
+    // Deliveries of the day by channel and outcome, and how late the sends were.
+    const DAY_DELIVERIES: &str = "
+        day_deliveries AS (
+            SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
+            FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
+            WHERE d.status = 'sent' AND d.sent_at >= $1 AND d.sent_at < $2
+            UNION ALL
+            SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
+            FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
+            WHERE d.status IN ('failed', 'dead') AND d.updated_at >= $1 AND d.updated_at < $2)";
+    let by_channel: Vec<(Option<i64>, bool, String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {DAY_DELIVERIES}
+         SELECT instructor_id, grouping(instructor_id) = 1, channel,
+                count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'dead')
+         FROM day_deliveries GROUP BY GROUPING SETS ((instructor_id, channel), (channel))"
+    )))
+    .bind(start)
+    .bind(end)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (instructor_id, school, channel, sent, failed, dead) in by_channel {
+        if school || instructor_id.is_some() {
+            let key = if school { None } else { instructor_id };
+            map.entry(key).or_default().deliveries.insert(channel, (sent, failed, dead));
+        }
+    }
+    let lateness: Vec<Lateness> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH {DAY_DELIVERIES}
+         SELECT instructor_id, grouping(instructor_id) = 1 AS school,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p50,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p95
+         FROM day_deliveries WHERE status = 'sent' GROUP BY GROUPING SETS ((instructor_id), ())"
+    )))
+    .bind(start)
+    .bind(end)
+    .fetch_all(&mut *conn)
+    .await?;
+    for l in lateness {
+        if l.school || l.instructor_id.is_some() {
+            let r = map.entry(if l.school { None } else { l.instructor_id }).or_default();
+            r.p50_ms = l.p50;
+            r.p95_ms = l.p95;
+        }
+    }
+    // An instructor may appear through a grouping with nothing counted (a NULL sum).
+    map.retain(|k, r| k.is_none() || !r.is_empty());
+    Ok(map)
+}
+
+/// Upserts the day's rows and deletes instructor rows of the day that no longer have figures.
+/// Returns how many rows were written.
+async fn store_day(
+    conn: &mut PgConnection,
+    day: NaiveDate,
+    rows: &BTreeMap<Key, Rollup>,
+    now: DateTime<Utc>,
+) -> Result<usize, sqlx::Error> {
+    for (instructor, r) in rows {
+        sqlx::query(
+            "INSERT INTO daily_rollups (day, instructor_id, bookings_made, lessons_completed, cancellations, no_shows, revenue_minor,
+                                        deliveries, delivery_success_rate, due_to_sent_p50_ms, due_to_sent_p95_ms, events, computed_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+             ON CONFLICT (day, instructor_id) DO UPDATE SET
+                bookings_made = EXCLUDED.bookings_made, lessons_completed = EXCLUDED.lessons_completed,
+                cancellations = EXCLUDED.cancellations, no_shows = EXCLUDED.no_shows, revenue_minor = EXCLUDED.revenue_minor,
+                deliveries = EXCLUDED.deliveries, delivery_success_rate = EXCLUDED.delivery_success_rate,
+                due_to_sent_p50_ms = EXCLUDED.due_to_sent_p50_ms, due_to_sent_p95_ms = EXCLUDED.due_to_sent_p95_ms,
+                events = EXCLUDED.events, computed_at = EXCLUDED.computed_at",
+        )
+        .bind(day)
+        .bind(instructor)
+        .bind(r.bookings_made as i32)
+        .bind(r.lessons_completed as i32)
+        .bind(r.cancellations as i32)
+        .bind(r.no_shows as i32)
+        .bind(r.revenue_minor)
+        .bind(r.deliveries_json())
+        .bind(r.success_rate())
+        .bind(r.p50_ms)
+        .bind(r.p95_ms)
+        .bind(r.events as i32)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let keep: Vec<i64> = rows.keys().flatten().copied().collect();
+    sqlx::query("DELETE FROM daily_rollups WHERE day = $1 AND instructor_id IS NOT NULL AND instructor_id <> ALL($2)")
+        .bind(day)
+        .bind(&keep)
+        .execute(&mut *conn)
+        .await?;
+    Ok(rows.len())
+}
+
+/// Lifetime values from the succeeded payments of each contact's user (in the contact's
+/// currency), and leads whose user has booked become `active`. Only rows that change are
+/// written. Returns (revalued, activated).
+async fn crm(conn: &mut PgConnection) -> Result<(u64, u64), sqlx::Error> {
+    let rows: Vec<(i64, bool)> = sqlx::query_as(
+        "WITH v AS (
+            SELECT c.id, c.lead_status AS old_status,
+                   coalesce((SELECT sum(p.amount_minor) FROM students s JOIN payments p ON p.student_id = s.id
+                             WHERE s.user_id = c.user_id AND p.status = 'succeeded' AND p.currency = c.currency), 0)::bigint AS ltv,
+                   EXISTS (SELECT 1 FROM students s JOIN bookings b ON b.student_id = s.id WHERE s.user_id = c.user_id) AS booked
+            FROM crm_contacts c WHERE c.user_id IS NOT NULL)
+         UPDATE crm_contacts c
+         SET lifetime_value_minor = v.ltv,
+             lead_status = CASE WHEN c.lead_status = 'lead' AND v.booked THEN 'active' ELSE c.lead_status END
+         FROM v
+         WHERE v.id = c.id AND (c.lifetime_value_minor <> v.ltv OR (c.lead_status = 'lead' AND v.booked))
+         RETURNING c.id, (v.old_status = 'lead' AND v.booked) AS activated",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let activated = rows.iter().filter(|(_, a)| *a).count() as u64;
+    for (id, a) in &rows {
+        tracing::info!(contact = id, activated = a, "crm contact figures updated");
+    }
+    Ok((rows.len() as u64, activated))
+}
