@@ -23,6 +23,11 @@ use crate::{AppState, error::ErrorBody};
         (name = "bookings", description = "Bookings, timelines and weekly series"),
         (name = "queues", description = "Job queues (apalis)"),
         (name = "deliveries", description = "Notifications, deliveries and retries"),
+        (name = "lessons", description = "Completed lessons, skill ratings and progress, no-shows"),
+        (name = "payments", description = "Payments, lesson packages and purchases"),
+        (name = "messages", description = "Messages between staff, instructors and students"),
+        (name = "crm", description = "Leads and staff interactions"),
+        (name = "calendar", description = "iCalendar feeds of lessons (the feed needs no token)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -144,8 +144,9 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|c| {
-            // Connection exceptions, shutdowns, "too many connections".
-            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+            // Connection exceptions, shutdowns, "too many connections", "database is not
+            // currently accepting connections" (55000), "the database system is starting up".
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300" | "55000")
         }),
         _ => false,
     }

@@ -8,6 +8,8 @@
 //! - [`error`]: the one API error enum and its status table; the JSON error body.
 //! - [`extract`]: body, path and query extractors whose rejections are API errors; time formats.
 //! - [`auth`]: the bearer-token check (constant time) on every `/api` route.
+//! - [`dashboard`]: the operators' dashboard at `/` (HTML pages, sign-in with the token); its
+//!   buttons call the `/api` routes. Not part of [`ROUTES`] nor of the OpenAPI document.
 //! - [`pagination`]: `limit`/`cursor` and the `{items, next_cursor}` page.
 //! - [`http`]: the handlers, one module per area, each with its routes.
 //! - [`telemetry`]: request tracing, Prometheus metrics.
@@ -18,6 +20,7 @@
 //! and the OpenAPI document against.
 
 pub mod auth;
+pub mod dashboard;
 pub mod docs;
 pub mod error;
 pub mod extract;
@@ -60,6 +63,18 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/deliveries"),
     ("POST", "/api/deliveries/{id}/retry"),
     ("POST", "/api/deliveries/retry"),
+    ("POST", "/api/bookings/{id}/complete"),
+    ("POST", "/api/bookings/{id}/no-show"),
+    ("POST", "/api/payments"),
+    ("POST", "/api/lesson-packages"),
+    ("POST", "/api/students/{id}/packages"),
+    ("POST", "/api/messages"),
+    ("POST", "/api/messages/{id}/read"),
+    ("GET", "/api/users/{id}/messages"),
+    ("POST", "/api/crm/contacts"),
+    ("POST", "/api/crm/interactions"),
+    ("POST", "/api/users/{id}/calendar-token/rotate"),
+    ("GET", "/calendar/{token}.ics"),
     ("GET", "/api/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -83,10 +98,7 @@ pub struct AppState {
 impl AppState {
     /// State from the configuration, a pool and a clock.
     pub fn new(config: Config, pool: PgPool, clock: Clock) -> AppState {
-        let booking = BookingSettings {
-            school_tz: config.school_timezone,
-            reminder_offsets: config.reminder_offsets.clone(),
-        };
+        let booking = BookingSettings::from_config(&config);
         AppState {
             pool,
             clock,
@@ -103,12 +115,17 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(http::bookings::routes())
         .merge(http::queues::routes())
         .merge(http::deliveries::routes())
+        .merge(http::lessons::routes())
+        .merge(http::payments::routes())
+        .merge(http::messages::routes())
+        .merge(http::crm::routes())
+        .merge(http::calendar::routes())
         .merge(docs::routes())
 }
 
-/// The open routes: liveness, readiness, metrics.
+/// The open routes: liveness, readiness, metrics, calendar feeds.
 pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
-    http::health::routes()
+    http::health::routes().merge(http::calendar::open_routes())
 }
 
 /// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors
@@ -121,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::from_fn(error::json_errors))
+        // Merged after the JSON error layer: the dashboard answers in HTML, errors included.
+        .merge(dashboard::routes())
         .layer(axum::middleware::from_fn(telemetry::http_metrics))
         .layer(telemetry::trace_layer())
         .with_state(state)

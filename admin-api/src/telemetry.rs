@@ -55,6 +55,15 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
     res
 }
 
+/// The path as logged: a calendar feed's address holds its secret token, which is left out.
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with("/calendar/") {
+        "/calendar/<token>.ics"
+    } else {
+        path
+    }
+}
+
 /// The tracing layer: one span per request with method and path (no headers, no query string),
 /// and one line per response with status and latency.
 #[allow(clippy::type_complexity)]
@@ -65,7 +74,9 @@ pub fn trace_layer() -> TraceLayer<
     impl Fn(&Response, std::time::Duration, &Span) + Clone,
 > {
     TraceLayer::new_for_http()
-        .make_span_with(|req: &Request<Body>| tracing::info_span!("request", method = %req.method(), path = %req.uri().path()))
+        .make_span_with(
+            |req: &Request<Body>| tracing::info_span!("request", method = %req.method(), path = %loggable_path(req.uri().path())),
+        )
         .on_request(())
         .on_response(|res: &Response, latency: std::time::Duration, _span: &Span| {
             tracing::info!(

@@ -79,10 +79,7 @@ async fn migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
 }
 
 fn booking_settings(config: &Config) -> BookingSettings {
-    BookingSettings {
-        school_tz: config.school_timezone,
-        reminder_offsets: config.reminder_offsets.clone(),
-    }
+    BookingSettings::from_config(config)
 }
 
 async fn seed(config: &Config) -> anyhow::Result<()> {

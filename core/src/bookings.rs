@@ -1,8 +1,10 @@
 //! Bookings: create, cancel and reschedule, each in the caller's transaction together with
-//! everything it implies — the calendar event, the student's and instructor's notifications and
-//! the lesson reminders. The database's exclusion constraint is the final judge of double
-//! bookings; its violation comes back as [`DomainError::Conflict`]. Owns writes to `bookings`
-//! and `calendar_events`/`event_participants`.
+//! everything it implies — the calendar event and its iCalendar invitation, the student's and
+//! instructor's notifications, the lesson reminders, the package lesson it consumes or gives back
+//! ([`crate::packages`]) and the CRM status it moves ([`crate::crm`]); and [`finish`], the
+//! `completed`/`no_show` end of a confirmed booking ([`crate::lessons`]). The database's exclusion
+//! constraint is the final judge of double bookings; its violation comes back as
+//! [`DomainError::Conflict`]. Owns writes to `bookings` and `calendar_events`/`event_participants`.
 
 use std::time::Duration;
 
@@ -13,11 +15,14 @@ use serde_json::json;
 use sqlx::{AssertSqlSafe, FromRow, PgConnection};
 
 use crate::{
-    analytics,
+    Config, analytics,
+    calendar::{self, Method},
     config::format_offset,
+    crm,
     error::DomainError,
     kinds::Kind,
     notify::{self, NewNotification},
+    packages,
 };
 
 /// A booking row.
@@ -77,14 +82,17 @@ pub struct BookingSettings {
     pub school_tz: Tz,
     /// Reminder offsets.
     pub reminder_offsets: Vec<Duration>,
+    /// The school's `MAIL_FROM` mailbox: the ORGANIZER of the lessons' calendar invitations.
+    pub organizer: String,
 }
 
 impl BookingSettings {
     /// The settings of a configuration.
-    pub fn from_config(config: &crate::Config) -> BookingSettings {
+    pub fn from_config(config: &Config) -> BookingSettings {
         BookingSettings {
             school_tz: config.school_timezone,
             reminder_offsets: config.reminder_offsets.clone(),
+            organizer: config.mail_from.clone(),
         }
     }
 }
@@ -233,8 +241,8 @@ pub async fn create(conn: &mut PgConnection, s: &BookingSettings, nb: NewBooking
     .map_err(DomainError::from_db)?;
 
     let event_id: i64 = sqlx::query_scalar(
-        "INSERT INTO calendar_events (owner_id, booking_id, title, start_time, end_time, event_type, location, uid)
-         VALUES ($1, $2, $3, $4, $5, 'lesson', $6, $7) RETURNING id",
+        "INSERT INTO calendar_events (owner_id, booking_id, title, start_time, end_time, event_type, location, uid, organizer)
+         VALUES ($1, $2, $3, $4, $5, 'lesson', $6, $7, $8) RETURNING id",
     )
     .bind(instructor.user_id)
     .bind(booking.id)
@@ -243,6 +251,7 @@ pub async fn create(conn: &mut PgConnection, s: &BookingSettings, nb: NewBooking
     .bind(booking.end_time)
     .bind(&booking.pickup_location)
     .bind(format!("booking-{}@dashlight", booking.id))
+    .bind(&s.organizer)
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query(
@@ -264,12 +273,14 @@ pub async fn create(conn: &mut PgConnection, s: &BookingSettings, nb: NewBooking
     );
     confirmed.title = "Lesson booked".into();
     confirmed.content = format!("Your lesson with {} is confirmed.", instructor.name);
-    confirmed.data = json!({ "booking": ctx });
+    confirmed.data = json!({ "booking": ctx, "calendar": calendar::booking_invitation(conn, booking.id, Method::Request, now).await? });
     confirmed.booking_id = Some(booking.id);
     notify::create(conn, confirmed).await?;
 
     alert(conn, &booking, &student, &instructor, "new", None, now).await?;
     schedule_reminders(conn, s, &booking, &student, &instructor, now).await?;
+    packages::consume(conn, booking.id, student.id, student.user_id, now).await?;
+    crm::mark_active(conn, student.user_id).await?;
     analytics::record(
         conn,
         Some(student.user_id),
@@ -389,12 +400,17 @@ pub async fn cancel(conn: &mut PgConnection, id: i64, reason: Option<String>, no
         .bind(id)
         .execute(&mut *conn)
         .await?;
+    packages::give_back(conn, id, now).await?;
     let student = student(conn, b.student_id).await?;
     let instructor = instructor_any(conn, b.instructor_id).await?;
     let mut n = NewNotification::to_user(Kind::BookingCancelled, student.user_id, format!("booking_cancelled:{id}"), now);
     n.title = "Lesson cancelled".into();
     n.content = format!("Your lesson with {} has been cancelled.", instructor.name);
-    n.data = json!({ "booking": booking_context(&b, &student, &instructor), "reason": reason });
+    n.data = json!({
+        "booking": booking_context(&b, &student, &instructor),
+        "reason": reason,
+        "calendar": calendar::booking_invitation(conn, id, Method::Cancel, now).await?,
+    });
     n.booking_id = Some(id);
     notify::create(conn, n).await?;
     alert(conn, &b, &student, &instructor, "cancelled", None, now).await?;
@@ -473,6 +489,7 @@ pub async fn reschedule(
     n.data = json!({
         "booking": booking_context(&b, &student, &instructor),
         "previous": {"start_time": old.start_time.to_rfc3339(), "end_time": old.end_time.to_rfc3339()},
+        "calendar": calendar::booking_invitation(conn, id, Method::Request, now).await?,
     });
     n.booking_id = Some(id);
     notify::create(conn, n).await?;
@@ -496,4 +513,53 @@ pub async fn reschedule(
     )
     .await?;
     Ok(b)
+}
+
+/// How a confirmed booking ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The lesson took place.
+    Completed,
+    /// The student did not turn up.
+    NoShow,
+}
+
+impl Outcome {
+    /// The booking status it leads to.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::NoShow => "no_show",
+        }
+    }
+}
+
+/// Ends a confirmed booking as `completed` or `no_show` (anything else is a conflict) and
+/// cancels its pending reminders. The calendar event stays: the lesson was in the diary. Returns
+/// the booking with its student and instructor.
+pub async fn finish(conn: &mut PgConnection, id: i64, outcome: Outcome) -> Result<(Booking, Party, Party), DomainError> {
+    let b = load(conn, id, true).await?;
+    if b.status != "confirmed" {
+        return Err(DomainError::Conflict(format!(
+            "booking is {}, only a confirmed booking can be marked {}",
+            b.status,
+            outcome.as_str()
+        )));
+    }
+    let b: Booking = sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE bookings SET status = $2 WHERE id = $1 RETURNING {BOOKING_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(outcome.as_str())
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    let reason = match outcome {
+        Outcome::Completed => "lesson completed",
+        Outcome::NoShow => "student did not show up",
+    };
+    notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], reason).await?;
+    let student = student(conn, b.student_id).await?;
+    let instructor = instructor_any(conn, b.instructor_id).await?;
+    Ok((b, student, instructor))
 }

@@ -1,7 +1,9 @@
 //! `dashlight seed-demo`: a small school to look at — instructors with weekly availability,
-//! students with preferences and devices, bookings over the coming days (made through the real
-//! booking operation, so their notifications flow), a weekly series and some payments. Running it
-//! again adds nothing.
+//! students with preferences, devices and CRM contacts, bookings over the coming days (made
+//! through the real booking operation, so their notifications flow), some payments, and one of
+//! every other flow so the outbox shows each kind: a completed lesson with its report, a package
+//! running low, a message thread, a driving test coming up and a lead waiting for a follow-up.
+//! Everything goes through the same core operations the API uses. Running it again adds nothing.
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -9,7 +11,11 @@ use sqlx::{Acquire, PgPool};
 
 use crate::{
     bookings::{self, BookingSettings, NewBooking},
+    crm::{self, NewContact, NewInteraction},
     error::DomainError,
+    lessons::{self, CompleteLesson, SkillRating},
+    messages::{self, NewMessage},
+    payments::{self, NewPayment},
 };
 
 /// What the seeding created.
@@ -23,6 +29,12 @@ pub struct DemoSummary {
     pub bookings: usize,
     /// Payments recorded.
     pub payments: usize,
+    /// Lessons completed (with a report).
+    pub lessons: usize,
+    /// Messages sent.
+    pub messages: usize,
+    /// Leads without a user.
+    pub leads: usize,
     /// True when the demo data was already there.
     pub already_present: bool,
 }
@@ -148,6 +160,7 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
                 .execute(&mut *tx)
                 .await?;
         }
+        crm::create_for_student(&mut tx, uid).await?;
         student_ids.push(sid);
         summary.students += 1;
     }
@@ -231,6 +244,197 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
             .await?;
         summary.payments += 1;
     }
+    flows(&mut tx, settings, now, &instructor_ids, &student_ids, &mut summary).await?;
     tx.commit().await?;
     Ok(summary)
+}
+
+/// The latest Monday-to-Saturday date before today (school time): the instructors work then.
+fn last_working_day(now: DateTime<Utc>, tz: Tz) -> chrono::NaiveDate {
+    let mut d = now.with_timezone(&tz).date_naive();
+    loop {
+        d = d.pred_opt().expect("a date before");
+        if d.weekday().number_from_monday() != 7 {
+            return d;
+        }
+    }
+}
+
+/// A working day at least `days` ahead (school time).
+fn working_day_ahead(now: DateTime<Utc>, tz: Tz, days: i64) -> chrono::NaiveDate {
+    let mut d = (now.with_timezone(&tz) + Duration::days(days)).date_naive();
+    while d.weekday().number_from_monday() == 7 {
+        d = d.succ_opt().expect("a date after");
+    }
+    d
+}
+
+fn at(tz: Tz, date: chrono::NaiveDate, hour: u32) -> DateTime<Utc> {
+    let local = date.and_hms_opt(hour, 0, 0).expect("valid time");
+    tz.from_local_datetime(&local)
+        .earliest()
+        .expect("a working hour exists")
+        .with_timezone(&Utc)
+}
+
+/// One of each flow: a completed lesson with its report, a package running low, a message
+/// thread and a lead to follow up (the driving test is the first student's `test_dates`).
+async fn flows(
+    conn: &mut sqlx::PgConnection,
+    settings: &BookingSettings,
+    now: DateTime<Utc>,
+    instructors: &[i64],
+    students: &[i64],
+    summary: &mut DemoSummary,
+) -> Result<(), DomainError> {
+    let tz = settings.school_tz;
+    let user_of = |table: &'static str, id: i64| {
+        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT user_id FROM {table} WHERE id = $1"))).bind(id)
+    };
+
+    // A lesson yesterday (or the last working day), completed with three skills rated.
+    let day = last_working_day(now, tz);
+    let start = at(tz, day, 9);
+    let past = NewBooking {
+        student_id: students[0],
+        instructor_id: instructors[0],
+        start_time: start,
+        end_time: start + Duration::hours(1),
+        pickup_location: Some("Station Road car park".into()),
+        dropoff_location: None,
+        series: None,
+    };
+    let booking = bookings::create(conn, settings, past, now).await?;
+    summary.bookings += 1;
+    let skills: Vec<i64> = sqlx::query_scalar("SELECT id FROM skill_categories WHERE active ORDER BY skill_order LIMIT 3")
+        .fetch_all(&mut *conn)
+        .await?;
+    let ratings = [4i16, 3, 2];
+    let notes = [
+        Some("Smooth and confident."),
+        None,
+        Some("Check the mirrors before signalling, every time."),
+    ];
+    let lesson = CompleteLesson {
+        notes: Some("Good progress today: moving off is much smoother. Next time we'll start on junctions.".into()),
+        skills: skills
+            .iter()
+            .zip(ratings.iter().zip(notes))
+            .map(|(id, (rating, note))| SkillRating {
+                skill_category_id: *id,
+                rating: *rating,
+                notes: note.map(str::to_owned),
+            })
+            .collect(),
+    };
+    lessons::complete(conn, booking.id, lesson, start + Duration::hours(1)).await?;
+    summary.lessons += 1;
+
+    // A two-lesson taster, paid by card, then a booking that leaves one lesson: package_low.
+    let taster: i64 = sqlx::query_scalar(
+        "INSERT INTO lesson_packages (name, lessons_included, price_minor, currency, validity_days) VALUES ('2-lesson taster', 2, 9000, 'GBP', 60)
+         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO lesson_packages (name, lessons_included, price_minor, currency, validity_days) VALUES ('10-lesson bundle', 10, 40000, 'GBP', 180)
+         ON CONFLICT (name) DO NOTHING",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let buyer = students[1];
+    payments::record(
+        conn,
+        NewPayment {
+            student_id: buyer,
+            booking_id: None,
+            package_id: Some(taster),
+            amount_minor: 9000,
+            currency: "GBP".into(),
+            method: "card".into(),
+            status: "succeeded".into(),
+            provider_ref: Some("demo-taster".into()),
+        },
+        now,
+    )
+    .await?;
+    summary.payments += 1;
+    let start = at(tz, working_day_ahead(now, tz, 6), 11);
+    let nb = NewBooking {
+        student_id: buyer,
+        instructor_id: instructors[1],
+        start_time: start,
+        end_time: start + Duration::hours(1),
+        pickup_location: Some("Riverside College gates".into()),
+        dropoff_location: None,
+        series: None,
+    };
+    let mut sp = sqlx::Acquire::begin(&mut *conn).await?;
+    match bookings::create(&mut sp, settings, nb, now).await {
+        Ok(_) => {
+            sp.commit().await?;
+            summary.bookings += 1;
+        }
+        Err(DomainError::Conflict(_) | DomainError::Invalid { .. }) => sp.rollback().await?,
+        Err(e) => return Err(e),
+    }
+
+    // A thread between the first instructor and the first student: the student read the
+    // instructor's message; the instructor has not read the reply yet (its email is pending).
+    let instructor_user = user_of("instructors", instructors[0]).fetch_one(&mut *conn).await?;
+    let student_user = user_of("students", students[0]).fetch_one(&mut *conn).await?;
+    let first = messages::send(
+        conn,
+        NewMessage {
+            sender_id: instructor_user,
+            participant_ids: vec![student_user],
+            thread_id: None,
+            content: "Hi Amelia, great lesson yesterday! Could we start ten minutes earlier next time? I'll pick you up at Station Road."
+                .into(),
+        },
+        now - Duration::hours(2),
+    )
+    .await?;
+    messages::mark_read(conn, first.id, student_user, now - Duration::hours(2) + Duration::minutes(5)).await?;
+    messages::send(
+        conn,
+        NewMessage {
+            sender_id: student_user,
+            participant_ids: vec![instructor_user],
+            thread_id: Some(first.thread_id),
+            content: "Yes, that works for me. See you then!".into(),
+        },
+        now,
+    )
+    .await?;
+    summary.messages += 2;
+
+    // A lead who enquired eight days ago and has not been contacted since.
+    let since = now - Duration::days(8);
+    let lead = crm::create_lead(
+        conn,
+        NewContact {
+            name: "Oliver Bennett".into(),
+            email: Some("oliver.bennett@demo-lead.dashlight.test".into()),
+            phone: Some("+447700900301".into()),
+            source: Some("website".into()),
+        },
+        since,
+    )
+    .await?;
+    crm::record_interaction(
+        conn,
+        NewInteraction {
+            contact_id: lead.id,
+            staff_user_id: None,
+            interaction_type: "email".into(),
+            notes: Some("Asked about intensive courses; sent the price list.".into()),
+            interaction_date: Some(since),
+        },
+        since,
+    )
+    .await?;
+    summary.leads += 1;
+    Ok(())
 }

@@ -8,6 +8,12 @@
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
 //! - [`series`]: weekly recurring bookings and their expansion over the horizon (DST-correct).
+//! - [`lessons`]: completing a lesson (progress rows, skill levels, the report) and no-shows.
+//! - [`payments`]: recording payments (a package payment buys the package).
+//! - [`packages`]: lesson packages, purchases, the lessons bookings consume and give back.
+//! - [`calendar`]: iCalendar invitations of lessons, the per-person feed and its secret.
+//! - [`messages`]: messages, their participants and `new_message` (push now, email if unread).
+//! - [`crm`]: contacts (students and leads), their status moves, staff interactions.
 //! - [`people`]: users with their student/instructor profile, preferences, devices, availability.
 //! - [`cli`]: what every program does around its work (logging, config, database, signals).
 //! - [`analytics`]: the system's own analytics events.
@@ -16,15 +22,21 @@
 
 pub mod analytics;
 pub mod bookings;
+pub mod calendar;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crm;
 pub mod db;
 pub mod demo;
 pub mod error;
 pub mod jobs;
 pub mod kinds;
+pub mod lessons;
+pub mod messages;
 pub mod notify;
+pub mod packages;
+pub mod payments;
 pub mod people;
 pub mod series;
 

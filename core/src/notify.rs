@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use crate::{
     jobs::{self, DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
-    kinds::Kind,
+    kinds::{Channel, Kind},
 };
 
 /// A notification to create.
@@ -46,6 +46,9 @@ pub struct NewNotification {
     /// Record it as `skipped` with this reason instead of sending (e.g. a reminder whose moment
     /// had already passed when the booking was made).
     pub skip_reason: Option<String>,
+    /// Overrides the kind's channel list (its policy still applies), e.g. the push-now and
+    /// email-later halves of a `new_message`. `None` (or empty) = the kind's routing.
+    pub channels: Option<Vec<Channel>>,
 }
 
 impl NewNotification {
@@ -66,6 +69,7 @@ impl NewNotification {
             produced_at: now,
             expires_at: None,
             skip_reason: None,
+            channels: None,
         }
     }
 }
@@ -73,7 +77,8 @@ impl NewNotification {
 /// Inserts the notification and enqueues its job. Returns its id, or `None` when the event was
 /// already notified (same `dedupe_key`).
 pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i64>, sqlx::Error> {
-    let (policy, channels) = n.kind.routing();
+    let (policy, routed) = n.kind.routing();
+    let channels = n.channels.as_deref().filter(|c| !c.is_empty()).unwrap_or(routed);
     let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
     let status = if n.skip_reason.is_some() { "skipped" } else { "pending" };
     let id: Option<i64> = sqlx::query_scalar(

@@ -156,7 +156,8 @@ fn validate_currency(field: &str, c: &str) -> Result<(), DomainError> {
     }
 }
 
-/// Creates the user, their student or instructor profile and a default preferences row.
+/// Creates the user, their student or instructor profile and a default preferences row; a
+/// student also gets their CRM contact ([`crate::crm::create_for_student`]).
 pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<CreatedUser, DomainError> {
     validate_email("email", &nu.email)?;
     if let Some(p) = &nu.phone {
@@ -250,6 +251,7 @@ pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<Created
         .await
         .map_err(DomainError::from_db)?;
         out.student_id = Some(sid);
+        crate::crm::create_for_student(conn, id).await?;
     }
     if let Some(i) = instructor {
         let iid: i64 = sqlx::query_scalar(

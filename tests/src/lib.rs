@@ -9,6 +9,7 @@
 
 pub mod bins;
 pub mod db;
+pub mod proc;
 pub mod push;
 pub mod sms;
 pub mod smtp;

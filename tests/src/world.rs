@@ -156,10 +156,7 @@ impl World {
 
     /// Booking settings from the configuration.
     pub fn booking_settings(&self) -> dashlight_core::bookings::BookingSettings {
-        dashlight_core::bookings::BookingSettings {
-            school_tz: self.config.school_timezone,
-            reminder_offsets: self.config.reminder_offsets.clone(),
-        }
+        dashlight_core::bookings::BookingSettings::from_config(&self.config)
     }
 
     /// Books a lesson through the real booking operation.

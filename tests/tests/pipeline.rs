@@ -55,9 +55,16 @@ async fn booking_sends_email_push_and_alert_through_real_protocols() {
     assert!(msg.message_id().is_some(), "Message-ID present");
     assert!(msg.date().is_some(), "Date present");
     assert_eq!(msg.from().unwrap().first().unwrap().address().unwrap(), "no-reply@localhost");
+    // multipart/mixed: the alternative (text, HTML, the text/calendar invitation) and invite.ics.
     assert!(
-        msg.content_type().is_some_and(|ct| ct.subtype() == Some("alternative")),
-        "multipart/alternative"
+        msg.content_type().is_some_and(|ct| ct.subtype() == Some("mixed")),
+        "multipart/mixed"
+    );
+    assert!(
+        msg.parts
+            .iter()
+            .any(|p| p.content_type().is_some_and(|ct| ct.subtype() == Some("alternative"))),
+        "a multipart/alternative inside"
     );
     assert!(msg.body_text(0).unwrap().contains("Priya"), "text part names the instructor");
     assert!(msg.body_html(0).unwrap().contains("<"), "html part");

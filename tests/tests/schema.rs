@@ -135,10 +135,7 @@ async fn the_schema_refuses_what_the_rules_forbid() {
 async fn demo_data_loads_and_fills_the_queue() {
     let db = TestDb::new().await;
     let config = db.config();
-    let settings = dashlight_core::bookings::BookingSettings {
-        school_tz: config.school_timezone,
-        reminder_offsets: config.reminder_offsets.clone(),
-    };
+    let settings = dashlight_core::bookings::BookingSettings::from_config(&config);
     let now = Utc.with_ymd_and_hms(2030, 3, 4, 9, 0, 0).unwrap();
     let s = dashlight_core::demo::seed(&db.pool, &settings, now).await.unwrap();
     assert_eq!((s.instructors, s.students), (3, 8));

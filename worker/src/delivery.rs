@@ -792,7 +792,7 @@ pub async fn recover_stuck(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sql
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, i64, i16)> = sqlx::query_as(
         "WITH s AS (
-            UPDATE notification_deliveries d SET status = 'retrying', next_attempt_at = $2, sending_since = NULL,
+            UPDATE notification_deliveries d SET status = 'retrying', next_attempt_at = NULL, sending_since = NULL,
                    last_error = 'interrupted: the worker stopped mid-send; the provider may have accepted it'
             WHERE d.status = 'sending' AND d.sending_since < $1
             RETURNING d.id, d.notification_id, d.attempts)

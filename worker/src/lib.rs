@@ -90,7 +90,18 @@ pub fn pipeline(config: &Config, pool: PgPool, clock: Clock, worker_name: String
     })
 }
 
-async fn deliver(job: DeliverJob, pipeline: Data<Pipeline>, id: TaskId) -> Result<(), BoxDynError> {
+/// Decodes a job's payload in the handler rather than in apalis's codec: a payload that no
+/// longer decodes (an older or foreign shape) then fails this one job for good, with a clear
+/// error, instead of failing the backend's poll and stalling the batch it came in.
+fn decode<T: serde::de::DeserializeOwned>(payload: serde_json::Value, id: &TaskId) -> Result<T, BoxDynError> {
+    serde_json::from_value(payload).map_err(|e| {
+        tracing::error!(job = %id, error = %e, "job payload does not decode: giving up on it");
+        Box::new(AbortError::new(format!("job payload does not decode: {e}"))) as BoxDynError
+    })
+}
+
+async fn deliver(payload: serde_json::Value, pipeline: Data<Pipeline>, id: TaskId) -> Result<(), BoxDynError> {
+    let job: DeliverJob = decode(payload, &id)?;
     match pipeline.process(&job, &id.to_string()).await {
         Ok(()) => Ok(()),
         Err(PipelineError::Poison(m)) => {
@@ -104,7 +115,8 @@ async fn deliver(job: DeliverJob, pipeline: Data<Pipeline>, id: TaskId) -> Resul
     }
 }
 
-async fn periodic(job: PeriodicJob, ctx: Data<periodic::Context>, id: TaskId) -> Result<(), BoxDynError> {
+async fn periodic(payload: serde_json::Value, ctx: Data<periodic::Context>, id: TaskId) -> Result<(), BoxDynError> {
+    let job: PeriodicJob = decode(payload, &id)?;
     let started = std::time::Instant::now();
     match periodic::run(&ctx, &job).await {
         Ok(summary) => {
@@ -138,22 +150,32 @@ pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Fut
     let poll = config.poll_interval;
     tracing::info!(worker = %name, concurrency, poll_ms = poll.as_millis() as u64, email = ?pipeline.email, sms = ?std::mem::discriminant(&pipeline.sms), push = ?pipeline.push, "worker starting");
 
-    let deliver_storage = storage::<DeliverJob>(&pool, QUEUE_NOTIFICATIONS, concurrency.clamp(10, 500));
-    let periodic_storage = storage::<PeriodicJob>(&pool, QUEUE_PERIODIC, 4);
+    let deliver_storage = storage::<serde_json::Value>(&pool, QUEUE_NOTIFICATIONS, concurrency.clamp(10, 500));
+    let periodic_storage = storage::<serde_json::Value>(&pool, QUEUE_PERIODIC, 4);
     let n_name = format!("{name}-notifications");
     let p_name = format!("{name}-periodic");
     let monitor = Monitor::new()
         .shutdown_timeout(Duration::from_secs(30))
-        .register(move |_| {
-            WorkerBuilder::new(n_name.clone())
+        // A worker whose backend failed (the database went away) is started again, so the
+        // process heals by itself once Postgres is back. A short pause keeps a long outage from
+        // turning into a busy loop; it only ever runs while the database is unreachable.
+        .should_restart(|worker, error| {
+            tracing::warn!(worker = %worker.name(), restarts = worker.restarts(), error = %error, "worker failed; restarting it in 1 s");
+            std::thread::sleep(Duration::from_secs(1));
+            true
+        })
+        // A restarted worker takes a new name: apalis then rescues the jobs the failed one held
+        // once its old name's heartbeat goes stale (a reused name would keep them locked).
+        .register(move |restarts| {
+            WorkerBuilder::new(format!("{n_name}-{restarts}"))
                 .backend(deliver_storage.clone().with_pubsub().poll_with_interval(poll))
                 .data(pipeline.clone())
                 .concurrency(concurrency)
                 .parallelize(tokio::spawn)
                 .build(deliver)
         })
-        .register(move |_| {
-            WorkerBuilder::new(p_name.clone())
+        .register(move |restarts| {
+            WorkerBuilder::new(format!("{p_name}-{restarts}"))
                 .backend(periodic_storage.clone().with_pubsub().poll_with_interval(poll))
                 .data(ctx.clone())
                 .concurrency(2)

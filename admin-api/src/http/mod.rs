@@ -6,9 +6,19 @@
 //! - [`queues`]: queue counts, jobs and job retries (apalis's table).
 //! - [`deliveries`]: notifications, delivery records and delivery retries.
 //! - [`health`]: liveness, readiness and metrics (no token).
+//! - [`lessons`]: completing a booking's lesson (skills, progress, report) and no-shows.
+//! - [`payments`]: payments, lesson packages and their purchase.
+//! - [`messages`]: messages, read receipts and a user's threads.
+//! - [`crm`]: leads and staff interactions.
+//! - [`calendar`]: the per-person iCalendar feed (no token) and its secret's rotation.
 
 pub mod bookings;
+pub mod calendar;
+pub mod crm;
 pub mod deliveries;
 pub mod health;
+pub mod lessons;
+pub mod messages;
+pub mod payments;
 pub mod people;
 pub mod queues;

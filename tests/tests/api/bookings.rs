@@ -311,10 +311,7 @@ async fn weekly_series_books_the_horizon_across_dst_and_reports_clashes() {
     assert_eq!(conflicts[1].1.as_deref(), Some("no-reply@localhost"));
 
     // Expanding again (as the scheduler will) books nothing twice, even forgetting where it got to.
-    let settings = dashlight_core::bookings::BookingSettings {
-        school_tz: api.config.school_timezone,
-        reminder_offsets: api.config.reminder_offsets.clone(),
-    };
+    let settings = dashlight_core::bookings::BookingSettings::from_config(&api.config);
     sqlx::query("UPDATE booking_series SET status = 'active', expanded_through = NULL WHERE id = $1")
         .bind(series_id)
         .execute(api.pool())

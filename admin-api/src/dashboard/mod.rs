@@ -1,0 +1,324 @@
+//! The operators' dashboard: server-rendered HTML pages at `/`, for people rather than scripts.
+//!
+//! - `/sign-in`, `/sign-out`: the admin token in a form sets (and signing out clears) the
+//!   [`session`] cookie; every other page sends a browser without one to `/sign-in`.
+//! - `/` (Queues): counts per queue and state, refreshing itself, and a chart of jobs done and
+//!   failed per minute over the last hour ([`chart`]).
+//! - `/deliveries`: failed and dead first, filtered by status, channel and kind, with Retry
+//!   buttons.
+//! - `/timeline`: a booking found by id or by student, with its notifications and every
+//!   attempt.
+//! - `/outbox`: the latest files of `OUTBOX_DIR`, emails rendered ([`outbox`]); only shown when
+//!   a channel writes there.
+//! - `/assets/*`: the stylesheet and the one small script, compiled into the binary.
+//!
+//! Reading goes through the JSON API's own handlers and queries ([`pages`]); changing goes
+//! through the JSON API itself: the Retry buttons `fetch()` `POST /api/deliveries/...` with the
+//! session cookie and `X-Requested-With: dashlight` (see [`crate::auth`]). The pages work
+//! without JavaScript for reading; only the buttons need it. Every page is rendered by
+//! handlebars from `admin-api/templates/dashboard/`, which escapes every value (no template
+//! uses the triple-stash), and is served with a strict Content-Security-Policy.
+
+pub mod chart;
+pub mod outbox;
+pub mod pages;
+pub mod session;
+pub mod view;
+
+use std::sync::LazyLock;
+
+use axum::{
+    Form, Router,
+    extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
+    middleware::Next,
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::get,
+};
+use handlebars::Handlebars;
+use serde::{Deserialize, Serialize};
+
+use crate::{AppState, auth::token_matches, error::ApiError};
+
+/// Largest form body the dashboard accepts.
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// Served with every page. Scripts only from this server; inline styles allowed for the emails
+/// previewed in the outbox (the sandboxed frame inherits this policy, so their images and scripts
+/// stay blocked).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// The dashboard's routes (mounted by [`crate::router`] next to the API, outside `ROUTES`).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(pages::queues))
+        .route("/deliveries", get(pages::deliveries))
+        .route("/timeline", get(pages::timeline))
+        .route("/outbox", get(outbox::page))
+        .route("/sign-in", get(sign_in_page).post(sign_in))
+        .route("/sign-out", axum::routing::post(sign_out))
+        .route("/assets/dashboard.css", get(stylesheet))
+        .route("/assets/dashboard.js", get(script))
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// Middleware: the security and caching headers of every dashboard response.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    res
+}
+
+static TEMPLATES: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
+    let mut hb = Handlebars::new();
+    hb.set_strict_mode(false);
+    let parts = [
+        ("layout", include_str!("../../templates/dashboard/layout.html.hbs")),
+        ("sign_in", include_str!("../../templates/dashboard/sign_in.html.hbs")),
+        ("queues", include_str!("../../templates/dashboard/queues.html.hbs")),
+        ("deliveries", include_str!("../../templates/dashboard/deliveries.html.hbs")),
+        ("timeline", include_str!("../../templates/dashboard/timeline.html.hbs")),
+        ("outbox", include_str!("../../templates/dashboard/outbox.html.hbs")),
+        ("error", include_str!("../../templates/dashboard/error.html.hbs")),
+    ];
+    for (name, text) in parts {
+        hb.register_template_string(name, text)
+            .unwrap_or_else(|e| panic!("dashboard template {name}: {e}"));
+    }
+    hb.register_partial("layout", parts[0].1).expect("layout partial");
+    hb
+});
+
+/// What the layout of every page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct Layout {
+    /// The page's title.
+    pub title: String,
+    /// Which navigation entry is current: `queues`, `deliveries`, `timeline`, `outbox`.
+    pub active: &'static str,
+    /// Shows the navigation and the sign-out button.
+    pub signed_in: bool,
+    /// Shows the Outbox entry.
+    pub outbox: bool,
+    /// The school's name.
+    pub school: String,
+    /// The time zone times are shown in.
+    pub timezone: String,
+    /// Seconds after which the page reloads itself.
+    pub refresh: Option<u32>,
+}
+
+impl Layout {
+    /// The layout of a signed-in page.
+    pub fn new(state: &AppState, title: impl Into<String>, active: &'static str) -> Layout {
+        Layout {
+            title: title.into(),
+            active,
+            signed_in: true,
+            outbox: outbox::enabled(&state.config),
+            school: state.config.school_name.clone(),
+            timezone: state.config.school_timezone.name().to_owned(),
+            refresh: None,
+        }
+    }
+}
+
+/// Renders the template `name` with `{layout, page}` as its data.
+pub fn render(status: StatusCode, name: &str, layout: &Layout, page: &impl Serialize) -> Response {
+    let data = serde_json::json!({ "layout": layout, "page": page });
+    match TEMPLATES.render(name, &data) {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(e) => {
+            tracing::error!(template = name, error = %e, "dashboard template failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered; the error has been logged",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// An error page: the status and message of an API error, in the layout.
+pub fn error_page(layout: Layout, e: ApiError) -> Response {
+    let (status, _) = e.status_and_code();
+    if status.is_server_error() {
+        tracing::error!(error = %e, "dashboard page failed");
+    }
+    #[derive(Serialize)]
+    struct Body {
+        status: u16,
+        message: String,
+    }
+    let body = Body {
+        status: status.as_u16(),
+        message: e.body().message,
+    };
+    render(status, "error", &layout, &body)
+}
+
+/// Proof that the request carries a valid session; a browser without one is sent to
+/// `/sign-in`, which brings it back afterwards.
+pub struct Operator;
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if session::from_headers(state.config.admin_api_token.as_deref(), &parts.headers, state.clock.now()) {
+            return Ok(Operator);
+        }
+        let here = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let next: String = form_urlencoded::byte_serialize(here.as_bytes()).collect();
+        Err(Redirect::to(&format!("/sign-in?next={next}")).into_response())
+    }
+}
+
+/// Where to go after signing in: a path on this server, `/` otherwise (never another site).
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with("/sign-") => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+/// `?next=` of the sign-in page.
+#[derive(Debug, Default, Deserialize)]
+pub struct SignInQuery {
+    /// Where to go afterwards.
+    pub next: Option<String>,
+}
+
+/// The sign-in form.
+#[derive(Debug, Deserialize)]
+pub struct SignInForm {
+    /// The admin token.
+    #[serde(default)]
+    pub token: String,
+    /// Where to go afterwards.
+    pub next: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SignInPage {
+    next: String,
+    error: Option<&'static str>,
+}
+
+fn sign_in_layout(state: &AppState) -> Layout {
+    Layout {
+        signed_in: false,
+        ..Layout::new(state, "Sign in", "")
+    }
+}
+
+/// `GET /sign-in`: the form (or straight on, when already signed in).
+pub async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<SignInQuery>) -> Response {
+    let next = safe_next(q.next.as_deref());
+    if session::from_headers(state.config.admin_api_token.as_deref(), &headers, state.clock.now()) {
+        return Redirect::to(&next).into_response();
+    }
+    render(
+        StatusCode::OK,
+        "sign_in",
+        &sign_in_layout(&state),
+        &SignInPage { next, error: None },
+    )
+}
+
+/// `POST /sign-in`: the right token sets the session cookie; a wrong one shows the form again
+/// with an error (401) and nothing else.
+pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<SignInForm>) -> Response {
+    let next = safe_next(form.next.as_deref());
+    let token = state.config.admin_api_token.as_deref();
+    let given = form.token.trim();
+    let session = if token_matches(token, Some(given)) {
+        session::issue(token, state.clock.now())
+    } else {
+        None
+    };
+    match session {
+        Some(value) => {
+            tracing::info!("dashboard sign-in");
+            let mut res = Redirect::to(&next).into_response();
+            res.headers_mut().insert(header::SET_COOKIE, session::set_cookie(&value, &headers));
+            res
+        }
+        None => {
+            tracing::warn!("dashboard sign-in with a wrong token");
+            let page = SignInPage {
+                next,
+                error: Some("That token is not right. Use the ADMIN_API_TOKEN this server was started with."),
+            };
+            let mut res = render(StatusCode::UNAUTHORIZED, "sign_in", &sign_in_layout(&state), &page);
+            res.headers_mut().insert(header::SET_COOKIE, session::clear_cookie(&headers));
+            res
+        }
+    }
+}
+
+/// `POST /sign-out`: clears the cookie and shows the sign-in page.
+pub async fn sign_out(headers: HeaderMap) -> Response {
+    let mut res = Redirect::to("/sign-in").into_response();
+    res.headers_mut().insert(header::SET_COOKIE, session::clear_cookie(&headers));
+    res
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// `GET /assets/dashboard.css`.
+pub async fn stylesheet() -> Response {
+    asset("text/css; charset=utf-8", include_str!("assets/dashboard.css"))
+}
+
+/// `GET /assets/dashboard.js`.
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("assets/dashboard.js"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_compile() {
+        LazyLock::force(&TEMPLATES);
+        for name in ["layout", "sign_in", "queues", "deliveries", "timeline", "outbox", "error"] {
+            assert!(TEMPLATES.has_template(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn no_template_uses_the_triple_stash() {
+        for text in [
+            include_str!("../../templates/dashboard/layout.html.hbs"),
+            include_str!("../../templates/dashboard/sign_in.html.hbs"),
+            include_str!("../../templates/dashboard/queues.html.hbs"),
+            include_str!("../../templates/dashboard/deliveries.html.hbs"),
+            include_str!("../../templates/dashboard/timeline.html.hbs"),
+            include_str!("../../templates/dashboard/outbox.html.hbs"),
+            include_str!("../../templates/dashboard/error.html.hbs"),
+        ] {
+            assert!(!text.contains("{{{"), "unescaped output in a dashboard template");
+        }
+    }
+
+    #[test]
+    fn next_stays_on_this_server() {
+        assert_eq!(safe_next(Some("/deliveries?status=failed")), "/deliveries?status=failed");
+        assert_eq!(safe_next(Some("//evil.example/")), "/");
+        assert_eq!(safe_next(Some("https://evil.example/")), "/");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(safe_next(Some("/sign-out")), "/");
+        assert_eq!(safe_next(None), "/");
+    }
+}

@@ -1,0 +1,569 @@
+//! The Queues, Deliveries and Booking timeline pages. Each reads through the JSON API's own
+//! handlers (`list_queues`, `list_deliveries`, `booking_timeline`), so filters, validation and
+//! queries are the API's; the few extra reads here only add names and titles for people.
+
+use std::collections::HashMap;
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::StatusCode,
+    response::Response,
+};
+use dashlight_core::kinds::Kind;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    Layout, Operator, chart, error_page, render,
+    view::{self, Explained, Time},
+};
+use crate::{
+    AppState,
+    error::ApiError,
+    extract::{ApiPath, ApiQuery},
+    http::{
+        bookings::{Timeline, booking_timeline},
+        deliveries::{DELIVERY_STATUSES, DeliveryOut, DeliveryQuery, RETRYABLE, list_deliveries},
+        queues::list_queues,
+    },
+};
+
+/// Seconds between the Queues page's reloads.
+pub const QUEUES_REFRESH_SECONDS: u32 = 5;
+/// Most deliveries one page shows.
+pub const DELIVERIES_SHOWN: i64 = 200;
+/// Channels, in the order the filter lists them.
+const CHANNELS: [&str; 3] = ["email", "sms", "push"];
+
+// ---------------------------------------------------------------------------------------------
+// Queues
+
+#[derive(Serialize)]
+struct QueueRow {
+    queue: String,
+    pending: i64,
+    scheduled: i64,
+    running: i64,
+    done: i64,
+    failed: i64,
+    dead: i64,
+    attention: bool,
+}
+
+#[derive(Serialize)]
+struct QueuesPage {
+    queues: Vec<QueueRow>,
+    chart: chart::Chart,
+    updated: Time,
+    refresh: u32,
+}
+
+/// `GET /`: every queue's counts by state and the last hour's chart; reloads itself.
+pub async fn queues(State(state): State<AppState>, _: Operator) -> Response {
+    let mut layout = Layout::new(&state, "Queues", "queues");
+    layout.refresh = Some(QUEUES_REFRESH_SECONDS);
+    match queues_page(&state).await {
+        Ok(page) => render(StatusCode::OK, "queues", &layout, &page),
+        Err(e) => error_page(layout, e),
+    }
+}
+
+async fn queues_page(state: &AppState) -> Result<QueuesPage, ApiError> {
+    let Json(stats) = list_queues(State(state.clone())).await?;
+    let now = state.clock.now();
+    let tz = state.config.school_timezone;
+    let minutes = chart::per_minute(&state.pool, now).await?;
+    Ok(QueuesPage {
+        queues: stats
+            .into_iter()
+            .map(|s| QueueRow {
+                attention: s.failed + s.dead > 0,
+                queue: s.queue,
+                pending: s.pending,
+                scheduled: s.scheduled,
+                running: s.running,
+                done: s.done,
+                failed: s.failed,
+                dead: s.dead,
+            })
+            .collect(),
+        chart: chart::layout(&minutes, now, tz),
+        updated: view::time(now, tz),
+        refresh: QUEUES_REFRESH_SECONDS,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deliveries
+
+/// The Deliveries page's filter (a GET form); empty means any.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct DeliveryFilter {
+    /// A delivery status.
+    pub status: Option<String>,
+    /// `email`, `sms` or `push`.
+    pub channel: Option<String>,
+    /// A notification kind.
+    pub kind: Option<String>,
+}
+
+fn nonempty(v: &Option<String>) -> Option<String> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+impl DeliveryFilter {
+    fn normalized(&self) -> DeliveryFilter {
+        DeliveryFilter {
+            status: nonempty(&self.status),
+            channel: nonempty(&self.channel),
+            kind: nonempty(&self.kind),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Choice {
+    value: String,
+    selected: bool,
+}
+
+fn choices<'a>(all: impl IntoIterator<Item = &'a str>, current: Option<&str>) -> Vec<Choice> {
+    all.into_iter()
+        .map(|v| Choice {
+            value: v.to_owned(),
+            selected: current == Some(v),
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct DeliveryRow {
+    id: i64,
+    status: String,
+    status_class: &'static str,
+    kind: String,
+    title: Option<String>,
+    booking_id: Option<i64>,
+    recipient: Option<String>,
+    target: String,
+    channel: String,
+    attempts: i32,
+    max_attempts: i32,
+    explained: Option<Explained>,
+    updated: Time,
+    retryable: bool,
+}
+
+#[derive(Serialize)]
+struct BulkRetry {
+    status: String,
+    channel: String,
+    kind: String,
+    count: usize,
+}
+
+#[derive(Serialize)]
+struct DeliveriesPage {
+    statuses: Vec<Choice>,
+    channels: Vec<Choice>,
+    kinds: Vec<Choice>,
+    filtered: bool,
+    by_status: bool,
+    rows: Vec<DeliveryRow>,
+    limit: i64,
+    truncated: bool,
+    retry_all: Option<BulkRetry>,
+    error: Option<String>,
+}
+
+/// Names and titles for people: per notification id, `(title, booking, recipient)`.
+async fn notification_labels(state: &AppState, ids: &[i64]) -> Result<HashMap<i64, (String, Option<i64>, Option<String>)>, ApiError> {
+    let rows: Vec<(i64, String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT n.id, n.title, n.booking_id,
+                COALESCE(NULLIF(trim(concat_ws(' ', u.first_name, u.last_name)), ''), n.recipient_email)
+         FROM notifications n LEFT JOIN users u ON u.id = n.user_id
+         WHERE n.id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id, t, b, r)| (id, (t, b, r))).collect())
+}
+
+/// One call of the JSON API's `GET /api/deliveries`.
+async fn api_deliveries(state: &AppState, status: Option<String>, f: &DeliveryFilter, limit: i64) -> Result<Vec<DeliveryOut>, ApiError> {
+    let q = DeliveryQuery {
+        status,
+        channel: f.channel.clone(),
+        user_id: None,
+        kind: f.kind.clone(),
+        since: None,
+        limit: Some(limit),
+        cursor: None,
+    };
+    let Json(page) = list_deliveries(State(state.clone()), ApiQuery(q)).await?;
+    Ok(page.items)
+}
+
+/// The deliveries to show, failed and dead first (newest first within each part).
+async fn deliveries_shown(state: &AppState, f: &DeliveryFilter) -> Result<(Vec<DeliveryOut>, bool), ApiError> {
+    let limit = DELIVERIES_SHOWN;
+    if f.status.is_some() {
+        let mut rows = api_deliveries(state, f.status.clone(), f, limit + 1).await?;
+        let truncated = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        return Ok((rows, truncated));
+    }
+    let mut first = Vec::new();
+    for status in RETRYABLE {
+        first.extend(api_deliveries(state, Some(status.to_owned()), f, limit + 1).await?);
+    }
+    first.sort_by_key(|d| std::cmp::Reverse(d.id));
+    let rest = api_deliveries(state, None, f, limit + 1).await?;
+    let rest_count = rest.len();
+    let mut truncated = first.len() as i64 > limit || rest_count as i64 > limit;
+    first.extend(rest.into_iter().filter(|d| !RETRYABLE.contains(&d.status.as_str())));
+    truncated |= first.len() as i64 > limit;
+    first.truncate(limit as usize);
+    Ok((first, truncated))
+}
+
+/// `GET /deliveries`: failed and dead first; filters by status, channel and kind; Retry buttons.
+pub async fn deliveries(State(state): State<AppState>, _: Operator, Query(filter): Query<DeliveryFilter>) -> Response {
+    let layout = Layout::new(&state, "Deliveries", "deliveries");
+    let f = filter.normalized();
+    let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+    let mut page = DeliveriesPage {
+        statuses: choices(DELIVERY_STATUSES, f.status.as_deref()),
+        channels: choices(CHANNELS, f.channel.as_deref()),
+        kinds: choices(kinds, f.kind.as_deref()),
+        filtered: f.status.is_some() || f.channel.is_some() || f.kind.is_some(),
+        by_status: f.status.is_some(),
+        rows: Vec::new(),
+        limit: DELIVERIES_SHOWN,
+        truncated: false,
+        retry_all: None,
+        error: None,
+    };
+    let (rows, truncated) = match deliveries_shown(&state, &f).await {
+        Ok(r) => r,
+        Err(e @ ApiError::Invalid { .. }) => {
+            // A filter the API refuses: say so next to the form.
+            page.error = Some(e.body().message);
+            return render(StatusCode::UNPROCESSABLE_ENTITY, "deliveries", &layout, &page);
+        }
+        Err(e) => return error_page(layout, e),
+    };
+    let ids: Vec<i64> = rows.iter().map(|d| d.notification_id).collect();
+    let labels = match notification_labels(&state, &ids).await {
+        Ok(l) => l,
+        Err(e) => return error_page(layout, e),
+    };
+    let tz = state.config.school_timezone;
+    page.truncated = truncated;
+    page.rows = rows
+        .iter()
+        .map(|d| {
+            let (title, booking_id, recipient) = labels.get(&d.notification_id).cloned().unwrap_or_default();
+            let target = view::target(d);
+            let recipient = recipient.filter(|r| *r != target);
+            DeliveryRow {
+                id: d.id,
+                status: d.status.clone(),
+                status_class: view::status_class(&d.status),
+                kind: d.kind.clone(),
+                title: Some(title).filter(|t| !t.is_empty()),
+                booking_id,
+                recipient,
+                target,
+                channel: d.channel.clone(),
+                attempts: d.attempts,
+                max_attempts: d.max_attempts,
+                explained: view::explain(d, tz),
+                updated: view::time(d.updated_at, tz),
+                retryable: RETRYABLE.contains(&d.status.as_str()),
+            }
+        })
+        .collect();
+    let bulk_allowed = f.status.as_deref().is_none_or(|s| RETRYABLE.contains(&s));
+    let count = page.rows.iter().filter(|r| r.retryable).count();
+    if bulk_allowed && count > 0 {
+        page.retry_all = Some(BulkRetry {
+            status: f.status.clone().unwrap_or_default(),
+            channel: f.channel.clone().unwrap_or_default(),
+            kind: f.kind.clone().unwrap_or_default(),
+            count,
+        });
+    }
+    render(StatusCode::OK, "deliveries", &layout, &page)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Booking timeline
+
+/// The timeline page's search: a booking id, or part of a student's name or email.
+#[derive(Debug, Default, Deserialize)]
+pub struct TimelineQuery {
+    /// What was typed.
+    pub q: Option<String>,
+    /// A booking chosen from the results.
+    pub booking: Option<String>,
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct Found {
+    id: i64,
+    status: String,
+    #[sqlx(skip)]
+    status_class: &'static str,
+    #[sqlx(skip)]
+    start: Option<Time>,
+    start_time: chrono::DateTime<chrono::Utc>,
+    student: String,
+    email: String,
+    instructor: String,
+}
+
+#[derive(Serialize)]
+struct AttemptView {
+    attempt: i32,
+    started: Time,
+    finished: Option<Time>,
+    outcome: String,
+    outcome_class: &'static str,
+    error: Option<String>,
+    hint: Option<&'static str>,
+    worker: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DeliveryView {
+    id: i64,
+    channel: String,
+    target: String,
+    status: String,
+    status_class: &'static str,
+    attempts: i32,
+    max_attempts: i32,
+    explained: Option<Explained>,
+    retryable: bool,
+    log: Vec<AttemptView>,
+}
+
+#[derive(Serialize)]
+struct NotificationView {
+    id: i64,
+    kind: String,
+    title: String,
+    content: String,
+    status: String,
+    status_class: &'static str,
+    status_reason: Option<String>,
+    channels: String,
+    policy: String,
+    created: Time,
+    due: Time,
+    deliveries: Vec<DeliveryView>,
+}
+
+#[derive(Serialize)]
+struct BookingView {
+    id: i64,
+    status: String,
+    status_class: &'static str,
+    start: Time,
+    end: Time,
+    student: Option<String>,
+    instructor: Option<String>,
+    pickup: Option<String>,
+    cancel_reason: Option<String>,
+    version: i32,
+}
+
+#[derive(Serialize, Default)]
+struct TimelinePage {
+    q: String,
+    searched: bool,
+    found: Vec<Found>,
+    booking: Option<BookingView>,
+    notifications: Vec<NotificationView>,
+    error: Option<String>,
+}
+
+fn like_pattern(q: &str) -> String {
+    let mut p = String::from("%");
+    for c in q.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+const FOUND_SQL: &str = "SELECT b.id, b.status, b.start_time, concat_ws(' ', su.first_name, su.last_name) AS student, su.email,
+        concat_ws(' ', iu.first_name, iu.last_name) AS instructor
+     FROM bookings b
+     JOIN students s ON s.id = b.student_id JOIN users su ON su.id = s.user_id
+     JOIN instructors i ON i.id = b.instructor_id JOIN users iu ON iu.id = i.user_id";
+
+async fn search(state: &AppState, q: &str) -> Result<Vec<Found>, ApiError> {
+    let rows: Vec<Found> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{FOUND_SQL}
+         WHERE su.email ILIKE $1 ESCAPE '\\' OR concat_ws(' ', su.first_name, su.last_name) ILIKE $1 ESCAPE '\\'
+         ORDER BY b.start_time DESC, b.id DESC LIMIT 50"
+    )))
+    .bind(like_pattern(q))
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(rows)
+}
+
+fn timeline_view(t: Timeline, names: Option<&Found>, state: &AppState) -> (BookingView, Vec<NotificationView>) {
+    let tz = state.config.school_timezone;
+    let b = t.booking;
+    let booking = BookingView {
+        id: b.id,
+        status_class: view::status_class(&b.status),
+        status: b.status,
+        start: view::time(b.start_time, tz),
+        end: view::time(b.end_time, tz),
+        student: names.map(|n| format!("{} <{}>", n.student, n.email)),
+        instructor: names.map(|n| n.instructor.clone()),
+        pickup: b.pickup_location,
+        cancel_reason: b.cancel_reason,
+        version: b.version,
+    };
+    let notifications = t
+        .notifications
+        .into_iter()
+        .map(|n| NotificationView {
+            id: n.id,
+            kind: n.kind,
+            title: n.title,
+            content: n.content,
+            status_class: view::status_class(&n.status),
+            status: n.status,
+            status_reason: n.status_reason,
+            channels: n.channels.join(" → "),
+            policy: n.policy,
+            created: view::time(n.created_at, tz),
+            due: view::time(n.due_at, tz),
+            deliveries: n
+                .deliveries
+                .into_iter()
+                .map(|dw| {
+                    let d = dw.delivery;
+                    DeliveryView {
+                        id: d.id,
+                        channel: d.channel.clone(),
+                        target: view::target(&d),
+                        status_class: view::status_class(&d.status),
+                        status: d.status.clone(),
+                        attempts: d.attempts,
+                        max_attempts: d.max_attempts,
+                        explained: view::explain(&d, tz),
+                        retryable: RETRYABLE.contains(&d.status.as_str()),
+                        log: dw
+                            .attempts_log
+                            .into_iter()
+                            .map(|a| {
+                                let outcome = a.outcome.unwrap_or_else(|| "in flight".to_owned());
+                                AttemptView {
+                                    attempt: a.attempt,
+                                    started: view::time(a.started_at, tz),
+                                    finished: view::time_opt(a.finished_at, tz),
+                                    outcome_class: match outcome.as_str() {
+                                        "sent" => "ok",
+                                        "permanent" => "bad",
+                                        "in flight" => "wait",
+                                        _ => "warn",
+                                    },
+                                    outcome,
+                                    hint: a.error.as_deref().and_then(view::hint),
+                                    error: a.error,
+                                    worker: a.worker,
+                                }
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    (booking, notifications)
+}
+
+/// `GET /timeline`: find a booking by id or student; show its notifications and every attempt,
+/// oldest first.
+pub async fn timeline(State(state): State<AppState>, _: Operator, Query(query): Query<TimelineQuery>) -> Response {
+    let layout = Layout::new(&state, "Booking timeline", "timeline");
+    let q = query.q.as_deref().map(str::trim).unwrap_or_default().to_owned();
+    let booking_id = nonempty(&query.booking)
+        .or_else(|| Some(q.clone()).filter(|q| !q.is_empty() && q.trim_start_matches('#').chars().all(|c| c.is_ascii_digit())))
+        .map(|s| s.trim_start_matches('#').to_owned());
+    let mut page = TimelinePage {
+        q: q.clone(),
+        ..Default::default()
+    };
+    let tz = state.config.school_timezone;
+    let result: Result<StatusCode, ApiError> = async {
+        if let Some(id) = booking_id {
+            let Ok(id) = id.parse::<i64>() else {
+                page.error = Some(format!("No booking #{id}."));
+                return Ok(StatusCode::NOT_FOUND);
+            };
+            let t = match booking_timeline(State(state.clone()), ApiPath(id)).await {
+                Ok(Json(t)) => t,
+                Err(ApiError::NotFound(_)) => {
+                    page.error = Some(format!("No booking #{id}."));
+                    return Ok(StatusCode::NOT_FOUND);
+                }
+                Err(e) => return Err(e),
+            };
+            let names: Option<Found> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{FOUND_SQL} WHERE b.id = $1")))
+                .bind(id)
+                .fetch_optional(&state.pool)
+                .await?;
+            let (booking, notifications) = timeline_view(t, names.as_ref(), &state);
+            page.booking = Some(booking);
+            page.notifications = notifications;
+        } else if !q.is_empty() {
+            page.searched = true;
+            page.found = search(&state, &q).await?;
+            for f in &mut page.found {
+                f.status_class = view::status_class(&f.status);
+                f.start = Some(view::time(f.start_time, tz));
+            }
+        }
+        Ok(StatusCode::OK)
+    }
+    .await;
+    match result {
+        Ok(status) => render(status, "timeline", &layout, &page),
+        Err(e) => error_page(layout, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_patterns_match_literally() {
+        assert_eq!(like_pattern("ann"), "%ann%");
+        assert_eq!(like_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
+
+    #[test]
+    fn empty_filters_mean_any() {
+        let f = DeliveryFilter {
+            status: Some(" ".into()),
+            channel: Some("email".into()),
+            kind: None,
+        }
+        .normalized();
+        assert_eq!((f.status, f.channel.as_deref(), f.kind), (None, Some("email"), None));
+    }
+}

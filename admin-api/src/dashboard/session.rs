@@ -1,0 +1,149 @@
+//! The dashboard's session cookie: what signing in with the admin token sets, and what
+//! [`crate::auth`] accepts on `/api` routes as an alternative to the bearer header.
+//!
+//! The cookie never holds the token itself. Its value is `v1.<expiry>.<mac>`, where `<expiry>`
+//! is a Unix time [`SESSION_LIFETIME`] after signing in and `<mac>` is the base64url
+//! HMAC-SHA256 of `dashlight-session:v1:<expiry>` keyed with `ADMIN_API_TOKEN`, so it proves the
+//! token was known, expires on its own, and stops working the moment the token changes. It is
+//! checked in constant time. Signing out clears the cookie in the browser; there is no
+//! server-side session store (changing the token ends every session).
+//!
+//! This module does not decide which requests need a session; `auth` (for `/api`) and the
+//! dashboard's page guard do.
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The cookie's name.
+pub const COOKIE_NAME: &str = "dashlight_session";
+
+/// How long a sign-in lasts.
+pub const SESSION_LIFETIME: chrono::Duration = chrono::Duration::hours(12);
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The configured token, when there is a usable one.
+fn key(token: Option<&str>) -> Option<&str> {
+    token.map(str::trim).filter(|t| !t.is_empty())
+}
+
+fn mac(token: &str, expiry: i64) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(format!("dashlight-session:v1:{expiry}").as_bytes());
+    mac
+}
+
+/// A fresh session value for `token`, valid until `now + SESSION_LIFETIME`; `None` when no
+/// token is configured.
+pub fn issue(token: Option<&str>, now: DateTime<Utc>) -> Option<String> {
+    let token = key(token)?;
+    let expiry = (now + SESSION_LIFETIME).timestamp();
+    let tag = mac(token, expiry).finalize().into_bytes();
+    Some(format!("v1.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag)))
+}
+
+/// True when `value` is a session issued for `token` that has not expired at `now`.
+pub fn verify(token: Option<&str>, value: &str, now: DateTime<Utc>) -> bool {
+    let Some(token) = key(token) else { return false };
+    let mut parts = value.splitn(3, '.');
+    let (Some("v1"), Some(expiry), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(expiry) = expiry.parse::<i64>() else { return false };
+    let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else { return false };
+    // `verify_slice` compares in constant time.
+    expiry > now.timestamp() && mac(token, expiry).verify_slice(&tag).is_ok()
+}
+
+/// The values of every cookie named `name` in the request's `Cookie` headers.
+pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"'))
+        })
+}
+
+/// True when the request carries a valid session cookie.
+pub fn from_headers(token: Option<&str>, headers: &HeaderMap, now: DateTime<Utc>) -> bool {
+    cookies(headers, COOKIE_NAME).any(|v| verify(token, v, now))
+}
+
+/// True when the request came over HTTPS through a proxy that says so; the cookie is then
+/// marked `Secure`.
+fn behind_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+}
+
+/// The `Set-Cookie` value that signs a browser in with `value`.
+pub fn set_cookie(value: &str, request: &HeaderMap) -> HeaderValue {
+    let secure = if behind_https(request) { "; Secure" } else { "" };
+    let cookie = format!(
+        "{COOKIE_NAME}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        SESSION_LIFETIME.num_seconds()
+    );
+    HeaderValue::from_str(&cookie).expect("the session value is base64url and digits")
+}
+
+/// The `Set-Cookie` value that signs a browser out.
+pub fn clear_cookie(request: &HeaderMap) -> HeaderValue {
+    let secure = if behind_https(request) { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!("{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")).expect("ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_prove_the_token_and_expire() {
+        let now = Utc::now();
+        let v = issue(Some("secret"), now).unwrap();
+        assert!(!v.contains("secret"));
+        assert!(verify(Some("secret"), &v, now));
+        assert!(verify(Some(" secret "), &v, now + chrono::Duration::hours(11)));
+        assert!(!verify(Some("secret"), &v, now + SESSION_LIFETIME + chrono::Duration::seconds(1)));
+        assert!(!verify(Some("other"), &v, now), "a new token ends every session");
+        assert!(!verify(None, &v, now));
+        assert!(issue(None, now).is_none());
+        assert!(issue(Some("  "), now).is_none());
+        // Moving the expiry breaks the MAC.
+        let (_, rest) = v.split_once('.').unwrap();
+        let (_, tag) = rest.split_once('.').unwrap();
+        let later = format!("v1.{}.{tag}", (now + chrono::Duration::days(30)).timestamp());
+        assert!(!verify(Some("secret"), &later, now));
+        for bad in ["", "v1", "v1.x.y", "v2.1.AAAA", "secret"] {
+            assert!(!verify(Some("secret"), bad, now), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cookie_headers() {
+        let now = Utc::now();
+        let v = issue(Some("t"), now).unwrap();
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; b=2"));
+        assert!(!from_headers(Some("t"), &h, now));
+        h.append(header::COOKIE, HeaderValue::from_str(&format!("x=y; {COOKIE_NAME}={v}")).unwrap());
+        assert!(from_headers(Some("t"), &h, now));
+        let set = set_cookie(&v, &h);
+        let set = set.to_str().unwrap();
+        assert!(
+            set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/"),
+            "{set}"
+        );
+        assert!(!set.contains("Secure"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        assert!(clear_cookie(&h).to_str().unwrap().contains("Max-Age=0; Secure"));
+    }
+}

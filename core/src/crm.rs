@@ -1,0 +1,230 @@
+//! CRM: one `crm_contacts` row per student (created with the user) and per lead without a user,
+//! the `lead_status` moves that bookings and lessons imply (lead → active), and the staff's
+//! interactions. Owns writes to `crm_contacts` and `crm_interactions`, except the periodic jobs'
+//! own: the follow-up of silent leads and the rollup's `lifetime_value_minor` and later status
+//! moves (passed, lapsed) live in the worker's periodic jobs.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{FromRow, PgConnection};
+
+use crate::{analytics, error::DomainError, people};
+
+/// The interaction kinds the schema allows.
+pub const INTERACTION_TYPES: [&str; 5] = ["call", "email", "sms", "meeting", "note"];
+
+/// A `crm_contacts` row.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Contact {
+    /// Id.
+    pub id: i64,
+    /// The user, for a student; `None` for a lead.
+    pub user_id: Option<i64>,
+    /// Full name.
+    pub name: String,
+    /// Email address.
+    pub email: Option<String>,
+    /// E.164 phone number.
+    pub phone: Option<String>,
+    /// lead, student or partner.
+    pub contact_type: String,
+    /// lead, active, passed, lapsed or lost.
+    pub lead_status: String,
+    /// Succeeded payments so far, minor units (kept by the rollup job).
+    pub lifetime_value_minor: i64,
+    /// Currency of the lifetime value.
+    pub currency: String,
+    /// Where the lead came from.
+    pub source: Option<String>,
+    /// The latest interaction.
+    pub last_interaction_at: Option<DateTime<Utc>>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+}
+
+const CONTACT_COLUMNS: &str = "id, user_id, name, email, phone, contact_type, lead_status, lifetime_value_minor, currency::text AS currency, source, last_interaction_at, created_at";
+
+/// Creates the contact of a new student user (`contact_type` student, `lead_status` lead until
+/// they book). Does nothing when the user already has one. Returns its id, if created.
+pub async fn create_for_student(conn: &mut PgConnection, user_id: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO crm_contacts (user_id, name, email, phone, contact_type, lead_status, source)
+         SELECT id, first_name || ' ' || last_name, email, phone, 'student', 'lead', 'signup' FROM users WHERE id = $1
+         ON CONFLICT (user_id) DO NOTHING
+         RETURNING id",
+    )
+    .bind(user_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// A booking or a completed lesson makes the user's contact `active` (from `lead`, or back from
+/// `lapsed`). Contacts that passed or were lost stay as they are.
+pub async fn mark_active(conn: &mut PgConnection, user_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE crm_contacts SET lead_status = 'active' WHERE user_id = $1 AND lead_status IN ('lead', 'lapsed')")
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A lead to record (no user).
+#[derive(Debug, Clone, Default)]
+pub struct NewContact {
+    /// Full name, 1 to 200 characters.
+    pub name: String,
+    /// Email address.
+    pub email: Option<String>,
+    /// E.164 phone number.
+    pub phone: Option<String>,
+    /// Where they came from (website, referral, ...), at most 200 characters.
+    pub source: Option<String>,
+}
+
+/// Records a lead: `contact_type` and `lead_status` lead, no interaction yet (the follow-up
+/// clock runs from its creation).
+pub async fn create_lead(conn: &mut PgConnection, nc: NewContact, now: DateTime<Utc>) -> Result<Contact, DomainError> {
+    let name = nc.name.trim();
+    if !(1..=200).contains(&name.chars().count()) {
+        return Err(DomainError::invalid("name", "expected 1 to 200 characters"));
+    }
+    if let Some(e) = &nc.email {
+        people::validate_email("email", e.trim())?;
+    }
+    if let Some(p) = &nc.phone {
+        people::validate_phone("phone", p)?;
+    }
+    if nc.source.as_ref().is_some_and(|s| s.chars().count() > 200) {
+        return Err(DomainError::invalid("source", "at most 200 characters"));
+    }
+    let c: Contact = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO crm_contacts (name, email, phone, contact_type, lead_status, source, created_at)
+         VALUES ($1, $2, $3, 'lead', 'lead', $4, $5) RETURNING {CONTACT_COLUMNS}"
+    )))
+    .bind(name)
+    .bind(nc.email.as_deref().map(str::trim))
+    .bind(&nc.phone)
+    .bind(&nc.source)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    analytics::record(
+        conn,
+        None,
+        "crm_contact_created",
+        json!({"contact_id": c.id, "source": c.source}),
+        now,
+    )
+    .await?;
+    Ok(c)
+}
+
+/// An interaction to record.
+#[derive(Debug, Clone)]
+pub struct NewInteraction {
+    /// `crm_contacts.id`.
+    pub contact_id: i64,
+    /// The staff member (`users.id`).
+    pub staff_user_id: Option<i64>,
+    /// One of [`INTERACTION_TYPES`].
+    pub interaction_type: String,
+    /// Free text, at most 10 000 characters.
+    pub notes: Option<String>,
+    /// When it happened; default now.
+    pub interaction_date: Option<DateTime<Utc>>,
+}
+
+/// A `crm_interactions` row.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Interaction {
+    /// Id.
+    pub id: i64,
+    /// The contact.
+    pub contact_id: i64,
+    /// The staff member.
+    pub staff_user_id: Option<i64>,
+    /// call, email, sms, meeting or note.
+    pub interaction_type: String,
+    /// When it happened.
+    pub interaction_date: DateTime<Utc>,
+    /// Free text.
+    pub notes: Option<String>,
+    /// Recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a staff interaction and moves the contact's `last_interaction_at` forward to it
+/// (an interaction back-dated before the latest one leaves it alone).
+pub async fn record_interaction(conn: &mut PgConnection, ni: NewInteraction, now: DateTime<Utc>) -> Result<Interaction, DomainError> {
+    if !INTERACTION_TYPES.contains(&ni.interaction_type.as_str()) {
+        return Err(DomainError::invalid(
+            "interaction_type",
+            format!("expected one of {}", INTERACTION_TYPES.join(", ")),
+        ));
+    }
+    if ni.notes.as_ref().is_some_and(|n| n.chars().count() > 10_000) {
+        return Err(DomainError::invalid("notes", "at most 10000 characters"));
+    }
+    let when = ni.interaction_date.unwrap_or(now);
+    if when > now + chrono::Duration::minutes(5) {
+        return Err(DomainError::invalid("interaction_date", "must not be in the future"));
+    }
+    // Locks the contact: concurrent interactions move last_interaction_at one at a time.
+    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM crm_contacts WHERE id = $1 FOR UPDATE")
+        .bind(ni.contact_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if exists.is_none() {
+        return Err(DomainError::invalid("contact_id", "no such contact"));
+    }
+    if let Some(staff) = ni.staff_user_id {
+        let ok: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+            .bind(staff)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !ok {
+            return Err(DomainError::invalid("staff_user_id", "no such user"));
+        }
+    }
+    let i: Interaction = sqlx::query_as(
+        "INSERT INTO crm_interactions (contact_id, staff_user_id, interaction_type, interaction_date, notes, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, contact_id, staff_user_id, interaction_type, interaction_date, notes, created_at",
+    )
+    .bind(ni.contact_id)
+    .bind(ni.staff_user_id)
+    .bind(&ni.interaction_type)
+    .bind(when)
+    .bind(&ni.notes)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    sqlx::query("UPDATE crm_contacts SET last_interaction_at = GREATEST(last_interaction_at, $2) WHERE id = $1")
+        .bind(ni.contact_id)
+        .bind(when)
+        .execute(&mut *conn)
+        .await?;
+    analytics::record(
+        conn,
+        ni.staff_user_id,
+        "crm_interaction_recorded",
+        json!({"contact_id": ni.contact_id, "interaction_id": i.id, "interaction_type": i.interaction_type}),
+        now,
+    )
+    .await?;
+    Ok(i)
+}
+
+/// Reads a contact.
+pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Contact, DomainError> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CONTACT_COLUMNS} FROM crm_contacts WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DomainError::NotFound("contact"))
+}

@@ -1,0 +1,153 @@
+//! Payments recorded by the school (card, cash, bank transfer): a `payments` row, and, when it
+//! pays for a package, the purchase it buys (see [`crate::packages`]). A `succeeded` payment
+//! gets its invoice from the scheduler's invoice job, which finds it by its missing `invoiced_at`;
+//! nothing here issues invoices or talks to a payment provider. Owns inserts into `payments`.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::json;
+use sqlx::{FromRow, PgConnection};
+
+use crate::{
+    analytics,
+    error::DomainError,
+    packages::{self, validate_currency},
+};
+
+/// The payment methods the schema allows.
+pub const METHODS: [&str; 4] = ["card", "cash", "bank_transfer", "other"];
+/// The payment statuses the schema allows.
+pub const STATUSES: [&str; 4] = ["pending", "succeeded", "failed", "refunded"];
+
+/// A payment to record.
+#[derive(Debug, Clone)]
+pub struct NewPayment {
+    /// `students.id`.
+    pub student_id: i64,
+    /// The booking it pays for (the student's own).
+    pub booking_id: Option<i64>,
+    /// A `lesson_packages.id` it buys: a pending or succeeded payment creates the purchase.
+    pub package_id: Option<i64>,
+    /// Amount in minor units, more than 0.
+    pub amount_minor: i64,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// One of [`METHODS`].
+    pub method: String,
+    /// One of [`STATUSES`].
+    pub status: String,
+    /// The provider's reference, if any.
+    pub provider_ref: Option<String>,
+}
+
+/// A `payments` row.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Payment {
+    /// Id.
+    pub id: i64,
+    /// Student.
+    pub student_id: i64,
+    /// Booking paid for.
+    pub booking_id: Option<i64>,
+    /// Package purchase paid for.
+    pub purchase_id: Option<i64>,
+    /// Minor units.
+    pub amount_minor: i64,
+    /// ISO 4217.
+    pub currency: String,
+    /// card, cash, bank_transfer, other.
+    pub method: String,
+    /// pending, succeeded, failed, refunded.
+    pub status: String,
+    /// Provider reference.
+    pub provider_ref: Option<String>,
+    /// When it succeeded.
+    pub paid_at: Option<DateTime<Utc>>,
+    /// Recorded.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records a payment; with a `package_id` and a pending or succeeded status, buys the package
+/// for the student in the same transaction and links the purchase. A succeeded payment is
+/// `paid_at = now` and writes the `payment_succeeded` analytics event.
+pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>) -> Result<Payment, DomainError> {
+    if np.amount_minor <= 0 {
+        return Err(DomainError::invalid("amount", "must be more than 0 (minor units, e.g. pence)"));
+    }
+    validate_currency("currency", &np.currency)?;
+    if !METHODS.contains(&np.method.as_str()) {
+        return Err(DomainError::invalid("method", format!("expected one of {}", METHODS.join(", "))));
+    }
+    if !STATUSES.contains(&np.status.as_str()) {
+        return Err(DomainError::invalid("status", format!("expected one of {}", STATUSES.join(", "))));
+    }
+    if np.provider_ref.as_ref().is_some_and(|r| r.chars().count() > 200) {
+        return Err(DomainError::invalid("provider_ref", "at most 200 characters"));
+    }
+    let student_user: Option<i64> = sqlx::query_scalar("SELECT user_id FROM students WHERE id = $1")
+        .bind(np.student_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let student_user = student_user.ok_or_else(|| DomainError::invalid("student_id", "no such student"))?;
+    if let Some(b) = np.booking_id {
+        let owner: Option<i64> = sqlx::query_scalar("SELECT student_id FROM bookings WHERE id = $1")
+            .bind(b)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match owner {
+            None => return Err(DomainError::invalid("booking_id", "no such booking")),
+            Some(s) if s != np.student_id => return Err(DomainError::invalid("booking_id", "the booking is another student's")),
+            Some(_) => {}
+        }
+    }
+    let purchase_id = match np.package_id {
+        Some(p) if matches!(np.status.as_str(), "pending" | "succeeded") => Some(packages::purchase(conn, np.student_id, p, now).await?.id),
+        Some(p) => {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lesson_packages WHERE id = $1)")
+                .bind(p)
+                .fetch_one(&mut *conn)
+                .await?;
+            if !exists {
+                return Err(DomainError::invalid("package_id", "no such package"));
+            }
+            None // a failed or refunded payment buys nothing
+        }
+        None => None,
+    };
+    let paid_at = (np.status == "succeeded").then_some(now);
+    let p: Payment = sqlx::query_as(
+        "INSERT INTO payments (booking_id, student_id, purchase_id, amount_minor, currency, method, status, provider_ref, paid_at, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         RETURNING id, student_id, booking_id, purchase_id, amount_minor, currency::text AS currency, method, status, provider_ref, paid_at, created_at",
+    )
+    .bind(np.booking_id)
+    .bind(np.student_id)
+    .bind(purchase_id)
+    .bind(np.amount_minor)
+    .bind(&np.currency)
+    .bind(&np.method)
+    .bind(&np.status)
+    .bind(&np.provider_ref)
+    .bind(paid_at)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    let event = match p.status.as_str() {
+        "succeeded" => Some("payment_succeeded"),
+        "failed" => Some("payment_failed"),
+        _ => None,
+    };
+    if let Some(event) = event {
+        analytics::record(
+            conn,
+            Some(student_user),
+            event,
+            json!({"payment_id": p.id, "student_id": p.student_id, "booking_id": p.booking_id, "purchase_id": p.purchase_id,
+                   "amount_minor": p.amount_minor, "currency": p.currency, "method": p.method}),
+            now,
+        )
+        .await?;
+    }
+    Ok(p)
+}
