@@ -135,6 +135,7 @@ async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<
         if generated_token { ", generated for this run" } else { "" }
     );
     println!("dashboard: http://{}/", config.admin_api_addr);
+    let _ = std::fs::create_dir_all(&config.outbox_dir);
     println!(
         "outbox:    {}",
         std::fs::canonicalize(&config.outbox_dir)

@@ -1,0 +1,217 @@
+//! Scenario 1, raw queue drain: `n` no-op jobs are queued first (one `INSERT … SELECT`), then
+//! drained in this process by apalis-postgres
+//!
+//! - `project`: configured exactly as `worker/src/lib.rs` configures the notification queue
+//!   (`batch_size = concurrency.clamp(10, 500)`, heartbeat 5 s × 6, `with_pubsub()` plus
+//!   `poll_with_interval`, `concurrency`, `parallelize(tokio::spawn)`, a `Monitor` around it);
+//! - `default`: `Config::default()` (only the queue name set) and one plain worker;
+//! - `project_no_lock` (for reference): the same with `lock_tasks(false)`;
+//! - `tuned` (for reference, no target): `Config::default().batch_size(1000).lock_tasks(false)`,
+//!   one plain worker — the settings APALIS_NOTES.md measured.
+//!
+//! Throughput is `n / (last done_at − start)` on the database's clock, once every job is `Done`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use apalis::prelude::*;
+use apalis_postgres::{Config as PgConfig, PostgresStorage};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Notify;
+
+use crate::pg::{self, BenchDb};
+
+/// A job that does nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NoopJob {
+    /// Its number.
+    pub n: i64,
+}
+
+/// Counts handled jobs and wakes the bench when all are.
+#[derive(Debug)]
+struct Drain {
+    handled: AtomicU64,
+    target: u64,
+    all: Notify,
+}
+
+async fn noop(_job: NoopJob, drain: Data<Arc<Drain>>) -> Result<(), BoxDynError> {
+    if drain.handled.fetch_add(1, Ordering::Relaxed) + 1 == drain.target {
+        drain.all.notify_one();
+    }
+    Ok(())
+}
+
+/// Which apalis setup drains the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// The project's configuration (worker/src/lib.rs).
+    Project,
+    /// The same with `lock_tasks(false)` (no per-job lock write).
+    ProjectNoLock,
+    /// apalis-postgres's default `Config`, one worker.
+    Default,
+    /// `batch_size(1000)` + `lock_tasks(false)`, one worker.
+    Tuned,
+}
+
+impl Variant {
+    /// Every variant, in run order.
+    pub const ALL: [Variant; 4] = [Variant::Project, Variant::ProjectNoLock, Variant::Default, Variant::Tuned];
+
+    /// Short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Project => "project",
+            Variant::ProjectNoLock => "project_no_lock",
+            Variant::Default => "default",
+            Variant::Tuned => "tuned",
+        }
+    }
+}
+
+/// One drain.
+#[derive(Debug, Clone)]
+pub struct DrainResult {
+    /// Seconds from start to the last `done_at`.
+    pub seconds: f64,
+    /// Jobs per second.
+    pub per_second: f64,
+    /// Every job ended `Done`.
+    pub all_done: bool,
+    /// Transactions of the database per job (the bench's own few included).
+    pub transactions_per_job: f64,
+    /// Average number of the database's sessions in each `state / wait event` during the drain.
+    pub sessions: std::collections::BTreeMap<String, f64>,
+}
+
+/// Queues `n` no-op jobs on `queue` and drains them with `variant`.
+pub async fn drain(
+    db: &BenchDb,
+    url: &str,
+    variant: Variant,
+    queue: &str,
+    n: u64,
+    concurrency: usize,
+    poll: Duration,
+) -> anyhow::Result<DrainResult> {
+    // The worker's pool size for this concurrency (dashlight_core::cli::pool_size).
+    let connect = || {
+        PgPoolOptions::new()
+            .max_connections((concurrency as u32 / 2).clamp(8, 40))
+            .connect(url)
+    };
+    let pool = &connect().await?;
+    sqlx::query("DELETE FROM apalis.jobs").execute(pool).await?;
+    sqlx::query("DELETE FROM apalis.workers").execute(pool).await?;
+    sqlx::query("VACUUM (ANALYZE) apalis.jobs").execute(pool).await?;
+    sqlx::query(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+         SELECT apalis.generate_ulid(), $1, convert_to('{\"n\":' || g || '}', 'UTF8'), 'Pending', 0, 25, now() - interval '1 second', 0, ''::hstore, NULL
+         FROM generate_series(1, $2) g",
+    )
+    .bind(queue)
+    .bind(n as i64)
+    .execute(pool)
+    .await?;
+    sqlx::query("ANALYZE apalis.jobs").execute(pool).await?;
+    pool.close().await;
+    let x0 = pg::xacts(&db.name).await?;
+    let pool = &connect().await?;
+    let sampler = pg::ActivitySampler::start(&db.name).await?;
+
+    let drain = Arc::new(Drain {
+        handled: AtomicU64::new(0),
+        target: n,
+        all: Notify::new(),
+    });
+    let started: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(pool).await?;
+    let name = format!("bench-raw-{}-{}-{}", variant.as_str(), std::process::id(), queue);
+    let signal = {
+        let drain = drain.clone();
+        async move {
+            drain.all.notified().await;
+            Ok(())
+        }
+    };
+    let monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30));
+    let monitor = match variant {
+        Variant::Project | Variant::ProjectNoLock => {
+            // As worker/src/lib.rs `storage()` and `run()` set up the notification queue.
+            let storage: PostgresStorage<NoopJob> = PostgresStorage::new(pool).with_config(
+                PgConfig::default()
+                    .queue(queue)
+                    .batch_size(concurrency.clamp(10, 500))
+                    .heartbeat_interval(Duration::from_secs(5))
+                    .missed_heartbeats(6)
+                    .lock_tasks(variant == Variant::Project),
+            );
+            let drain = drain.clone();
+            monitor.register(move |_| {
+                WorkerBuilder::new(name.clone())
+                    .backend(storage.clone().with_pubsub().poll_with_interval(poll))
+                    .data(drain.clone())
+                    .concurrency(concurrency)
+                    .parallelize(tokio::spawn)
+                    .build(noop)
+            })
+        }
+        Variant::Default | Variant::Tuned => {
+            let mut config = PgConfig::default().queue(queue);
+            if variant == Variant::Tuned {
+                config = config.batch_size(1000).lock_tasks(false);
+            }
+            let storage: PostgresStorage<NoopJob> = PostgresStorage::new(pool).with_config(config);
+            let drain = drain.clone();
+            monitor.register(move |_| {
+                WorkerBuilder::new(name.clone())
+                    .backend(storage.clone())
+                    .data(drain.clone())
+                    .build(noop)
+            })
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), monitor.run_with_signal(signal))
+        .await
+        .map_err(|_| anyhow::anyhow!("{} drain did not finish in 10 minutes", variant.as_str()))??;
+
+    // Acknowledgements are flushed on shutdown; give a straggler a moment.
+    let mut done = 0i64;
+    let mut last: Option<DateTime<Utc>> = None;
+    for _ in 0..100 {
+        (done, last) = sqlx::query_as("SELECT count(*), max(done_at) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'")
+            .bind(queue)
+            .fetch_one(pool)
+            .await?;
+        if done as u64 >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sessions = sampler.finish().await?;
+    pool.close().await;
+    let x1 = pg::xacts(&db.name).await?;
+    let samples = sessions.get("(samples)").copied().unwrap_or(1).max(1) as f64;
+    let sessions = sessions
+        .into_iter()
+        .filter(|(k, _)| k != "(samples)")
+        .map(|(k, v)| (k, v as f64 / samples))
+        .collect();
+    let last = last.unwrap_or(started);
+    let seconds = ((last - started).num_microseconds().unwrap_or(0) as f64 / 1e6).max(1e-6);
+    Ok(DrainResult {
+        seconds,
+        per_second: n as f64 / seconds,
+        all_done: done as u64 >= n,
+        transactions_per_job: (x1 - x0) as f64 / n as f64,
+        sessions,
+    })
+}
