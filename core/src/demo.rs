@@ -245,6 +245,24 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
         summary.payments += 1;
     }
     flows(&mut tx, settings, now, &instructor_ids, &student_ids, &mut summary).await?;
+    // A weekly series (Tuesdays and Thursdays, 18:00 school time, eight lessons): the scheduler's
+    // recurring-bookings job books it on its own over the horizon.
+    crate::series::create(
+        &mut tx,
+        crate::series::NewSeries {
+            student_id: student_ids[1],
+            instructor_id: instructor_ids[1],
+            weekdays: vec![2, 4],
+            local_start_time: NaiveTime::from_hms_opt(18, 0, 0).expect("valid time"),
+            duration_minutes: 60,
+            timezone: Some(settings.school_tz.name().to_owned()),
+            pickup_location: Some("Riverside College gates".into()),
+            starts_on: (now.with_timezone(&tz) + Duration::days(6)).date_naive(),
+            until_on: None,
+            occurrence_count: Some(8),
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(summary)
 }

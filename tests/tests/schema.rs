@@ -141,6 +141,11 @@ async fn demo_data_loads_and_fills_the_queue() {
     assert_eq!((s.instructors, s.students), (3, 8));
     assert!(s.bookings >= 20, "{s:?}");
     assert!(s.payments > 0);
+    let series: i64 = sqlx::query_scalar("SELECT count(*) FROM booking_series WHERE status = 'active'")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(series, 1, "a weekly series for the recurring job to book");
     let again = dashlight_core::demo::seed(&db.pool, &settings, now).await.unwrap();
     assert!(again.already_present);
     let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.notifications'")
