@@ -79,6 +79,11 @@ pub struct SteadyRun {
     /// The whole sweep statement's plan after the run (rolled back).
     #[serde(skip)]
     pub explain_after: String,
+    /// Mid-run plan of the worker's per-notification `UPDATE notifications SET status = 'done'
+    /// WHERE id = $1 AND status IN (…)` (`Pipeline::finish`), for the run's last reminder
+    /// (rolled back).
+    #[serde(skip)]
+    pub explain_finish: String,
 }
 
 /// Scenario 3 and (optionally) 4.
@@ -123,6 +128,11 @@ async fn suite(
 ) -> anyhow::Result<SteadySuite> {
     let n = (rate as f64 * duration.as_secs_f64()).round() as i64;
     let pop = world::populate(&db.pool, n, 200, &ctx.sinks.http_base(), &ctx.keys).await?;
+    // Every run starts from the state each run leaves behind: the pipeline's tables vacuumed and
+    // analysed while nothing is open (as autovacuum leaves them after a quiet period).
+    sqlx::query("VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempts, apalis.jobs")
+        .execute(&db.pool)
+        .await?;
     let mut conn = db.connect().await?;
     let workers = Workers::start(&ctx.worker_bin, db, &mut conn, &ctx.sinks, &ctx.keys, &ctx.settings, "steady").await?;
     conn.close().await?;
@@ -198,8 +208,13 @@ async fn one(db: &BenchDb, pop: &Population, rate: u64, duration: Duration, grac
     let mut scan_mid_ms = vec![];
     let mut scan_mid_rows = vec![];
     let mut explain_mid = String::new();
-    for frac in [0.2, 0.4, 0.6, 0.8] {
+    let mut explain_finish = String::new();
+    for frac in [0.2, 0.4, 0.5, 0.6, 0.8] {
         tokio::time::sleep_until((start + duration.mul_f64(frac)).into()).await;
+        if frac == 0.5 {
+            explain_finish = explain_finish_update(pool, marker).await?;
+            continue;
+        }
         let (plan, ms, rows) = explain_sweep(pool, false).await?;
         scan_mid_ms.push(ms);
         scan_mid_rows.push(rows);
@@ -209,15 +224,17 @@ async fn one(db: &BenchDb, pop: &Population, rate: u64, duration: Duration, grac
     }
     let deadline = start + duration + grace;
     loop {
-        let delivered: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM notification_deliveries WHERE status = 'sent' AND notification_id > $1")
+        // Progress from the run's own notifications (a primary-key range): a count over
+        // `notification_deliveries` would read the whole history's `sent` index every time.
+        let finished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM notifications WHERE id > $1 AND status <> 'pending' AND status <> 'processing'")
                 .bind(marker)
                 .fetch_one(pool)
                 .await?;
-        if delivered as u64 >= inserted || Instant::now() > deadline {
+        if finished as u64 >= inserted || Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let cutoff: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()").fetch_one(pool).await?;
     let (delivered, p50, p99, max): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
@@ -287,7 +304,26 @@ async fn one(db: &BenchDb, pop: &Population, rate: u64, duration: Duration, grac
         sweep_after_ms,
         explain_mid,
         explain_after,
+        explain_finish,
     })
+}
+
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the statement `Pipeline::finish` (worker/src/delivery.rs, copied:
+/// keep in sync) runs for every notification, on the run's last reminder (not due yet), rolled back.
+async fn explain_finish_update(pool: &PgPool, marker: i64) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let id: i64 = sqlx::query_scalar("SELECT max(id) FROM notifications WHERE id > $1")
+        .bind(marker)
+        .fetch_one(&mut *tx)
+        .await?;
+    let lines: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN (ANALYZE, BUFFERS) UPDATE notifications SET status = 'done' WHERE id = $1 AND status IN ('pending', 'processing')",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    Ok(lines.join("\n"))
 }
 
 /// Calls the real `sweep_overdue` as the periodic reminder sweep does (only where nothing is
