@@ -75,6 +75,9 @@ struct Args {
     /// `WORKER_CONCURRENCY` (the project's default is 32).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// `WORKER_BATCH_SIZE` (the project's default is 256).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
     /// `POLL_INTERVAL` in ms (the project's default is 250).
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
@@ -185,6 +188,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         grace_seconds: args.grace_seconds.unwrap_or(if args.quick { 3 } else { 10 }),
         workers: args.workers,
         concurrency: args.concurrency,
+        batch: args.batch,
         poll_ms: args.poll_ms,
     };
     let sizes = report::Sizes {
@@ -203,6 +207,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         settings: WorkerSettings {
             processes: args.workers,
             concurrency: args.concurrency,
+            batch: args.batch,
             poll_ms: args.poll_ms,
             sslmode: args.sslmode.clone(),
             wrapper: args
@@ -230,16 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for k in 0..runs {
             for v in raw::Variant::ALL {
                 let queue = format!("bench.noop.{}.{k}", v.as_str());
-                let r = raw::drain(
-                    &db,
-                    &url,
-                    v,
-                    &queue,
-                    sizes.raw_jobs,
-                    args.concurrency,
-                    Duration::from_millis(args.poll_ms),
-                )
-                .await?;
+                let r = raw::drain(&db, &url, v, &queue, sizes.raw_jobs, &ctx.settings).await?;
                 eprintln!(
                     "  {} run {}: {:.0} jobs/s ({:.2} s, all done: {}, {:.3} transactions/job)",
                     v.as_str(),

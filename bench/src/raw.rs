@@ -1,11 +1,13 @@
 //! Scenario 1, raw queue drain: `n` no-op jobs are queued first (one `INSERT … SELECT`), then
 //! drained in this process by apalis-postgres
 //!
-//! - `project`: configured exactly as `worker/src/lib.rs` configures the notification queue
-//!   (`batch_size = concurrency.clamp(10, 500)`, heartbeat 5 s × 6, `with_pubsub()` plus
-//!   `poll_with_interval`, `concurrency`, `parallelize(tokio::spawn)`, a `Monitor` around it);
-//! - `default`: `Config::default()` (only the queue name set) and one plain worker;
-//! - `project_no_lock` (for reference): the same with `lock_tasks(false)`;
+//! - `project`: the notification queue's own path (`dashlight_worker::queue::JobQueue`, as
+//!   `dashlight_worker::drain` drives it): batches of `WORKER_BATCH_SIZE` claimed with one
+//!   `UPDATE … RETURNING` (look-ahead `POLL_INTERVAL`), at most two batches unacknowledged, every
+//!   payload decoded, and a single writer acknowledging whatever has finished in one statement per
+//!   transaction, while the next fetch runs;
+//! - `default`: apalis-postgres's `Config::default()` (only the queue name set) and one plain
+//!   worker;
 //! - `tuned` (for reference, no target): `Config::default().batch_size(1000).lock_tasks(false)`,
 //!   one plain worker — the settings APALIS_NOTES.md measured.
 //!
@@ -26,7 +28,13 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
 
-use crate::pg::{self, BenchDb};
+use dashlight_worker::queue::{FetchedJob, JobOutcome, JobQueue};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{
+    pg::{self, BenchDb},
+    workers::WorkerSettings,
+};
 
 /// A job that does nothing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,10 +61,8 @@ async fn noop(_job: NoopJob, drain: Data<Arc<Drain>>) -> Result<(), BoxDynError>
 /// Which apalis setup drains the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// The project's configuration (worker/src/lib.rs).
+    /// The project's batched queue path (worker/src/queue.rs, worker/src/drain.rs).
     Project,
-    /// The same with `lock_tasks(false)` (no per-job lock write).
-    ProjectNoLock,
     /// apalis-postgres's default `Config`, one worker.
     Default,
     /// `batch_size(1000)` + `lock_tasks(false)`, one worker.
@@ -65,13 +71,12 @@ pub enum Variant {
 
 impl Variant {
     /// Every variant, in run order.
-    pub const ALL: [Variant; 4] = [Variant::Project, Variant::ProjectNoLock, Variant::Default, Variant::Tuned];
+    pub const ALL: [Variant; 3] = [Variant::Project, Variant::Default, Variant::Tuned];
 
     /// Short name.
     pub fn as_str(self) -> &'static str {
         match self {
             Variant::Project => "project",
-            Variant::ProjectNoLock => "project_no_lock",
             Variant::Default => "default",
             Variant::Tuned => "tuned",
         }
@@ -100,9 +105,9 @@ pub async fn drain(
     variant: Variant,
     queue: &str,
     n: u64,
-    concurrency: usize,
-    poll: Duration,
+    settings: &WorkerSettings,
 ) -> anyhow::Result<DrainResult> {
+    let (concurrency, batch, poll) = (settings.concurrency, settings.batch, Duration::from_millis(settings.poll_ms));
     // The worker's pool size for this concurrency (dashlight_core::cli::pool_size).
     let connect = || {
         PgPoolOptions::new()
@@ -142,27 +147,12 @@ pub async fn drain(
             Ok(())
         }
     };
-    let monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30));
-    let monitor = match variant {
-        Variant::Project | Variant::ProjectNoLock => {
-            // As worker/src/lib.rs `storage()` and `run()` set up the notification queue.
-            let storage: PostgresStorage<NoopJob> = PostgresStorage::new(pool).with_config(
-                PgConfig::default()
-                    .queue(queue)
-                    .batch_size(concurrency.clamp(10, 500))
-                    .heartbeat_interval(Duration::from_secs(5))
-                    .missed_heartbeats(6)
-                    .lock_tasks(variant == Variant::Project),
-            );
-            let drain = drain.clone();
-            monitor.register(move |_| {
-                WorkerBuilder::new(name.clone())
-                    .backend(storage.clone().with_pubsub().poll_with_interval(poll))
-                    .data(drain.clone())
-                    .concurrency(concurrency)
-                    .parallelize(tokio::spawn)
-                    .build(noop)
-            })
+    match variant {
+        Variant::Project => {
+            let queue = JobQueue::new(pool.clone(), queue, &name);
+            tokio::time::timeout(Duration::from_secs(600), batched(queue, batch, poll, drain.clone()))
+                .await
+                .map_err(|_| anyhow::anyhow!("project drain did not finish in 10 minutes"))??;
         }
         Variant::Default | Variant::Tuned => {
             let mut config = PgConfig::default().queue(queue);
@@ -170,18 +160,20 @@ pub async fn drain(
                 config = config.batch_size(1000).lock_tasks(false);
             }
             let storage: PostgresStorage<NoopJob> = PostgresStorage::new(pool).with_config(config);
-            let drain = drain.clone();
-            monitor.register(move |_| {
-                WorkerBuilder::new(name.clone())
-                    .backend(storage.clone())
-                    .data(drain.clone())
-                    .build(noop)
-            })
+            let monitor = Monitor::new().shutdown_timeout(Duration::from_secs(30)).register({
+                let drain = drain.clone();
+                move |_| {
+                    WorkerBuilder::new(name.clone())
+                        .backend(storage.clone())
+                        .data(drain.clone())
+                        .build(noop)
+                }
+            });
+            tokio::time::timeout(Duration::from_secs(600), monitor.run_with_signal(signal))
+                .await
+                .map_err(|_| anyhow::anyhow!("{} drain did not finish in 10 minutes", variant.as_str()))??;
         }
-    };
-    tokio::time::timeout(Duration::from_secs(600), monitor.run_with_signal(signal))
-        .await
-        .map_err(|_| anyhow::anyhow!("{} drain did not finish in 10 minutes", variant.as_str()))??;
+    }
 
     // Acknowledgements are flushed on shutdown; give a straggler a moment.
     let mut done = 0i64;
@@ -214,4 +206,59 @@ pub async fn drain(
         transactions_per_job: (x1 - x0) as f64 / n as f64,
         sessions,
     })
+}
+
+/// The drain's queue loop with a no-op handler: fetch up to `batch` jobs while fewer than two
+/// batches are unacknowledged, decode each payload, and let a single writer acknowledge whatever
+/// has finished, one statement per transaction, while the next fetch runs.
+async fn batched(queue: JobQueue, batch: usize, poll: Duration, drain: Arc<Drain>) -> anyhow::Result<()> {
+    queue.register().await?;
+    let room = Arc::new(Semaphore::new(batch * 2));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<FetchedJob>>();
+    let writer = {
+        let (queue, room, drain) = (queue.clone(), room.clone(), drain.clone());
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            while rx.recv_many(&mut buf, 64).await > 0 {
+                let outcomes: Vec<(String, JobOutcome)> = buf
+                    .drain(..)
+                    .flatten()
+                    .map(|job| {
+                        let outcome = match serde_json::from_slice::<NoopJob>(&job.payload) {
+                            Ok(_) => JobOutcome::Done,
+                            Err(e) => JobOutcome::Killed(e.to_string()),
+                        };
+                        (job.id, outcome)
+                    })
+                    .collect();
+                let mut t = queue.pool().begin().await?;
+                let done = JobQueue::complete(&mut t, queue.worker(), &outcomes).await?;
+                t.commit().await?;
+                room.add_permits(outcomes.len());
+                anyhow::ensure!(done as usize == outcomes.len(), "{done} of {} jobs acknowledged", outcomes.len());
+                if drain.handled.fetch_add(done, Ordering::Relaxed) + done >= drain.target {
+                    return Ok(());
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    };
+    loop {
+        if writer.is_finished() {
+            break;
+        }
+        drop(room.acquire().await?);
+        let limit = room.available_permits().min(batch);
+        let jobs = queue.fetch(limit, poll).await?;
+        let got = jobs.len();
+        if got > 0 {
+            room.try_acquire_many(got as u32)?.forget();
+            tx.send(jobs)?;
+        }
+        if got < limit {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    drop(tx);
+    writer.await?
 }

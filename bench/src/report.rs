@@ -42,6 +42,8 @@ pub struct Sizes {
     pub workers: usize,
     /// WORKER_CONCURRENCY.
     pub concurrency: usize,
+    /// WORKER_BATCH_SIZE.
+    pub batch: usize,
     /// POLL_INTERVAL, ms.
     pub poll_ms: u64,
 }
@@ -438,9 +440,9 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
     writeln!(w)?;
     writeln!(
         w,
-        "Worker processes: {} × the release `dashlight-worker` with WORKER_CONCURRENCY={} and POLL_INTERVAL={}ms (the defaults of \
+        "Worker processes: {} × the release `dashlight-worker` with WORKER_CONCURRENCY={}, WORKER_BATCH_SIZE={} and POLL_INTERVAL={}ms (the defaults of \
          `core/src/config.rs`), RUST_LOG=warn, SMTP/SMS/push pointed at the bench's loopback sinks (tokio SMTP sink, axum HTTP sink).",
-        s.workers, s.concurrency, s.poll_ms
+        s.workers, s.concurrency, s.batch, s.poll_ms
     )?;
     writeln!(w)?;
     writeln!(
@@ -468,11 +470,6 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
             n0(d)
         )?;
         writeln!(w, "| 1 | ratio project / default | | {:.2} | |", raw.ratio_project_to_default)?;
-        writeln!(
-            w,
-            "| 1 | reference: project configuration with `lock_tasks(false)` | | {} jobs/s | |",
-            n0(raw.jobs_per_second.get("project_no_lock").copied().unwrap_or(f64::NAN))
-        )?;
         writeln!(
             w,
             "| 1 | reference: default `Config` + `batch_size(1000)` + `lock_tasks(false)` | (≈ 17,000 in the notes) | {} jobs/s | |",

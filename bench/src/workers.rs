@@ -22,6 +22,8 @@ pub struct WorkerSettings {
     pub processes: usize,
     /// `WORKER_CONCURRENCY`.
     pub concurrency: usize,
+    /// `WORKER_BATCH_SIZE`.
+    pub batch: usize,
     /// `POLL_INTERVAL` in milliseconds.
     pub poll_ms: u64,
     /// `sslmode` added to the workers' `DATABASE_URL` (none: the driver's default, `prefer`).
@@ -138,6 +140,7 @@ impl Workers {
                 .env("OUTBOX_DIR", &outbox)
                 .env("INVOICE_DIR", &outbox)
                 .env("WORKER_CONCURRENCY", s.concurrency.to_string())
+                .env("WORKER_BATCH_SIZE", s.batch.to_string())
                 .env("POLL_INTERVAL", format!("{}ms", s.poll_ms))
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())

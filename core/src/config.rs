@@ -111,6 +111,8 @@ pub struct Config {
     pub reminder_offsets: Vec<Duration>,
     /// `WORKER_CONCURRENCY`: jobs in flight per worker process.
     pub worker_concurrency: usize,
+    /// `WORKER_BATCH_SIZE`: notification jobs a worker fetches, claims and records at once.
+    pub worker_batch_size: usize,
     /// `DELIVERY_MAX_ATTEMPTS`: attempts per delivery before it is `dead`.
     pub delivery_max_attempts: u32,
     /// `RETRY_BASE_DELAY`: first retry delay; doubles per attempt (with jitter), capped at `RETRY_MAX_DELAY`.
@@ -141,6 +143,7 @@ impl std::fmt::Debug for Config {
             .field("templates_dir", &self.templates_dir)
             .field("reminder_offsets", &self.reminder_offsets)
             .field("worker_concurrency", &self.worker_concurrency)
+            .field("worker_batch_size", &self.worker_batch_size)
             .field("delivery_max_attempts", &self.delivery_max_attempts)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("retry_max_delay", &self.retry_max_delay)
@@ -330,6 +333,10 @@ impl Config {
         if worker_concurrency == 0 || worker_concurrency > 4096 {
             return Err(ConfigError::new("WORKER_CONCURRENCY", "expected an integer between 1 and 4096"));
         }
+        let worker_batch_size = parsed("WORKER_BATCH_SIZE", 256usize, "a positive integer")?;
+        if worker_batch_size == 0 || worker_batch_size > 5000 {
+            return Err(ConfigError::new("WORKER_BATCH_SIZE", "expected an integer between 1 and 5000"));
+        }
         let delivery_max_attempts = parsed("DELIVERY_MAX_ATTEMPTS", 8u32, "a positive integer")?;
         if delivery_max_attempts == 0 {
             return Err(ConfigError::new("DELIVERY_MAX_ATTEMPTS", "expected at least 1"));
@@ -350,6 +357,7 @@ impl Config {
             templates_dir: var("TEMPLATES_DIR").unwrap_or_else(|| "./templates".into()).into(),
             reminder_offsets,
             worker_concurrency,
+            worker_batch_size,
             delivery_max_attempts,
             retry_base_delay: duration("RETRY_BASE_DELAY", Duration::from_secs(5))?,
             retry_max_delay: duration("RETRY_MAX_DELAY", Duration::from_secs(3600))?,
@@ -375,6 +383,7 @@ impl Config {
             templates_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates")),
             reminder_offsets: vec![Duration::from_secs(86_400), Duration::from_secs(7_200)],
             worker_concurrency: 16,
+            worker_batch_size: 64,
             delivery_max_attempts: 8,
             retry_base_delay: Duration::from_millis(200),
             retry_max_delay: Duration::from_secs(5),

@@ -94,64 +94,64 @@ pub enum PipelineError {
 }
 
 #[derive(Debug, Clone, FromRow)]
-struct NotificationRow {
-    id: i64,
-    user_id: Option<i64>,
-    recipient_email: Option<String>,
+pub(crate) struct NotificationRow {
+    pub(crate) id: i64,
+    pub(crate) user_id: Option<i64>,
+    pub(crate) recipient_email: Option<String>,
     #[sqlx(rename = "type")]
-    kind: String,
-    channels: Vec<String>,
-    policy: String,
-    data: Value,
-    booking_id: Option<i64>,
-    due_at: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
-    status: String,
-    priority: i16,
+    pub(crate) kind: String,
+    pub(crate) channels: Vec<String>,
+    pub(crate) policy: String,
+    pub(crate) data: Value,
+    pub(crate) booking_id: Option<i64>,
+    pub(crate) due_at: DateTime<Utc>,
+    pub(crate) expires_at: Option<DateTime<Utc>>,
+    pub(crate) status: String,
+    pub(crate) priority: i16,
 }
 
 #[derive(Debug, Clone, FromRow)]
-struct Recipient {
-    email: String,
-    phone: Option<String>,
-    first_name: String,
-    last_name: String,
-    timezone: String,
-    email_on: bool,
-    sms_on: bool,
-    push_on: bool,
-    quiet_start: Option<NaiveTime>,
-    quiet_end: Option<NaiveTime>,
+pub(crate) struct Recipient {
+    pub(crate) email: String,
+    pub(crate) phone: Option<String>,
+    pub(crate) first_name: String,
+    pub(crate) last_name: String,
+    pub(crate) timezone: String,
+    pub(crate) email_on: bool,
+    pub(crate) sms_on: bool,
+    pub(crate) push_on: bool,
+    pub(crate) quiet_start: Option<NaiveTime>,
+    pub(crate) quiet_end: Option<NaiveTime>,
 }
 
 #[derive(Debug, Clone, FromRow)]
-struct Device {
-    id: i64,
-    push_endpoint: String,
+pub(crate) struct Device {
+    pub(crate) id: i64,
+    pub(crate) push_endpoint: String,
     p256dh: String,
-    auth: String,
+    pub(crate) auth: String,
 }
 
 #[derive(Debug, Clone, FromRow)]
-struct DeliveryRow {
-    id: i64,
-    channel: String,
-    target: String,
-    device_id: Option<i64>,
-    status: String,
-    next_attempt_at: Option<DateTime<Utc>>,
+pub(crate) struct DeliveryRow {
+    pub(crate) id: i64,
+    pub(crate) channel: String,
+    pub(crate) target: String,
+    pub(crate) device_id: Option<i64>,
+    pub(crate) status: String,
+    pub(crate) next_attempt_at: Option<DateTime<Utc>>,
 }
 
 /// A delivery to insert.
 #[derive(Debug, Clone, PartialEq)]
-struct Planned {
-    channel: Channel,
-    target: String,
-    device_id: Option<i64>,
+pub(crate) struct Planned {
+    pub(crate) channel: Channel,
+    pub(crate) target: String,
+    pub(crate) device_id: Option<i64>,
     /// `Some(reason)` → recorded as skipped.
-    skip: Option<String>,
+    pub(crate) skip: Option<String>,
     /// Held (quiet hours) until then.
-    hold_until: Option<DateTime<Utc>>,
+    pub(crate) hold_until: Option<DateTime<Utc>>,
 }
 
 const OPEN: [&str; 3] = ["pending", "retrying", "sending"];
@@ -203,12 +203,7 @@ impl Pipeline {
         let channels: Vec<Channel> = n.channels.iter().filter_map(|c| Channel::parse(c)).collect();
         let policy = if n.policy == "first" { Policy::First } else { Policy::All };
         // Lessons that start before quiet hours end go by email instead.
-        let lesson_start = n
-            .data
-            .pointer("/booking/start_time")
-            .and_then(Value::as_str)
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-            .map(|t| t.with_timezone(&Utc));
+        let lesson_start = lesson_start(&n);
 
         let mut existing = self.deliveries(n.id).await?;
         if existing.is_empty() {
@@ -267,18 +262,23 @@ impl Pipeline {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| PipelineError::Poison(format!("recipient user {uid} of notification {} does not exist", n.id))),
-            None => Ok(Recipient {
-                email: n.recipient_email.clone().unwrap_or_default(),
-                phone: None,
-                first_name: self.settings.school_name.clone(),
-                last_name: String::new(),
-                timezone: self.settings.school_tz.name().to_owned(),
-                email_on: true,
-                sms_on: false,
-                push_on: false,
-                quiet_start: None,
-                quiet_end: None,
-            }),
+            None => Ok(self.school_recipient(n)),
+        }
+    }
+
+    /// The recipient of a school-facing notification (no user: the school's own address).
+    pub(crate) fn school_recipient(&self, n: &NotificationRow) -> Recipient {
+        Recipient {
+            email: n.recipient_email.clone().unwrap_or_default(),
+            phone: None,
+            first_name: self.settings.school_name.clone(),
+            last_name: String::new(),
+            timezone: self.settings.school_tz.name().to_owned(),
+            email_on: true,
+            sms_on: false,
+            push_on: false,
+            quiet_start: None,
+            quiet_end: None,
         }
     }
 
@@ -356,97 +356,50 @@ impl Pipeline {
 
         let result = self.render_and_send(n, kind, r, devices, d, channel).await;
         let finished = self.clock.now();
+        let res = resolve(&result, attempt, max_attempts, finished, &self.settings);
         let mut tx = self.pool.begin().await?;
-        match &result {
-            Ok(sent) => {
-                sqlx::query(
-                    "UPDATE notification_deliveries SET status = 'sent', sent_at = $2, provider_message_id = $3, last_error = NULL,
-                            next_attempt_at = NULL, sending_since = NULL WHERE id = $1",
-                )
-                .bind(d.id)
-                .bind(finished)
-                .bind(&sent.provider_message_id)
-                .execute(&mut *tx)
-                .await?;
-                if let Some(dev) = d.device_id {
-                    sqlx::query("UPDATE user_devices SET last_used_at = $2 WHERE id = $1")
-                        .bind(dev)
-                        .bind(finished)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tracing::info!(notification = n.id, delivery = d.id, kind = %n.kind, channel = channel.as_str(), attempt, user = ?n.user_id, "sent");
-                let lateness = (finished - n.due_at).num_milliseconds().max(0) as f64 / 1000.0;
-                metrics::histogram!("dashlight_delivery_lateness_seconds", "channel" => channel.as_str()).record(lateness);
-            }
-            Err(SendError::Transient { message, retry_after }) if attempt < max_attempts => {
-                let delay = backoff(attempt as u32, self.settings.retry_base, self.settings.retry_max, *retry_after);
-                let next = finished + chrono::Duration::from_std(delay).unwrap_or_default();
-                sqlx::query("UPDATE notification_deliveries SET status = 'retrying', last_error = $2, next_attempt_at = $3, sending_since = NULL WHERE id = $1")
-                    .bind(d.id)
-                    .bind(message)
-                    .bind(next)
+        sqlx::query(
+            "UPDATE notification_deliveries SET status = $2, sent_at = CASE WHEN $2 = 'sent' THEN $3 ELSE sent_at END,
+                    provider_message_id = coalesce($4, provider_message_id), last_error = $5, next_attempt_at = $6, sending_since = NULL
+             WHERE id = $1",
+        )
+        .bind(d.id)
+        .bind(res.status)
+        .bind(finished)
+        .bind(&res.provider_id)
+        .bind(&res.error)
+        .bind(res.next_attempt_at)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(dev) = d.device_id {
+            if res.status == "sent" {
+                sqlx::query("UPDATE user_devices SET last_used_at = $2 WHERE id = $1")
+                    .bind(dev)
+                    .bind(finished)
                     .execute(&mut *tx)
                     .await?;
-                requeue(&mut tx, n.id, n.priority, next, finished).await?;
-                tracing::warn!(notification = n.id, delivery = d.id, channel = channel.as_str(), attempt, retry_in_ms = delay.as_millis() as u64, error = %message, "send failed, will retry");
-            }
-            Err(SendError::Transient { message, .. }) => {
-                sqlx::query("UPDATE notification_deliveries SET status = 'dead', last_error = $2, next_attempt_at = NULL, sending_since = NULL WHERE id = $1")
-                    .bind(d.id)
-                    .bind(message)
+            } else if res.disable_device {
+                sqlx::query("UPDATE user_devices SET active = false, disabled_reason = $2 WHERE id = $1")
+                    .bind(dev)
+                    .bind(&res.error)
                     .execute(&mut *tx)
                     .await?;
-                tracing::error!(notification = n.id, delivery = d.id, channel = channel.as_str(), attempt, error = %message, "delivery dead: attempts exhausted");
-            }
-            Err(SendError::Permanent {
-                message,
-                subscription_gone,
-            }) => {
-                sqlx::query("UPDATE notification_deliveries SET status = 'failed', last_error = $2, next_attempt_at = NULL, sending_since = NULL WHERE id = $1")
-                    .bind(d.id)
-                    .bind(message)
-                    .execute(&mut *tx)
-                    .await?;
-                if *subscription_gone && let Some(dev) = d.device_id {
-                    sqlx::query("UPDATE user_devices SET active = false, disabled_reason = $2 WHERE id = $1")
-                        .bind(dev)
-                        .bind(message)
-                        .execute(&mut *tx)
-                        .await?;
-                    tracing::info!(device = dev, "push subscription gone: device disabled");
-                }
-                tracing::warn!(notification = n.id, delivery = d.id, channel = channel.as_str(), attempt, error = %message, "delivery failed permanently");
             }
         }
-        let (outcome, error, provider_id, retry_after_ms) = match &result {
-            Ok(s) => ("sent", None, s.provider_message_id.clone(), None),
-            Err(e) => (
-                e.outcome(),
-                Some(e.to_string()),
-                None,
-                match e {
-                    SendError::Transient { retry_after, .. } => retry_after.map(|d| d.as_millis() as i64),
-                    _ => None,
-                },
-            ),
-        };
+        if let Some(next) = res.next_attempt_at {
+            requeue(&mut tx, n.id, n.priority, next, finished).await?;
+        }
         sqlx::query("UPDATE delivery_attempts SET finished_at = $3, outcome = $4, error = $5, provider_message_id = $6, retry_after_ms = $7 WHERE delivery_id = $1 AND attempt = $2")
             .bind(d.id)
             .bind(attempt)
             .bind(finished)
-            .bind(outcome)
-            .bind(&error)
-            .bind(&provider_id)
-            .bind(retry_after_ms)
+            .bind(res.outcome)
+            .bind(&res.error)
+            .bind(&res.provider_id)
+            .bind(res.retry_after_ms)
             .execute(&mut *tx)
             .await?;
-        let event = match (&result, attempt < max_attempts) {
-            (Ok(_), _) => Some("notification_sent"),
-            (Err(SendError::Permanent { .. }), _) | (Err(SendError::Transient { .. }), false) => Some("notification_failed"),
-            _ => None,
-        };
-        if let Some(event) = event {
+        if let Some(event) = res.event {
             dashlight_core::analytics::record(
                 &mut tx,
                 n.user_id,
@@ -457,11 +410,11 @@ impl Pipeline {
             .await?;
         }
         tx.commit().await?;
-        metrics::counter!("dashlight_deliveries_total", "channel" => channel.as_str(), "outcome" => outcome).increment(1);
+        log_resolution(n, d.id, d.device_id, channel, attempt, finished, &res);
         Ok(())
     }
 
-    async fn render_and_send(
+    pub(crate) async fn render_and_send(
         &self,
         n: &NotificationRow,
         kind: Kind,
@@ -626,8 +579,141 @@ impl Pipeline {
     }
 }
 
+/// What one attempt's result means for its delivery and its attempt record.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolution {
+    /// New delivery status: `sent`, `retrying`, `dead` or `failed`.
+    pub status: &'static str,
+    /// Attempt outcome: `sent`, `transient` or `permanent`.
+    pub outcome: &'static str,
+    /// The error (delivery `last_error` and attempt `error`).
+    pub error: Option<String>,
+    /// The provider's id of a sent message.
+    pub provider_id: Option<String>,
+    /// When the retry is due (`retrying` only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The provider's `Retry-After`, in ms.
+    pub retry_after_ms: Option<i64>,
+    /// The analytics event it produces.
+    pub event: Option<&'static str>,
+    /// The push subscription is gone: disable the device.
+    pub disable_device: bool,
+    /// The retry delay chosen (`retrying` only).
+    pub retry_in: Option<Duration>,
+}
+
+/// Decides the fate of a delivery from one attempt's result: sent; transient with attempts left
+/// → `retrying` after [`backoff`]; transient out of attempts → `dead`; permanent → `failed`.
+pub(crate) fn resolve(
+    result: &Result<Sent, SendError>,
+    attempt: i32,
+    max_attempts: i32,
+    finished: DateTime<Utc>,
+    settings: &DeliverySettings,
+) -> Resolution {
+    let mut r = Resolution {
+        status: "sent",
+        outcome: "sent",
+        error: None,
+        provider_id: None,
+        next_attempt_at: None,
+        retry_after_ms: None,
+        event: None,
+        disable_device: false,
+        retry_in: None,
+    };
+    match result {
+        Ok(sent) => {
+            r.provider_id = sent.provider_message_id.clone();
+            r.event = Some("notification_sent");
+        }
+        Err(e) => {
+            r.outcome = e.outcome();
+            r.error = Some(e.to_string());
+            match e {
+                SendError::Transient { retry_after, .. } => {
+                    r.retry_after_ms = retry_after.map(|d| d.as_millis() as i64);
+                    if attempt < max_attempts {
+                        let delay = backoff(attempt as u32, settings.retry_base, settings.retry_max, *retry_after);
+                        r.status = "retrying";
+                        r.retry_in = Some(delay);
+                        r.next_attempt_at = Some(finished + chrono::Duration::from_std(delay).unwrap_or_default());
+                    } else {
+                        r.status = "dead";
+                        r.event = Some("notification_failed");
+                    }
+                }
+                SendError::Permanent { subscription_gone, .. } => {
+                    r.status = "failed";
+                    r.disable_device = *subscription_gone;
+                    r.event = Some("notification_failed");
+                }
+            }
+        }
+    }
+    r
+}
+
+/// The log line and metrics of one resolved attempt.
+pub(crate) fn log_resolution(
+    n: &NotificationRow,
+    delivery: i64,
+    device: Option<i64>,
+    channel: Channel,
+    attempt: i32,
+    finished: DateTime<Utc>,
+    res: &Resolution,
+) {
+    let error = res.error.as_deref().unwrap_or_default();
+    match res.status {
+        "sent" => {
+            tracing::info!(notification = n.id, delivery, kind = %n.kind, channel = channel.as_str(), attempt, user = ?n.user_id, "sent");
+        }
+        "retrying" => {
+            let retry_in_ms = res.retry_in.unwrap_or_default().as_millis() as u64;
+            tracing::warn!(
+                notification = n.id,
+                delivery,
+                channel = channel.as_str(),
+                attempt,
+                retry_in_ms,
+                error,
+                "send failed, will retry"
+            );
+        }
+        "dead" => tracing::error!(
+            notification = n.id,
+            delivery,
+            channel = channel.as_str(),
+            attempt,
+            error,
+            "delivery dead: attempts exhausted"
+        ),
+        _ => {
+            if res.disable_device
+                && let Some(dev) = device
+            {
+                tracing::info!(device = dev, "push subscription gone: device disabled");
+            }
+            tracing::warn!(
+                notification = n.id,
+                delivery,
+                channel = channel.as_str(),
+                attempt,
+                error,
+                "delivery failed permanently"
+            );
+        }
+    }
+    if res.status == "sent" {
+        let lateness = (finished - n.due_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("dashlight_delivery_lateness_seconds", "channel" => channel.as_str()).record(lateness);
+    }
+    metrics::counter!("dashlight_deliveries_total", "channel" => channel.as_str(), "outcome" => res.outcome).increment(1);
+}
+
 /// Enqueues another run of a notification at `at` (retry, hold, early fetch).
-async fn requeue(
+pub(crate) async fn requeue(
     conn: &mut PgConnection,
     notification_id: i64,
     priority: i16,
@@ -667,8 +753,18 @@ fn next_stage(channels: &[Channel], deliveries: &[DeliveryRow]) -> Option<usize>
     (last + 1 < channels.len()).then_some(last + 1)
 }
 
+/// The start of the lesson a notification is about, if any (quiet hours divert such messages
+/// to email when the lesson starts before they end).
+pub(crate) fn lesson_start(n: &NotificationRow) -> Option<DateTime<Utc>> {
+    n.data
+        .pointer("/booking/start_time")
+        .and_then(Value::as_str)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
 /// Decides the deliveries of a notification from `channels[from..]`.
-fn plan(
+pub(crate) fn plan(
     policy: Policy,
     channels: &[Channel],
     from: usize,

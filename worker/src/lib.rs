@@ -10,7 +10,9 @@
 
 pub mod channels;
 pub mod delivery;
+pub mod drain;
 pub mod periodic;
+pub mod queue;
 pub mod render;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -20,13 +22,14 @@ use apalis::prelude::*;
 use apalis_postgres::{Config as PgConfig, PostgresStorage};
 use dashlight_core::{
     Clock, Config,
-    jobs::{DeliverJob, PeriodicJob, QUEUE_NOTIFICATIONS, QUEUE_PERIODIC},
+    jobs::{PeriodicJob, QUEUE_PERIODIC},
 };
+use futures::FutureExt as _;
 use sqlx::PgPool;
 
 use crate::{
     channels::{email, outbox::Outbox, push::PushSender, sms::SmsSender},
-    delivery::{DeliverySettings, Pipeline, PipelineError},
+    delivery::{DeliverySettings, Pipeline},
     render::Renderer,
 };
 
@@ -48,7 +51,7 @@ pub fn pipeline(config: &Config, pool: PgPool, clock: Clock, worker_name: String
     let outbox = Outbox::new(&config.outbox_dir);
     let email = match &config.smtp {
         Some(smtp) => email::EmailSender::Smtp {
-            transport: email::smtp_transport(&smtp.url).map_err(anyhow::Error::msg)?,
+            transport: email::smtp_transport(&smtp.url, config.worker_concurrency.clamp(1, 256) as u32).map_err(anyhow::Error::msg)?,
             from,
         },
         None => email::EmailSender::Outbox {
@@ -100,21 +103,6 @@ fn decode<T: serde::de::DeserializeOwned>(payload: serde_json::Value, id: &TaskI
     })
 }
 
-async fn deliver(payload: serde_json::Value, pipeline: Data<Pipeline>, id: TaskId) -> Result<(), BoxDynError> {
-    let job: DeliverJob = decode(payload, &id)?;
-    match pipeline.process(&job, &id.to_string()).await {
-        Ok(()) => Ok(()),
-        Err(PipelineError::Poison(m)) => {
-            tracing::error!(job = %id, notification = job.notification_id, error = %m, "job can never succeed: giving up");
-            Err(Box::new(AbortError::new(m)))
-        }
-        Err(e) => {
-            tracing::warn!(job = %id, notification = job.notification_id, error = %e, "job failed, apalis will retry it");
-            Err(Box::new(e))
-        }
-    }
-}
-
 async fn periodic(payload: serde_json::Value, ctx: Data<periodic::Context>, id: TaskId) -> Result<(), BoxDynError> {
     let job: PeriodicJob = decode(payload, &id)?;
     let started = std::time::Instant::now();
@@ -141,18 +129,31 @@ fn storage<T>(pool: &PgPool, queue: &str, batch: usize) -> PostgresStorage<T> {
     )
 }
 
-/// Runs the workers until `shutdown` resolves, then lets in-flight jobs finish (up to 30 s).
+/// Runs the workers until `shutdown` resolves, then lets in-flight jobs finish (up to 30 s):
+/// the notification queue through the batched [`drain::Drain`], the periodic queue through a
+/// stock apalis worker.
 pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let name = worker_name("worker");
     let pipeline = pipeline(config, pool.clone(), clock.clone(), name.clone())?;
     let ctx = periodic::Context::new(config, pool.clone(), clock);
     let concurrency = config.worker_concurrency;
     let poll = config.poll_interval;
-    tracing::info!(worker = %name, concurrency, poll_ms = poll.as_millis() as u64, email = ?pipeline.email, sms = ?std::mem::discriminant(&pipeline.sms), push = ?pipeline.push, "worker starting");
+    tracing::info!(worker = %name, concurrency, batch = config.worker_batch_size, poll_ms = poll.as_millis() as u64, email = ?pipeline.email, sms = ?std::mem::discriminant(&pipeline.sms), push = ?pipeline.push, "worker starting");
 
-    let deliver_storage = storage::<serde_json::Value>(&pool, QUEUE_NOTIFICATIONS, concurrency.clamp(10, 500));
+    let shutdown = shutdown.shared();
+    let drain = drain::Drain::new(
+        pool.clone(),
+        pipeline,
+        &format!("{name}-notifications"),
+        drain::DrainSettings {
+            batch_size: config.worker_batch_size,
+            concurrency,
+            poll_interval: poll,
+            stale_after: drain::HEARTBEAT * 6,
+            shutdown_timeout: Duration::from_secs(30),
+        },
+    );
     let periodic_storage = storage::<serde_json::Value>(&pool, QUEUE_PERIODIC, 4);
-    let n_name = format!("{name}-notifications");
     let p_name = format!("{name}-periodic");
     let monitor = Monitor::new()
         .shutdown_timeout(Duration::from_secs(30))
@@ -167,28 +168,23 @@ pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Fut
         // A restarted worker takes a new name: apalis then rescues the jobs the failed one held
         // once its old name's heartbeat goes stale (a reused name would keep them locked).
         .register(move |restarts| {
-            WorkerBuilder::new(format!("{n_name}-{restarts}"))
-                .backend(deliver_storage.clone().with_pubsub().poll_with_interval(poll))
-                .data(pipeline.clone())
-                .concurrency(concurrency)
-                .parallelize(tokio::spawn)
-                .build(deliver)
-        })
-        .register(move |restarts| {
             WorkerBuilder::new(format!("{p_name}-{restarts}"))
                 .backend(periodic_storage.clone().with_pubsub().poll_with_interval(poll))
                 .data(ctx.clone())
                 .concurrency(2)
                 .build(periodic)
         });
-    monitor
-        .run_with_signal(async move {
-            shutdown.await;
+    let stop = shutdown.clone();
+    let (drained, monitored) = tokio::join!(
+        drain.run(shutdown.clone()),
+        monitor.run_with_signal(async move {
+            stop.await;
             tracing::info!("worker stopping: finishing in-flight jobs");
             Ok(())
         })
-        .await
-        .context("worker monitor")?;
+    );
+    drained.context("notification drain")?;
+    monitored.context("worker monitor")?;
     tracing::info!("worker stopped");
     Ok(())
 }

@@ -74,9 +74,14 @@ pub fn parse_from(mail_from: &str) -> Result<Mailbox, String> {
 }
 
 /// Builds the SMTP transport from `SMTP_URL` (lettre's URL form); a bad URL fails at start-up.
-pub fn smtp_transport(url: &str) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+/// `max_connections` bounds the pool (lettre's default of 10 would serialise a worker whose
+/// concurrency is higher).
+pub fn smtp_transport(url: &str, max_connections: u32) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
     let builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| format!("SMTP_URL: {}", error_chain(&e)))?;
-    Ok(builder.timeout(Some(std::time::Duration::from_secs(30))).build())
+    Ok(builder
+        .timeout(Some(std::time::Duration::from_secs(30)))
+        .pool_config(lettre::transport::smtp::PoolConfig::new().max_size(max_connections))
+        .build())
 }
 
 impl EmailSender {

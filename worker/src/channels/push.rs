@@ -1,17 +1,33 @@
 //! Web Push: VAPID (RFC 8292) signed, aes128gcm (RFC 8291) encrypted, sent with our own reqwest
 //! client (web-push builds the request; we read status and `Retry-After` ourselves, since
 //! web-push 0.11 hides 429s). 404/410 end a subscription for good.
+//!
+//! Signing the VAPID JWT (ES256) is the expensive part of a push, and the JWT depends only on
+//! the push service's origin (`aud`), our `sub` and the expiry, so one signature per origin is
+//! made and reused until shortly before it expires.
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use base64::Engine as _;
 use dashlight_core::config::PushConfig;
-use web_push::{ContentEncoding, PartialVapidSignatureBuilder, SubscriptionInfo, Urgency, VapidSignatureBuilder, WebPushMessageBuilder};
+use web_push::{
+    ContentEncoding, PartialVapidSignatureBuilder, SubscriptionInfo, Urgency, VapidSignature, VapidSignatureBuilder, WebPushMessageBuilder,
+};
 
 use super::{SendError, Sent, outbox::Outbox, parse_retry_after};
 
 /// Largest plaintext web-push accepts (it refuses more than 3052 bytes).
 pub const MAX_PAYLOAD: usize = 3052;
+
+/// Lifetime (`exp` − now) of the VAPID JWTs we sign; RFC 8292 allows at most 24 h.
+const JWT_LIFETIME_SECS: u64 = 12 * 3600;
+
+/// A cached JWT is replaced once less than this is left before its `exp`.
+const JWT_REFRESH_MARGIN_SECS: u64 = 3600;
 
 /// One push message.
 #[derive(Debug, Clone)]
@@ -35,10 +51,8 @@ pub struct PushMessage<'a> {
 pub enum PushSender {
     /// Real push services.
     Vapid {
-        /// The parsed VAPID key (parsed once).
-        key: Box<PartialVapidSignatureBuilder>,
-        /// `sub` claim.
-        subject: String,
+        /// The VAPID key and the signatures made with it, shared by every clone.
+        signer: Arc<VapidSigner>,
         /// Shared HTTP client.
         client: reqwest::Client,
     },
@@ -49,7 +63,7 @@ pub enum PushSender {
 impl std::fmt::Debug for PushSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PushSender::Vapid { subject, .. } => write!(f, "PushSender::Vapid({subject})"),
+            PushSender::Vapid { signer, .. } => write!(f, "PushSender::Vapid({})", signer.subject),
             PushSender::Outbox(o) => write!(f, "PushSender::Outbox({})", o.dir().display()),
         }
     }
@@ -61,8 +75,7 @@ impl PushSender {
         let key = VapidSignatureBuilder::from_base64_no_sub(&config.vapid_private_key)
             .map_err(|e| format!("VAPID_PRIVATE_KEY: not a usable P-256 key: {e}"))?;
         Ok(PushSender::Vapid {
-            key: Box::new(key),
-            subject: config.vapid_subject.clone(),
+            signer: Arc::new(VapidSigner::new(key, config.vapid_subject.clone())),
             client,
         })
     }
@@ -70,7 +83,7 @@ impl PushSender {
     /// The VAPID public key (base64url) browsers subscribe with, when configured.
     pub fn public_key(&self) -> Option<String> {
         match self {
-            PushSender::Vapid { key, .. } => Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key.get_public_key())),
+            PushSender::Vapid { signer, .. } => Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signer.key.get_public_key())),
             PushSender::Outbox(_) => None,
         }
     }
@@ -94,7 +107,7 @@ impl PushSender {
                 );
                 o.write("push", delivery_id, "txt", text.as_bytes()).await
             }
-            PushSender::Vapid { key, subject, client } => {
+            PushSender::Vapid { signer, client } => {
                 let sub = SubscriptionInfo::new(m.endpoint, m.p256dh, m.auth);
                 // web-push sets `aud` to scheme://host and drops a non-default port; push
                 // services compare it with the endpoint's full origin.
@@ -102,12 +115,7 @@ impl PushSender {
                     .map_err(|e| SendError::permanent(format!("push endpoint {:?} is not a URL: {e}", m.endpoint)))?
                     .origin()
                     .ascii_serialization();
-                let mut sig = key.as_ref().clone().add_sub_info(&sub);
-                sig.add_claim("sub", subject.as_str());
-                sig.add_claim("aud", origin.as_str());
-                let sig = sig
-                    .build()
-                    .map_err(|e| SendError::permanent(format!("cannot sign VAPID claims: {e}")))?;
+                let sig = signer.signature_for(&sub, &origin)?;
                 let mut b = WebPushMessageBuilder::new(&sub);
                 b.set_payload(ContentEncoding::Aes128Gcm, &m.payload);
                 b.set_ttl(m.ttl);
@@ -148,5 +156,109 @@ impl PushSender {
                 Err(SendError::from_http_status(status, retry_after, &detail))
             }
         }
+    }
+}
+
+/// The VAPID key, the `sub` claim, and the signed JWTs per push-service origin.
+pub struct VapidSigner {
+    /// The parsed VAPID key (parsed once).
+    key: PartialVapidSignatureBuilder,
+    /// `sub` claim.
+    subject: String,
+    /// Origin (`aud`) → signature and its `exp` (Unix seconds).
+    signatures: Mutex<HashMap<String, (VapidSignature, u64)>>,
+}
+
+impl VapidSigner {
+    fn new(key: PartialVapidSignatureBuilder, subject: String) -> VapidSigner {
+        VapidSigner {
+            key,
+            subject,
+            signatures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The signature for pushes to `origin` (the `aud` claim); `sub` is any subscription of
+    /// that origin. Signs only when no cached signature has at least an hour left.
+    fn signature_for(&self, sub: &SubscriptionInfo, origin: &str) -> Result<VapidSignature, SendError> {
+        let now = unix_now();
+        if let Some((sig, exp)) = self.signatures.lock().unwrap_or_else(PoisonError::into_inner).get(origin)
+            && is_fresh(*exp, now)
+        {
+            return Ok(sig.clone());
+        }
+        // Signed without the lock held: a race only signs twice.
+        let exp = now + JWT_LIFETIME_SECS;
+        let mut builder = self.key.clone().add_sub_info(sub);
+        builder.add_claim("sub", self.subject.as_str());
+        builder.add_claim("aud", origin);
+        builder.add_claim("exp", exp);
+        let sig = builder
+            .build()
+            .map_err(|e| SendError::permanent(format!("cannot sign VAPID claims: {e}")))?;
+        let mut cache = self.signatures.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|_, (_, exp)| is_fresh(*exp, now));
+        cache.insert(origin.to_owned(), (sig.clone(), exp));
+        Ok(sig)
+    }
+}
+
+/// Whether a JWT expiring at `exp` may still be sent at `now`: at least the refresh margin
+/// left, and not further ahead than we sign for (the clock went back; push services refuse
+/// an `exp` more than 24 h away).
+fn is_fresh(exp: u64, now: u64) -> bool {
+    now + JWT_REFRESH_MARGIN_SECS < exp && exp <= now + JWT_LIFETIME_SECS
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A signer with a freshly generated P-256 key (a random scalar is a valid key but for
+    /// a 2^-32 chance).
+    fn signer() -> VapidSigner {
+        loop {
+            let scalar = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>());
+            if let Ok(key) = VapidSignatureBuilder::from_base64_no_sub(&scalar) {
+                return VapidSigner::new(key, "mailto:ops@example.test".to_owned());
+            }
+        }
+    }
+
+    fn claims(sig: &VapidSignature) -> serde_json::Value {
+        let payload = sig.auth_t.split('.').nth(1).unwrap();
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    fn sign(signer: &VapidSigner, endpoint: &str) -> VapidSignature {
+        let origin = url::Url::parse(endpoint).unwrap().origin().ascii_serialization();
+        signer
+            .signature_for(&SubscriptionInfo::new(endpoint, "p256dh", "auth"), &origin)
+            .unwrap()
+    }
+
+    #[test]
+    fn signatures_are_cached_per_origin() {
+        let signer = signer();
+        let a = sign(&signer, "https://push.example.test/wpush/v2/one");
+        assert_eq!(a, sign(&signer, "https://push.example.test/wpush/v2/two"), "same origin, same JWT");
+        assert_eq!(a.auth_k, signer.key.get_public_key());
+        let c = claims(&a);
+        assert_eq!(c["aud"], "https://push.example.test");
+        assert_eq!(c["sub"], "mailto:ops@example.test");
+        let left = c["exp"].as_u64().unwrap() - unix_now();
+        assert!((JWT_LIFETIME_SECS - 60..=JWT_LIFETIME_SECS).contains(&left), "exp {left}s away");
+
+        let b = sign(&signer, "http://127.0.0.1:8443/push/one");
+        assert_ne!(a.auth_t, b.auth_t);
+        assert_eq!(claims(&b)["aud"], "http://127.0.0.1:8443");
+
+        // Less than the margin left: signed anew.
+        signer.signatures.lock().unwrap().get_mut("https://push.example.test").unwrap().1 = unix_now() + 60;
+        assert_ne!(a.auth_t, sign(&signer, "https://push.example.test/wpush/v2/one").auth_t);
     }
 }
