@@ -72,8 +72,8 @@ struct Args {
     /// Worker processes for scenarios 2-5.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// `WORKER_CONCURRENCY` (the project's default is 32).
-    #[arg(long, default_value_t = 32)]
+    /// `WORKER_CONCURRENCY` (the project's default is 128).
+    #[arg(long, default_value_t = 128)]
     concurrency: usize,
     /// `WORKER_BATCH_SIZE` (the project's default is 256).
     #[arg(long, default_value_t = 256)]

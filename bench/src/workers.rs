@@ -142,7 +142,7 @@ impl Workers {
                 .env("WORKER_CONCURRENCY", s.concurrency.to_string())
                 .env("WORKER_BATCH_SIZE", s.batch.to_string())
                 .env("POLL_INTERVAL", format!("{}ms", s.poll_ms))
-                .env("RUST_LOG", "warn")
+                .env("RUST_LOG", std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)
                 .stderr(file)

@@ -329,7 +329,7 @@ impl Config {
             }
         };
 
-        let worker_concurrency = parsed("WORKER_CONCURRENCY", 32usize, "a positive integer")?;
+        let worker_concurrency = parsed("WORKER_CONCURRENCY", 128usize, "a positive integer")?;
         if worker_concurrency == 0 || worker_concurrency > 4096 {
             return Err(ConfigError::new("WORKER_CONCURRENCY", "expected an integer between 1 and 4096"));
         }

@@ -25,7 +25,15 @@
 //! recorded, and the sweep's [`crate::delivery::recover_stuck`] records an `interrupted` attempt
 //! for any left so by a dead worker.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, NaiveTime, Utc};
 use dashlight_core::{
@@ -193,6 +201,7 @@ impl Drain {
                 permit = room.acquire() => drop(permit),
             }
             let limit = room.available_permits().min(this.settings.batch_size);
+            let t0 = std::time::Instant::now();
             let fetched = match this.queue.fetch(limit, this.settings.poll_interval).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
@@ -206,6 +215,7 @@ impl Drain {
             };
             let got = fetched.len();
             if got > 0 {
+                tracing::debug!(got, limit, ms = t0.elapsed().as_millis() as u64, "fetched jobs");
                 room.try_acquire_many(got as u32).expect("fetched within the room").forget();
                 metrics::counter!("dashlight_jobs_fetched_total", "queue" => QUEUE_NOTIFICATIONS).increment(got as u64);
                 dispatch(&this, fetched, &tx, &sends, &held_tx, &mut tasks, stop.clone());
@@ -266,7 +276,11 @@ impl Drain {
                 Ok(d) => candidates.push((job, d)),
             }
         }
-        let prepared = match self.prepare(candidates).await {
+        let t0 = std::time::Instant::now();
+        let n_candidates = candidates.len();
+        let prepared = self.prepare(candidates).await;
+        tracing::debug!(jobs = n_candidates, ms = t0.elapsed().as_millis() as u64, "prepared");
+        let prepared = match prepared {
             Ok(p) => p,
             Err((jobs, e)) => {
                 tracing::warn!(jobs = jobs.len(), error = %e, "claiming a batch failed; its jobs will be fetched again");
@@ -284,14 +298,41 @@ impl Drain {
             }
         };
         slow.extend(prepared.slow);
+        // A fast job is acknowledged as soon as the last of its deliveries has gone to the
+        // recorder (same channel, so in the same write as that delivery or a later one), not
+        // when the whole group is done: one slow send holds back only its own job.
+        let mut open: HashMap<String, Arc<AtomicUsize>> = prepared
+            .fast_jobs
+            .into_iter()
+            .map(|id| (id, Arc::new(AtomicUsize::new(0))))
+            .collect();
+        for claimed in &prepared.sends {
+            if let Some(c) = open.get(&claimed.job_id) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        open.retain(|id, c| {
+            let idle = c.load(Ordering::Relaxed) == 0;
+            if idle {
+                let _ = out.send(Record::Job(id.clone(), JobOutcome::Done));
+            }
+            !idle
+        });
         let mut set = JoinSet::new();
         for claimed in prepared.sends {
             let permit = sends.clone().acquire_owned().await.expect("never closed");
             let (this, out) = (self.clone(), out.clone());
+            let ack = open.get(&claimed.job_id).cloned();
             set.spawn(async move {
+                let job_id = claimed.job_id.clone();
                 let attempted = this.send(claimed).await;
                 drop(permit);
                 let _ = out.send(Record::Delivery(Box::new(attempted)));
+                if let Some(c) = ack
+                    && c.fetch_sub(1, Ordering::AcqRel) == 1
+                {
+                    let _ = out.send(Record::Job(job_id, JobOutcome::Done));
+                }
             });
         }
         for (job, d) in slow {
@@ -327,11 +368,6 @@ impl Drain {
             });
         }
         while set.join_next().await.is_some() {}
-        // Each delivery's result went to the recorder before this: the jobs are acknowledged in
-        // the same write as (or after) their deliveries.
-        for id in prepared.fast_jobs {
-            let _ = out.send(Record::Job(id, JobOutcome::Done));
-        }
     }
 
     /// Loads, plans and claims the common case; routes the rest to the slow path. On a database
@@ -393,7 +429,11 @@ impl Drain {
         }
     }
 
-    /// Notifications with recipient, preferences and devices, for the fast path (those with
+    /// Notifications with recipient, preferences and devices, for the fast path. Every lookup
+    /// is an index probe per notification (`LATERAL … OFFSET 0` keeps the planner from hashing
+    /// whole tables when its statistics are stale, as they are right after a burst of inserts),
+    /// so the cost follows the batch, not the tables.
+    /// (those with
     /// deliveries already, or whose recipient is gone, are left out: the slow path explains).
     async fn load(&self, ids: &[i64]) -> Result<HashMap<i64, Loaded>, sqlx::Error> {
         let pool = &self.pipeline.pool;
@@ -403,10 +443,12 @@ impl Drain {
                     u.email AS u_email, u.phone AS u_phone, u.first_name AS u_first_name, u.last_name AS u_last_name, u.timezone AS u_timezone,
                     coalesce(p.email_notifications, true) AS email_on, coalesce(p.sms_notifications, true) AS sms_on,
                     coalesce(p.push_notifications, true) AS push_on, p.quiet_hours_start AS quiet_start, p.quiet_hours_end AS quiet_end,
-                    EXISTS (SELECT 1 FROM notification_deliveries d WHERE d.notification_id = n.id) AS has_deliveries
+                    d.has_deliveries IS NOT NULL AS has_deliveries
              FROM notifications n
-             LEFT JOIN users u ON u.id = n.user_id
-             LEFT JOIN user_preferences p ON p.user_id = n.user_id
+             LEFT JOIN LATERAL (SELECT email, phone, first_name, last_name, timezone FROM users WHERE id = n.user_id OFFSET 0) u ON true
+             LEFT JOIN LATERAL (SELECT email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end
+                                FROM user_preferences WHERE user_id = n.user_id OFFSET 0) p ON true
+             LEFT JOIN LATERAL (SELECT true AS has_deliveries FROM notification_deliveries WHERE notification_id = n.id LIMIT 1) d ON true
              WHERE n.id = ANY($1)",
         )
         .bind(ids)
@@ -627,7 +669,7 @@ impl Drain {
                      next_attempt_at = t.next, sending_since = NULL
                  FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[])
                       AS t(id, status, finished, provider, error, next)
-                 WHERE d.id = t.id",
+                 WHERE d.id = t.id AND d.id = ANY($1)",
             )
             .bind(&ids)
             .bind(&statuses)
@@ -752,12 +794,12 @@ impl Drain {
             sqlx::query(
                 "WITH t AS (SELECT unnest($1::bigint[]) AS id),
                       o AS (SELECT d.notification_id AS id, min(coalesce(d.next_attempt_at, $2)) AS next
-                            FROM notification_deliveries d JOIN t ON d.notification_id = t.id
-                            WHERE d.status IN ('pending', 'retrying', 'sending') GROUP BY 1)
+                            FROM notification_deliveries d
+                            WHERE d.notification_id = ANY($1) AND d.status IN ('pending', 'retrying', 'sending') GROUP BY 1)
                  UPDATE notifications n
                  SET status = CASE WHEN o.id IS NULL THEN 'done' ELSE n.status END, next_check_at = coalesce(o.next, n.next_check_at)
                  FROM t LEFT JOIN o ON o.id = t.id
-                 WHERE n.id = t.id AND n.status IN ('pending', 'processing')",
+                 WHERE n.id = t.id AND n.id = ANY($1) AND n.status IN ('pending', 'processing')",
             )
             .bind(&touched)
             .bind(now)
@@ -837,6 +879,12 @@ async fn recorder(this: Arc<Drain>, mut rx: mpsc::UnboundedReceiver<Record>, roo
             Ok(()) => {
                 metrics::histogram!("dashlight_record_batch_seconds").record(started.elapsed().as_secs_f64());
                 metrics::histogram!("dashlight_record_batch_size").record((deliveries.len() + jobs.len()) as f64);
+                tracing::debug!(
+                    deliveries = deliveries.len(),
+                    jobs = jobs.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "recorded"
+                );
                 room.add_permits(jobs.len());
                 deliveries.clear();
                 jobs.clear();

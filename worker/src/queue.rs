@@ -202,7 +202,7 @@ impl JobQueue {
                     run_at = CASE WHEN t.retry_ms IS NULL THEN j.run_at ELSE now() + t.retry_ms * interval '1 millisecond' END,
                     lock_by = CASE WHEN t.status = 'Failed' THEN NULL ELSE j.lock_by END
              FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bigint[]) AS t(id, status, result, retry_ms)
-             WHERE j.id = t.id AND j.lock_by = $5",
+             WHERE j.id = t.id AND j.id = ANY($1) AND j.lock_by = $5",
         )
         .bind(&ids)
         .bind(&statuses)
