@@ -75,8 +75,8 @@ struct Args {
     /// `WORKER_CONCURRENCY` (the project's default is 128).
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
-    /// `WORKER_BATCH_SIZE` (the project's default is 256).
-    #[arg(long, default_value_t = 256)]
+    /// `WORKER_BATCH_SIZE` (the project's default is 1000).
+    #[arg(long, default_value_t = 1000)]
     batch: usize,
     /// `POLL_INTERVAL` in ms (the project's default is 250).
     #[arg(long, default_value_t = 250)]

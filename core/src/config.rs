@@ -333,7 +333,7 @@ impl Config {
         if worker_concurrency == 0 || worker_concurrency > 4096 {
             return Err(ConfigError::new("WORKER_CONCURRENCY", "expected an integer between 1 and 4096"));
         }
-        let worker_batch_size = parsed("WORKER_BATCH_SIZE", 256usize, "a positive integer")?;
+        let worker_batch_size = parsed("WORKER_BATCH_SIZE", 1000usize, "a positive integer")?;
         if worker_batch_size == 0 || worker_batch_size > 5000 {
             return Err(ConfigError::new("WORKER_BATCH_SIZE", "expected an integer between 1 and 5000"));
         }
