@@ -740,7 +740,7 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
             writeln!(w)?;
             writeln!(
                 w,
-                "The worker's per-notification `UPDATE notifications SET status = 'done' WHERE id = $1 AND status IN ('pending', 'processing')` \
+                "The worker's per-notification `UPDATE notifications SET status = 'done' WHERE id = $1 AND (status IN ('pending', 'processing')) IS TRUE` \
                  (`Pipeline::finish`) at 50 % of the last run, {label}, on the run's last reminder (rolled back):"
             )?;
             writeln!(w)?;

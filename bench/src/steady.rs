@@ -317,7 +317,7 @@ async fn explain_finish_update(pool: &PgPool, marker: i64) -> anyhow::Result<Str
         .fetch_one(&mut *tx)
         .await?;
     let lines: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN (ANALYZE, BUFFERS) UPDATE notifications SET status = 'done' WHERE id = $1 AND status IN ('pending', 'processing')",
+        "EXPLAIN (ANALYZE, BUFFERS) UPDATE notifications SET status = 'done' WHERE id = $1 AND (status IN ('pending', 'processing')) IS TRUE",
     )
     .bind(id)
     .fetch_all(&mut *tx)
