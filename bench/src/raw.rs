@@ -108,11 +108,17 @@ pub async fn drain(
     settings: &WorkerSettings,
 ) -> anyhow::Result<DrainResult> {
     let (concurrency, batch, poll) = (settings.concurrency, settings.batch, Duration::from_millis(settings.poll_ms));
-    // The worker's pool size for this concurrency (dashlight_core::cli::pool_size).
+    // The worker's pool size for this concurrency (dashlight_core::cli::pool_size); the project's
+    // connection options (dashlight_core::db::connect_options) for the project's path, the
+    // driver's defaults for apalis's.
+    let options = match variant {
+        Variant::Project => dashlight_core::db::connect_options(url).map_err(anyhow::Error::msg)?,
+        Variant::Default | Variant::Tuned => url.parse()?,
+    };
     let connect = || {
         PgPoolOptions::new()
             .max_connections((concurrency as u32 / 2).clamp(8, 40))
-            .connect(url)
+            .connect_with(options.clone())
     };
     let pool = &connect().await?;
     sqlx::query("DELETE FROM apalis.jobs").execute(pool).await?;

@@ -63,10 +63,27 @@ fn target(opts: &PgConnectOptions) -> String {
     )
 }
 
+/// The options every pool of ours connects with: `url`, statements logged at trace level, and
+/// `plan_cache_mode=force_custom_plan`.
+///
+/// Why custom plans: PostgreSQL caches a generic plan for a prepared statement after five runs,
+/// and for the foreign-key checks of every insert, and keeps it until the table's statistics
+/// change. A plan cached while a table was empty is a sequential scan, and it stays one as the
+/// table grows: the benchmark measured a queue fetch of 1,000 jobs at 700 ms, seq-scanning 60,000
+/// jobs once per picked id, because its plan was cached while the queue was idle, and each
+/// `delivery_attempts` insert seq-scanning `notification_deliveries` for its foreign key
+/// (BENCHMARKS.md, "What limits us"). Autovacuum's `ANALYZE` ends such a plan eventually; with it
+/// off, or before it runs, it does not. Planning every execution costs about 4 µs per
+/// foreign-key check and one plan per batched statement.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions, String> {
+    Ok(validate_url(url)?
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .options([("plan_cache_mode", "force_custom_plan")]))
+}
+
 /// Opens a pool of at most `max_connections`, failing fast (5 s) with a clear message.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let opts = validate_url(url).map_err(DbError::BadUrl)?;
-    let opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+    let opts = connect_options(url).map_err(DbError::BadUrl)?;
     let t = target(&opts);
     PgPoolOptions::new()
         .max_connections(max_connections)

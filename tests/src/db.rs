@@ -139,9 +139,10 @@ impl TestDb {
             }
         }
         let url = with_db(&server_url(), &name);
+        // The programs' own connection options (plans made for the data of the moment).
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(20)
-            .connect(&url)
+            .connect_with(dashlight_core::db::connect_options(&url).expect("test db url"))
             .await
             .expect("connect test db");
         TestDb { name, url, pool }

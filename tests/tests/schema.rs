@@ -67,6 +67,17 @@ async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
     assert!(apalis, "apalis's tables are migrated in the same step");
 }
 
+/// Every pool of the programs plans each statement for the data it has now: a generic plan
+/// cached while a table was empty (a queue fetch, a foreign-key check) stays a sequential scan
+/// as the table grows, which the benchmark measured at 700 ms a fetch (BENCHMARKS.md).
+#[tokio::test]
+async fn the_programs_pools_never_reuse_a_plan_made_for_other_data() {
+    let db = TestDb::new().await;
+    let pool = dashlight_core::db::connect(&db.url, 2).await.unwrap();
+    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&pool).await.unwrap();
+    assert_eq!(mode, "force_custom_plan");
+}
+
 #[tokio::test]
 async fn the_schema_refuses_what_the_rules_forbid() {
     let w = World::start().await;
