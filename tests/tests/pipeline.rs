@@ -267,6 +267,42 @@ async fn smtp_outage_then_everything_goes_out() {
     worker.stop().await.unwrap();
 }
 
+/// A retry's job that runs a moment before the retry is due (its run time comes from the
+/// worker's clock, the fetch's wait from the database's) still sends it, instead of finding
+/// nothing due and leaving the retry to the sweep. This test's worker runs no sweep.
+#[tokio::test]
+async fn a_retry_job_that_runs_early_still_sends_the_retry() {
+    let w = World::start().await;
+    let p = w.person("student", "Early", None).await;
+    // The notification's job is due now; its email delivery has failed once and is due again
+    // 800 ms from now: the job is early.
+    let id = notify_email(&w, p.user_id, "early-retry").await;
+    sqlx::query(
+        "INSERT INTO notification_deliveries (notification_id, channel, target, status, attempts, last_error, next_attempt_at)
+         VALUES ($1, 'email', $2, 'retrying', 1, 'SMTP 451', clock_timestamp() + interval '800 milliseconds')",
+    )
+    .bind(id)
+    .bind(&p.email)
+    .execute(w.pool())
+    .await
+    .unwrap();
+    let worker = w.spawn_worker(Clock::system());
+    let mails = w.smtp.wait_for_messages(1, LONG).await.unwrap();
+    assert_eq!(mails[0].rcpt_to, vec![p.email.clone()]);
+    try_wait_until("the retry recorded sent", LONG, || async {
+        let row: Option<(String, i32)> =
+            sqlx::query_as("SELECT status, attempts FROM notification_deliveries WHERE notification_id = $1 AND status = 'sent'")
+                .bind(id)
+                .fetch_optional(w.pool())
+                .await?;
+        Ok(row)
+    })
+    .await
+    .map(|(status, attempts)| assert_eq!((status.as_str(), attempts), ("sent", 2)))
+    .unwrap();
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn quiet_hours_hold_push_until_they_end_and_switched_off_channels_are_skipped() {
     let w = World::start().await;

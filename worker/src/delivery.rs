@@ -215,13 +215,30 @@ impl Pipeline {
             .bind(n.id)
             .execute(&self.pool)
             .await?;
+        // A retry's job can start a moment before the retry is due: its run time and the
+        // delivery's `next_attempt_at` come from the worker's clock, the fetch's wait from the
+        // database's, and the two may be a few ms apart. Close a gap of up to 2 s here; left
+        // alone, nothing would be due, no job would remain, and the retry would wait for the
+        // sweep.
+        let due = |d: &DeliveryRow, now| matches!(d.status.as_str(), "pending" | "retrying") && d.next_attempt_at.is_none_or(|t| t <= now);
+        if self.clock.is_system()
+            && !existing.iter().any(|d| due(d, now))
+            && let Some(next) = existing
+                .iter()
+                .filter(|d| d.status == "retrying")
+                .filter_map(|d| d.next_attempt_at)
+                .min()
+        {
+            let wait = (next - now).to_std().unwrap_or_default();
+            if wait <= Duration::from_secs(2) {
+                tokio::time::sleep(wait).await;
+                now = self.clock.now();
+            }
+        }
 
         // Send, and under `first` move down the list while a stage fails; bounded by the list.
         for _ in 0..=channels.len() {
-            for d in existing
-                .iter()
-                .filter(|d| matches!(d.status.as_str(), "pending" | "retrying") && d.next_attempt_at.is_none_or(|t| t <= now))
-            {
+            for d in existing.iter().filter(|d| due(d, now)) {
                 self.attempt(&n, kind, &recipient, &devices, d, job_id).await?;
             }
             existing = self.deliveries(n.id).await?;

@@ -831,11 +831,13 @@ fn dispatch(
     for job in jobs {
         groups.entry(job.due_in.as_millis() / 5 * 5).or_default().push(job);
     }
-    for (due_ms, group) in groups {
+    for (_, group) in groups {
         let (this, out, sends, held, mut stop) = (this.clone(), out.clone(), sends.clone(), held.clone(), stop.clone());
         let due = group.iter().map(|j| j.due_in).max().unwrap_or_default();
         tasks.spawn(async move {
-            if due_ms > 0 {
+            // Any wait, even under the 5 ms of the grouping: a job run before its `run_at` may
+            // find its retry not yet due.
+            if !due.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(due) => {}
                     _ = stop.wait_for(|s| *s) => {
