@@ -34,15 +34,27 @@ use crate::{
 
 /// The sweep's query, copied from `worker/src/delivery.rs` `sweep_overdue` (keep in sync), for
 /// `EXPLAIN`.
-const SWEEP_SQL: &str = "UPDATE notifications SET next_check_at = $2
-         WHERE id IN (SELECT id FROM notifications WHERE status IN ('pending', 'processing') AND next_check_at < $1
-                      ORDER BY next_check_at LIMIT 5000 FOR UPDATE SKIP LOCKED)
-         RETURNING id, priority";
+const SWEEP_SQL: &str = r#"WITH queued AS MATERIALIZED (
+               SELECT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
+               FROM apalis.jobs
+               WHERE job_type = $3 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now())
+           UPDATE notifications SET next_check_at = $2
+           WHERE id IN (SELECT n.id FROM notifications n
+                        WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
+                          AND NOT EXISTS (SELECT 1 FROM queued q WHERE q.id = n.id)
+                        ORDER BY n.next_check_at LIMIT 5000 FOR UPDATE OF n SKIP LOCKED)
+           RETURNING id, priority"#;
 
 /// The sweep's due-scan alone (the sub-select of [`SWEEP_SQL`] without its row locks): read-only,
 /// so it can be measured mid-run without holding back the workers.
-const SWEEP_SCAN_SQL: &str = "SELECT id FROM notifications WHERE status IN ('pending', 'processing') AND next_check_at < $1
-         ORDER BY next_check_at LIMIT 5000";
+const SWEEP_SCAN_SQL: &str = r#"WITH queued AS MATERIALIZED (
+               SELECT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
+               FROM apalis.jobs
+               WHERE job_type = $2 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now())
+           SELECT n.id FROM notifications n
+           WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
+             AND NOT EXISTS (SELECT 1 FROM queued q WHERE q.id = n.id)
+           ORDER BY n.next_check_at LIMIT 5000"#;
 
 /// Grace the periodic reminder sweep passes (worker/src/periodic/mod.rs).
 const SWEEP_GRACE: Duration = Duration::from_secs(5);
@@ -348,11 +360,13 @@ async fn explain_sweep(pool: &PgPool, full: bool) -> anyhow::Result<(String, f64
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {SWEEP_SQL}")))
             .bind(cutoff)
             .bind(now + chrono::Duration::minutes(1))
+            .bind(dashlight_core::jobs::QUEUE_NOTIFICATIONS)
             .fetch_all(&mut *tx)
             .await?
     } else {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {SWEEP_SCAN_SQL}")))
             .bind(cutoff)
+            .bind(dashlight_core::jobs::QUEUE_NOTIFICATIONS)
             .fetch_all(&mut *tx)
             .await?
     };

@@ -354,6 +354,37 @@ async fn quiet_hours_hold_push_until_they_end_and_switched_off_channels_are_skip
     worker.stop().await.unwrap();
 }
 
+/// The sweep gives a new job to an overdue notification whose job is gone, not to one whose job
+/// is still queued (late because the workers are behind: a second job would only grow the
+/// backlog).
+#[tokio::test]
+async fn the_sweep_requeues_lost_notifications_not_queued_ones() {
+    let w = World::start().await;
+    let p = w.person("student", "Backlog", None).await;
+    let queued = notify_email(&w, p.user_id, "backlog-queued").await;
+    let lost = notify_email(&w, p.user_id, "backlog-lost").await;
+    let jobs_of = |id: i64| {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM apalis.jobs WHERE job_type = $1 AND encode(job, 'escape') LIKE $2")
+            .bind(dashlight_core::jobs::QUEUE_NOTIFICATIONS)
+            .bind(format!("%\"notification_id\":{id},%"))
+            .fetch_one(w.pool())
+    };
+    assert_eq!((jobs_of(queued).await.unwrap(), jobs_of(lost).await.unwrap()), (1, 1));
+    sqlx::query("DELETE FROM apalis.jobs WHERE job_type = $1 AND encode(job, 'escape') LIKE $2")
+        .bind(dashlight_core::jobs::QUEUE_NOTIFICATIONS)
+        .bind(format!("%\"notification_id\":{lost},%"))
+        .execute(w.pool())
+        .await
+        .unwrap();
+    // A minute on, no worker has touched either.
+    let later = Utc::now() + chrono::Duration::minutes(1);
+    let requeued = dashlight_worker::delivery::sweep_overdue(w.pool(), later, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(requeued, 1);
+    assert_eq!((jobs_of(queued).await.unwrap(), jobs_of(lost).await.unwrap()), (1, 1));
+}
+
 #[tokio::test]
 async fn two_workers_never_send_a_notification_twice() {
     let w = World::start().await;
