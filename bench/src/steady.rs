@@ -32,21 +32,11 @@ use crate::{
     world::{self, Population},
 };
 
-/// The sweep's query, copied from `worker/src/delivery.rs` `sweep_overdue` (keep in sync), for
-/// `EXPLAIN`.
-const SWEEP_SQL: &str = r#"WITH queued AS MATERIALIZED (
-               SELECT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
-               FROM apalis.jobs
-               WHERE job_type = $3 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now())
-           UPDATE notifications SET next_check_at = $2
-           WHERE id IN (SELECT n.id FROM notifications n
-                        WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
-                          AND NOT EXISTS (SELECT 1 FROM queued q WHERE q.id = n.id)
-                        ORDER BY n.next_check_at LIMIT 5000 FOR UPDATE OF n SKIP LOCKED)
-           RETURNING id, priority"#;
+/// The sweep's statement, for `EXPLAIN`.
+const SWEEP_SQL: &str = dashlight_worker::delivery::SWEEP_OVERDUE_SQL;
 
-/// The sweep's due-scan alone (the sub-select of [`SWEEP_SQL`] without its row locks): read-only,
-/// so it can be measured mid-run without holding back the workers.
+/// The sweep's due-scan alone (the sub-select of [`SWEEP_SQL`] without its row locks; keep in
+/// sync): read-only, so it can be measured mid-run without holding back the workers.
 const SWEEP_SCAN_SQL: &str = r#"WITH queued AS MATERIALIZED (
                SELECT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
                FROM apalis.jobs

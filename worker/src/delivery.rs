@@ -930,6 +930,19 @@ pub async fn recover_stuck(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sql
     Ok(rows.len() as u64)
 }
 
+/// The statement of [`sweep_overdue`]: `$1` the overdue cutoff, `$2` the next check it sets,
+/// `$3` the notification queue. Public for the benchmark, which explains it.
+pub const SWEEP_OVERDUE_SQL: &str = r#"WITH queued AS MATERIALIZED (
+               SELECT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
+               FROM apalis.jobs
+               WHERE job_type = $3 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now())
+           UPDATE notifications SET next_check_at = $2
+           WHERE id IN (SELECT n.id FROM notifications n
+                        WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
+                          AND NOT EXISTS (SELECT 1 FROM queued q WHERE q.id = n.id)
+                        ORDER BY n.next_check_at LIMIT 5000 FOR UPDATE OF n SKIP LOCKED)
+           RETURNING id, priority"#;
+
 /// The sweep's safety net: open notifications whose worker should have acted on them more than
 /// `grace` ago, and whose job is not still waiting in the queue, get a new job. Returns how many.
 ///
@@ -943,23 +956,12 @@ pub async fn recover_stuck(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sql
 pub async fn sweep_overdue(pool: &PgPool, now: DateTime<Utc>, grace: Duration) -> Result<u64, sqlx::Error> {
     let cutoff = now - chrono::Duration::from_std(grace).expect("fits");
     let mut tx = pool.begin().await?;
-    let rows: Vec<(i64, i16)> = sqlx::query_as(
-        r#"WITH queued AS MATERIALIZED (
-               SELECT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
-               FROM apalis.jobs
-               WHERE job_type = $3 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now())
-           UPDATE notifications SET next_check_at = $2
-           WHERE id IN (SELECT n.id FROM notifications n
-                        WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
-                          AND NOT EXISTS (SELECT 1 FROM queued q WHERE q.id = n.id)
-                        ORDER BY n.next_check_at LIMIT 5000 FOR UPDATE OF n SKIP LOCKED)
-           RETURNING id, priority"#,
-    )
-    .bind(cutoff)
-    .bind(now + chrono::Duration::minutes(1))
-    .bind(QUEUE_NOTIFICATIONS)
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows: Vec<(i64, i16)> = sqlx::query_as(SWEEP_OVERDUE_SQL)
+        .bind(cutoff)
+        .bind(now + chrono::Duration::minutes(1))
+        .bind(QUEUE_NOTIFICATIONS)
+        .fetch_all(&mut *tx)
+        .await?;
     for (id, priority) in &rows {
         requeue(&mut tx, *id, *priority, now, now).await?;
     }

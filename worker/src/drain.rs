@@ -86,7 +86,6 @@ struct Claimed {
     delivery: DeliveryRow,
     job_id: String,
     max_attempts: i32,
-    started: DateTime<Utc>,
 }
 
 /// A notification with what planning and sending it needs.
@@ -617,7 +616,6 @@ impl Drain {
                 },
                 job_id: job.id.clone(),
                 max_attempts,
-                started: now,
             });
         }
         for (_, l, p) in plans {
@@ -679,23 +677,19 @@ impl Drain {
             .bind(&next)
             .execute(&mut *tx)
             .await?;
-            let job_ids: Vec<&str> = deliveries.iter().map(|a| a.claimed.job_id.as_str()).collect();
-            let started: Vec<DateTime<Utc>> = deliveries.iter().map(|a| a.claimed.started).collect();
             let outcomes: Vec<&str> = res.iter().map(|r| r.outcome).collect();
             let retry_after: Vec<Option<i64>> = res.iter().map(|r| r.retry_after_ms).collect();
+            // The claim inserted attempt 1 of every delivery it sent (so a crash leaves it on
+            // record); here it is finished.
             sqlx::query(
-                "INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms)
-                 SELECT t.id, 1, t.job, $2, t.started, t.finished, t.outcome, t.error, t.provider, t.retry_after
-                 FROM unnest($1::bigint[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::text[], $8::text[], $9::bigint[])
-                      AS t(id, job, started, finished, outcome, error, provider, retry_after)
-                 ON CONFLICT (delivery_id, attempt) DO UPDATE
-                 SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, error = EXCLUDED.error,
-                     provider_message_id = EXCLUDED.provider_message_id, retry_after_ms = EXCLUDED.retry_after_ms",
+                "UPDATE delivery_attempts a
+                 SET finished_at = t.finished, outcome = t.outcome, error = t.error,
+                     provider_message_id = t.provider, retry_after_ms = t.retry_after
+                 FROM unnest($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::bigint[])
+                      AS t(id, finished, outcome, error, provider, retry_after)
+                 WHERE a.delivery_id = t.id AND a.attempt = 1 AND a.delivery_id = ANY($1)",
             )
             .bind(&ids)
-            .bind(&settings.worker_name)
-            .bind(&job_ids)
-            .bind(&started)
             .bind(&finished)
             .bind(&outcomes)
             .bind(&errors)
