@@ -1,7 +1,7 @@
 //! Scenario 1, raw queue drain: `n` no-op jobs are queued first (one `INSERT … SELECT`), then
 //! drained in this process by apalis-postgres
 //!
-//! - `project`: the notification queue's own path (`dashlight_worker::queue::JobQueue`, as
+//! - `project`: the notification queue's own path (`dashlight_core::queue::JobQueue`, as
 //!   `dashlight_worker::drain` drives it): batches of `WORKER_BATCH_SIZE` claimed with one
 //!   `UPDATE … RETURNING` (look-ahead `POLL_INTERVAL`), at most two batches unacknowledged, every
 //!   payload decoded, and a single writer acknowledging whatever has finished in one statement per
@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Notify;
 
-use dashlight_worker::queue::{FetchedJob, JobOutcome, JobQueue};
+use dashlight_core::queue::{FetchedJob, JobOutcome, JobQueue};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::{

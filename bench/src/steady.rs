@@ -37,13 +37,9 @@ const SWEEP_SQL: &str = dashlight_worker::delivery::SWEEP_OVERDUE_SQL;
 
 /// The sweep's due-scan alone (the sub-select of [`SWEEP_SQL`] without its row locks; keep in
 /// sync): read-only, so it can be measured mid-run without holding back the workers.
-const SWEEP_SCAN_SQL: &str = r#"WITH queued AS MATERIALIZED (
-               SELECT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
-               FROM apalis.jobs
-               WHERE job_type = $2 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now())
-           SELECT n.id FROM notifications n
+const SWEEP_SCAN_SQL: &str = r#"SELECT n.id FROM notifications n
            WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
-             AND NOT EXISTS (SELECT 1 FROM queued q WHERE q.id = n.id)
+             AND n.id <> ALL($2::bigint[])
            ORDER BY n.next_check_at LIMIT 5000"#;
 
 /// Grace the periodic reminder sweep passes (worker/src/periodic/mod.rs).
@@ -346,17 +342,19 @@ async fn explain_sweep(pool: &PgPool, full: bool) -> anyhow::Result<(String, f64
     let now = Utc::now();
     let cutoff = now - chrono::Duration::from_std(SWEEP_GRACE)?;
     let mut tx = pool.begin().await?;
+    // The backlog's notification ids, read through the queue driver as the sweep does.
+    let queued = dashlight_core::queue::backlog_notification_ids(&mut tx, dashlight_core::jobs::QUEUE_NOTIFICATIONS).await?;
     let lines: Vec<String> = if full {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {SWEEP_SQL}")))
             .bind(cutoff)
             .bind(now + chrono::Duration::minutes(1))
-            .bind(dashlight_core::jobs::QUEUE_NOTIFICATIONS)
+            .bind(&queued)
             .fetch_all(&mut *tx)
             .await?
     } else {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN (ANALYZE, BUFFERS) {SWEEP_SCAN_SQL}")))
             .bind(cutoff)
-            .bind(dashlight_core::jobs::QUEUE_NOTIFICATIONS)
+            .bind(&queued)
             .fetch_all(&mut *tx)
             .await?
     };

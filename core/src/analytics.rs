@@ -21,3 +21,38 @@ pub async fn record(
         .await?;
     Ok(())
 }
+
+/// One event of [`record_many`].
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Who it is about.
+    pub user_id: Option<i64>,
+    /// What happened.
+    pub event_type: &'static str,
+    /// Details.
+    pub data: Value,
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Records many events in one statement.
+pub async fn record_many(conn: &mut PgConnection, events: &[Event]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<Option<i64>> = events.iter().map(|e| e.user_id).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
+    let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
+    let at: Vec<chrono::DateTime<chrono::Utc>> = events.iter().map(|e| e.at).collect();
+    sqlx::query(
+        r#"INSERT INTO analytics_events (user_id, event_type, event_data, "timestamp")
+           SELECT * FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[])"#,
+    )
+    .bind(&users)
+    .bind(&types)
+    .bind(&data)
+    .bind(&at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

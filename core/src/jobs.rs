@@ -1,13 +1,9 @@
-//! The queue contract: queue names, job payloads, and [`enqueue`], the one function that puts a
-//! job into apalis's `apalis.jobs` table. It runs on the caller's connection, so a business write
-//! and the jobs it implies commit together (or not at all).
-//!
-//! Jobs are inserted with full timestamp precision (apalis's own sink rounds `run_at` to the
-//! second) and an optional idempotency key: a second enqueue with the same key is a no-op.
+//! The queue contract: queue names, job payloads and [`NewJob`]. The statements that put jobs
+//! into apalis's table (and every other statement on it) live in [`crate::queue`]; [`enqueue`]
+//! is re-exported here for producers.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
 
 /// Queue of notification deliveries.
 pub const QUEUE_NOTIFICATIONS: &str = "dashlight.notifications";
@@ -148,40 +144,4 @@ impl<'a> NewJob<'a> {
     }
 }
 
-/// Inserts jobs into apalis's table on `conn` (use a transaction to tie them to a business
-/// write). Returns how many were inserted (idempotency-key duplicates are skipped).
-pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob<'_>]) -> Result<u64, sqlx::Error> {
-    if jobs.is_empty() {
-        return Ok(0);
-    }
-    let mut queues = Vec::with_capacity(jobs.len());
-    let mut payloads = Vec::with_capacity(jobs.len());
-    let mut run_ats = Vec::with_capacity(jobs.len());
-    let mut priorities = Vec::with_capacity(jobs.len());
-    let mut keys = Vec::with_capacity(jobs.len());
-    for j in jobs {
-        queues.push(j.queue.to_owned());
-        payloads.push(serde_json::to_vec(&j.payload).expect("json"));
-        run_ats.push(j.run_at);
-        priorities.push(j.priority);
-        keys.push(j.idempotency_key.clone());
-    }
-    // Mirrors apalis-postgres's queries/task/sink.sql, with run_at kept to the microsecond.
-    let done = sqlx::query(
-        r#"
-        INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-        SELECT apalis.generate_ulid(), q, p, 'Pending', 0, $6, coalesce(r, now()), pr, ''::hstore, k
-        FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::int[], $5::text[]) AS t(q, p, r, pr, k)
-        ON CONFLICT (job_type, idempotency_key) DO NOTHING
-        "#,
-    )
-    .bind(&queues)
-    .bind(&payloads)
-    .bind(&run_ats)
-    .bind(&priorities)
-    .bind(&keys)
-    .bind(JOB_MAX_ATTEMPTS)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected())
-}
+pub use crate::queue::enqueue;

@@ -4,8 +4,9 @@
 use serde::{Deserialize, Serialize};
 
 /// A delivery channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
 #[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
 pub enum Channel {
     /// SMTP email.
     Email,
@@ -52,6 +53,15 @@ impl Policy {
         match self {
             Policy::All => "all",
             Policy::First => "first",
+        }
+    }
+
+    /// Parses a stored policy.
+    pub fn parse(s: &str) -> Option<Policy> {
+        match s {
+            "all" => Some(Policy::All),
+            "first" => Some(Policy::First),
+            _ => None,
         }
     }
 }

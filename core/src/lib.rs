@@ -4,7 +4,9 @@
 //! - [`db`]: connecting, creating the database, migrating ours and apalis's schema.
 //! - [`clock`]: injected "now".
 //! - [`kinds`]: notification kinds, channels, policies (PRODUCT.md's table).
-//! - [`jobs`]: the queue contract and [`jobs::enqueue`], the one function that enqueues.
+//! - [`jobs`]: the queue contract: queue names, job payloads, [`jobs::NewJob`].
+//! - [`queue`]: the queue driver, the one owner of apalis's tables: enqueueing, the notification
+//!   queue's fetch/ack/heartbeat, operators' views and levers, pruning.
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
 //! - [`series`]: weekly recurring bookings and their expansion over the horizon (DST-correct).
@@ -15,6 +17,7 @@
 //! - [`messages`]: messages, their participants and `new_message` (push now, email if unread).
 //! - [`crm`]: contacts (students and leads), their status moves, staff interactions.
 //! - [`people`]: users with their student/instructor profile, preferences, devices, availability.
+//! - [`states`]: the schema's constrained states (deliveries, notifications, attempts) as enums.
 //! - [`cli`]: what every program does around its work (logging, config, database, signals).
 //! - [`analytics`]: the system's own analytics events.
 //! - [`error`]: the domain error the API maps to status codes.
@@ -38,7 +41,9 @@ pub mod notify;
 pub mod packages;
 pub mod payments;
 pub mod people;
+pub mod queue;
 pub mod series;
+pub mod states;
 
 pub use clock::Clock;
 pub use config::Config;

@@ -540,3 +540,75 @@ async fn replicas_racing_over_an_hour_do_everything_exactly_once() {
     let rollup_rows = scalar(&w, "SELECT count(*) FROM daily_rollups WHERE instructor_id IS NULL").await;
     assert!((1..=3).contains(&rollup_rows), "one school row per day: {rollup_rows}");
 }
+
+/// Issue 21's crash target: `kill -9` mid-drain, then a new worker and nothing else (no sweep,
+/// no clock moved). The new worker rescues the dead one's jobs once its heartbeat is stale
+/// (30 s) and records what it left `sending` as `interrupted` at once, so every notification is
+/// sent within 60 s of the kill. A worker claims only what it has room to send, so the
+/// deliveries in doubt (`interrupted` attempts, and duplicates) are at most the sends in flight.
+#[tokio::test]
+async fn a_crash_costs_seconds_and_only_in_flight_sends_are_in_doubt() {
+    let w = World::start().await;
+    let total = 2000;
+    let concurrency = 64;
+    email_burst(&w, total, "crash").await;
+    let first = proc::spawn_worker(&w, "crash-a", &[("WORKER_CONCURRENCY", "64")]);
+    try_wait_until("a good part sent", LONG, || async {
+        Ok((scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await >= 300).then_some(()))
+    })
+    .await
+    .unwrap();
+    first.signal("KILL");
+    let mut first = first;
+    first.child.wait().unwrap();
+    let killed_at = Utc::now();
+    let sent_at_kill = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await;
+    let in_flight = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sending'").await;
+    assert!(sent_at_kill < total, "killed mid-drain ({sent_at_kill} of {total} sent)");
+    // In doubt: the sends in flight (at most `concurrency`) and results not yet recorded (the
+    // recorder writes every few ms). A batch claimed whole, as before, left up to
+    // `WORKER_BATCH_SIZE` (1,000) here.
+    assert!(
+        in_flight <= 4 * concurrency,
+        "{in_flight} deliveries were `sending` with room for only {concurrency} sends in flight"
+    );
+
+    let second = proc::spawn_worker(&w, "crash-b", &[]);
+    let all_sent = try_wait_until("every notification sent", LONG, || async {
+        Ok((scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await == total).then_some(()))
+    })
+    .await;
+    if let Err(e) = all_sent {
+        panic!("{e}\n{}", second.output().lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+    }
+    let last_sent: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT max(sent_at) FROM notification_deliveries")
+        .fetch_one(w.pool())
+        .await
+        .unwrap();
+    let took = last_sent - killed_at;
+    assert!(
+        took <= chrono::Duration::seconds(60),
+        "the last notification went out {} s after the kill",
+        took.num_seconds()
+    );
+    assert_eq!(
+        scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sending'").await,
+        0
+    );
+    let interrupted = scalar(&w, "SELECT count(*) FROM delivery_attempts WHERE outcome = 'interrupted'").await;
+    assert!(
+        interrupted <= in_flight,
+        "{interrupted} interrupted attempts, {in_flight} in flight"
+    );
+    let mut per_rcpt: HashMap<String, usize> = HashMap::new();
+    for m in w.smtp.messages() {
+        *per_rcpt.entry(m.rcpt_to.join(",")).or_default() += 1;
+    }
+    assert_eq!(per_rcpt.len() as i64, total, "every recipient got the message");
+    let twice = per_rcpt.values().filter(|n| **n > 1).count() as i64;
+    eprintln!(
+        "crash report: {sent_at_kill} sent before the kill, {in_flight} in flight, {interrupted} interrupted, {twice} sent twice, last sent {} ms after the kill",
+        took.num_milliseconds()
+    );
+    assert!(twice <= in_flight, "{twice} duplicates but only {in_flight} were in flight");
+}

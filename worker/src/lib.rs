@@ -1,18 +1,20 @@
 //! `dashlight-worker`: drains the queues.
 //!
+//! - [`drain`]: the notification queue's loop: fetch, hold until due, dispatch, acknowledge.
+//! - [`delivery`]: notification → deliveries → attempts: the planner, the messages, and the one
+//!   recorder of delivery state ([`delivery::record`]: a sent email is recorded there).
 //! - [`channels`]: email, SMS, push, outbox — the only code that talks to providers.
 //! - [`render`]: templates, loaded and checked at start-up.
-//! - [`delivery`]: notification → deliveries → attempts, the retry schedule and the crash window.
 //! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).
 //!
-//! [`run`] starts one apalis worker per queue with a concurrency limit, and stops cleanly when
-//! `shutdown` resolves: in-flight sends finish, nothing new is fetched.
+//! The queue tables belong to `dashlight_core::queue`. [`run`] starts the notification drain
+//! and a stock apalis worker for the periodic queue, and stops cleanly when `shutdown`
+//! resolves: in-flight sends finish, nothing new is fetched.
 
 pub mod channels;
 pub mod delivery;
 pub mod drain;
 pub mod periodic;
-pub mod queue;
 pub mod render;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -134,7 +136,7 @@ fn storage<T>(pool: &PgPool, queue: &str, batch: usize) -> PostgresStorage<T> {
 /// stock apalis worker.
 pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let name = worker_name("worker");
-    let pipeline = pipeline(config, pool.clone(), clock.clone(), name.clone())?;
+    let pipeline = pipeline(config, pool.clone(), clock.clone(), format!("{name}-notifications"))?;
     let ctx = periodic::Context::new(config, pool.clone(), clock);
     let concurrency = config.worker_concurrency;
     let poll = config.poll_interval;
@@ -142,9 +144,7 @@ pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Fut
 
     let shutdown = shutdown.shared();
     let drain = drain::Drain::new(
-        pool.clone(),
         pipeline,
-        &format!("{name}-notifications"),
         drain::DrainSettings {
             batch_size: config.worker_batch_size,
             concurrency,

@@ -1,5 +1,5 @@
 //! The Queues page's chart: jobs finished per minute over the last hour, done and failed, from
-//! apalis's `done_at` and `status` (apalis stamps `done_at` on every outcome). The geometry of an
+//! apalis's `done_at` and `status` (read by `dashlight_core::queue::per_minute`). The geometry of an
 //! inline SVG bar chart is computed here, so the template only places numbers.
 
 use chrono::{DateTime, Duration, Utc};
@@ -14,38 +14,11 @@ pub const WIDTH: f64 = 900.0;
 /// The SVG's drawing height (bars only; labels go below).
 pub const HEIGHT: f64 = 160.0;
 
-/// Jobs finished in one minute.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Minute {
-    /// Finished well.
-    pub done: i64,
-    /// Failed or killed.
-    pub failed: i64,
-}
+pub use dashlight_core::queue::Minute;
 
 /// Per-minute counts, oldest first: slot `MINUTES - 1` is the minute ending at `now`.
 pub async fn per_minute<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>) -> Result<Vec<Minute>, sqlx::Error> {
-    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
-        "SELECT floor(extract(epoch FROM ($1 - done_at)) / 60)::int AS ago,
-                count(*) FILTER (WHERE status = 'Done'),
-                count(*) FILTER (WHERE status IN ('Failed', 'Killed'))
-         FROM apalis.jobs
-         WHERE done_at > $1 - make_interval(mins => $2) AND done_at <= $1
-         GROUP BY 1",
-    )
-    .bind(now)
-    .bind(MINUTES as i32)
-    .fetch_all(exec)
-    .await?;
-    let mut out = vec![Minute::default(); MINUTES];
-    for (ago, done, failed) in rows {
-        if let Ok(ago) = usize::try_from(ago)
-            && ago < MINUTES
-        {
-            out[MINUTES - 1 - ago] = Minute { done, failed };
-        }
-    }
-    Ok(out)
+    dashlight_core::queue::per_minute(exec, now, MINUTES).await
 }
 
 /// One bar: the done part at the bottom, the failed part stacked on it.

@@ -1,4 +1,5 @@
-//! The queues, read from apalis's `apalis.jobs`: `GET /api/queues` (counts per state),
+//! The queues, read through the queue driver (`dashlight_core::queue`, the one owner of apalis's
+//! tables): `GET /api/queues` (counts per state),
 //! `GET /api/jobs` (newest first; apalis ids are ULIDs, so they sort by time), `GET /api/jobs/{id}`
 //! and `POST /api/jobs/{id}/retry`, which puts a failed or killed job back to `Pending`.
 //!
@@ -6,13 +7,14 @@
 //! `scheduled` (due later), `running` (queued or running on a worker), `done`, `failed` (will be
 //! retried by apalis) and `dead` (killed, or failed with its attempts used up).
 
-use std::collections::BTreeMap;
-
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
-use dashlight_core::jobs::QUEUES;
+use dashlight_core::{
+    jobs::QUEUES,
+    queue::{self, ReportedState},
+};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgExecutor};
+use sqlx::PgExecutor;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -34,16 +36,6 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 /// The states a job is reported in.
 pub const JOB_STATES: [&str; 6] = ["pending", "scheduled", "running", "done", "failed", "dead"];
 
-/// SQL deriving the reported state from apalis's columns; `$1` is "now".
-const STATE_SQL: &str = "CASE
-        WHEN status = 'Pending' AND run_at <= $1 THEN 'pending'
-        WHEN status = 'Pending' THEN 'scheduled'
-        WHEN status IN ('Queued', 'Running') THEN 'running'
-        WHEN status = 'Done' THEN 'done'
-        WHEN status = 'Failed' AND attempts < max_attempts THEN 'failed'
-        WHEN status = 'Killed' OR status = 'Failed' THEN 'dead'
-        ELSE lower(status) END";
-
 /// Job counts of one queue by state.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct QueueStats {
@@ -64,41 +56,24 @@ pub struct QueueStats {
     pub dead: i64,
 }
 
-/// Counts jobs per queue and state; every queue of `dashlight_core::jobs::QUEUES` is listed,
-/// empty or not, then any other queue found.
-pub async fn queue_stats<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>) -> Result<Vec<QueueStats>, sqlx::Error> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT job_type, {STATE_SQL} AS state, count(*) FROM apalis.jobs GROUP BY 1, 2"
-    )))
-    .bind(now)
-    .fetch_all(exec)
-    .await?;
-    let mut by_queue: BTreeMap<String, QueueStats> = BTreeMap::new();
-    for (queue, state, n) in rows {
-        let s = by_queue.entry(queue.clone()).or_insert_with(|| QueueStats {
-            queue,
-            ..Default::default()
-        });
-        match state.as_str() {
-            "pending" => s.pending += n,
-            "scheduled" => s.scheduled += n,
-            "running" => s.running += n,
-            "done" => s.done += n,
-            "failed" => s.failed += n,
-            _ => s.dead += n,
+impl From<queue::QueueCounts> for QueueStats {
+    fn from(c: queue::QueueCounts) -> Self {
+        QueueStats {
+            queue: c.queue,
+            pending: c.pending,
+            scheduled: c.scheduled,
+            running: c.running,
+            done: c.done,
+            failed: c.failed,
+            dead: c.dead,
         }
     }
-    let mut out: Vec<QueueStats> = QUEUES
-        .iter()
-        .map(|q| {
-            by_queue.remove(*q).unwrap_or_else(|| QueueStats {
-                queue: q.to_string(),
-                ..Default::default()
-            })
-        })
-        .collect();
-    out.extend(by_queue.into_values());
-    Ok(out)
+}
+
+/// Counts jobs per queue and state ([`queue::queue_stats`]); every queue of
+/// `dashlight_core::jobs::QUEUES` is listed, empty or not, then any other queue found.
+pub async fn queue_stats<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>) -> Result<Vec<QueueStats>, sqlx::Error> {
+    Ok(queue::queue_stats(exec, now).await?.into_iter().map(QueueStats::from).collect())
 }
 
 /// Job counts per queue and state.
@@ -114,7 +89,7 @@ pub async fn list_queues(State(state): State<AppState>) -> Result<Json<Vec<Queue
 }
 
 /// A job.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, FromRow)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobOut {
     /// apalis id (a ULID).
     #[schema(example = "01JD3Z6Q4M8W5T0Y2K7N9P1R3S")]
@@ -144,25 +119,27 @@ pub struct JobOut {
     pub last_result: Option<serde_json::Value>,
     /// The payload, decoded as JSON.
     #[schema(value_type = Object)]
-    #[sqlx(skip)]
     pub payload: serde_json::Value,
 }
 
-#[derive(FromRow)]
-struct JobRow {
-    #[sqlx(flatten)]
-    job: JobOut,
-    raw: Vec<u8>,
-}
-
-const JOB_COLUMNS: &str =
-    "id, job_type AS queue, status, attempts, max_attempts, run_at, priority, lock_by, lock_at, done_at, last_result, job AS raw";
-
-fn decode(row: JobRow) -> JobOut {
-    let mut job = row.job;
-    job.payload =
-        serde_json::from_slice(&row.raw).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&row.raw).into_owned()));
-    job
+impl From<queue::JobRecord> for JobOut {
+    fn from(j: queue::JobRecord) -> Self {
+        JobOut {
+            id: j.id,
+            queue: j.queue,
+            status: j.status.as_str().to_owned(),
+            state: j.state.as_str().to_owned(),
+            attempts: j.attempts,
+            max_attempts: j.max_attempts,
+            run_at: j.run_at,
+            priority: j.priority,
+            lock_by: j.lock_by,
+            lock_at: j.lock_at,
+            done_at: j.done_at,
+            last_result: j.last_result,
+            payload: j.payload,
+        }
+    }
 }
 
 /// True for a well-formed ULID (26 Crockford base32 characters).
@@ -219,21 +196,19 @@ pub async fn list_jobs(State(state): State<AppState>, ApiQuery(q): ApiQuery<JobQ
     if cursor.as_deref().is_some_and(|c| !is_ulid(c)) {
         return Err(ApiError::invalid("cursor", "not a cursor this list gave out"));
     }
-    let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS}, {STATE_SQL} AS state FROM apalis.jobs
-         WHERE ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR {STATE_SQL} = $3) AND ($4::text IS NULL OR id < $4)
-         ORDER BY id DESC LIMIT $5"
-    )))
-    .bind(state.clock.now())
-    .bind(&q.queue)
-    .bind(&q.status)
-    .bind(&cursor)
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
+    let state_filter = q.status.as_deref().and_then(ReportedState::parse);
+    let rows = queue::list_jobs(
+        &state.pool,
+        state.clock.now(),
+        q.queue.as_deref(),
+        state_filter,
+        cursor.as_deref(),
+        limit + 1,
+    )
     .await?;
-    let (rows, next_cursor) = pagination::finish(rows, limit, |r| r.job.id.clone());
+    let (rows, next_cursor) = pagination::finish(rows, limit, |r| r.id.clone());
     Ok(Json(JobPage {
-        items: rows.into_iter().map(decode).collect(),
+        items: rows.into_iter().map(JobOut::from).collect(),
         next_cursor,
     }))
 }
@@ -242,14 +217,8 @@ async fn load_job(state: &AppState, id: &str) -> Result<JobOut, ApiError> {
     if !is_ulid(id) {
         return Err(ApiError::NotFound("job not found".into()));
     }
-    let row: Option<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS}, {STATE_SQL} AS state FROM apalis.jobs WHERE id = $2"
-    )))
-    .bind(state.clock.now())
-    .bind(id)
-    .fetch_optional(&state.pool)
-    .await?;
-    row.map(decode).ok_or_else(|| ApiError::NotFound("job not found".into()))
+    let row = queue::get_job(&state.pool, state.clock.now(), id).await?;
+    row.map(JobOut::from).ok_or_else(|| ApiError::NotFound("job not found".into()))
 }
 
 /// One job: attempts, last result, payload.
@@ -279,20 +248,8 @@ pub async fn get_job(State(state): State<AppState>, ApiPath(id): ApiPath<String>
     security(("bearer" = [])))]
 pub async fn retry_job(State(state): State<AppState>, ApiPath(id): ApiPath<String>) -> Result<(StatusCode, Json<JobOut>), ApiError> {
     let current = load_job(&state, &id).await?;
-    // The status check and the reset are one statement, so a job a worker just took is never
-    // reset under it. Workers are woken the way apalis's insert trigger wakes them.
-    let reset: Option<String> = sqlx::query_scalar(
-        "WITH reset AS (
-             UPDATE apalis.jobs SET status = 'Pending', run_at = now(), attempts = 0, lock_by = NULL, lock_at = NULL, done_at = NULL
-             WHERE id = $1 AND status IN ('Failed', 'Killed')
-             RETURNING id, job_type, run_at)
-         SELECT id FROM reset,
-             LATERAL (SELECT pg_notify('apalis::job::insert', json_build_object('job_type', job_type, 'id', id, 'run_at', run_at)::text)) AS woken",
-    )
-    .bind(&id)
-    .fetch_optional(&state.pool)
-    .await?;
-    if reset.is_none() {
+    let reset = queue::retry_job(&state.pool, &id).await?;
+    if !reset {
         return Err(ApiError::Conflict(format!(
             "the job is {}; only Failed or Killed jobs can be retried",
             current.status

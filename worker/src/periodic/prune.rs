@@ -1,7 +1,7 @@
-//! Pruning: finished jobs (`apalis.jobs` rows `Done` for longer than [`RETENTION_DAYS`]) are
-//! deleted in batches of [`BATCH`], each its own statement so locks stay short, and claimed
+//! Pruning: finished jobs `Done` for longer than [`RETENTION_DAYS`] are deleted through the
+//! queue driver (`dashlight_core::queue::prune_done`, in batches of [`BATCH`]), and claimed
 //! scheduler ticks older than the retention with them (they only guard against double firing).
-//! Failed and killed jobs are kept for the operator. Reads `dashlight_jobs_done_idx`.
+//! Failed and killed jobs are kept for the operator.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -13,26 +13,13 @@ pub const RETENTION_DAYS: i64 = 7;
 /// Rows per delete.
 pub const BATCH: i64 = 10_000;
 
-/// The batch delete. `pub` so tests can EXPLAIN it.
-pub const DELETE_DONE_SQL: &str =
-    "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE status = 'Done' AND done_at < $1 LIMIT $2)";
+/// The batch delete (EXPLAINed by the tests).
+pub use dashlight_core::queue::DELETE_DONE_SQL;
 
 /// Deletes what is past the retention; returns the summary line.
 pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
     let cutoff = now - Duration::days(RETENTION_DAYS);
-    let mut jobs = 0u64;
-    loop {
-        let n = sqlx::query(DELETE_DONE_SQL)
-            .bind(cutoff)
-            .bind(BATCH)
-            .execute(&ctx.pool)
-            .await?
-            .rows_affected();
-        jobs += n;
-        if n < BATCH as u64 {
-            break;
-        }
-    }
+    let jobs = dashlight_core::queue::prune_done(&ctx.pool, cutoff, BATCH).await?;
     let ticks = sqlx::query("DELETE FROM scheduler_ticks WHERE tick_at < $1")
         .bind(cutoff)
         .execute(&ctx.pool)

@@ -1,0 +1,696 @@
+//! The queue driver: the one module that reads or writes apalis's tables (`apalis.jobs`,
+//! `apalis.workers`), as River keeps its driver layer and crates.io's worker its `storage.rs`.
+//! Everything else — producers, the worker's drain, the periodic jobs, pruning, the admin API
+//! and its dashboard — calls the functions here. apalis's job states live in one Rust enum,
+//! [`JobState`]; the states the API reports are [`ReportedState`].
+//!
+//! What it owns:
+//!
+//! - **Enqueueing** ([`enqueue`]): the one insert, on the caller's connection, so a business write
+//!   and the jobs it implies commit together.
+//! - **The notification queue's own loop** ([`JobQueue`]): register, heartbeat and orphan rescue,
+//!   batched fetch, batched acknowledgement, release.
+//! - **Operators' views and levers** ([`queue_stats`], [`list_jobs`], [`get_job`], [`retry_job`],
+//!   [`per_minute`]) and **pruning** ([`prune_done`]).
+//! - **The sweep's view of the backlog** ([`backlog_notification_ids`]).
+//!
+//! ## Why the notification queue is drained by our own loop
+//!
+//! apalis's stock `Worker` fetches a batch but runs one handler per job and acknowledges each job
+//! on its own, outside the handler's transaction. The notification path records the results of a
+//! whole batch of sends *and* the acknowledgement of the jobs that produced them in one
+//! transaction (BENCHMARKS.md: ~11 transactions per notification before, 0.01 after). apalis
+//! 1.0's `Backend` trait cannot express that: its poll yields a stream of single tasks and its ack
+//! layer writes `apalis.jobs` on its own connection, so implementing the trait for the batched
+//! path would bring back the per-job acknowledgement it exists to remove. The periodic queue has
+//! no such need and runs on a stock apalis worker.
+//!
+//! ## What apalis guarantees still hold, and how the two kinds of worker coexist
+//!
+//! [`JobQueue`] uses apalis's own table, columns, states and fetch index, and registers in
+//! `apalis.workers` with the same columns apalis's `register.sql` writes. Its heartbeat marks its
+//! row alive and rescues the jobs of any worker of its queue whose heartbeat went stale, with the
+//! statement of apalis's `reenqueue_orphaned.sql`; stock workers do the same for theirs, so a
+//! crashed worker of either kind has its jobs put back. `attempts` counts fetches and
+//! `max_attempts` is honoured exactly as apalis does; a failed job goes back to the queue after a
+//! backoff instead of at once (apalis keeps `run_at` and retries immediately). Jobs enqueued by
+//! [`enqueue`] wake stock workers and ours alike through apalis's insert trigger.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgExecutor, PgPool};
+
+use crate::jobs::{JOB_MAX_ATTEMPTS, NewJob, QUEUES};
+
+/// apalis's job states, as stored in `apalis.jobs.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[sqlx(type_name = "text")]
+pub enum JobState {
+    /// Waiting for its `run_at`.
+    Pending,
+    /// Taken by a stock worker, not yet started.
+    Queued,
+    /// Held by a worker.
+    Running,
+    /// Finished.
+    Done,
+    /// Failed; fetched again while `attempts < max_attempts`.
+    Failed,
+    /// Will never run again.
+    Killed,
+}
+
+impl JobState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "Pending",
+            JobState::Queued => "Queued",
+            JobState::Running => "Running",
+            JobState::Done => "Done",
+            JobState::Failed => "Failed",
+            JobState::Killed => "Killed",
+        }
+    }
+}
+
+/// The state of a job as the API reports it, derived from [`JobState`], `run_at` and attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportedState {
+    /// Due and waiting for a worker.
+    Pending,
+    /// Due later.
+    Scheduled,
+    /// Taken by a worker.
+    Running,
+    /// Finished.
+    Done,
+    /// Failed; will be tried again.
+    Failed,
+    /// Killed, or failed with its attempts used up.
+    Dead,
+}
+
+impl ReportedState {
+    /// Every reported state.
+    pub const ALL: [ReportedState; 6] = [
+        ReportedState::Pending,
+        ReportedState::Scheduled,
+        ReportedState::Running,
+        ReportedState::Done,
+        ReportedState::Failed,
+        ReportedState::Dead,
+    ];
+
+    /// The name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportedState::Pending => "pending",
+            ReportedState::Scheduled => "scheduled",
+            ReportedState::Running => "running",
+            ReportedState::Done => "done",
+            ReportedState::Failed => "failed",
+            ReportedState::Dead => "dead",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<ReportedState> {
+        ReportedState::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// SQL deriving the reported state from apalis's columns; `$1` is "now".
+const STATE_SQL: &str = "CASE
+        WHEN status = 'Pending' AND run_at <= $1 THEN 'pending'
+        WHEN status = 'Pending' THEN 'scheduled'
+        WHEN status IN ('Queued', 'Running') THEN 'running'
+        WHEN status = 'Done' THEN 'done'
+        WHEN status = 'Failed' AND attempts < max_attempts THEN 'failed'
+        WHEN status = 'Killed' OR status = 'Failed' THEN 'dead'
+        ELSE lower(status) END";
+
+// ---------------------------------------------------------------------------------------------
+// Enqueueing
+
+/// Inserts jobs into apalis's table on `conn` (use a transaction to tie them to a business
+/// write). Returns how many were inserted (idempotency-key duplicates are skipped).
+///
+/// Jobs are inserted with full timestamp precision (apalis's own sink rounds `run_at` to the
+/// second); apalis's insert trigger announces them to every listening worker.
+pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob<'_>]) -> Result<u64, sqlx::Error> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let mut queues = Vec::with_capacity(jobs.len());
+    let mut payloads = Vec::with_capacity(jobs.len());
+    let mut run_ats = Vec::with_capacity(jobs.len());
+    let mut priorities = Vec::with_capacity(jobs.len());
+    let mut keys = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        queues.push(j.queue.to_owned());
+        payloads.push(serde_json::to_vec(&j.payload).expect("json"));
+        run_ats.push(j.run_at);
+        priorities.push(j.priority);
+        keys.push(j.idempotency_key.clone());
+    }
+    // Mirrors apalis-postgres's queries/task/sink.sql, with run_at kept to the microsecond.
+    let done = sqlx::query(
+        r#"
+        INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+        SELECT apalis.generate_ulid(), q, p, 'Pending', 0, $6, coalesce(r, now()), pr, ''::hstore, k
+        FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::int[], $5::text[]) AS t(q, p, r, pr, k)
+        ON CONFLICT (job_type, idempotency_key) DO NOTHING
+        "#,
+    )
+    .bind(&queues)
+    .bind(&payloads)
+    .bind(&run_ats)
+    .bind(&priorities)
+    .bind(&keys)
+    .bind(JOB_MAX_ATTEMPTS)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The notification queue's loop
+
+/// A job claimed by [`JobQueue::fetch`].
+#[derive(Debug, Clone)]
+pub struct FetchedJob {
+    /// apalis's id (a ULID).
+    pub id: String,
+    /// The raw payload; decoding it is the handler's business (a bad one kills only its job).
+    pub payload: Vec<u8>,
+    /// Fetches so far, this one included.
+    pub attempts: i32,
+    /// Fetches allowed.
+    pub max_attempts: i32,
+    /// Higher runs first.
+    pub priority: i32,
+    /// How long after the fetch the job is due (zero when already due), on the database clock.
+    pub due_in: Duration,
+}
+
+/// What became of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Finished.
+    Done,
+    /// Failed; fetched again after `retry_in` unless out of attempts.
+    Failed {
+        /// The error, kept in `last_result`.
+        error: String,
+        /// Delay before the next fetch.
+        retry_in: Duration,
+    },
+    /// Can never succeed: not fetched again.
+    Killed(String),
+}
+
+/// One queue of apalis's table, as seen by one named worker.
+#[derive(Debug, Clone)]
+pub struct JobQueue {
+    pool: PgPool,
+    queue: String,
+    worker: String,
+}
+
+/// Storage name written to `apalis.workers` for workers of this path.
+pub const STORAGE_NAME: &str = "dashlight::queue::JobQueue";
+
+impl JobQueue {
+    /// The queue `queue` for the worker called `worker` (unique per process).
+    pub fn new(pool: PgPool, queue: &str, worker: &str) -> Self {
+        JobQueue {
+            pool,
+            queue: queue.to_owned(),
+            worker: worker.to_owned(),
+        }
+    }
+
+    /// The pool it runs on.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The worker's name.
+    pub fn worker(&self) -> &str {
+        &self.worker
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Registers the worker in `apalis.workers` (as apalis's own `register.sql` does).
+    pub async fn register(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen) VALUES ($1, $2, $3, '', now())
+             ON CONFLICT (id) DO UPDATE SET worker_type = EXCLUDED.worker_type, storage_name = EXCLUDED.storage_name, last_seen = now()",
+        )
+        .bind(&self.worker)
+        .bind(&self.queue)
+        .bind(STORAGE_NAME)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks the worker alive and returns to the queue the jobs held by workers of this queue
+    /// whose heartbeat is older than `stale_after` (apalis's `reenqueue_orphaned.sql`).
+    /// Returns the rescued jobs' holders (one entry per job), so the caller can settle what
+    /// those workers left half-done.
+    pub async fn heartbeat(&self, stale_after: Duration) -> Result<Vec<String>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE apalis.workers SET last_seen = now() WHERE id = $1 AND worker_type = $2")
+            .bind(&self.worker)
+            .bind(&self.queue)
+            .execute(&mut *tx)
+            .await?;
+        let rescued: Vec<String> = sqlx::query_scalar(
+            r#"WITH stale AS (
+                   SELECT jobs.id, jobs.lock_by FROM apalis.jobs INNER JOIN apalis.workers ON jobs.lock_by = workers.id
+                   WHERE (jobs.status = 'Running' OR jobs.status = 'Queued')
+                     AND now() - workers.last_seen >= $1 AND workers.worker_type = $2
+                   FOR UPDATE OF jobs SKIP LOCKED)
+               UPDATE apalis.jobs SET status = 'Pending', done_at = NULL, lock_by = NULL, lock_at = NULL,
+                      last_result = '{"Err": "Re-enqueued due to worker heartbeat timeout."}'
+               FROM stale WHERE apalis.jobs.id = stale.id
+               RETURNING stale.lock_by"#,
+        )
+        .bind(stale_after)
+        .bind(&self.queue)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rescued)
+    }
+
+    /// Claims up to `limit` jobs that are due now or within `lookahead`, highest priority first,
+    /// then earliest. The ids are picked first (`= ANY(ARRAY(…))`, evaluated once) so the update
+    /// finds its rows by primary key: joining to the picked set let the planner hash the whole
+    /// table on every fetch of a large batch, a cost that grew with the finished jobs kept. They
+    /// are `Running` under this worker's name until [`Self::complete`] (or rescued by another
+    /// worker if this one stops beating).
+    pub async fn fetch(&self, limit: usize, lookahead: Duration) -> Result<Vec<FetchedJob>, sqlx::Error> {
+        let rows: Vec<(String, Vec<u8>, i32, i32, i32, f64)> = sqlx::query_as(
+            "UPDATE apalis.jobs j SET status = 'Running', lock_by = $4, lock_at = now(), attempts = j.attempts + 1, done_at = NULL
+             WHERE j.id = ANY(ARRAY(
+                 SELECT id FROM apalis.jobs
+                 WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
+                   AND job_type = $1 AND run_at <= now() + $3
+                 ORDER BY priority DESC, run_at ASC
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED))
+             RETURNING j.id, j.job, j.attempts, j.max_attempts, j.priority,
+                       greatest(extract(epoch FROM j.run_at - now()), 0)::float8",
+        )
+        .bind(&self.queue)
+        .bind(limit as i64)
+        .bind(lookahead)
+        .bind(&self.worker)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, payload, attempts, max_attempts, priority, due_in)| FetchedJob {
+                id,
+                payload,
+                attempts,
+                max_attempts,
+                priority,
+                due_in: Duration::from_secs_f64(due_in.max(0.0)),
+            })
+            .collect())
+    }
+
+    /// Records the outcome of jobs held by `worker`, in one statement on `conn` (a transaction of
+    /// the caller's, so results and acknowledgements commit together). The jobs are found by
+    /// primary key; the holder is checked with `IS NOT DISTINCT FROM`, which no index serves,
+    /// because the planner, with statistics from when `lock_by` was empty, otherwise walks
+    /// `idx_apalis_jobs_lock_by` through every job this worker ever finished (finished jobs keep
+    /// their `lock_by`): a cost that grew with the queue's history, measured at 30 ms per batch
+    /// after 8,000 jobs. Returns how many rows changed; jobs no longer held by `worker` (rescued
+    /// meanwhile) are left alone.
+    pub async fn complete(conn: &mut PgConnection, worker: &str, outcomes: &[(String, JobOutcome)]) -> Result<u64, sqlx::Error> {
+        if outcomes.is_empty() {
+            return Ok(0);
+        }
+        // The common case, jobs done, as one join-free statement; failures (few) with their
+        // own results and retry times.
+        let done_ids: Vec<&str> = outcomes
+            .iter()
+            .filter(|(_, o)| *o == JobOutcome::Done)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let mut changed = 0;
+        if !done_ids.is_empty() {
+            changed += sqlx::query(
+                r#"UPDATE apalis.jobs SET status = 'Done', last_result = '{"Ok": null}', done_at = now()
+                   WHERE id = ANY($1) AND lock_by IS NOT DISTINCT FROM $2"#,
+            )
+            .bind(&done_ids)
+            .bind(worker)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        }
+        let mut ids = Vec::new();
+        let mut states = Vec::new();
+        let mut results = Vec::new();
+        let mut retry_ms = Vec::new();
+        for (id, outcome) in outcomes {
+            let (state, result, retry) = match outcome {
+                JobOutcome::Done => continue,
+                JobOutcome::Failed { error, retry_in } => (
+                    JobState::Failed,
+                    serde_json::json!({ "Err": error }),
+                    Some(i64::try_from(retry_in.as_millis()).unwrap_or(i64::MAX)),
+                ),
+                JobOutcome::Killed(error) => (JobState::Killed, serde_json::json!({ "Err": error }), None),
+            };
+            ids.push(id.as_str());
+            states.push(state.as_str());
+            results.push(result);
+            retry_ms.push(retry);
+        }
+        if ids.is_empty() {
+            return Ok(changed);
+        }
+        let done = sqlx::query(
+            "UPDATE apalis.jobs j SET status = t.status, last_result = t.result, done_at = now(),
+                    run_at = CASE WHEN t.retry_ms IS NULL THEN j.run_at ELSE now() + t.retry_ms * interval '1 millisecond' END,
+                    lock_by = CASE WHEN t.status = 'Failed' THEN NULL ELSE j.lock_by END
+             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bigint[]) AS t(id, status, result, retry_ms)
+             WHERE j.id = t.id AND j.id = ANY($1) AND j.lock_by IS NOT DISTINCT FROM $5",
+        )
+        .bind(&ids)
+        .bind(&states)
+        .bind(&results)
+        .bind(&retry_ms)
+        .bind(worker)
+        .execute(conn)
+        .await?;
+        Ok(changed + done.rows_affected())
+    }
+
+    /// Puts jobs this worker claimed but never started back to `Pending`, their fetch not
+    /// counted (graceful shutdown with jobs still held for their due time).
+    pub async fn release(&self, ids: &[String]) -> Result<u64, sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, attempts = greatest(attempts - 1, 0)
+             WHERE id = ANY($1) AND lock_by IS NOT DISTINCT FROM $2 AND status = 'Running'",
+        )
+        .bind(ids)
+        .bind(&self.worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+/// The notification ids named by the jobs of `queue` that are due and not yet fetched (the
+/// backlog, read through apalis's fetch index; jobs due later are not read). The ids are taken
+/// from the payloads with a pattern that cannot fail on a malformed one.
+pub async fn backlog_notification_ids(conn: &mut PgConnection, queue: &str) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        r#"SELECT DISTINCT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
+           FROM apalis.jobs
+           WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now()
+             AND substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)') IS NOT NULL"#,
+    )
+    .bind(queue)
+    .fetch_all(conn)
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operators' views and levers
+
+/// Job counts of one queue by reported state.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Queue name (apalis `job_type`).
+    pub queue: String,
+    /// Due and waiting for a worker.
+    pub pending: i64,
+    /// Due later.
+    pub scheduled: i64,
+    /// Taken by a worker.
+    pub running: i64,
+    /// Finished.
+    pub done: i64,
+    /// Failed; will be tried again.
+    pub failed: i64,
+    /// Killed, or failed with no attempts left.
+    pub dead: i64,
+}
+
+/// Counts jobs per queue and reported state; every queue of [`QUEUES`] is listed, empty or not,
+/// then any other queue found.
+pub async fn queue_stats<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>) -> Result<Vec<QueueCounts>, sqlx::Error> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT job_type, {STATE_SQL} AS state, count(*) FROM apalis.jobs GROUP BY 1, 2"
+    )))
+    .bind(now)
+    .fetch_all(exec)
+    .await?;
+    let mut by_queue: BTreeMap<String, QueueCounts> = BTreeMap::new();
+    for (queue, state, n) in rows {
+        let s = by_queue.entry(queue.clone()).or_insert_with(|| QueueCounts {
+            queue,
+            ..Default::default()
+        });
+        match ReportedState::parse(&state) {
+            Some(ReportedState::Pending) => s.pending += n,
+            Some(ReportedState::Scheduled) => s.scheduled += n,
+            Some(ReportedState::Running) => s.running += n,
+            Some(ReportedState::Done) => s.done += n,
+            Some(ReportedState::Failed) => s.failed += n,
+            Some(ReportedState::Dead) | None => s.dead += n,
+        }
+    }
+    let mut out: Vec<QueueCounts> = QUEUES
+        .iter()
+        .map(|q| {
+            by_queue.remove(*q).unwrap_or_else(|| QueueCounts {
+                queue: q.to_string(),
+                ..Default::default()
+            })
+        })
+        .collect();
+    out.extend(by_queue.into_values());
+    Ok(out)
+}
+
+/// A job as operators see it.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    /// apalis id (a ULID).
+    pub id: String,
+    /// Queue.
+    pub queue: String,
+    /// apalis's own status.
+    pub status: JobState,
+    /// The reported state.
+    pub state: ReportedState,
+    /// Attempts made.
+    pub attempts: i32,
+    /// Attempts allowed.
+    pub max_attempts: i32,
+    /// When it may run.
+    pub run_at: DateTime<Utc>,
+    /// Higher runs first.
+    pub priority: Option<i32>,
+    /// The worker holding it.
+    pub lock_by: Option<String>,
+    /// When it was taken.
+    pub lock_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    pub done_at: Option<DateTime<Utc>>,
+    /// The last result apalis recorded (an error for failed jobs).
+    pub last_result: Option<serde_json::Value>,
+    /// The payload, decoded as JSON (a string when it is not JSON).
+    pub payload: serde_json::Value,
+}
+
+#[derive(FromRow)]
+struct JobRow {
+    id: String,
+    queue: String,
+    status: JobState,
+    state: String,
+    attempts: i32,
+    max_attempts: i32,
+    run_at: DateTime<Utc>,
+    priority: Option<i32>,
+    lock_by: Option<String>,
+    lock_at: Option<DateTime<Utc>>,
+    done_at: Option<DateTime<Utc>>,
+    last_result: Option<serde_json::Value>,
+    raw: Vec<u8>,
+}
+
+impl From<JobRow> for JobRecord {
+    fn from(r: JobRow) -> Self {
+        let payload =
+            serde_json::from_slice(&r.raw).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&r.raw).into_owned()));
+        JobRecord {
+            id: r.id,
+            queue: r.queue,
+            status: r.status,
+            state: ReportedState::parse(&r.state).unwrap_or(ReportedState::Dead),
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            run_at: r.run_at,
+            priority: r.priority,
+            lock_by: r.lock_by,
+            lock_at: r.lock_at,
+            done_at: r.done_at,
+            last_result: r.last_result,
+            payload,
+        }
+    }
+}
+
+const JOB_COLUMNS: &str =
+    "id, job_type AS queue, status, attempts, max_attempts, run_at, priority, lock_by, lock_at, done_at, last_result, job AS raw";
+
+/// Jobs newest first (apalis ids are ULIDs, so they sort by time), optionally of one queue and
+/// one reported state, older than the id `before`; at most `limit`.
+pub async fn list_jobs<'c>(
+    exec: impl PgExecutor<'c>,
+    now: DateTime<Utc>,
+    queue: Option<&str>,
+    state: Option<ReportedState>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<JobRecord>, sqlx::Error> {
+    let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS}, {STATE_SQL} AS state FROM apalis.jobs
+         WHERE ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR {STATE_SQL} = $3) AND ($4::text IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5"
+    )))
+    .bind(now)
+    .bind(queue)
+    .bind(state.map(ReportedState::as_str))
+    .bind(before)
+    .bind(limit)
+    .fetch_all(exec)
+    .await?;
+    Ok(rows.into_iter().map(JobRecord::from).collect())
+}
+
+/// One job.
+pub async fn get_job<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, id: &str) -> Result<Option<JobRecord>, sqlx::Error> {
+    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS}, {STATE_SQL} AS state FROM apalis.jobs WHERE id = $2"
+    )))
+    .bind(now)
+    .bind(id)
+    .fetch_optional(exec)
+    .await?;
+    Ok(row.map(JobRecord::from))
+}
+
+/// Puts a failed or killed job back to `Pending`, due now, attempts reset; returns whether it
+/// was. The state check and the reset are one statement, so a job a worker just took is never
+/// reset under it. Workers are woken the way apalis's insert trigger wakes them.
+pub async fn retry_job<'c>(exec: impl PgExecutor<'c>, id: &str) -> Result<bool, sqlx::Error> {
+    let reset: Option<String> = sqlx::query_scalar(
+        "WITH reset AS (
+             UPDATE apalis.jobs SET status = 'Pending', run_at = now(), attempts = 0, lock_by = NULL, lock_at = NULL, done_at = NULL
+             WHERE id = $1 AND status IN ('Failed', 'Killed')
+             RETURNING id, job_type, run_at)
+         SELECT id FROM reset,
+             LATERAL (SELECT pg_notify('apalis::job::insert', json_build_object('job_type', job_type, 'id', id, 'run_at', run_at)::text)) AS woken",
+    )
+    .bind(id)
+    .fetch_optional(exec)
+    .await?;
+    Ok(reset.is_some())
+}
+
+/// Jobs finished in one minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Minute {
+    /// Finished well.
+    pub done: i64,
+    /// Failed or killed.
+    pub failed: i64,
+}
+
+/// Jobs finished per minute over the `minutes` before `now`, done and failed, from apalis's
+/// `done_at` (stamped on every outcome); oldest first, slot `minutes - 1` ends at `now`.
+pub async fn per_minute<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, minutes: usize) -> Result<Vec<Minute>, sqlx::Error> {
+    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
+        "SELECT floor(extract(epoch FROM ($1 - done_at)) / 60)::int AS ago,
+                count(*) FILTER (WHERE status = 'Done'),
+                count(*) FILTER (WHERE status IN ('Failed', 'Killed'))
+         FROM apalis.jobs
+         WHERE done_at > $1 - make_interval(mins => $2) AND done_at <= $1
+         GROUP BY 1",
+    )
+    .bind(now)
+    .bind(i32::try_from(minutes).unwrap_or(i32::MAX))
+    .fetch_all(exec)
+    .await?;
+    let mut out = vec![Minute::default(); minutes];
+    for (ago, done, failed) in rows {
+        if let Ok(ago) = usize::try_from(ago)
+            && ago < minutes
+        {
+            out[minutes - 1 - ago] = Minute { done, failed };
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pruning
+
+/// The batch delete of [`prune_done`]: `$1` the cutoff, `$2` the batch size. `pub` so tests can
+/// EXPLAIN it (it reads `dashlight_jobs_done_idx`).
+pub const DELETE_DONE_SQL: &str =
+    "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE status = 'Done' AND done_at < $1 LIMIT $2)";
+
+/// Deletes jobs `Done` before `cutoff`, `batch` rows per statement so locks stay short. Failed
+/// and killed jobs are kept for the operator. Returns how many were deleted.
+pub async fn prune_done(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0u64;
+    loop {
+        let n = sqlx::query(DELETE_DONE_SQL)
+            .bind(cutoff)
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        deleted += n;
+        if n < batch as u64 {
+            return Ok(deleted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_states_round_trip() {
+        for s in ReportedState::ALL {
+            assert_eq!(ReportedState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(ReportedState::parse("Pending"), None);
+    }
+}

@@ -1,0 +1,132 @@
+//! The constrained states of the schema as Rust enums, mapped to the text values the
+//! `CHECK` constraints allow (`sqlx::Type`), so code compares and binds states, never strings.
+//! apalis's job states are [`crate::queue::JobState`].
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! text_state {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+        #[sqlx(type_name = "text", rename_all = "snake_case")]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vm])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the schema's order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            /// Parses a stored value.
+            pub fn parse(s: &str) -> Option<$name> {
+                match s {
+                    $($text => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_state! {
+    /// `notification_deliveries.status` (README, "Delivery statuses").
+    DeliveryStatus {
+        /// Planned, not yet attempted (or held by quiet hours until `next_attempt_at`).
+        Pending => "pending",
+        /// Claimed by a worker; the provider call is in flight.
+        Sending => "sending",
+        /// The provider accepted it.
+        Sent => "sent",
+        /// A transient failure; next attempt at `next_attempt_at`.
+        Retrying => "retrying",
+        /// A permanent failure.
+        Failed => "failed",
+        /// Attempts exhausted.
+        Dead => "dead",
+        /// Not sent, on purpose (`skip_reason` says why).
+        Skipped => "skipped",
+        /// The booking changed first.
+        Cancelled => "cancelled",
+    }
+}
+
+impl DeliveryStatus {
+    /// Still on its way: a worker will act on it.
+    pub fn is_open(self) -> bool {
+        matches!(self, DeliveryStatus::Pending | DeliveryStatus::Retrying | DeliveryStatus::Sending)
+    }
+
+    /// Ended without reaching anyone through a fault (an operator may retry it).
+    pub fn is_failure(self) -> bool {
+        matches!(self, DeliveryStatus::Failed | DeliveryStatus::Dead)
+    }
+}
+
+text_state! {
+    /// `notifications.status`.
+    NotificationStatus {
+        /// Waiting for its due time or its first run.
+        Pending => "pending",
+        /// Reopened by an operator's retry.
+        Processing => "processing",
+        /// Nothing open any more.
+        Done => "done",
+        /// Not sent (expired before it could be).
+        Skipped => "skipped",
+        /// The booking changed first.
+        Cancelled => "cancelled",
+    }
+}
+
+impl NotificationStatus {
+    /// A worker still has to act on it.
+    pub fn is_open(self) -> bool {
+        matches!(self, NotificationStatus::Pending | NotificationStatus::Processing)
+    }
+}
+
+text_state! {
+    /// `delivery_attempts.outcome`.
+    AttemptOutcome {
+        /// The provider accepted it.
+        Sent => "sent",
+        /// A failure worth retrying.
+        Transient => "transient",
+        /// A failure retrying cannot help.
+        Permanent => "permanent",
+        /// The worker stopped mid-send; the provider may have accepted it.
+        Interrupted => "interrupted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip() {
+        for s in DeliveryStatus::ALL {
+            assert_eq!(DeliveryStatus::parse(s.as_str()), Some(*s));
+        }
+        for s in NotificationStatus::ALL {
+            assert_eq!(NotificationStatus::parse(s.as_str()), Some(*s));
+        }
+        for s in AttemptOutcome::ALL {
+            assert_eq!(AttemptOutcome::parse(s.as_str()), Some(*s));
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! The planner: what one job means for its notification, decided from loaded state and the
+//! clock alone (no I/O, so every case is a unit test). [`decide`] covers the common case (a new
+//! notification due now) and every uncommon one (an operator's retry, a quiet-hours hold, a
+//! cancelled or expired notification, a retry, the next channel of a `first` policy, a job that
+//! ran early); [`plan`] turns a policy, preferences, addresses, devices and quiet hours into
+//! deliveries. What the decisions write is [`super::record::apply`]'s business.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use dashlight_core::{
+    kinds::{Channel, Policy},
+    states::{DeliveryStatus, NotificationStatus},
+};
+use serde_json::Value;
+
+use super::{DeliveryRow, Device, Loaded, NotificationRow, Recipient};
+
+/// The gap below which a job that ran a moment early is held in memory rather than re-queued:
+/// its run time and the notification's due time come from two clocks that may differ by a few
+/// milliseconds.
+pub(crate) const EARLY_GAP: Duration = Duration::from_secs(2);
+
+/// A delivery to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Planned {
+    pub(crate) channel: Channel,
+    pub(crate) target: String,
+    pub(crate) device_id: Option<i64>,
+    /// `Some(reason)` → recorded as skipped.
+    pub(crate) skip: Option<String>,
+    /// Held (quiet hours) until then.
+    pub(crate) hold_until: Option<DateTime<Utc>>,
+}
+
+/// What a job means for its notification.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Decision {
+    /// The job can never succeed (its notification is gone or of an unknown kind).
+    Kill(String),
+    /// Close the open deliveries as `cancelled`: the booking changed first.
+    Cancel,
+    /// The notification expired (the lesson started) before it could be sent: close it `skipped`.
+    Expire,
+    /// Not due yet: another job at that time.
+    Later(DateTime<Utc>),
+    /// Due within [`EARLY_GAP`]: hold the job this long, then decide again.
+    Wait(Duration),
+    /// Deliver: reopen a failed delivery (operator retry), insert newly planned deliveries (those
+    /// to send are claimed by their insert) and claim due ones. With nothing to insert or claim,
+    /// the notification is only settled (done when nothing is open).
+    Deliver {
+        /// An operator's retry of this failed or dead delivery.
+        reopen: Option<i64>,
+        /// Deliveries of the next stage of the policy.
+        insert: Vec<Planned>,
+        /// Existing deliveries due now.
+        claim: Vec<i64>,
+    },
+}
+
+impl Decision {
+    /// Does it send anything?
+    pub(crate) fn sends(&self) -> usize {
+        match self {
+            Decision::Deliver { insert, claim, .. } => {
+                insert.iter().filter(|p| p.skip.is_none() && p.hold_until.is_none()).count() + claim.len()
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// Decides what a job for notification `n` (`None`: it no longer exists) does at `now`.
+/// `retry_delivery_id` is an operator's retry; `system_clock` says whether `now` is real time
+/// (an injected clock never waits in memory).
+pub(crate) fn decide(loaded: Option<&Loaded>, retry_delivery_id: Option<i64>, now: DateTime<Utc>, system_clock: bool) -> Decision {
+    let Some(l) = loaded else {
+        return Decision::Kill("the notification does not exist (deleted?)".into());
+    };
+    let n = &l.n;
+    match n.status {
+        NotificationStatus::Cancelled => return Decision::Cancel,
+        NotificationStatus::Done | NotificationStatus::Skipped if retry_delivery_id.is_none() => {
+            return Decision::Deliver {
+                reopen: None,
+                insert: vec![],
+                claim: vec![],
+            };
+        }
+        _ => {}
+    }
+    if n.due_at > now {
+        let wait = (n.due_at - now).to_std().unwrap_or_default();
+        return if system_clock && wait <= EARLY_GAP {
+            Decision::Wait(wait)
+        } else {
+            Decision::Later(n.due_at)
+        };
+    }
+    if n.expires_at.is_some_and(|e| e <= now) {
+        return Decision::Expire;
+    }
+    let reopen = retry_delivery_id.filter(|id| l.deliveries.iter().any(|d| d.id == *id && d.status.is_failure()));
+    if l.deliveries.is_empty() {
+        let insert = plan(n.policy, &n.channels, 0, &l.recipient, &l.devices, now, lesson_start(n));
+        return Decision::Deliver {
+            reopen: None,
+            insert,
+            claim: vec![],
+        };
+    }
+    let due = |d: &DeliveryRow| {
+        Some(d.id) == reopen
+            || (matches!(d.status, DeliveryStatus::Pending | DeliveryStatus::Retrying) && d.next_attempt_at.is_none_or(|t| t <= now))
+    };
+    let claim: Vec<i64> = l.deliveries.iter().filter(|d| due(d)).map(|d| d.id).collect();
+    if claim.is_empty() {
+        // A retry's job can start a moment before the retry is due (see [`EARLY_GAP`]).
+        if system_clock
+            && let Some(next) = l
+                .deliveries
+                .iter()
+                .filter(|d| d.status == DeliveryStatus::Retrying)
+                .filter_map(|d| d.next_attempt_at)
+                .min()
+        {
+            let wait = (next - now).to_std().unwrap_or_default();
+            if wait <= EARLY_GAP {
+                return Decision::Wait(wait);
+            }
+        }
+        if n.policy == Policy::First
+            && let Some(from) = next_stage(&n.channels, &l.deliveries)
+        {
+            let insert = plan(n.policy, &n.channels, from, &l.recipient, &l.devices, now, lesson_start(n));
+            return Decision::Deliver {
+                reopen: None,
+                insert,
+                claim: vec![],
+            };
+        }
+    }
+    Decision::Deliver {
+        reopen,
+        insert: vec![],
+        claim,
+    }
+}
+
+/// Under `first`: the index of the next channel to try, when every delivery of the channel
+/// tried last has ended without reaching anyone (failed, dead, skipped) and none was sent.
+pub(crate) fn next_stage(channels: &[Channel], deliveries: &[DeliveryRow]) -> Option<usize> {
+    if deliveries
+        .iter()
+        .any(|d| d.status == DeliveryStatus::Sent || d.status.is_open() || d.status == DeliveryStatus::Cancelled)
+    {
+        return None;
+    }
+    let last = channels.iter().rposition(|c| deliveries.iter().any(|d| d.channel == *c))?;
+    (last + 1 < channels.len()).then_some(last + 1)
+}
+
+/// The start of the lesson a notification is about, if any (quiet hours divert such messages
+/// to email when the lesson starts before they end).
+pub(crate) fn lesson_start(n: &NotificationRow) -> Option<DateTime<Utc>> {
+    n.data
+        .pointer("/booking/start_time")
+        .and_then(Value::as_str)
+        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Decides the deliveries of a notification from `channels[from..]`.
+pub(crate) fn plan(
+    policy: Policy,
+    channels: &[Channel],
+    from: usize,
+    r: &Recipient,
+    devices: &[Device],
+    now: DateTime<Utc>,
+    lesson_start: Option<DateTime<Utc>>,
+) -> Vec<Planned> {
+    let mut out = Vec::new();
+    let tz: Tz = r.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+    let quiet_until = quiet_end(r.quiet_start, r.quiet_end, now, tz);
+    for &channel in &channels[from.min(channels.len())..] {
+        let skip = |reason: String| Planned {
+            channel,
+            target: String::new(),
+            device_id: None,
+            skip: Some(reason),
+            hold_until: None,
+        };
+        let enabled = match channel {
+            Channel::Email => r.email_on,
+            Channel::Sms => r.sms_on,
+            Channel::Push => r.push_on,
+        };
+        if !enabled {
+            out.push(skip(format!("{} notifications are switched off", channel.as_str())));
+            continue;
+        }
+        let mut hold_until = None;
+        if matches!(channel, Channel::Sms | Channel::Push)
+            && let Some(until) = quiet_until
+        {
+            if lesson_start.is_some_and(|s| s <= until) {
+                out.push(skip(format!(
+                    "quiet hours until {}; the lesson starts before then",
+                    until.with_timezone(&tz).format("%H:%M")
+                )));
+                continue;
+            }
+            hold_until = Some(until);
+        }
+        let usable: Vec<Planned> = match channel {
+            Channel::Email if r.email.contains('@') => {
+                vec![Planned {
+                    channel,
+                    target: r.email.clone(),
+                    device_id: None,
+                    skip: None,
+                    hold_until,
+                }]
+            }
+            Channel::Sms => match &r.phone {
+                Some(p) => vec![Planned {
+                    channel,
+                    target: p.clone(),
+                    device_id: None,
+                    skip: None,
+                    hold_until,
+                }],
+                None => vec![],
+            },
+            Channel::Push => devices
+                .iter()
+                .map(|d| Planned {
+                    channel,
+                    target: d.push_endpoint.clone(),
+                    device_id: Some(d.id),
+                    skip: None,
+                    hold_until,
+                })
+                .collect(),
+            Channel::Email => vec![],
+        };
+        if usable.is_empty() {
+            out.push(skip(match channel {
+                Channel::Email => "no email address".into(),
+                Channel::Sms => "no phone number".into(),
+                Channel::Push => "no active push device".into(),
+            }));
+            continue;
+        }
+        out.extend(usable);
+        if policy == Policy::First {
+            break;
+        }
+    }
+    out
+}
+
+/// When quiet hours are on at `now`, the moment they end.
+fn quiet_end(start: Option<NaiveTime>, end: Option<NaiveTime>, now: DateTime<Utc>, tz: Tz) -> Option<DateTime<Utc>> {
+    let (start, end) = (start?, end?);
+    let local = now.with_timezone(&tz);
+    let t = local.time();
+    let quiet = if start < end {
+        t >= start && t < end
+    } else {
+        t >= start || t < end
+    };
+    if !quiet {
+        return None;
+    }
+    let mut day = local.date_naive();
+    if t >= end && start > end {
+        day = day.succ_opt()?;
+    }
+    // The first instant at or after `end` on that day (DST gaps move it forward).
+    let naive = day.and_time(end);
+    let at = tz
+        .from_local_datetime(&naive)
+        .earliest()
+        .or_else(|| tz.from_local_datetime(&(naive + chrono::Duration::hours(1))).earliest())?;
+    Some(at.with_timezone(&Utc))
+}
+
+#[cfg(test)]
+mod tests {
+    use dashlight_core::kinds::Kind;
+
+    use super::*;
+
+    pub(crate) fn recipient() -> Recipient {
+        Recipient {
+            email: "s@example.com".into(),
+            phone: Some("+447700900123".into()),
+            first_name: "Sam".into(),
+            last_name: "Student".into(),
+            timezone: "Europe/London".into(),
+            email_on: true,
+            sms_on: true,
+            push_on: true,
+            quiet_start: None,
+            quiet_end: None,
+        }
+    }
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn device(id: i64) -> Device {
+        Device {
+            id,
+            push_endpoint: format!("https://p/{id}"),
+            p256dh: String::new(),
+            auth: String::new(),
+        }
+    }
+
+    fn loaded(status: NotificationStatus, deliveries: Vec<DeliveryRow>) -> Loaded {
+        Loaded {
+            n: NotificationRow {
+                id: 1,
+                user_id: Some(1),
+                recipient_email: None,
+                kind: Kind::LessonReminder,
+                channels: vec![Channel::Push, Channel::Sms, Channel::Email],
+                policy: Policy::First,
+                data: serde_json::json!({}),
+                booking_id: None,
+                due_at: t("2026-03-03T12:00:00Z"),
+                expires_at: Some(t("2026-03-03T14:00:00Z")),
+                status,
+                priority: 20,
+            },
+            recipient: recipient(),
+            devices: vec![device(7)],
+            deliveries,
+        }
+    }
+
+    fn delivery(id: i64, channel: Channel, status: DeliveryStatus, next: Option<&str>) -> DeliveryRow {
+        DeliveryRow {
+            id,
+            channel,
+            status,
+            next_attempt_at: next.map(t),
+        }
+    }
+
+    #[test]
+    fn first_policy_falls_to_sms_without_devices() {
+        let p = plan(
+            Policy::First,
+            &[Channel::Push, Channel::Sms, Channel::Email],
+            0,
+            &recipient(),
+            &[],
+            t("2026-03-03T12:00:00Z"),
+            None,
+        );
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].skip.as_deref(), Some("no active push device"));
+        assert_eq!(p[1].channel, Channel::Sms);
+        assert!(p[1].skip.is_none());
+    }
+
+    #[test]
+    fn quiet_hours_hold_or_divert() {
+        let mut r = recipient();
+        r.quiet_start = NaiveTime::from_hms_opt(22, 0, 0);
+        r.quiet_end = NaiveTime::from_hms_opt(7, 0, 0);
+        let now = t("2026-03-03T23:00:00Z");
+        let held = plan(
+            Policy::First,
+            &[Channel::Push, Channel::Sms, Channel::Email],
+            0,
+            &r,
+            &[device(1)],
+            now,
+            Some(t("2026-03-04T12:00:00Z")),
+        );
+        assert_eq!(held[0].hold_until, Some(t("2026-03-04T07:00:00Z")));
+        let diverted = plan(
+            Policy::First,
+            &[Channel::Push, Channel::Sms, Channel::Email],
+            0,
+            &r,
+            &[device(1)],
+            now,
+            Some(t("2026-03-04T06:30:00Z")),
+        );
+        assert_eq!(diverted.last().unwrap().channel, Channel::Email);
+        assert!(diverted[..diverted.len() - 1].iter().all(|p| p.skip.is_some()));
+    }
+
+    #[test]
+    fn a_new_notification_due_now_plans_its_first_stage() {
+        let l = loaded(NotificationStatus::Pending, vec![]);
+        let d = decide(Some(&l), None, t("2026-03-03T12:00:00Z"), false);
+        let Decision::Deliver { insert, claim, reopen } = &d else {
+            panic!("{d:?}")
+        };
+        assert!(claim.is_empty() && reopen.is_none());
+        assert_eq!(insert.len(), 1);
+        assert_eq!(insert[0].channel, Channel::Push);
+        assert_eq!(d.sends(), 1);
+    }
+
+    #[test]
+    fn missing_cancelled_expired_and_early_notifications() {
+        let now = t("2026-03-03T12:00:00Z");
+        assert!(matches!(decide(None, None, now, false), Decision::Kill(_)));
+        let l = loaded(NotificationStatus::Cancelled, vec![]);
+        assert_eq!(decide(Some(&l), None, now, false), Decision::Cancel);
+        let l = loaded(NotificationStatus::Pending, vec![]);
+        assert_eq!(decide(Some(&l), None, t("2026-03-03T14:00:00Z"), false), Decision::Expire);
+        assert_eq!(
+            decide(Some(&l), None, t("2026-03-03T11:00:00Z"), false),
+            Decision::Later(t("2026-03-03T12:00:00Z"))
+        );
+        assert_eq!(
+            decide(Some(&l), None, t("2026-03-03T11:59:59.5Z"), true),
+            Decision::Wait(Duration::from_millis(500))
+        );
+        // An injected clock never waits in memory.
+        assert!(matches!(
+            decide(Some(&l), None, t("2026-03-03T11:59:59.5Z"), false),
+            Decision::Later(_)
+        ));
+    }
+
+    #[test]
+    fn retries_claim_what_is_due_and_first_moves_on_after_a_failure() {
+        let now = t("2026-03-03T12:05:00Z");
+        let l = loaded(
+            NotificationStatus::Pending,
+            vec![delivery(5, Channel::Push, DeliveryStatus::Retrying, Some("2026-03-03T12:04:00Z"))],
+        );
+        assert_eq!(
+            decide(Some(&l), None, now, false),
+            Decision::Deliver {
+                reopen: None,
+                insert: vec![],
+                claim: vec![5]
+            }
+        );
+        let l = loaded(
+            NotificationStatus::Pending,
+            vec![delivery(5, Channel::Push, DeliveryStatus::Retrying, Some("2026-03-03T12:06:00Z"))],
+        );
+        assert_eq!(decide(Some(&l), None, now, false).sends(), 0);
+        // Push failed for good: SMS next.
+        let l = loaded(
+            NotificationStatus::Pending,
+            vec![delivery(5, Channel::Push, DeliveryStatus::Failed, None)],
+        );
+        let d = decide(Some(&l), None, now, false);
+        let Decision::Deliver { insert, .. } = &d else { panic!("{d:?}") };
+        assert_eq!(insert[0].channel, Channel::Sms);
+    }
+
+    #[test]
+    fn an_operator_retry_reopens_only_a_failed_delivery() {
+        let now = t("2026-03-03T12:05:00Z");
+        let l = loaded(
+            NotificationStatus::Done,
+            vec![delivery(5, Channel::Push, DeliveryStatus::Dead, None)],
+        );
+        assert_eq!(
+            decide(Some(&l), Some(5), now, false),
+            Decision::Deliver {
+                reopen: Some(5),
+                insert: vec![],
+                claim: vec![5]
+            }
+        );
+        let l = loaded(
+            NotificationStatus::Done,
+            vec![delivery(5, Channel::Push, DeliveryStatus::Sent, None)],
+        );
+        assert_eq!(decide(Some(&l), Some(5), now, false).sends(), 0);
+    }
+}

@@ -1,0 +1,819 @@
+//! The writer of delivery state. Every change of `notification_deliveries`, `delivery_attempts`,
+//! the devices' use and a notification's status made by a worker is one of the statements here:
+//!
+//! - [`apply`]: the planner's decisions for a chunk of jobs, in one transaction (claims, inserts,
+//!   skips, holds, cancellations, expiries, operator reopens, and the acknowledgement of the jobs
+//!   with nothing to send).
+//! - [`record`]: send outcomes, in one transaction per batch: delivery states, attempt rows,
+//!   devices, retry jobs, the next stage of a `first` policy, notification states, analytics
+//!   events and job acknowledgements.
+//! - [`interrupt`]: deliveries left `sending` by a worker that died, recorded `interrupted` and
+//!   put back on their way.
+//!
+//! [`resolve`] decides what one outcome means (status, retry time, event) without I/O.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use dashlight_core::{
+    analytics,
+    jobs::{DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
+    kinds::{Channel, Policy},
+    queue::{self, JobOutcome},
+    states::{AttemptOutcome, DeliveryStatus},
+};
+use rand::Rng;
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use super::{DeliverySettings, Loaded, NotificationRow, plan::Decision};
+use crate::channels::{SendError, Sent};
+
+const INTERRUPTED: &str = "the worker stopped mid-send; the provider may have accepted it";
+
+/// One job's decision, ready to be applied.
+pub(crate) struct Decided {
+    /// The apalis job.
+    pub(crate) job_id: String,
+    /// Its notification, when it exists.
+    pub(crate) loaded: Option<Arc<Loaded>>,
+    /// What to do.
+    pub(crate) decision: Decision,
+}
+
+/// A delivery claimed for sending by this worker.
+#[derive(Debug, Clone)]
+pub(crate) struct Claimed {
+    pub(crate) id: i64,
+    pub(crate) channel: Channel,
+    pub(crate) target: String,
+    pub(crate) device_id: Option<i64>,
+    /// This attempt's number.
+    pub(crate) attempt: i32,
+    pub(crate) max_attempts: i32,
+    /// The job that claimed it (acknowledged once its deliveries are recorded).
+    pub(crate) job_id: String,
+    pub(crate) n: Arc<Loaded>,
+}
+
+/// A send's result, on its way to [`record`].
+pub(crate) struct Attempted {
+    pub(crate) claimed: Claimed,
+    pub(crate) finished: DateTime<Utc>,
+    pub(crate) result: Result<Sent, SendError>,
+}
+
+/// What [`apply`] did.
+#[derive(Default)]
+pub(crate) struct Applied {
+    /// Deliveries to send now.
+    pub(crate) sends: Vec<Claimed>,
+    /// Jobs waiting for their deliveries' results (acknowledged by [`record`]).
+    pub(crate) open_jobs: Vec<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct Inserted {
+    id: i64,
+    notification_id: i64,
+    channel: Channel,
+    target: String,
+    device_id: Option<i64>,
+    status: DeliveryStatus,
+    next_attempt_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimedRow {
+    id: i64,
+    notification_id: i64,
+    channel: Channel,
+    target: String,
+    device_id: Option<i64>,
+    attempts: i32,
+    max_attempts: i32,
+}
+
+/// Writes the decisions of a chunk of jobs in one transaction, as the worker `worker`, and
+/// returns the deliveries it claimed. Jobs with nothing to send are acknowledged here.
+pub(crate) async fn apply(
+    pool: &PgPool,
+    settings: &DeliverySettings,
+    worker: &str,
+    decided: &[Decided],
+    now: DateTime<Utc>,
+) -> Result<Applied, sqlx::Error> {
+    let max_attempts = i32::try_from(settings.max_attempts).unwrap_or(i32::MAX);
+    let mut kills = Vec::new();
+    let mut reopen = Vec::new();
+    let mut cancel = Vec::new();
+    let mut expire = Vec::new();
+    let mut later = Vec::new();
+    let mut claim = Vec::new();
+    let mut claim_nids = Vec::new();
+    let mut settle = Vec::new();
+    // The planned inserts, column by column.
+    let (mut nids, mut channels, mut targets, mut devices, mut statuses, mut reasons, mut attempts, mut holds) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut job_of: HashMap<i64, &str> = HashMap::new();
+    let mut loaded_of: HashMap<i64, &Arc<Loaded>> = HashMap::new();
+    for d in decided {
+        if let Some(l) = &d.loaded {
+            // The drain decides one job per notification; a second would find nothing to add.
+            job_of.entry(l.n.id).or_insert(&d.job_id);
+            loaded_of.entry(l.n.id).or_insert(l);
+        }
+        let nid = d.loaded.as_ref().map(|l| l.n.id);
+        match (&d.decision, nid) {
+            (Decision::Kill(why), _) => kills.push((d.job_id.clone(), JobOutcome::Killed(why.clone()))),
+            (Decision::Cancel, Some(id)) => cancel.push(id),
+            (Decision::Expire, Some(id)) => expire.push(id),
+            (Decision::Later(at), Some(id)) => later.push((id, *at, d.loaded.as_ref().map_or(0, |l| l.n.priority))),
+            (
+                Decision::Deliver {
+                    reopen: r,
+                    insert,
+                    claim: c,
+                },
+                Some(id),
+            ) => {
+                reopen.extend(*r);
+                for id in c {
+                    claim.push(*id);
+                    claim_nids.push(d.loaded.as_ref().map_or(0, |l| l.n.id));
+                }
+                for p in insert {
+                    let status = match (&p.skip, p.hold_until) {
+                        (Some(_), _) => DeliveryStatus::Skipped,
+                        (None, Some(_)) => DeliveryStatus::Pending,
+                        (None, None) => DeliveryStatus::Sending,
+                    };
+                    nids.push(id);
+                    channels.push(p.channel);
+                    targets.push(p.target.as_str());
+                    devices.push(p.device_id);
+                    statuses.push(status);
+                    reasons.push(p.skip.as_deref());
+                    attempts.push(i32::from(status == DeliveryStatus::Sending));
+                    holds.push(p.hold_until);
+                    if let Some(reason) = &p.skip {
+                        tracing::info!(notification = id, kind = d.loaded.as_ref().map(|l| l.n.kind.as_str()), channel = p.channel.as_str(), %reason, "delivery skipped");
+                        metrics::counter!("dashlight_deliveries_total", "channel" => p.channel.as_str(), "outcome" => "skipped")
+                            .increment(1);
+                    }
+                }
+                settle.push(id);
+            }
+            // A decision about a notification that does not exist is always `Kill`.
+            (_, None) => kills.push((d.job_id.clone(), JobOutcome::Killed("the notification does not exist".into()))),
+            (Decision::Wait(_), Some(_)) => unreachable!("waiting jobs are not applied"),
+        }
+    }
+
+    let mut tx = pool.begin().await?;
+    if !reopen.is_empty() {
+        let reopened: Vec<(i64, i64)> = sqlx::query_as(
+            "UPDATE notification_deliveries SET status = 'retrying', next_attempt_at = NULL, max_attempts = GREATEST(max_attempts, attempts + 1)
+             WHERE id = ANY($1) AND status IN ('failed', 'dead') RETURNING id, notification_id",
+        )
+        .bind(&reopen)
+        .fetch_all(&mut *tx)
+        .await?;
+        let nids: Vec<i64> = reopened.iter().map(|r| r.1).collect();
+        sqlx::query("UPDATE notifications SET status = 'processing', status_reason = 'retried by operator' WHERE id = ANY($1) AND status <> 'cancelled'")
+            .bind(&nids)
+            .execute(&mut *tx)
+            .await?;
+        for (delivery, notification) in reopened {
+            tracing::info!(notification, delivery, "delivery reopened by operator retry");
+        }
+    }
+    if !cancel.is_empty() {
+        close_open(&mut tx, &cancel, DeliveryStatus::Cancelled, "the booking changed first").await?;
+    }
+    if !expire.is_empty() {
+        let reason = "the lesson had started before it could be sent";
+        close_open(&mut tx, &expire, DeliveryStatus::Skipped, reason).await?;
+        sqlx::query(
+            "UPDATE notifications SET status = 'skipped', status_reason = $2 WHERE id = ANY($1) AND status IN ('pending', 'processing')",
+        )
+        .bind(&expire)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await?;
+        for id in &expire {
+            tracing::info!(notification = id, "skipped: expired");
+        }
+    }
+
+    let mut sends = Vec::new();
+    let mut requeue: Vec<(i64, DateTime<Utc>, i16)> = later;
+    if !nids.is_empty() {
+        let job_nids: Vec<i64> = job_of.keys().copied().collect();
+        let job_ids: Vec<&str> = job_nids.iter().map(|n| job_of[n]).collect();
+        // The deliveries, and for each one to send its attempt 1 as started (job, worker, time),
+        // so a worker that dies mid-send leaves an attempt to record as `interrupted`.
+        let inserted: Vec<Inserted> = sqlx::query_as(
+            "WITH ins AS (
+                 INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, skip_reason, attempts, max_attempts, sending_since, next_attempt_at)
+                 SELECT t.nid, t.channel, t.target, t.device, t.status, t.reason, t.attempts, $8, CASE WHEN t.status = 'sending' THEN $9::timestamptz END, t.hold
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $13::timestamptz[])
+                      AS t(nid, channel, target, device, status, reason, attempts, hold)
+                 ON CONFLICT (notification_id, channel, target) DO NOTHING
+                 RETURNING id, notification_id, channel, target, device_id, status, next_attempt_at),
+             att AS (
+                 INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at)
+                 SELECT ins.id, 1, j.job, $12, $9 FROM ins JOIN unnest($10::bigint[], $11::text[]) AS j(nid, job) ON j.nid = ins.notification_id
+                 WHERE ins.status = 'sending')
+             SELECT id, notification_id, channel, target, device_id, status, next_attempt_at FROM ins",
+        )
+        .bind(&nids)
+        .bind(&channels)
+        .bind(&targets)
+        .bind(&devices)
+        .bind(&statuses)
+        .bind(&reasons)
+        .bind(&attempts)
+        .bind(max_attempts)
+        .bind(now)
+        .bind(&job_nids)
+        .bind(&job_ids)
+        .bind(worker)
+        .bind(&holds)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in inserted {
+            let l = loaded_of[&r.notification_id];
+            match r.status {
+                DeliveryStatus::Sending => sends.push(Claimed {
+                    id: r.id,
+                    channel: r.channel,
+                    target: r.target,
+                    device_id: r.device_id,
+                    attempt: 1,
+                    max_attempts,
+                    job_id: job_of[&r.notification_id].to_owned(),
+                    n: l.clone(),
+                }),
+                DeliveryStatus::Pending => {
+                    if let Some(at) = r.next_attempt_at {
+                        requeue.push((r.notification_id, at, l.n.priority));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if !claim.is_empty() {
+        let job_ids: Vec<&str> = claim_nids.iter().map(|n| job_of[n]).collect();
+        // The claim of due deliveries: only one worker moves a delivery to `sending`, and only
+        // while it is still due (another worker may have sent and rescheduled it meanwhile).
+        let claimed: Vec<ClaimedRow> = sqlx::query_as(
+            "WITH c AS (
+                 UPDATE notification_deliveries d SET status = 'sending', attempts = d.attempts + 1, sending_since = $2
+                 WHERE d.id = ANY($1) AND d.status IN ('pending', 'retrying') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $2)
+                 RETURNING d.id, d.notification_id, d.channel, d.target, d.device_id, d.attempts, d.max_attempts),
+             att AS (
+                 INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at)
+                 SELECT c.id, c.attempts, j.job, $5, $2 FROM c JOIN unnest($3::bigint[], $4::text[]) AS j(did, job) ON j.did = c.id)
+             SELECT id, notification_id, channel, target, device_id, attempts, max_attempts FROM c",
+        )
+        .bind(&claim)
+        .bind(now)
+        .bind(&claim)
+        .bind(&job_ids)
+        .bind(worker)
+        .fetch_all(&mut *tx)
+        .await?;
+        for r in claimed {
+            sends.push(Claimed {
+                id: r.id,
+                channel: r.channel,
+                target: r.target,
+                device_id: r.device_id,
+                attempt: r.attempts,
+                max_attempts: r.max_attempts,
+                job_id: job_of[&r.notification_id].to_owned(),
+                n: loaded_of[&r.notification_id].clone(),
+            });
+        }
+    }
+    enqueue_runs(&mut tx, &requeue, now).await?;
+
+    // Notifications with nothing in flight here are settled now; the others when their results
+    // are recorded. Jobs likewise.
+    let sending: std::collections::HashSet<i64> = sends.iter().map(|c| c.n.n.id).collect();
+    settle.retain(|id| !sending.contains(id));
+    settle_notifications(&mut tx, &settle, now).await?;
+    let mut acks = kills;
+    let mut open_jobs = Vec::new();
+    for d in decided {
+        if matches!(d.decision, Decision::Kill(_)) || d.loaded.is_none() {
+            continue;
+        }
+        if d.loaded.as_ref().is_some_and(|l| sending.contains(&l.n.id)) {
+            open_jobs.push(d.job_id.clone());
+        } else {
+            acks.push((d.job_id.clone(), JobOutcome::Done));
+        }
+    }
+    queue::JobQueue::complete(&mut tx, worker, &acks).await?;
+    tx.commit().await?;
+    Ok(Applied { sends, open_jobs })
+}
+
+/// Closes the open (not in-flight) deliveries of notifications `ids`.
+async fn close_open(conn: &mut PgConnection, ids: &[i64], status: DeliveryStatus, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE notification_deliveries SET status = $2, skip_reason = $3, next_attempt_at = NULL
+         WHERE notification_id = ANY($1) AND status IN ('pending', 'retrying')",
+    )
+    .bind(ids)
+    .bind(status)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Another run of each notification at its time (retry, hold, not yet due).
+async fn enqueue_runs(conn: &mut PgConnection, runs: &[(i64, DateTime<Utc>, i16)], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    let jobs: Vec<NewJob> = runs
+        .iter()
+        .map(|(id, at, priority)| {
+            let job = DeliverJob {
+                notification_id: *id,
+                retry_delivery_id: None,
+            };
+            NewJob::new(QUEUE_NOTIFICATIONS, &job).due(*at, now).priority(i32::from(*priority))
+        })
+        .collect();
+    queue::enqueue(conn, &jobs).await?;
+    Ok(())
+}
+
+/// Notifications done when nothing is open any more; else checked again when the earliest open
+/// delivery is due.
+async fn settle_notifications(conn: &mut PgConnection, ids: &[i64], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH t AS (SELECT unnest($1::bigint[]) AS id),
+              o AS (SELECT d.notification_id AS id, min(coalesce(d.next_attempt_at, $2)) AS next
+                    FROM notification_deliveries d
+                    WHERE d.notification_id = ANY($1) AND d.status IN ('pending', 'retrying', 'sending') GROUP BY 1)
+         UPDATE notifications n
+         SET status = CASE WHEN o.id IS NULL THEN 'done' ELSE n.status END, next_check_at = coalesce(o.next, n.next_check_at)
+         FROM t LEFT JOIN o ON o.id = t.id
+         WHERE n.id = t.id AND n.id = ANY($1) AND n.status IN ('pending', 'processing')",
+    )
+    .bind(ids)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What one attempt's result means for its delivery and its attempt record.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Resolution {
+    /// New delivery status: `sent`, `retrying`, `dead` or `failed`.
+    pub(crate) status: DeliveryStatus,
+    /// Attempt outcome.
+    pub(crate) outcome: AttemptOutcome,
+    /// The error (delivery `last_error` and attempt `error`).
+    pub(crate) error: Option<String>,
+    /// The provider's id of a sent message.
+    pub(crate) provider_id: Option<String>,
+    /// When the retry is due (`retrying` only).
+    pub(crate) next_attempt_at: Option<DateTime<Utc>>,
+    /// The provider's `Retry-After`, in ms, as it gave it (capped to fit).
+    pub(crate) retry_after_ms: Option<i64>,
+    /// The analytics event it produces.
+    pub(crate) event: Option<&'static str>,
+    /// The push subscription is gone: disable the device.
+    pub(crate) disable_device: bool,
+    /// The retry delay chosen (`retrying` only).
+    pub(crate) retry_in: Option<Duration>,
+}
+
+/// Decides the fate of a delivery from one attempt's result: sent; transient with attempts left
+/// → `retrying` after [`backoff`]; transient out of attempts → `dead`; permanent → `failed`.
+/// A provider's number never overflows a clock: `Retry-After` is capped at the longest retry
+/// delay and the arithmetic is checked.
+pub(crate) fn resolve(
+    result: &Result<Sent, SendError>,
+    attempt: i32,
+    max_attempts: i32,
+    finished: DateTime<Utc>,
+    settings: &DeliverySettings,
+) -> Resolution {
+    let mut r = Resolution {
+        status: DeliveryStatus::Sent,
+        outcome: AttemptOutcome::Sent,
+        error: None,
+        provider_id: None,
+        next_attempt_at: None,
+        retry_after_ms: None,
+        event: None,
+        disable_device: false,
+        retry_in: None,
+    };
+    match result {
+        Ok(sent) => {
+            r.provider_id = sent.provider_message_id.clone();
+            r.event = Some("notification_sent");
+        }
+        Err(e) => {
+            r.error = Some(e.to_string());
+            match e {
+                SendError::Transient { retry_after, .. } => {
+                    r.outcome = AttemptOutcome::Transient;
+                    r.retry_after_ms = retry_after.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                    if attempt < max_attempts {
+                        let delay = backoff(attempt.max(1) as u32, settings.retry_base, settings.retry_max, *retry_after);
+                        r.status = DeliveryStatus::Retrying;
+                        r.retry_in = Some(delay);
+                        r.next_attempt_at = Some(
+                            chrono::Duration::from_std(delay)
+                                .ok()
+                                .and_then(|d| finished.checked_add_signed(d))
+                                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+                        );
+                    } else {
+                        r.status = DeliveryStatus::Dead;
+                        r.event = Some("notification_failed");
+                    }
+                }
+                SendError::Permanent { subscription_gone, .. } => {
+                    r.outcome = AttemptOutcome::Permanent;
+                    r.status = DeliveryStatus::Failed;
+                    r.disable_device = *subscription_gone;
+                    r.event = Some("notification_failed");
+                }
+            }
+        }
+    }
+    r
+}
+
+/// Exponential backoff with ±20 % jitter, at least the provider's `Retry-After`, never more
+/// than `max` (a provider's `Retry-After` beyond it is capped).
+pub fn backoff(attempt: u32, base: Duration, max: Duration, retry_after: Option<Duration>) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(max);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    let d = exp.mul_f64(jitter).min(max);
+    match retry_after {
+        Some(ra) => d.max(ra.min(max)),
+        None => d,
+    }
+}
+
+/// Records send outcomes and job acknowledgements in one transaction, as the worker `worker`.
+pub(crate) async fn record(
+    pool: &PgPool,
+    settings: &DeliverySettings,
+    worker: &str,
+    deliveries: &[Attempted],
+    jobs: &[(String, JobOutcome)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Resolution>, sqlx::Error> {
+    let res: Vec<Resolution> = deliveries
+        .iter()
+        .map(|a| resolve(&a.result, a.claimed.attempt, a.claimed.max_attempts, a.finished, settings))
+        .collect();
+    let mut tx = pool.begin().await?;
+    if !deliveries.is_empty() {
+        let ids: Vec<i64> = deliveries.iter().map(|a| a.claimed.id).collect();
+        let attempt_no: Vec<i32> = deliveries.iter().map(|a| a.claimed.attempt).collect();
+        let statuses: Vec<DeliveryStatus> = res.iter().map(|r| r.status).collect();
+        let finished: Vec<DateTime<Utc>> = deliveries.iter().map(|a| a.finished).collect();
+        let provider: Vec<Option<&str>> = res.iter().map(|r| r.provider_id.as_deref()).collect();
+        let errors: Vec<Option<&str>> = res.iter().map(|r| r.error.as_deref()).collect();
+        let next: Vec<Option<DateTime<Utc>>> = res.iter().map(|r| r.next_attempt_at).collect();
+        sqlx::query(
+            "UPDATE notification_deliveries d
+             SET status = t.status, sent_at = CASE WHEN t.status = 'sent' THEN t.finished ELSE d.sent_at END,
+                 provider_message_id = coalesce(t.provider, d.provider_message_id), last_error = t.error,
+                 next_attempt_at = t.next, sending_since = NULL
+             FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[])
+                  AS t(id, status, finished, provider, error, next)
+             WHERE d.id = t.id AND d.id = ANY($1)",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&finished)
+        .bind(&provider)
+        .bind(&errors)
+        .bind(&next)
+        .execute(&mut *tx)
+        .await?;
+        let outcomes: Vec<AttemptOutcome> = res.iter().map(|r| r.outcome).collect();
+        let retry_after: Vec<Option<i64>> = res.iter().map(|r| r.retry_after_ms).collect();
+        // The claim inserted this attempt as started (so a crash leaves it on record); here it is
+        // finished.
+        sqlx::query(
+            "UPDATE delivery_attempts a
+             SET finished_at = t.finished, outcome = t.outcome, error = t.error,
+                 provider_message_id = t.provider, retry_after_ms = t.retry_after
+             FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[])
+                  AS t(id, attempt, finished, outcome, error, provider, retry_after)
+             WHERE a.delivery_id = t.id AND a.attempt = t.attempt AND a.delivery_id = ANY($1)",
+        )
+        .bind(&ids)
+        .bind(&attempt_no)
+        .bind(&finished)
+        .bind(&outcomes)
+        .bind(&errors)
+        .bind(&provider)
+        .bind(&retry_after)
+        .execute(&mut *tx)
+        .await?;
+
+        // Devices: last use (at most once a minute), subscriptions gone.
+        let used: Vec<i64> = deliveries
+            .iter()
+            .zip(&res)
+            .filter(|(_, r)| r.status == DeliveryStatus::Sent)
+            .filter_map(|(a, _)| a.claimed.device_id)
+            .collect();
+        if !used.is_empty() {
+            sqlx::query(
+                "UPDATE user_devices SET last_used_at = $2 WHERE id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $2 - interval '1 minute')",
+            )
+            .bind(&used)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let (gone, why): (Vec<i64>, Vec<Option<&str>>) = deliveries
+            .iter()
+            .zip(&res)
+            .filter(|(_, r)| r.disable_device)
+            .filter_map(|(a, r)| a.claimed.device_id.map(|d| (d, r.error.as_deref())))
+            .unzip();
+        if !gone.is_empty() {
+            sqlx::query(
+                "UPDATE user_devices u SET active = false, disabled_reason = t.why
+                 FROM unnest($1::bigint[], $2::text[]) AS t(id, why) WHERE u.id = t.id",
+            )
+            .bind(&gone)
+            .bind(&why)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        // Jobs: retries at their time; under `first`, a failure moves on to the next channel
+        // through a job that the planner turns into that stage.
+        let mut runs = Vec::new();
+        let mut next_stage = std::collections::HashSet::new();
+        for (a, r) in deliveries.iter().zip(&res) {
+            let n = &a.claimed.n.n;
+            if let Some(at) = r.next_attempt_at {
+                runs.push((n.id, at, n.priority));
+            } else if r.status.is_failure() && n.policy == Policy::First && next_stage.insert(n.id) {
+                runs.push((n.id, a.finished, n.priority));
+            }
+        }
+        enqueue_runs(&mut tx, &runs, now).await?;
+
+        let events: Vec<analytics::Event> = deliveries
+            .iter()
+            .zip(&res)
+            .filter_map(|(a, r)| {
+                let n = &a.claimed.n.n;
+                r.event.map(|event_type| analytics::Event {
+                    user_id: n.user_id,
+                    event_type,
+                    data: json!({"notification_id": n.id, "delivery_id": a.claimed.id, "kind": n.kind.as_str(), "channel": a.claimed.channel.as_str()}),
+                    at: a.finished,
+                })
+            })
+            .collect();
+        analytics::record_many(&mut tx, &events).await?;
+
+        let mut touched: Vec<i64> = deliveries
+            .iter()
+            .map(|a| a.claimed.n.n.id)
+            .filter(|id| !next_stage.contains(id))
+            .collect();
+        touched.sort_unstable();
+        touched.dedup();
+        settle_notifications(&mut tx, &touched, now).await?;
+    }
+    queue::JobQueue::complete(&mut tx, worker, jobs).await?;
+    tx.commit().await?;
+    for (a, r) in deliveries.iter().zip(&res) {
+        log_resolution(&a.claimed.n.n, &a.claimed, a.finished, r);
+    }
+    Ok(res)
+}
+
+/// Which in-doubt deliveries [`interrupt`] recovers.
+pub(crate) enum Stuck<'a> {
+    /// `sending` since before this time (the sweep's net).
+    Since(DateTime<Utc>),
+    /// Whose current attempt belongs to one of these workers (their jobs were just rescued).
+    Of(&'a [String]),
+}
+
+/// Deliveries left `sending` by a worker that died: their attempt is recorded `interrupted`,
+/// they go back to `retrying`, and their notifications get a job now. Returns how many.
+pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let (cutoff, workers): (Option<DateTime<Utc>>, Option<&[String]>) = match which {
+        Stuck::Since(t) => (Some(t), None),
+        Stuck::Of(w) => (None, Some(w)),
+    };
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(i64, i64, i16)> = sqlx::query_as(
+        "WITH s AS (
+            UPDATE notification_deliveries d SET status = 'retrying', next_attempt_at = NULL, sending_since = NULL,
+                   last_error = 'interrupted: ' || $3
+            WHERE d.status = 'sending'
+              AND ($1::timestamptz IS NULL OR d.sending_since < $1)
+              AND ($2::text[] IS NULL OR EXISTS (
+                    SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.worker = ANY($2)))
+            RETURNING d.id, d.notification_id, d.attempts)
+         , a AS (
+            UPDATE delivery_attempts da SET finished_at = $4, outcome = 'interrupted', error = $3
+            FROM s WHERE da.delivery_id = s.id AND da.attempt = s.attempts AND da.outcome IS NULL)
+         SELECT s.id, s.notification_id, n.priority FROM s JOIN notifications n ON n.id = s.notification_id",
+    )
+    .bind(cutoff)
+    .bind(workers)
+    .bind(INTERRUPTED)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut runs = Vec::new();
+    for (delivery, notification, priority) in &rows {
+        tracing::warn!(delivery, notification, "recovered a delivery a stopped worker left in sending");
+        runs.push((*notification, now, *priority));
+    }
+    runs.sort_unstable_by_key(|r| r.0);
+    runs.dedup_by_key(|r| r.0);
+    enqueue_runs(&mut tx, &runs, now).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+/// The log line and metrics of one resolved attempt.
+fn log_resolution(n: &NotificationRow, d: &Claimed, finished: DateTime<Utc>, res: &Resolution) {
+    let (delivery, channel, attempt) = (d.id, d.channel.as_str(), d.attempt);
+    let error = res.error.as_deref().unwrap_or_default();
+    match res.status {
+        DeliveryStatus::Sent => {
+            tracing::info!(notification = n.id, delivery, kind = n.kind.as_str(), channel, attempt, user = ?n.user_id, "sent");
+        }
+        DeliveryStatus::Retrying => {
+            let retry_in_ms = res.retry_in.unwrap_or_default().as_millis() as u64;
+            tracing::warn!(
+                notification = n.id,
+                delivery,
+                channel,
+                attempt,
+                retry_in_ms,
+                error,
+                "send failed, will retry"
+            );
+        }
+        DeliveryStatus::Dead => {
+            tracing::error!(
+                notification = n.id,
+                delivery,
+                channel,
+                attempt,
+                error,
+                "delivery dead: attempts exhausted"
+            )
+        }
+        _ => {
+            if res.disable_device
+                && let Some(dev) = d.device_id
+            {
+                tracing::info!(device = dev, "push subscription gone: device disabled");
+            }
+            tracing::warn!(
+                notification = n.id,
+                delivery,
+                channel,
+                attempt,
+                error,
+                "delivery failed permanently"
+            );
+        }
+    }
+    if res.status == DeliveryStatus::Sent {
+        let lateness = (finished - n.due_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!("dashlight_delivery_lateness_seconds", "channel" => channel).record(lateness);
+    }
+    metrics::counter!("dashlight_deliveries_total", "channel" => channel, "outcome" => res.outcome.as_str()).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> DeliverySettings {
+        DeliverySettings {
+            max_attempts: 8,
+            retry_base: Duration::from_secs(5),
+            retry_max: Duration::from_secs(3600),
+            school_name: "S".into(),
+            school_tz: chrono_tz::Europe::London,
+            worker_name: "w".into(),
+        }
+    }
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-03-03T12:00:00Z").unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let b = Duration::from_secs(1);
+        let m = Duration::from_secs(60);
+        assert!(backoff(1, b, m, None) <= Duration::from_millis(1200));
+        assert!(backoff(4, b, m, None) >= Duration::from_millis(6400));
+        assert!(backoff(30, b, m, None) <= m);
+        assert!(backoff(1, b, m, Some(Duration::from_secs(2))) >= Duration::from_secs(2));
+    }
+
+    #[test]
+    fn an_absurd_retry_after_is_capped_and_never_overflows_the_clock() {
+        let e = Err(SendError::Transient {
+            message: "HTTP 429".into(),
+            retry_after: Some(Duration::from_secs(100_000_000_000_000)),
+        });
+        let r = resolve(&e, 1, 8, t0(), &settings());
+        assert_eq!(r.status, DeliveryStatus::Retrying);
+        assert_eq!(r.retry_in, Some(Duration::from_secs(3600)));
+        assert_eq!(r.next_attempt_at, Some(t0() + chrono::Duration::hours(1)));
+        assert!(r.retry_after_ms.is_some_and(|ms| ms > 0));
+        // Even a clock at the end of time does not panic.
+        let r = resolve(&e, 1, 8, DateTime::<Utc>::MAX_UTC, &settings());
+        assert_eq!(r.next_attempt_at, Some(DateTime::<Utc>::MAX_UTC));
+    }
+
+    #[test]
+    fn each_outcome_resolves_as_the_readme_says() {
+        let s = settings();
+        let sent = resolve(
+            &Ok(Sent {
+                provider_message_id: Some("SM1".into()),
+            }),
+            1,
+            8,
+            t0(),
+            &s,
+        );
+        assert_eq!(
+            (sent.status, sent.outcome, sent.event),
+            (DeliveryStatus::Sent, AttemptOutcome::Sent, Some("notification_sent"))
+        );
+        assert_eq!(sent.provider_id.as_deref(), Some("SM1"));
+
+        let transient = resolve(&Err(SendError::transient("reset")), 1, 8, t0(), &s);
+        assert_eq!(
+            (transient.status, transient.outcome),
+            (DeliveryStatus::Retrying, AttemptOutcome::Transient)
+        );
+        let delay = transient.retry_in.unwrap();
+        assert!(delay >= Duration::from_secs(4) && delay <= Duration::from_secs(6), "{delay:?}");
+
+        let with_ra = resolve(
+            &Err(SendError::Transient {
+                message: "429".into(),
+                retry_after: Some(Duration::from_secs(90)),
+            }),
+            1,
+            8,
+            t0(),
+            &s,
+        );
+        assert!(with_ra.retry_in.unwrap() >= Duration::from_secs(90));
+        assert_eq!(with_ra.retry_after_ms, Some(90_000));
+
+        let dead = resolve(&Err(SendError::transient("reset")), 8, 8, t0(), &s);
+        assert_eq!(
+            (dead.status, dead.event, dead.next_attempt_at),
+            (DeliveryStatus::Dead, Some("notification_failed"), None)
+        );
+
+        let gone = resolve(
+            &Err(SendError::Permanent {
+                message: "HTTP 410".into(),
+                subscription_gone: true,
+            }),
+            1,
+            8,
+            t0(),
+            &s,
+        );
+        assert_eq!(
+            (gone.status, gone.outcome, gone.disable_device),
+            (DeliveryStatus::Failed, AttemptOutcome::Permanent, true)
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The safety net the periodic reminder sweep runs: deliveries a dead worker left `sending`
+//! ([`recover_stuck`]) and open notifications whose job was lost ([`sweep_overdue`]). Both
+//! write through [`super::record`] and the queue driver; nothing here is a second copy of a
+//! state change.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashlight_core::{
+    jobs::{DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
+    queue,
+};
+use sqlx::PgPool;
+
+use super::record::{self, Stuck};
+
+/// How long a send may take before a delivery left `sending` is considered interrupted (when
+/// the heartbeat rescue did not already recover it).
+pub const SENDING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Deliveries left `sending` longer than [`SENDING_TIMEOUT`] by a worker that died: the attempt
+/// is recorded `interrupted` and they go back to `retrying`, their notifications re-enqueued.
+/// Returns how many were recovered.
+pub async fn recover_stuck(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let cutoff = now - chrono::Duration::from_std(SENDING_TIMEOUT).expect("fits");
+    record::interrupt(pool, Stuck::Since(cutoff), now).await
+}
+
+/// The statement of [`sweep_overdue`]: `$1` the overdue cutoff, `$2` the next check it sets,
+/// `$3` the ids of notifications whose job waits in the queue's backlog. Public for the
+/// benchmark, which explains it.
+pub const SWEEP_OVERDUE_SQL: &str = r#"UPDATE notifications SET next_check_at = $2
+           WHERE id IN (SELECT n.id FROM notifications n
+                        WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
+                          AND n.id <> ALL($3::bigint[])
+                        ORDER BY n.next_check_at LIMIT 5000 FOR UPDATE OF n SKIP LOCKED)
+           RETURNING id, priority"#;
+
+/// The sweep's safety net: open notifications whose worker should have acted on them more than
+/// `grace` ago, and whose job is not still waiting in the queue, get a new job. Returns how many.
+///
+/// A notification whose job is queued but not yet fetched is late because the workers are
+/// behind, not lost: a second job would only add to the backlog (up to 5,000 per sweep, every
+/// 10 s, while a large burst drains). The backlog's notification ids come from the queue driver
+/// ([`queue::backlog_notification_ids`]). Jobs already fetched (held for their due time or in
+/// flight, at most two batches per worker) are not excluded: a second job for one of those
+/// finds its deliveries claimed and does nothing.
+pub async fn sweep_overdue(pool: &PgPool, now: DateTime<Utc>, grace: Duration) -> Result<u64, sqlx::Error> {
+    let cutoff = now - chrono::Duration::from_std(grace).expect("fits");
+    let mut tx = pool.begin().await?;
+    let queued = queue::backlog_notification_ids(&mut tx, QUEUE_NOTIFICATIONS).await?;
+    let rows: Vec<(i64, i16)> = sqlx::query_as(SWEEP_OVERDUE_SQL)
+        .bind(cutoff)
+        .bind(now + chrono::Duration::minutes(1))
+        .bind(&queued)
+        .fetch_all(&mut *tx)
+        .await?;
+    let jobs: Vec<NewJob> = rows
+        .iter()
+        .map(|(id, priority)| {
+            let job = DeliverJob {
+                notification_id: *id,
+                retry_delivery_id: None,
+            };
+            NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(*priority))
+        })
+        .collect();
+    queue::enqueue(&mut tx, &jobs).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}

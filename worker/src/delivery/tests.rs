@@ -1,0 +1,292 @@
+//! The recorder against real Postgres: one batch of jobs goes through load → decide → apply →
+//! record with each kind of outcome, and the rows are what the README's tables promise.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use dashlight_core::{
+    jobs::QUEUE_NOTIFICATIONS,
+    kinds::Kind,
+    notify::{self, NewNotification},
+    queue::{JobOutcome, JobQueue},
+};
+use dashlight_tests::db::TestDb;
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::{
+    DeliverySettings, load,
+    plan::{self, Decision},
+    record::{self, Attempted, Decided, Stuck},
+};
+use crate::channels::{SendError, Sent};
+
+const WORKER: &str = "test-worker";
+
+fn settings() -> DeliverySettings {
+    DeliverySettings {
+        max_attempts: 8,
+        retry_base: Duration::from_secs(5),
+        retry_max: Duration::from_secs(3600),
+        school_name: "Test School".into(),
+        school_tz: chrono_tz::Europe::London,
+        worker_name: WORKER.into(),
+    }
+}
+
+async fn user(pool: &PgPool, name: &str, device: bool) -> i64 {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO users (email, phone, role, first_name, last_name, timezone)
+         VALUES ($1 || '@example.com', '+447700900123', 'student', $1, 'Test', 'Europe/London') RETURNING id",
+    )
+    .bind(name)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    if device {
+        sqlx::query(
+            "INSERT INTO user_devices (user_id, device_id, push_endpoint, p256dh, auth) VALUES ($1, 'phone', 'https://push.example/1', 'k', 'a')",
+        )
+        .bind(id)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    id
+}
+
+async fn notification(pool: &PgPool, kind: Kind, user: i64, now: DateTime<Utc>) -> i64 {
+    let mut tx = pool.begin().await.unwrap();
+    let mut n = NewNotification::to_user(kind, user, format!("test:{user}"), now);
+    n.data = json!({"package": {"name": "Ten", "lessons_remaining": 1, "expires_at": "2031-01-01T00:00:00Z"}});
+    let id = notify::create(&mut tx, n).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn scalar<T>(pool: &PgPool, sql: &str, id: i64) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let s = settings();
+    let now = Utc::now();
+    // sent, transient, transient with Retry-After (email, policy all); permanent under `first`
+    // (push, then SMS); interrupted (email).
+    let kinds = [
+        ("sent", Kind::PackageLow, false),
+        ("transient", Kind::PackageLow, false),
+        ("retryafter", Kind::PackageLow, false),
+        ("permanent", Kind::LessonReminder, true),
+        ("interrupted", Kind::PackageLow, false),
+    ];
+    let mut ids = Vec::new();
+    for (name, kind, device) in kinds {
+        let u = user(pool, name, device).await;
+        ids.push(notification(pool, kind, u, now).await);
+    }
+    let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
+    queue.register().await.unwrap();
+    let jobs = queue.fetch(100, Duration::ZERO).await.unwrap();
+    assert_eq!(jobs.len(), ids.len());
+
+    // Load and decide, as the drain does.
+    let (mut loaded, unplannable) = load::load(pool, &s, &ids).await.unwrap();
+    assert!(unplannable.is_empty());
+    let decided: Vec<Decided> = jobs
+        .iter()
+        .map(|j| {
+            let job: dashlight_core::jobs::DeliverJob = serde_json::from_slice(&j.payload).unwrap();
+            let l = loaded.remove(&job.notification_id).map(Arc::new);
+            let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
+            assert!(matches!(decision, Decision::Deliver { .. }), "{decision:?}");
+            Decided {
+                job_id: j.id.clone(),
+                loaded: l,
+                decision,
+            }
+        })
+        .collect();
+    let applied = record::apply(pool, &s, WORKER, &decided, Utc::now()).await.unwrap();
+    assert_eq!(applied.sends.len(), ids.len(), "one claimed delivery each");
+    assert_eq!(applied.open_jobs.len(), ids.len());
+    for id in &ids {
+        let (status, attempts): (String, i32) =
+            sqlx::query_as("SELECT status, attempts FROM notification_deliveries WHERE notification_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!((status.as_str(), attempts), ("sending", 1), "claimed by its insert");
+        let started: i64 = scalar(
+            pool,
+            "SELECT count(*) FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id
+             WHERE d.notification_id = $1 AND a.started_at IS NOT NULL AND a.outcome IS NULL AND a.worker = 'test-worker'",
+            *id,
+        )
+        .await;
+        assert_eq!(started, 1, "attempt 1 on record as started");
+    }
+
+    // Outcomes for all but the interrupted one.
+    let finished = Utc::now();
+    let by_n = |i: usize| applied.sends.iter().find(|c| c.n.n.id == ids[i]).unwrap().clone();
+    let attempted = vec![
+        Attempted {
+            claimed: by_n(0),
+            finished,
+            result: Ok(Sent {
+                provider_message_id: Some("<m1@test>".into()),
+            }),
+        },
+        Attempted {
+            claimed: by_n(1),
+            finished,
+            result: Err(SendError::transient("connection reset")),
+        },
+        Attempted {
+            claimed: by_n(2),
+            finished,
+            result: Err(SendError::Transient {
+                message: "HTTP 429".into(),
+                retry_after: Some(Duration::from_secs(90)),
+            }),
+        },
+        Attempted {
+            claimed: by_n(3),
+            finished,
+            result: Err(SendError::Permanent {
+                message: "HTTP 410: gone".into(),
+                subscription_gone: true,
+            }),
+        },
+    ];
+    let acks: Vec<(String, JobOutcome)> = (0..4).map(|i| (by_n(i).job_id, JobOutcome::Done)).collect();
+    let jobs_before: i64 = scalar(pool, "SELECT count(*) FROM apalis.jobs WHERE $1 = $1", 0).await;
+    record::record(pool, &s, WORKER, &attempted, &acks, finished).await.unwrap();
+
+    // sent: delivery sent with the provider id, attempt sent, event, notification done.
+    let (status, provider, sent_at): (String, Option<String>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT status, provider_message_id, sent_at FROM notification_deliveries WHERE notification_id = $1")
+            .bind(ids[0])
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), provider.as_deref()), ("sent", Some("<m1@test>")));
+    assert!(sent_at.is_some());
+    let outcome: String = scalar(
+        pool,
+        "SELECT a.outcome FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.notification_id = $1",
+        ids[0],
+    )
+    .await;
+    assert_eq!(outcome, "sent");
+    let n_status: String = scalar(pool, "SELECT status FROM notifications WHERE id = $1", ids[0]).await;
+    assert_eq!(n_status, "done");
+    let events: i64 = scalar(
+        pool,
+        "SELECT count(*) FROM analytics_events WHERE event_type = 'notification_sent' AND (event_data->>'notification_id')::bigint = $1",
+        ids[0],
+    )
+    .await;
+    assert_eq!(events, 1);
+
+    // transient: retrying ~5 s later (±20 %), attempt transient, notification open until then.
+    let (status, next): (String, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT status, next_attempt_at FROM notification_deliveries WHERE notification_id = $1")
+            .bind(ids[1])
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "retrying");
+    let delay = (next.unwrap() - finished).num_milliseconds();
+    assert!((4000..=6000).contains(&delay), "retry in {delay} ms");
+    let (n_status, check): (String, DateTime<Utc>) = sqlx::query_as("SELECT status, next_check_at FROM notifications WHERE id = $1")
+        .bind(ids[1])
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!((n_status.as_str(), check), ("pending", next.unwrap()));
+
+    // transient with Retry-After: not before it; the provider's figure on the attempt.
+    let next: Option<DateTime<Utc>> = scalar(
+        pool,
+        "SELECT next_attempt_at FROM notification_deliveries WHERE notification_id = $1",
+        ids[2],
+    )
+    .await;
+    // (Postgres keeps microseconds; `finished` has nanoseconds.)
+    assert!((next.unwrap() - finished).num_microseconds().unwrap() >= 89_999_999);
+    let ra: Option<i64> = scalar(
+        pool,
+        "SELECT a.retry_after_ms FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.notification_id = $1",
+        ids[2],
+    )
+    .await;
+    assert_eq!(ra, Some(90_000));
+
+    // permanent under `first`: failed, device disabled, notification still open for the next stage.
+    let status: String = scalar(
+        pool,
+        "SELECT status FROM notification_deliveries WHERE notification_id = $1",
+        ids[3],
+    )
+    .await;
+    assert_eq!(status, "failed");
+    let active: bool = scalar(
+        pool,
+        "SELECT u.active FROM user_devices u JOIN notifications n ON n.user_id = u.user_id WHERE n.id = $1",
+        ids[3],
+    )
+    .await;
+    assert!(!active, "the gone subscription is disabled");
+    let n_status: String = scalar(pool, "SELECT status FROM notifications WHERE id = $1", ids[3]).await;
+    assert_eq!(n_status, "pending");
+
+    // Jobs: the four acknowledged; new ones for the two retries and the next stage.
+    let done: i64 = scalar(
+        pool,
+        "SELECT count(*) FROM apalis.jobs WHERE status = 'Done' AND lock_by = 'test-worker' AND $1 = $1",
+        0,
+    )
+    .await;
+    assert_eq!(done, 4);
+    let jobs_after: i64 = scalar(pool, "SELECT count(*) FROM apalis.jobs WHERE $1 = $1", 0).await;
+    assert_eq!(jobs_after - jobs_before, 3, "two retries and one next stage");
+
+    // The next stage of `first`: the planner turns the new job into SMS.
+    let (loaded, _) = load::load(pool, &s, &[ids[3]]).await.unwrap();
+    match plan::decide(loaded.get(&ids[3]), None, Utc::now(), false) {
+        Decision::Deliver { insert, .. } => assert_eq!(insert.first().map(|p| p.channel), Some(dashlight_core::kinds::Channel::Sms)),
+        other => panic!("{other:?}"),
+    }
+
+    // interrupted: the worker's jobs rescued, its in-flight delivery recorded interrupted.
+    let recovered = record::interrupt(pool, Stuck::Of(&[WORKER.to_owned()]), Utc::now()).await.unwrap();
+    assert_eq!(recovered, 1);
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("SELECT status, last_error FROM notification_deliveries WHERE notification_id = $1")
+            .bind(ids[4])
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "retrying");
+    assert!(error.unwrap().starts_with("interrupted"));
+    let outcome: String = scalar(
+        pool,
+        "SELECT a.outcome FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.notification_id = $1",
+        ids[4],
+    )
+    .await;
+    assert_eq!(outcome, "interrupted");
+}
