@@ -75,6 +75,7 @@ fn demo_phone(endpoint: String) -> NewDevice {
     }
 }
 
+/// `h`:00.
 fn hour(h: u32) -> NaiveTime {
     NaiveTime::from_hms_opt(h, 0, 0).expect("valid time")
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`config`]: the environment variables, validated once.
 //! - [`db`]: connecting, creating the database, migrating ours and apalis's schema, and
-//!   [`db::retry_deadlock`], the transaction a multi-row write runs in (again, if it loses a deadlock).
+//!   [`db::retry_deadlock`], a write's transaction run again when it loses a deadlock.
 //! - [`clock`]: injected "now".
 //! - [`kinds`]: notification kinds, channels, policies (PRODUCT.md's table).
 //! - [`jobs`]: the queue contract and [`jobs::enqueue`], the one function that enqueues.

@@ -1,10 +1,12 @@
 //! People: users with their student or instructor profile and default preferences, notification
 //! preferences, Web Push devices and instructors' weekly availability. Each function runs on the
 //! caller's connection (use a transaction: creating a user writes three rows, a student's a
-//! fourth, their CRM contact, through [`crate::crm`]). Owns writes to `users`, `students`,
-//! `instructors`, `user_preferences`, `user_devices` and `instructor_availability`; the checks of
-//! emails, phone numbers and time zones are [`crate::validate`]'s; it does not check Web Push key
-//! cryptography (the API does) and never touches bookings.
+//! fourth, their CRM contact, through [`crate::crm`]). Owns writes to `users` (but for the
+//! calendar feed's secret, [`crate::calendar`]'s), `students`, `instructors`, `user_preferences`,
+//! `user_devices` (the worker deactivates a device whose push service ended it) and
+//! `instructor_availability`. The checks of emails, phone numbers and time zones are
+//! [`crate::validate`]'s; it does not check Web Push key cryptography (the API does) and never
+//! touches bookings.
 
 use chrono::{DateTime, NaiveTime, Utc};
 use serde::Serialize;
