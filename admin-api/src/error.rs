@@ -152,15 +152,6 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
-/// True for errors after which the whole transaction may simply be run again: a deadlock
-/// (concurrent inserts against the bookings' exclusion constraint can end in one) or a
-/// serialization failure.
-pub fn is_transient(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "40P01" || c == "40001")
-}
-
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         if is_unavailable(&e) {

@@ -1,9 +1,10 @@
 //! `dashlight-admin-api`: the operators' JSON API over HTTP (PRODUCT.md, "Admin API").
 //!
-//! It writes business rows through `dashlight_core` (people, bookings, series), each request in
-//! one transaction together with the notifications and jobs it implies, reads the queues and the
-//! delivery records, and re-enqueues failed work. It never talks to a provider and never writes
-//! deliveries itself.
+//! It writes business rows through `dashlight_core` (people, bookings and series, lessons,
+//! payments and packages, messages, CRM, calendar secrets), each request in one transaction
+//! together with the notifications and jobs it implies (bookings and series through
+//! `dashlight_core::db::retry_deadlock`), reads the queues and the delivery records, and
+//! re-enqueues failed work. It never talks to a provider and never writes deliveries itself.
 //!
 //! - [`error`]: the one API error enum and its status table; the JSON error body.
 //! - [`extract`]: body, path and query extractors whose rejections are API errors; time formats.

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{FromRow, PgConnection};
 
-use crate::{analytics, error::DomainError, people};
+use crate::{analytics, error::DomainError, validate};
 
 /// The interaction kinds the schema allows.
 pub const INTERACTION_TYPES: [&str; 5] = ["call", "email", "sms", "meeting", "note"];
@@ -90,10 +90,10 @@ pub async fn create_lead(conn: &mut PgConnection, nc: NewContact, now: DateTime<
         return Err(DomainError::invalid("name", "expected 1 to 200 characters"));
     }
     if let Some(e) = &nc.email {
-        people::validate_email("email", e.trim())?;
+        validate::email("email", e.trim())?;
     }
     if let Some(p) = &nc.phone {
-        people::validate_phone("phone", p)?;
+        validate::phone("phone", p)?;
     }
     if nc.source.as_ref().is_some_and(|s| s.chars().count() > 200) {
         return Err(DomainError::invalid("source", "at most 200 characters"));

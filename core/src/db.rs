@@ -1,13 +1,16 @@
 //! The database: connecting with errors an operator can act on, creating the database when it
-//! is missing, and migrating both our schema (`migrations/`) and apalis's (`apalis` schema, its
-//! own history table) in one step. Owns no table.
+//! is missing, migrating both our schema (`migrations/`) and apalis's (`apalis` schema, its own
+//! history table) in one step, and [`retry_deadlock`], the one way a multi-row write runs in a
+//! transaction that is run again when it loses a deadlock. Owns no table.
 
-use std::time::Duration;
+use std::{future::Future, pin::Pin, time::Duration};
 
 use sqlx::{
     ConnectOptions, Connection, PgPool,
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
 };
+
+use crate::error::DomainError;
 
 /// Errors of this module, each with the host or the step and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +158,63 @@ pub async fn migrations_applied(pool: &PgPool) -> Result<bool, DbError> {
         Err(e) => return Err(e.into()),
     };
     Ok(migrator().iter().all(|m| applied.contains(&m.version)))
+}
+
+/// How many times in all [`retry_deadlock`] runs a transaction that keeps losing.
+pub const RETRY_ATTEMPTS: u32 = 3;
+
+/// True for errors after which the whole transaction may simply be run again: a deadlock
+/// (`40P01`; concurrent inserts against the bookings' exclusion constraint can end in one rather
+/// than in its violation) or a serialization failure (`40001`).
+pub fn is_retryable(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40P01" || c == "40001")
+}
+
+/// What the body of [`retry_deadlock`] returns: a future borrowing the transaction and the
+/// context.
+pub type TxFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, DomainError>> + Send + 'c>>;
+
+/// Runs `body` in a transaction on `pool` and commits it. When the database makes the
+/// transaction a deadlock's victim or reports a serialization failure ([`is_retryable`]), in the
+/// body or at commit, the transaction is rolled back and `body` runs again on a fresh one, up to
+/// [`RETRY_ATTEMPTS`] times in all; any other error (or the last retryable one) is returned and
+/// nothing is committed. `body` may therefore run more than once: it must not have effects
+/// outside the transaction.
+///
+/// `body` gets the transaction's connection and `ctx` (whatever the write borrows, e.g. the
+/// request's state); anything else it uses it copies or clones before building its future:
+///
+/// ```ignore
+/// let booking = db::retry_deadlock(&pool, &settings, |tx, settings| {
+///     Box::pin(bookings::create(tx, settings, nb.clone(), now))
+/// })
+/// .await?;
+/// ```
+pub async fn retry_deadlock<C, T, F>(pool: &PgPool, ctx: &C, mut body: F) -> Result<T, DomainError>
+where
+    C: ?Sized + Sync,
+    F: for<'c> FnMut(&'c mut PgConnection, &'c C) -> TxFuture<'c, T>,
+{
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let mut tx = pool.begin().await?;
+        let error = match body(&mut tx, ctx).await {
+            Ok(value) => match tx.commit().await {
+                Ok(()) => return Ok(value),
+                Err(e) => DomainError::Db(e),
+            },
+            Err(e) => e,
+        };
+        match error {
+            DomainError::Db(e) if is_retryable(&e) && attempt < RETRY_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "transaction lost a deadlock; running it again");
+            }
+            e => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,14 @@
 //! through the real booking operation, so their notifications flow), some payments, and one of
 //! every other flow so the outbox shows each kind: a completed lesson with its report, a package
 //! running low, a message thread, a driving test coming up and a lead waiting for a follow-up.
-//! Everything goes through the same core operations the API uses. Running it again adds nothing.
+//! Every row is written through the core operations the admin API uses ([`people`],
+//! [`bookings`], [`payments`], [`packages`], [`lessons`], [`messages`], [`crm`],
+//! [`crate::series`]), in one transaction; the demo itself only reads (whether it ran already,
+//! which bookings to pay for, the syllabus). Running it again adds nothing.
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use sqlx::{Acquire, PgPool};
+use sqlx::{Acquire, PgConnection, PgPool};
 
 use crate::{
     bookings::{self, BookingSettings, NewBooking},
@@ -15,7 +18,9 @@ use crate::{
     error::DomainError,
     lessons::{self, CompleteLesson, SkillRating},
     messages::{self, NewMessage},
+    packages::{self, NewPackage},
     payments::{self, NewPayment},
+    people::{self, NewDevice, NewInstructor, NewStudent, NewUser, Preferences, Role, Window},
 };
 
 /// What the seeding created.
@@ -60,6 +65,21 @@ const STUDENTS: [(&str, &str, &str); 8] = [
 const DEMO_P256DH: &str = "BLMbF9ffKBiWQLCKvTHb6LO8Nb6dcUh6TItC455vu2kElga6PQvUmaFyCdykxY2nOSSL3yKgfbmFLRTUaGv4yV8";
 const DEMO_AUTH: &str = "xS03Fi5ErfTNH_l9WHE9Ig";
 
+/// A demo phone's push subscription at `endpoint`.
+fn demo_phone(endpoint: String) -> NewDevice {
+    NewDevice {
+        device_id: "phone".into(),
+        push_endpoint: endpoint,
+        p256dh: DEMO_P256DH.into(),
+        auth: DEMO_AUTH.into(),
+    }
+}
+
+/// `h`:00.
+fn hour(h: u32) -> NaiveTime {
+    NaiveTime::from_hms_opt(h, 0, 0).expect("valid time")
+}
+
 /// Loads the demo school. `now` anchors the bookings ("the coming days").
 pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>) -> Result<DemoSummary, DomainError> {
     let mut summary = DemoSummary::default();
@@ -73,94 +93,90 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
     let mut tx = pool.begin().await?;
     let mut instructor_ids = Vec::new();
     for (i, (first, last, email, phone)) in INSTRUCTORS.iter().enumerate() {
-        let uid: i64 = sqlx::query_scalar(
-            "INSERT INTO users (email, role, first_name, last_name, phone, timezone) VALUES ($1, 'instructor', $2, $3, $4, 'Europe/London') RETURNING id",
+        let user = people::create_user(
+            &mut tx,
+            NewUser {
+                role: Role::Instructor,
+                email: (*email).into(),
+                phone: Some((*phone).into()),
+                first_name: (*first).into(),
+                last_name: (*last).into(),
+                timezone: "Europe/London".into(),
+                student: None,
+                instructor: Some(NewInstructor {
+                    license_number: format!("ADI-{:06}", 482_100 + i),
+                    hourly_rate_minor: Some(4_200 + 300 * i as i64),
+                    currency: None,
+                    bio: None,
+                }),
+            },
         )
-        .bind(email)
-        .bind(first)
-        .bind(last)
-        .bind(phone)
-        .fetch_one(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO user_preferences (user_id) VALUES ($1)")
-            .bind(uid)
-            .execute(&mut *tx)
-            .await?;
-        let iid: i64 =
-            sqlx::query_scalar("INSERT INTO instructors (user_id, license_number, hourly_rate_minor) VALUES ($1, $2, $3) RETURNING id")
-                .bind(uid)
-                .bind(format!("ADI-{:06}", 482_100 + i))
-                .bind(4_200 + 300 * i as i64)
-                .fetch_one(&mut *tx)
-                .await?;
-        for dow in 1..=6i16 {
-            sqlx::query(
-                "INSERT INTO instructor_availability (instructor_id, day_of_week, start_time, end_time) VALUES ($1, $2, '08:00', '19:00')",
-            )
-            .bind(iid)
-            .bind(dow)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("INSERT INTO user_devices (user_id, device_id, push_endpoint, p256dh, auth) VALUES ($1, 'phone', $2, $3, $4)")
-            .bind(uid)
-            .bind(format!("https://push.demo.dashlight.test/instructor-{iid}"))
-            .bind(DEMO_P256DH)
-            .bind(DEMO_AUTH)
-            .execute(&mut *tx)
-            .await?;
+        let iid = user.instructor_id.expect("an instructor has an instructor profile");
+        // Monday to Saturday, 08:00 to 19:00.
+        let week: Vec<Window> = (1..=6i16)
+            .map(|day_of_week| Window {
+                day_of_week,
+                start_time: hour(8),
+                end_time: hour(19),
+            })
+            .collect();
+        people::set_availability(&mut tx, iid, &week).await?;
+        people::register_device(
+            &mut tx,
+            user.id,
+            &demo_phone(format!("https://push.demo.dashlight.test/instructor-{iid}")),
+        )
+        .await?;
         instructor_ids.push(iid);
         summary.instructors += 1;
     }
     let mut student_ids = Vec::new();
     for (i, (first, last, phone)) in STUDENTS.iter().enumerate() {
-        let email = format!("{}.{}@demo.dashlight.test", first.to_lowercase(), last.to_lowercase());
-        let uid: i64 = sqlx::query_scalar(
-            "INSERT INTO users (email, role, first_name, last_name, phone, timezone) VALUES ($1, 'student', $2, $3, $4, 'Europe/London') RETURNING id",
+        let test_dates = if i == 0 { vec![now + Duration::days(8)] } else { vec![] };
+        // Their CRM contact comes with them.
+        let user = people::create_user(
+            &mut tx,
+            NewUser {
+                role: Role::Student,
+                email: format!("{}.{}@demo.dashlight.test", first.to_lowercase(), last.to_lowercase()),
+                phone: Some((*phone).into()),
+                first_name: (*first).into(),
+                last_name: (*last).into(),
+                timezone: "Europe/London".into(),
+                student: Some(NewStudent {
+                    license_type: Some("B".into()),
+                    current_instructor_id: Some(instructor_ids[i % instructor_ids.len()]),
+                    test_dates,
+                }),
+                instructor: None,
+            },
         )
-        .bind(&email)
-        .bind(first)
-        .bind(last)
-        .bind(phone)
-        .fetch_one(&mut *tx)
         .await?;
+        let sid = user.student_id.expect("a student has a student profile");
         // A mix of preferences: some without push devices, one with SMS off, one with quiet hours.
-        sqlx::query(
-            "INSERT INTO user_preferences (user_id, sms_notifications, quiet_hours_start, quiet_hours_end) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(uid)
-        .bind(i != 3)
-        .bind(if i == 2 {
-            Some(NaiveTime::from_hms_opt(22, 0, 0).unwrap())
-        } else {
-            None
-        })
-        .bind(if i == 2 {
-            Some(NaiveTime::from_hms_opt(7, 0, 0).unwrap())
-        } else {
-            None
-        })
-        .execute(&mut *tx)
-        .await?;
-        let test_date = if i == 0 { vec![now + Duration::days(8)] } else { vec![] };
-        let sid: i64 = sqlx::query_scalar(
-            "INSERT INTO students (user_id, license_type, current_instructor_id, test_dates) VALUES ($1, 'B', $2, $3) RETURNING id",
-        )
-        .bind(uid)
-        .bind(instructor_ids[i % instructor_ids.len()])
-        .bind(&test_date)
-        .fetch_one(&mut *tx)
-        .await?;
-        if i % 2 == 0 {
-            sqlx::query("INSERT INTO user_devices (user_id, device_id, push_endpoint, p256dh, auth) VALUES ($1, 'phone', $2, $3, $4)")
-                .bind(uid)
-                .bind(format!("https://push.demo.dashlight.test/student-{sid}"))
-                .bind(DEMO_P256DH)
-                .bind(DEMO_AUTH)
-                .execute(&mut *tx)
-                .await?;
+        if i == 2 || i == 3 {
+            people::set_preferences(
+                &mut tx,
+                &Preferences {
+                    user_id: user.id,
+                    email_notifications: true,
+                    sms_notifications: i != 3,
+                    push_notifications: true,
+                    quiet_hours_start: (i == 2).then(|| hour(22)),
+                    quiet_hours_end: (i == 2).then(|| hour(7)),
+                },
+            )
+            .await?;
         }
-        crm::create_for_student(&mut tx, uid).await?;
+        if i % 2 == 0 {
+            people::register_device(
+                &mut tx,
+                user.id,
+                &demo_phone(format!("https://push.demo.dashlight.test/student-{sid}")),
+            )
+            .await?;
+        }
         student_ids.push(sid);
         summary.students += 1;
     }
@@ -236,12 +252,21 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
         .fetch_all(&mut *tx)
         .await?;
     for (bid, sid) in paid {
-        sqlx::query("INSERT INTO payments (booking_id, student_id, amount_minor, currency, method, status, paid_at) VALUES ($1, $2, 4500, 'GBP', 'card', 'succeeded', $3)")
-            .bind(bid)
-            .bind(sid)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        payments::record(
+            &mut tx,
+            NewPayment {
+                student_id: sid,
+                booking_id: Some(bid),
+                package_id: None,
+                amount_minor: 4500,
+                currency: "GBP".into(),
+                method: "card".into(),
+                status: "succeeded".into(),
+                provider_ref: None,
+            },
+            now,
+        )
+        .await?;
         summary.payments += 1;
     }
     flows(&mut tx, settings, now, &instructor_ids, &student_ids, &mut summary).await?;
@@ -253,7 +278,7 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
             student_id: student_ids[1],
             instructor_id: instructor_ids[1],
             weekdays: vec![2, 4],
-            local_start_time: NaiveTime::from_hms_opt(18, 0, 0).expect("valid time"),
+            local_start_time: hour(18),
             duration_minutes: 60,
             timezone: Some(settings.school_tz.name().to_owned()),
             pickup_location: Some("Riverside College gates".into()),
@@ -295,10 +320,31 @@ fn at(tz: Tz, date: chrono::NaiveDate, hour: u32) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// Defines a package (in a savepoint), or finds the school's package of that name when it has
+/// one already; returns its id.
+async fn package(conn: &mut PgConnection, np: NewPackage) -> Result<i64, DomainError> {
+    let name = np.name.clone();
+    let mut sp = Acquire::begin(&mut *conn).await?;
+    match packages::define(&mut sp, np).await {
+        Ok(p) => {
+            sp.commit().await?;
+            Ok(p.id)
+        }
+        Err(DomainError::Conflict(_)) => {
+            sp.rollback().await?;
+            Ok(sqlx::query_scalar("SELECT id FROM lesson_packages WHERE name = $1")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await?)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// One of each flow: a completed lesson with its report, a package running low, a message
 /// thread and a lead to follow up (the driving test is the first student's `test_dates`).
 async fn flows(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     settings: &BookingSettings,
     now: DateTime<Utc>,
     instructors: &[i64],
@@ -349,17 +395,27 @@ async fn flows(
     summary.lessons += 1;
 
     // A two-lesson taster, paid by card, then a booking that leaves one lesson: package_low.
-    let taster: i64 = sqlx::query_scalar(
-        "INSERT INTO lesson_packages (name, lessons_included, price_minor, currency, validity_days) VALUES ('2-lesson taster', 2, 9000, 'GBP', 60)
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+    let taster = package(
+        conn,
+        NewPackage {
+            name: "2-lesson taster".into(),
+            lessons_included: 2,
+            price_minor: 9000,
+            currency: Some("GBP".into()),
+            validity_days: 60,
+        },
     )
-    .fetch_one(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO lesson_packages (name, lessons_included, price_minor, currency, validity_days) VALUES ('10-lesson bundle', 10, 40000, 'GBP', 180)
-         ON CONFLICT (name) DO NOTHING",
+    package(
+        conn,
+        NewPackage {
+            name: "10-lesson bundle".into(),
+            lessons_included: 10,
+            price_minor: 40000,
+            currency: Some("GBP".into()),
+            validity_days: 180,
+        },
     )
-    .execute(&mut *conn)
     .await?;
     let buyer = students[1];
     payments::record(
@@ -388,7 +444,7 @@ async fn flows(
         dropoff_location: None,
         series: None,
     };
-    let mut sp = sqlx::Acquire::begin(&mut *conn).await?;
+    let mut sp = Acquire::begin(&mut *conn).await?;
     match bookings::create(&mut sp, settings, nb, now).await {
         Ok(_) => {
             sp.commit().await?;

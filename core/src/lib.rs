@@ -1,7 +1,8 @@
 //! Dashlight's shared library: what the worker, the scheduler and the admin API all use.
 //!
 //! - [`config`]: the environment variables, validated once.
-//! - [`db`]: connecting, creating the database, migrating ours and apalis's schema.
+//! - [`db`]: connecting, creating the database, migrating ours and apalis's schema, and
+//!   [`db::retry_deadlock`], a write's transaction run again when it loses a deadlock.
 //! - [`clock`]: injected "now".
 //! - [`kinds`]: notification kinds, channels, policies (PRODUCT.md's table).
 //! - [`jobs`]: the queue contract: queue names, job payloads, [`jobs::NewJob`].
@@ -18,10 +19,11 @@
 //! - [`crm`]: contacts (students and leads), their status moves, staff interactions.
 //! - [`people`]: users with their student/instructor profile, preferences, devices, availability.
 //! - [`states`]: the schema's constrained states (deliveries, notifications, attempts) as enums.
+//! - [`validate`]: checks of emails, phone numbers, time zones and currencies.
 //! - [`cli`]: what every program does around its work (logging, config, database, signals).
 //! - [`analytics`]: the system's own analytics events.
 //! - [`error`]: the domain error the API maps to status codes.
-//! - [`demo`]: `dashlight seed-demo`.
+//! - [`demo`]: `dashlight seed-demo`, a demo school written through the operations above.
 
 pub mod analytics;
 pub mod bookings;
@@ -44,6 +46,7 @@ pub mod people;
 pub mod queue;
 pub mod series;
 pub mod states;
+pub mod validate;
 
 pub use clock::Clock;
 pub use config::Config;

@@ -15,6 +15,7 @@ use crate::{
     error::DomainError,
     kinds::Kind,
     notify::{self, NewNotification},
+    validate,
 };
 
 /// A `lesson_packages` row.
@@ -55,15 +56,6 @@ pub struct NewPackage {
     pub validity_days: i32,
 }
 
-/// Checks an ISO 4217 code: three capital letters.
-pub fn validate_currency(field: &str, c: &str) -> Result<(), DomainError> {
-    if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(field, "expected an ISO 4217 code such as GBP"))
-    }
-}
-
 /// Defines a package. A name already taken is a conflict.
 pub async fn define(conn: &mut PgConnection, np: NewPackage) -> Result<Package, DomainError> {
     let name = np.name.trim();
@@ -77,7 +69,7 @@ pub async fn define(conn: &mut PgConnection, np: NewPackage) -> Result<Package, 
         return Err(DomainError::invalid("price", "must not be negative (minor units, e.g. pence)"));
     }
     if let Some(c) = &np.currency {
-        validate_currency("currency", c)?;
+        validate::currency("currency", c)?;
     }
     if !(1..=3660).contains(&np.validity_days) {
         return Err(DomainError::invalid("validity_days", "expected 1 to 3660 days"));

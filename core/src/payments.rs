@@ -8,11 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{FromRow, PgConnection};
 
-use crate::{
-    analytics,
-    error::DomainError,
-    packages::{self, validate_currency},
-};
+use crate::{analytics, error::DomainError, packages, validate};
 
 /// The payment methods the schema allows.
 pub const METHODS: [&str; 4] = ["card", "cash", "bank_transfer", "other"];
@@ -74,7 +70,7 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
     if np.amount_minor <= 0 {
         return Err(DomainError::invalid("amount", "must be more than 0 (minor units, e.g. pence)"));
     }
-    validate_currency("currency", &np.currency)?;
+    validate::currency("currency", &np.currency)?;
     if !METHODS.contains(&np.method.as_str()) {
         return Err(DomainError::invalid("method", format!("expected one of {}", METHODS.join(", "))));
     }

@@ -1,16 +1,18 @@
 //! People: users with their student or instructor profile and default preferences, notification
 //! preferences, Web Push devices and instructors' weekly availability. Each function runs on the
-//! caller's connection (use a transaction: creating a user writes three rows). Owns writes to
-//! `users`, `students`, `instructors`, `user_preferences`, `user_devices` and
-//! `instructor_availability`; it does not check Web Push key cryptography (the API does) and
-//! never touches bookings.
+//! caller's connection (use a transaction: creating a user writes three rows, a student's a
+//! fourth, their CRM contact, through [`crate::crm`]). Owns writes to `users` (but for the
+//! calendar feed's secret, [`crate::calendar`]'s), `students`, `instructors`, `user_preferences`,
+//! `user_devices` (the worker deactivates a device whose push service ended it) and
+//! `instructor_availability`. The checks of emails, phone numbers and time zones are
+//! [`crate::validate`]'s; it does not check Web Push key cryptography (the API does) and never
+//! touches bookings.
 
 use chrono::{DateTime, NaiveTime, Utc};
-use chrono_tz::Tz;
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection};
 
-use crate::error::DomainError;
+use crate::{crm, error::DomainError, validate};
 
 /// The role of a user created with a profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,42 +105,6 @@ pub struct CreatedUser {
     pub created_at: DateTime<Utc>,
 }
 
-/// Checks an email address: one `@`, something either side, no spaces, at most 254 characters.
-pub fn validate_email(field: &str, email: &str) -> Result<(), DomainError> {
-    let ok = email.len() <= 254
-        && !email.chars().any(char::is_whitespace)
-        && email.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty()
-                && !domain.is_empty()
-                && !domain.contains('@')
-                && domain.contains('.')
-                && !domain.starts_with('.')
-                && !domain.ends_with('.')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(field, "expected an email address such as name@example.com"))
-    }
-}
-
-/// Checks an E.164 number: `+`, a non-zero country digit, 7 to 15 digits in all.
-pub fn validate_phone(field: &str, phone: &str) -> Result<(), DomainError> {
-    let digits = phone.strip_prefix('+').unwrap_or("");
-    let ok = (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
-    if ok {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(field, "expected an E.164 phone number such as +447700900123"))
-    }
-}
-
-/// Parses an IANA time-zone name.
-pub fn parse_timezone(field: &str, tz: &str) -> Result<Tz, DomainError> {
-    tz.parse::<Tz>()
-        .map_err(|_| DomainError::invalid(field, format!("expected an IANA time zone such as Europe/London, got {tz:?}")))
-}
-
 fn validate_name(field: &str, name: &str) -> Result<(), DomainError> {
     let n = name.trim().chars().count();
     if (1..=100).contains(&n) {
@@ -148,24 +114,16 @@ fn validate_name(field: &str, name: &str) -> Result<(), DomainError> {
     }
 }
 
-fn validate_currency(field: &str, c: &str) -> Result<(), DomainError> {
-    if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(field, "expected an ISO 4217 code such as GBP"))
-    }
-}
-
 /// Creates the user, their student or instructor profile and a default preferences row; a
 /// student also gets their CRM contact ([`crate::crm::create_for_student`]).
 pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<CreatedUser, DomainError> {
-    validate_email("email", &nu.email)?;
+    validate::email("email", &nu.email)?;
     if let Some(p) = &nu.phone {
-        validate_phone("phone", p)?;
+        validate::phone("phone", p)?;
     }
     validate_name("first_name", &nu.first_name)?;
     validate_name("last_name", &nu.last_name)?;
-    parse_timezone("timezone", &nu.timezone)?;
+    validate::timezone("timezone", &nu.timezone)?;
     match nu.role {
         Role::Student if nu.instructor.is_some() => {
             return Err(DomainError::invalid("instructor", "only an instructor has an instructor profile"));
@@ -193,7 +151,7 @@ pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<Created
             return Err(DomainError::invalid("instructor.hourly_rate_minor", "must not be negative"));
         }
         if let Some(c) = &i.currency {
-            validate_currency("instructor.currency", c)?;
+            validate::currency("instructor.currency", c)?;
         }
     }
     if let Some(s) = &student {
@@ -251,7 +209,7 @@ pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<Created
         .await
         .map_err(DomainError::from_db)?;
         out.student_id = Some(sid);
-        crate::crm::create_for_student(conn, id).await?;
+        crm::create_for_student(conn, id).await?;
     }
     if let Some(i) = instructor {
         let iid: i64 = sqlx::query_scalar(
@@ -465,23 +423,4 @@ pub async fn set_availability(conn: &mut PgConnection, instructor_id: i64, windo
     .await
     .map_err(DomainError::from_db)?;
     Ok(saved)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn validators() {
-        assert!(validate_email("email", "a@b.co").is_ok());
-        assert!(validate_email("email", "a b@c.co").is_err());
-        assert!(validate_email("email", "ab.co").is_err());
-        assert!(validate_email("email", "a@b").is_err());
-        assert!(validate_phone("phone", "+447700900123").is_ok());
-        assert!(validate_phone("phone", "07700900123").is_err());
-        assert!(validate_phone("phone", "+0447700900").is_err());
-        assert!(validate_phone("phone", "+44 7700 900").is_err());
-        assert!(parse_timezone("tz", "Europe/Berlin").is_ok());
-        assert!(parse_timezone("tz", "Mars/Olympus").is_err());
-    }
 }

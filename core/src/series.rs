@@ -20,7 +20,7 @@ use crate::{
     error::DomainError,
     kinds::Kind,
     notify::{self, NewNotification},
-    people,
+    validate,
 };
 
 /// A weekly series to create.
@@ -172,7 +172,7 @@ pub async fn create(conn: &mut PgConnection, ns: NewSeries) -> Result<Series, Do
         return Err(DomainError::invalid("instructor_id", "no such instructor"));
     };
     let timezone = ns.timezone.clone().unwrap_or(instructor_tz);
-    people::parse_timezone("timezone", &timezone)?;
+    validate::timezone("timezone", &timezone)?;
     let series: Series = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO booking_series (student_id, instructor_id, weekdays, local_start_time, duration_minutes, timezone,
                                      pickup_location, starts_on, until_on, occurrence_count)
@@ -237,7 +237,7 @@ pub async fn expand(
     if report.ended {
         return Ok(report);
     }
-    let tz = people::parse_timezone("timezone", &series.timezone)?;
+    let tz = validate::timezone("timezone", &series.timezone)?;
     let today = now.with_timezone(&tz).date_naive();
     let horizon_end = today + Duration::days(horizon_days as i64);
     let last = series.until_on.map_or(horizon_end, |u| u.min(horizon_end));

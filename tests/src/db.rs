@@ -148,9 +148,11 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
-    /// A configuration pointing at this database, every channel to a fresh outbox.
+    /// A configuration pointing at this database, every channel to a fresh outbox, the admin
+    /// API's token [`crate::api::TOKEN`].
     pub fn config(&self) -> dashlight_core::Config {
         let mut c = dashlight_core::Config::for_database(&self.url);
+        c.admin_api_token = Some(crate::api::TOKEN.into());
         let dir = std::env::temp_dir().join(format!("dashlight-test-{}", self.name));
         c.outbox_dir = dir.join("outbox");
         c.invoice_dir = dir.join("invoices");

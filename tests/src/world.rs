@@ -1,6 +1,7 @@
 //! A whole little world for end-to-end tests: a fresh database, a loopback SMTP server, SMS API
-//! and push service, a configuration pointing at them, people to send to, and workers to start
-//! and stop.
+//! and push service, a configuration pointing at them, people to send to (row factories),
+//! lessons booked through the real booking operation, and workers to start and stop. The admin
+//! API is started on top of it with [`crate::api::spawn_api`].
 
 use std::time::Duration;
 

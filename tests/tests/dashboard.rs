@@ -22,14 +22,14 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use chrono::Utc;
 use dashlight_core::{
-    Clock, Config,
+    Clock,
     kinds::Kind,
     notify::{self, NewNotification},
 };
-use dashlight_tests::{smtp::SmtpMode, wait::try_wait_until, world::World};
+use dashlight_tests::{api::spawn_api, smtp::SmtpMode, wait::try_wait_until, world::World};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
-use tokio::{process::Command, sync::oneshot, task::JoinHandle};
+use tokio::process::Command;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -131,44 +131,6 @@ impl Drop for Driver {
                 .status();
         }
         let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
-
-/// The admin API (with the dashboard) on `127.0.0.1:0`.
-struct Server {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Server {
-    async fn start(config: &Config, pool: sqlx::PgPool) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = oneshot::channel::<()>();
-        let config = config.clone();
-        let task = tokio::spawn(async move {
-            dashlight_admin_api::serve(&config, pool, Clock::system(), listener, async move {
-                let _ = rx.await;
-            })
-            .await
-        });
-        Server {
-            base,
-            stop: Some(tx),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the server stops")
-            .expect("no panic")
-            .expect("clean stop");
     }
 }
 
@@ -278,7 +240,7 @@ async fn operator_fixes_a_refused_email_in_the_browser() {
     w.device(&student, "amelia-phone").await;
     w.smtp.set_mode(SmtpMode::PermFail);
     let worker = w.spawn_worker(Clock::system());
-    let server = Server::start(&w.config, w.pool().clone()).await;
+    let server = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
     let token = w.config.admin_api_token.clone().expect("the test configuration has a token");
 
     // A booking whose confirmation email the SMTP server refuses (550): failed, not retried.
@@ -563,7 +525,7 @@ const EMAIL_OF_DELIVERY: &str = "SELECT id, status FROM notification_deliveries 
 #[tokio::test]
 async fn sessions_and_their_rules_over_http() {
     let w = World::start().await;
-    let server = Server::start(&w.config, w.pool().clone()).await;
+    let server = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
     let token = w.config.admin_api_token.clone().unwrap();
     let base = server.base.clone();
     let http = reqwest::Client::builder()

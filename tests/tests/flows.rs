@@ -11,19 +11,19 @@
 //! - `flows/demo.rs`: the demo school exercises every flow.
 //! - `flows/ics.rs`: a strict RFC 5545 reader the calendar tests check with.
 
-use std::time::Duration;
+use std::{ops::Deref, time::Duration};
 
-use chrono::{DateTime, DurationRound, Utc};
+use chrono::{DateTime, Utc};
 use dashlight_core::Clock;
+pub use dashlight_tests::api::lesson_start;
 use dashlight_tests::{
+    api::{RunningApi, spawn_api},
     smtp::ReceivedMail,
     wait::try_wait_until,
     world::{WorkerHandle, World},
 };
 use mail_parser::{Message, MessageParser};
-use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use tokio::{sync::oneshot, task::JoinHandle};
 
 #[path = "flows/calendar.rs"]
 mod calendar;
@@ -40,61 +40,24 @@ mod messages;
 #[path = "flows/packages.rs"]
 mod packages;
 
-/// The token of the test configuration.
-pub const TOKEN: &str = "test-token";
-
 /// How long anything sent may take to arrive.
 pub const LONG: Duration = Duration::from_secs(60);
 
-/// A response: status, content type and body (JSON, or `Null` with the text in `text`).
-#[derive(Debug)]
-pub struct Reply {
-    /// Status.
-    pub status: StatusCode,
-    /// Content type.
-    pub content_type: String,
-    /// The JSON body, `Null` when not JSON.
-    pub body: Value,
-    /// The raw body.
-    pub text: String,
-}
-
-impl Reply {
-    /// Asserts the status, returning the JSON body.
-    #[track_caller]
-    pub fn expect(self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
-        self.body
-    }
-
-    /// Asserts an error response with its code and, if given, field.
-    #[track_caller]
-    pub fn expect_error(self, status: u16, code: &str, field: Option<&str>) -> Value {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
-        assert!(
-            self.content_type.starts_with("application/json"),
-            "JSON error body, got {:?}",
-            self.content_type
-        );
-        assert_eq!(self.body["error"], code, "error code; body: {}", self.body);
-        if let Some(f) = field {
-            assert_eq!(self.body["field"], f, "field; body: {}", self.body);
-        }
-        self.body
-    }
-}
-
-/// A world with the admin API and a worker running on one clock.
+/// A world with the admin API and a worker running on one clock; derefs to the
+/// [`RunningApi`] for requests.
 pub struct Flow {
+    api: RunningApi,
     /// Database, protocol peers, configuration.
     pub w: World,
-    /// `http://127.0.0.1:PORT`.
-    pub base: String,
-    /// The client.
-    pub http: reqwest::Client,
-    worker: Option<WorkerHandle>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    worker: WorkerHandle,
+}
+
+impl Deref for Flow {
+    type Target = RunningApi;
+
+    fn deref(&self) -> &RunningApi {
+        &self.api
+    }
 }
 
 impl Flow {
@@ -106,75 +69,14 @@ impl Flow {
     /// Starts the world, the API and a worker with `clock`.
     pub async fn start_with(clock: Clock) -> Flow {
         let w = World::start().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let (config, pool, clock) = (w.config.clone(), w.pool().clone(), clock.clone());
-            async move {
-                dashlight_admin_api::serve(&config, pool, clock, listener, async move {
-                    let _ = rx.await;
-                })
-                .await
-            }
-        });
+        let api = spawn_api(&w.config, w.pool().clone(), clock.clone()).await;
         let worker = w.spawn_worker(clock);
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        Flow {
-            w,
-            base,
-            http,
-            worker: Some(worker),
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Flow { api, w, worker }
     }
 
     /// The pool.
     pub fn pool(&self) -> &sqlx::PgPool {
         self.w.pool()
-    }
-
-    async fn reply(res: reqwest::Response) -> Reply {
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let text = res.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            content_type,
-            body,
-            text,
-        }
-    }
-
-    /// A request with the bearer token.
-    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        Self::reply(req.send().await.expect("request")).await
-    }
-
-    /// POST JSON with the token.
-    pub async fn post(&self, path: &str, body: Value) -> Reply {
-        self.call(Method::POST, path, Some(body)).await
-    }
-
-    /// GET with the token.
-    pub async fn get(&self, path: &str) -> Reply {
-        self.call(Method::GET, path, None).await
-    }
-
-    /// GET without any token (the calendar feed).
-    pub async fn get_open(&self, path: &str) -> Reply {
-        Self::reply(self.http.get(format!("{}{path}", self.base)).send().await.expect("request")).await
     }
 
     /// A student through the API (`<name>@school.test`); returns `(user_id, student_id)`.
@@ -263,33 +165,15 @@ impl Flow {
     }
 
     /// Stops the worker and the API.
-    pub async fn stop(mut self) {
-        if let Some(w) = self.worker.take() {
-            w.stop().await.expect("the worker stops cleanly");
-        }
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("the API stops within 10 s")
-                .expect("no panic")
-                .expect("the API ended cleanly");
-        }
+    pub async fn stop(self) {
+        self.worker.stop().await.expect("the worker stops cleanly");
+        self.api.stop().await;
     }
 }
 
 /// Parses a received email.
 pub fn parse(mail: &ReceivedMail) -> Message<'_> {
     MessageParser::default().parse(&mail.data).expect("a mail client can parse it")
-}
-
-/// A whole hour some days ahead: no reminder falls due during a test.
-pub fn lesson_start(days: i64) -> DateTime<Utc> {
-    (Utc::now() + chrono::Duration::days(days))
-        .duration_trunc(chrono::Duration::hours(1))
-        .expect("trunc")
 }
 
 /// The ids of the first `n` skill categories of the syllabus.

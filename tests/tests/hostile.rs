@@ -5,14 +5,15 @@
 use std::time::Duration;
 
 use dashlight_core::Clock;
-use dashlight_tests::db::TestDb;
+use dashlight_tests::{
+    api::{TOKEN, spawn_api},
+    db::TestDb,
+};
 use proptest::{
     prelude::*,
     test_runner::{Config as PropConfig, TestRunner},
 };
 use serde_json::{Map, Value, json};
-
-const TOKEN: &str = "test-token";
 
 fn nasty_string() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -114,25 +115,17 @@ fn path_id() -> impl Strategy<Value = String> {
 #[test]
 fn every_route_survives_hostile_input() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (db, base, stop, task) = rt.block_on(async {
+    let (db, api) = rt.block_on(async {
         let db = TestDb::new().await;
         // A little real data, so some ids exist.
         sqlx::query("INSERT INTO users (email, role, first_name, last_name) VALUES ('a@b.test', 'student', 'A', 'B')")
             .execute(&db.pool)
             .await
             .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (config, pool) = (db.config(), db.pool.clone());
-        let task = tokio::spawn(async move {
-            dashlight_admin_api::serve(&config, pool, Clock::system(), listener, async move {
-                let _ = rx.await;
-            })
-            .await
-        });
-        (db, base, tx, task)
+        let api = spawn_api(&db.config(), db.pool.clone(), Clock::system()).await;
+        (db, api)
     });
+    let base = &api.base;
     // A fresh connection per request: the server may close one after answering early without
     // reading a large body, and a pooled client could race that close.
     let client = reqwest::Client::builder()
@@ -198,7 +191,6 @@ fn every_route_survives_hostile_input() {
         .await
         .unwrap();
         assert_eq!(bad, 0, "every booking has its calendar event, every person their profile");
-        let _ = stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+        api.stop().await;
     });
 }

@@ -9,16 +9,11 @@ use dashlight_core::{
     kinds::Kind,
     notify::{self, NewNotification},
 };
-use dashlight_tests::{push::PushResponse, sms::SmsResponse, smtp::SmtpMode, wait::try_wait_until, world::World};
+use dashlight_tests::{api::lesson_start, push::PushResponse, sms::SmsResponse, smtp::SmtpMode, wait::try_wait_until, world::World};
 use mail_parser::{MessageParser, MimeHeaders};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(60);
-
-/// A lesson far enough ahead that no reminder is due during the test.
-fn lesson_start() -> chrono::DateTime<Utc> {
-    Utc::now() + chrono::Duration::days(3)
-}
 
 async fn count(w: &World, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(w.pool()).await.unwrap()
@@ -40,7 +35,7 @@ async fn booking_sends_email_push_and_alert_through_real_protocols() {
     let instructor = w.person("instructor", "Priya", Some("+447700900101")).await;
     w.device(&student, "amelia-phone").await;
     let worker = w.spawn_worker(Clock::system());
-    let booking = w.book(&student, &instructor, lesson_start(), Utc::now()).await;
+    let booking = w.book(&student, &instructor, lesson_start(3), Utc::now()).await;
 
     // Student: booking_confirmed by email and push (policy all).
     let mails = w.smtp.wait_for_messages(1, LONG).await.unwrap();
@@ -175,7 +170,7 @@ async fn sms_429_retry_after_is_honoured() {
     let instructor = w.person("instructor", "Tom", Some("+447700900102")).await;
     w.sms.set_response(SmsResponse::RateLimited { retry_after_secs: 2 });
     let worker = w.spawn_worker(Clock::system());
-    w.book(&student, &instructor, lesson_start(), Utc::now()).await;
+    w.book(&student, &instructor, lesson_start(3), Utc::now()).await;
     w.sms.wait_for(1, LONG).await.unwrap();
     w.sms.set_response(SmsResponse::Ok);
     let got = w.sms.wait_for(2, LONG).await.unwrap();

@@ -12,6 +12,7 @@ use dashlight_core::{
     notify::{self, NewNotification},
 };
 use dashlight_tests::{
+    api::{TOKEN, spawn_api},
     proc::{self, DB_PASSWORD},
     push::PushResponse,
     sms::SmsResponse,
@@ -19,7 +20,6 @@ use dashlight_tests::{
     world::World,
 };
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -189,49 +189,16 @@ async fn sigterm_finishes_in_flight_sends_and_leaves_nothing_sending() {
     assert_no_secrets(&worker.output(), &w);
 }
 
-struct RunningApi {
-    base: String,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-async fn spawn_api(w: &World) -> RunningApi {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = oneshot::channel::<()>();
-    let (config, pool) = (w.config.clone(), w.pool().clone());
-    let task = tokio::spawn(async move {
-        dashlight_admin_api::serve(&config, pool, Clock::system(), listener, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    RunningApi {
-        base,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl RunningApi {
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
-    }
-}
-
 fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap()
 }
-
-const TOKEN: &str = "test-token";
 
 /// Scenario 3: the database goes away while the worker and the API run: the API answers 503
 /// (not a hang, not a crash), both reconnect on their own, and nothing is lost.
 #[tokio::test]
 async fn database_outage_503_then_recovery_without_loss() {
     let w = World::start().await;
-    let api = spawn_api(&w).await;
+    let api = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
     let worker = w.spawn_worker(Clock::system());
     let p = w.person("student", "Outage", None).await;
     let mut conn = w.pool().acquire().await.unwrap();
@@ -299,7 +266,7 @@ async fn database_outage_503_then_recovery_without_loss() {
 async fn provider_outages_back_off_then_dead_and_listed() {
     let mut w = World::start().await;
     w.config.delivery_max_attempts = 3;
-    let api = spawn_api(&w).await;
+    let api = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
     let student = w.person("student", "Retry", Some("+447700900301")).await;
     w.device(&student, "retry-phone").await;
     w.push.respond_with("retry-phone", PushResponse::TooMany { retry_after_secs: 2 });

@@ -2,7 +2,7 @@
 //! data loads; every program refuses a bad DATABASE_URL with a clear line.
 
 use chrono::{TimeZone, Utc};
-use dashlight_tests::{bins, db::TestDb, world::World};
+use dashlight_tests::{api::TOKEN, bins, db::TestDb, world::World};
 
 async fn err_code(r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> (String, String) {
     let e = r.expect_err("the schema must refuse this");
@@ -177,7 +177,7 @@ fn every_program_rejects_a_bad_database_url_clearly() {
         let out = bins::command(program)
             .args(&args)
             .env("DATABASE_URL", "mysql://nobody@localhost/x")
-            .env("ADMIN_API_TOKEN", "t")
+            .env("ADMIN_API_TOKEN", TOKEN)
             .output()
             .unwrap();
         assert!(!out.status.success(), "{program} must fail");
@@ -189,7 +189,7 @@ fn every_program_rejects_a_bad_database_url_clearly() {
         let out = bins::command(program)
             .args(&args)
             .env("DATABASE_URL", "postgres://root@127.0.0.1:1/x")
-            .env("ADMIN_API_TOKEN", "t")
+            .env("ADMIN_API_TOKEN", TOKEN)
             .output()
             .unwrap();
         assert!(!out.status.success(), "{program} must fail on an unreachable database");

@@ -1,15 +1,17 @@
 //! Bookings: create, cancel, reschedule, the timeline of one booking, and weekly series. Every
 //! write runs in one transaction through `dashlight_core::bookings` (or `series`), with
 //! `now = state.clock.now()`; the notifications and jobs it implies are enqueued on the same
-//! connection and the transaction commits only after them. A transaction that loses a deadlock
-//! (two concurrent bookings of one slot can end in one rather than in the exclusion
-//! constraint's violation) is run again, so the loser gets its clean 409.
+//! connection and the transaction commits only after them. Each write runs through
+//! [`dashlight_core::db::retry_deadlock`]: a transaction that loses a deadlock (two concurrent
+//! bookings of one slot can end in one rather than in the exclusion constraint's violation) is
+//! run again, so the loser gets its clean 409.
 
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use dashlight_core::{
     DomainError,
     bookings::{self, Booking, BookingSettings, NewBooking},
+    db::retry_deadlock,
     series::{self, ExpandReport, NewSeries, Series},
 };
 use serde::{Deserialize, Serialize};
@@ -19,38 +21,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     AppState,
-    error::{ApiError, ErrorBody, is_transient},
+    error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiPath, OptionalJson, hhmm, rfc3339},
     http::deliveries::{self, NotificationOut},
 };
-
-/// Tries a transaction this many times when it is a deadlock's victim.
-const ATTEMPTS: u32 = 3;
-
-/// Runs `$body` (an expression using the transaction `$tx`, giving
-/// `Result<T, DomainError>`) in a transaction on `$pool` and commits; runs it again when the
-/// database reports a deadlock or serialization failure. Evaluates to `Result<T, ApiError>`.
-macro_rules! in_transaction {
-    ($pool:expr, |$tx:ident| $body:expr) => {{
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let mut $tx = $pool.begin().await?;
-            match $body {
-                Ok(value) => match $tx.commit().await {
-                    Ok(()) => break Ok::<_, ApiError>(value),
-                    Err(e) if is_transient(&e) && attempt < ATTEMPTS => continue,
-                    Err(e) => break Err(ApiError::from(e)),
-                },
-                Err(DomainError::Db(e)) if is_transient(&e) && attempt < ATTEMPTS => {
-                    tracing::debug!(attempt, error = %e, "transaction lost a deadlock; running it again");
-                    continue;
-                }
-                Err(e) => break Err(ApiError::from(e)),
-            }
-        }
-    }};
-}
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -169,7 +143,10 @@ pub async fn create_booking(
         series: None,
     };
     let now = state.clock.now();
-    let b = in_transaction!(state.pool, |tx| bookings::create(&mut tx, &state.booking, nb.clone(), now).await)?;
+    let b = retry_deadlock(&state.pool, &state.booking, |tx, settings| {
+        Box::pin(bookings::create(tx, settings, nb.clone(), now))
+    })
+    .await?;
     tracing::info!(booking_id = b.id, "booking created");
     Ok((StatusCode::CREATED, Json(b.into())))
 }
@@ -208,7 +185,10 @@ pub async fn cancel_booking(
         return Err(ApiError::invalid("reason", "at most 1000 characters"));
     }
     let now = state.clock.now();
-    let b = in_transaction!(state.pool, |tx| bookings::cancel(&mut tx, id, body.reason.clone(), now).await)?;
+    let b = retry_deadlock(&state.pool, &(), |tx, ()| {
+        Box::pin(bookings::cancel(tx, id, body.reason.clone(), now))
+    })
+    .await?;
     tracing::info!(booking_id = id, "booking cancelled");
     Ok(Json(b.into()))
 }
@@ -248,15 +228,10 @@ pub async fn reschedule_booking(
     ApiJson(body): ApiJson<RescheduleBooking>,
 ) -> Result<Json<BookingOut>, ApiError> {
     let now = state.clock.now();
-    let b = in_transaction!(state.pool, |tx| bookings::reschedule(
-        &mut tx,
-        &state.booking,
-        id,
-        body.start_time,
-        body.end_time,
-        now
-    )
-    .await)?;
+    let b = retry_deadlock(&state.pool, &state.booking, |tx, settings| {
+        Box::pin(bookings::reschedule(tx, settings, id, body.start_time, body.end_time, now))
+    })
+    .await?;
     tracing::info!(booking_id = id, version = b.version, "booking rescheduled");
     Ok(Json(b.into()))
 }
@@ -432,15 +407,17 @@ pub async fn create_series(
         until_on: body.until_on,
         occurrence_count: body.occurrence_count,
     };
-    let (s, report) = in_transaction!(state.pool, |tx| create_and_expand(
-        &mut tx,
-        &state.booking,
-        ns.clone(),
-        now,
-        state.config.recurring_horizon_days,
-        &state.config.mail_from
-    )
-    .await)?;
+    let (s, report) = retry_deadlock(&state.pool, &state, |tx, state| {
+        Box::pin(create_and_expand(
+            tx,
+            &state.booking,
+            ns.clone(),
+            now,
+            state.config.recurring_horizon_days,
+            &state.config.mail_from,
+        ))
+    })
+    .await?;
     tracing::info!(
         series_id = s.id,
         booked = report.created.len(),

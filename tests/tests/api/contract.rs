@@ -8,6 +8,8 @@ use dashlight_admin_api::ROUTES;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use dashlight_tests::api::spawn_api;
+
 use crate::{Api, Reply, TOKEN};
 
 fn concrete(path: &str) -> String {
@@ -59,12 +61,12 @@ async fn every_api_route_needs_the_token_and_the_document_matches_the_router() {
         let url = format!("{}{}", api.base, concrete(path));
         let m = Method::from_bytes(method.as_bytes()).unwrap();
         let is_api = path.starts_with("/api/");
-        for token in [None, Some("wrong-token"), Some("test-token-but-longer")] {
+        for token in [None, Some("wrong-token".to_owned()), Some(format!("{TOKEN}-but-longer"))] {
             let mut req = api.http.request(m.clone(), &url).json(&json!({}));
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
-            let reply = Api::reply(req.send().await.unwrap()).await;
+            let reply = Reply::read(req.send().await.unwrap()).await;
             if is_api {
                 reply.expect_error(401, "unauthorized", None);
             } else {
@@ -72,7 +74,7 @@ async fn every_api_route_needs_the_token_and_the_document_matches_the_router() {
             }
         }
         // With the token the route exists: whatever it answers, it is not "no such route".
-        let reply = Api::reply(
+        let reply = Reply::read(
             api.http
                 .request(m.clone(), &url)
                 .bearer_auth(TOKEN)
@@ -91,7 +93,7 @@ async fn every_api_route_needs_the_token_and_the_document_matches_the_router() {
         );
     }
     // "Basic" or a bare token is no bearer token.
-    let r = Api::reply(
+    let r = Reply::read(
         api.http
             .get(format!("{}/api/queues", api.base))
             .header("authorization", format!("Basic {TOKEN}"))
@@ -101,7 +103,7 @@ async fn every_api_route_needs_the_token_and_the_document_matches_the_router() {
     )
     .await;
     r.expect_error(401, "unauthorized", None);
-    let r = Api::reply(
+    let r = Reply::read(
         api.http
             .get(format!("{}/api/queues", api.base))
             .header("authorization", TOKEN)
@@ -278,9 +280,9 @@ fn complete_response(raw: &[u8]) -> Option<(u16, Value)> {
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let api = Api::start().await;
-    let r = Api::reply(api.http.get(format!("{}/healthz", api.base)).send().await.unwrap()).await;
+    let r = Reply::read(api.http.get(format!("{}/healthz", api.base)).send().await.unwrap()).await;
     assert_eq!(r.expect(200)["status"], "ok");
-    let r = Api::reply(api.http.get(format!("{}/readyz", api.base)).send().await.unwrap()).await;
+    let r = Reply::read(api.http.get(format!("{}/readyz", api.base)).send().await.unwrap()).await;
     assert_eq!(r.expect(200)["status"], "ready");
     api.get("/api/queues").await.expect(200);
     let res = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();
@@ -295,7 +297,7 @@ async fn health_readiness_and_metrics() {
 
     // Not migrated: not ready.
     sqlx::query("DROP TABLE _sqlx_migrations").execute(api.pool()).await.unwrap();
-    let r = Api::reply(api.http.get(format!("{}/readyz", api.base)).send().await.unwrap()).await;
+    let r = Reply::read(api.http.get(format!("{}/readyz", api.base)).send().await.unwrap()).await;
     r.expect_error(503, "unavailable", None);
     api.stop().await;
 }
@@ -308,24 +310,17 @@ async fn an_unreachable_database_is_503_within_seconds() {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy("postgres://root@127.0.0.1:9/gone")
         .unwrap();
-    let config = dashlight_core::Config::for_database("postgres://root@127.0.0.1:9/gone");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        dashlight_admin_api::serve(&config, pool, dashlight_core::Clock::system(), listener, async move {
-            let _ = rx.await;
-        })
-        .await
-    });
-    let http = reqwest::Client::new();
+    let mut config = dashlight_core::Config::for_database("postgres://root@127.0.0.1:9/gone");
+    config.admin_api_token = Some(TOKEN.into());
+    let server = spawn_api(&config, pool, dashlight_core::Clock::system()).await;
+    let (http, base) = (&server.http, &server.base);
     let started = std::time::Instant::now();
-    let r: Reply = Api::reply(http.get(format!("{base}/readyz")).send().await.unwrap()).await;
+    let r: Reply = Reply::read(http.get(format!("{base}/readyz")).send().await.unwrap()).await;
     assert!(started.elapsed() < Duration::from_secs(3), "readyz answers within ~2 s");
     r.expect_error(503, "unavailable", None);
-    let r = Api::reply(http.get(format!("{base}/api/queues")).bearer_auth(TOKEN).send().await.unwrap()).await;
+    let r = Reply::read(http.get(format!("{base}/api/queues")).bearer_auth(TOKEN).send().await.unwrap()).await;
     r.expect_error(503, "unavailable", None);
-    let r = Api::reply(
+    let r = Reply::read(
         http.post(format!("{base}/api/bookings/1/cancel"))
             .bearer_auth(TOKEN)
             .send()
@@ -334,10 +329,9 @@ async fn an_unreachable_database_is_503_within_seconds() {
     )
     .await;
     r.expect_error(503, "unavailable", None);
-    let r = Api::reply(http.get(format!("{base}/healthz")).send().await.unwrap()).await;
+    let r = Reply::read(http.get(format!("{base}/healthz")).send().await.unwrap()).await;
     r.expect(200);
-    tx.send(()).unwrap();
-    server.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -392,7 +386,7 @@ async fn several_routers_in_one_process() {
     let b = Api::start().await;
     a.get("/api/queues").await.expect(200);
     b.get("/api/queues").await.expect(200);
-    let r = Api::reply(b.http.get(format!("{}/metrics", b.base)).send().await.unwrap()).await;
+    let r = Reply::read(b.http.get(format!("{}/metrics", b.base)).send().await.unwrap()).await;
     assert_eq!(r.status, 200);
     a.stop().await;
     b.stop().await;

@@ -307,7 +307,7 @@ async fn availability_is_replaced_and_enforced() {
 /// The next `weekday` (at least two days ahead) at `hour`:00 London time, as UTC.
 pub fn next_weekday_at(weekday: chrono::Weekday, hour: u32) -> chrono::DateTime<chrono::Utc> {
     use chrono::{Datelike, TimeZone};
-    let tz = dashlight_core::people::parse_timezone("tz", "Europe/London").unwrap();
+    let tz = dashlight_core::validate::timezone("tz", "Europe/London").unwrap();
     let mut d = (chrono::Utc::now() + chrono::Duration::days(2)).with_timezone(&tz).date_naive();
     while d.weekday() != weekday {
         d = d.succ_opt().unwrap();
