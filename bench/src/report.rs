@@ -740,8 +740,8 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
             writeln!(w)?;
             writeln!(
                 w,
-                "The worker's per-notification `UPDATE notifications SET status = 'done' WHERE id = $1 AND (status IN ('pending', 'processing')) IS TRUE` \
-                 (`Pipeline::finish`) at 50 % of the last run, {label}, on the run's last reminder (rolled back):"
+                "The recorder's settle statement (`delivery::record::SETTLE_SQL`, closing the notifications of recorded sends) \
+                 at 50 % of the last run, {label}, on the run's last reminder (rolled back):"
             )?;
             writeln!(w)?;
             writeln!(w, "```\n{}\n```", agg.explain_finish)?;

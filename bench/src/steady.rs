@@ -77,9 +77,8 @@ pub struct SteadyRun {
     /// The whole sweep statement's plan after the run (rolled back).
     #[serde(skip)]
     pub explain_after: String,
-    /// Mid-run plan of the worker's per-notification `UPDATE notifications SET status = 'done'
-    /// WHERE id = $1 AND status IN (…)` (`Pipeline::finish`), for the run's last reminder
-    /// (rolled back).
+    /// Mid-run plan of the recorder's settle statement (`delivery::record::SETTLE_SQL`, which
+    /// closes recorded notifications), for the run's last reminder (rolled back).
     #[serde(skip)]
     pub explain_finish: String,
 }
@@ -306,18 +305,21 @@ async fn one(db: &BenchDb, pop: &Population, rate: u64, duration: Duration, grac
     })
 }
 
-/// `EXPLAIN (ANALYZE, BUFFERS)` of the statement `Pipeline::finish` (worker/src/delivery.rs, copied:
-/// keep in sync) runs for every notification, on the run's last reminder (not due yet), rolled back.
+/// `EXPLAIN (ANALYZE, BUFFERS)` of the recorder's settle statement
+/// (`dashlight_worker::delivery::record::SETTLE_SQL`), which closes every recorded notification, on
+/// the run's last reminder (not due yet), rolled back.
 async fn explain_finish_update(pool: &PgPool, marker: i64) -> anyhow::Result<String> {
     let mut tx = pool.begin().await?;
     let id: i64 = sqlx::query_scalar("SELECT max(id) FROM notifications WHERE id > $1")
         .bind(marker)
         .fetch_one(&mut *tx)
         .await?;
-    let lines: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN (ANALYZE, BUFFERS) UPDATE notifications SET status = 'done' WHERE id = $1 AND (status IN ('pending', 'processing')) IS TRUE",
-    )
-    .bind(id)
+    let lines: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, BUFFERS) {}",
+        dashlight_worker::delivery::record::SETTLE_SQL
+    )))
+    .bind(vec![id])
+    .bind(chrono::Utc::now())
     .fetch_all(&mut *tx)
     .await?;
     tx.rollback().await?;

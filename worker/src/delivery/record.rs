@@ -352,26 +352,24 @@ async fn enqueue_runs(conn: &mut PgConnection, runs: &[(i64, DateTime<Utc>, i16)
     Ok(())
 }
 
+/// The statement of [`settle_notifications`]: `$1` the notification ids, `$2` now. Public for the
+/// benchmark, which explains it.
+pub const SETTLE_SQL: &str = "WITH t AS (SELECT unnest($1::bigint[]) AS id),
+      o AS (SELECT d.notification_id AS id, min(coalesce(d.next_attempt_at, $2)) AS next
+            FROM notification_deliveries d
+            WHERE d.notification_id = ANY($1) AND d.status IN ('pending', 'retrying', 'sending') GROUP BY 1)
+ UPDATE notifications n
+ SET status = CASE WHEN o.id IS NULL THEN 'done' ELSE n.status END, next_check_at = coalesce(o.next, n.next_check_at)
+ FROM t LEFT JOIN o ON o.id = t.id
+ WHERE n.id = t.id AND n.id = ANY($1) AND n.status IN ('pending', 'processing')";
+
 /// Notifications done when nothing is open any more; else checked again when the earliest open
 /// delivery is due.
 async fn settle_notifications(conn: &mut PgConnection, ids: &[i64], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "WITH t AS (SELECT unnest($1::bigint[]) AS id),
-              o AS (SELECT d.notification_id AS id, min(coalesce(d.next_attempt_at, $2)) AS next
-                    FROM notification_deliveries d
-                    WHERE d.notification_id = ANY($1) AND d.status IN ('pending', 'retrying', 'sending') GROUP BY 1)
-         UPDATE notifications n
-         SET status = CASE WHEN o.id IS NULL THEN 'done' ELSE n.status END, next_check_at = coalesce(o.next, n.next_check_at)
-         FROM t LEFT JOIN o ON o.id = t.id
-         WHERE n.id = t.id AND n.id = ANY($1) AND n.status IN ('pending', 'processing')",
-    )
-    .bind(ids)
-    .bind(now)
-    .execute(conn)
-    .await?;
+    sqlx::query(SETTLE_SQL).bind(ids).bind(now).execute(conn).await?;
     Ok(())
 }
 
