@@ -7,6 +7,7 @@
 //! - [`jobs`]: the queue contract and [`jobs::enqueue`], the one function that enqueues.
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
+//! - [`gaps`]: the waitlist, freed slots offered to waiting students, accepting an offer.
 //! - [`series`]: weekly recurring bookings and their expansion over the horizon (DST-correct).
 //! - [`lessons`]: completing a lesson (progress rows, skill levels, the report) and no-shows.
 //! - [`payments`]: recording payments (a package payment buys the package).
@@ -30,6 +31,7 @@ pub mod crm;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod gaps;
 pub mod jobs;
 pub mod kinds;
 pub mod lessons;

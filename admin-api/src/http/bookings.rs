@@ -21,7 +21,10 @@ use crate::{
     AppState,
     error::{ApiError, ErrorBody, is_transient},
     extract::{ApiJson, ApiPath, OptionalJson, hhmm, rfc3339},
-    http::deliveries::{self, NotificationOut},
+    http::{
+        deliveries::{self, NotificationOut},
+        gaps::OfferOut,
+    },
 };
 
 /// Tries a transaction this many times when it is a deadlock's victim.
@@ -208,7 +211,14 @@ pub async fn cancel_booking(
         return Err(ApiError::invalid("reason", "at most 1000 characters"));
     }
     let now = state.clock.now();
-    let b = in_transaction!(state.pool, |tx| bookings::cancel(&mut tx, id, body.reason.clone(), now).await)?;
+    let b = in_transaction!(state.pool, |tx| bookings::cancel(
+        &mut tx,
+        &state.booking,
+        id,
+        body.reason.clone(),
+        now
+    )
+    .await)?;
     tracing::info!(booking_id = id, "booking cancelled");
     Ok(Json(b.into()))
 }
@@ -268,6 +278,10 @@ pub struct Timeline {
     pub booking: BookingOut,
     /// Its notifications, oldest first, each with its deliveries and their attempts.
     pub notifications: Vec<NotificationOut>,
+    /// The offers of the slot it freed (cancelled or moved): who was offered it, who opened
+    /// the link, who accepted.
+    #[serde(default)]
+    pub offers: Vec<OfferOut>,
 }
 
 /// The booking's notifications and every delivery attempt, oldest first.
@@ -288,10 +302,12 @@ pub async fn booking_timeline(State(state): State<AppState>, ApiPath(id): ApiPat
         .await?;
     let booking = bookings::get(&mut tx, id).await?;
     let notifications = deliveries::for_booking(&mut tx, id).await?;
+    let offers = dashlight_core::gaps::for_booking(&mut tx, id, state.clock.now()).await?;
     tx.commit().await?;
     Ok(Json(Timeline {
         booking: booking.into(),
         notifications,
+        offers: offers.into_iter().map(OfferOut::from).collect(),
     }))
 }
 
