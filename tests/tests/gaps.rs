@@ -153,6 +153,36 @@ impl Gap {
         Self::reply(req.send().await.expect("request")).await
     }
 
+    /// A dashboard page, signed in with the admin token.
+    async fn dashboard(&self, path: &str) -> Reply {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let res = http
+            .post(format!("{}/sign-in", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={TOKEN}"))
+            .send()
+            .await
+            .expect("sign in");
+        let cookie = res
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .expect("a session cookie")
+            .to_owned();
+        Self::reply(
+            http.get(format!("{}{path}", self.base))
+                .header("cookie", cookie)
+                .send()
+                .await
+                .expect("page"),
+        )
+        .await
+    }
+
     /// A student through the API in `timezone`; returns `(user_id, student_id)`.
     async fn student(&self, name: &str, timezone: &str) -> (i64, i64) {
         let b = self
@@ -634,6 +664,16 @@ async fn twenty_concurrent_accepts_book_the_slot_exactly_once() {
     assert_eq!(tl.len(), 20);
     assert_eq!(tl.iter().filter(|o| o["opened_at"].is_string()).count(), 10);
     assert_eq!(tl.iter().filter(|o| o["status"] == "accepted").count(), 1);
+
+    // The dashboard shows the offers on the booking's timeline, and the waitlist.
+    let page = g.dashboard(&format!("/timeline?booking={booking}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(page.text.contains("id=\"offers\""), "{}", page.text);
+    assert_eq!(page.text.matches("data-offer-id=").count(), 20);
+    assert_eq!(page.text.matches("data-status=\"withdrawn\"").count(), 19);
+    let page = g.dashboard("/timeline").await;
+    assert!(page.text.contains("id=\"waitlist\""), "{}", page.text);
+    assert_eq!(page.text.matches("data-student-id=").count(), 19, "the winner left the waitlist");
 
     // The rollup counts the slot offered and filled, and how long it took.
     g.periodic(PeriodicTask::AnalyticsRollup, now).await;
