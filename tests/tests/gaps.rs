@@ -777,3 +777,33 @@ async fn a_reschedule_frees_its_old_slot_the_same_way() {
     g.wait_for_mail("waiting@school.test", "Lesson booked").await;
     g.stop().await;
 }
+
+#[tokio::test]
+async fn the_demo_school_offers_a_cancelled_lesson_to_its_waiting_students() {
+    let db = dashlight_tests::db::TestDb::new().await;
+    let settings = dashlight_core::bookings::BookingSettings::from_config(&db.config());
+    let now = Utc::now();
+    dashlight_core::demo::seed(&db.pool, &settings, now).await.unwrap();
+    // The latest demo lesson (days ahead): the any-time student is free unless they hold it.
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM bookings WHERE status = 'confirmed' ORDER BY start_time DESC LIMIT 5")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let mut offered = 0;
+    for id in ids {
+        let mut tx = db.pool.begin().await.unwrap();
+        dashlight_core::bookings::cancel(&mut tx, &settings, id, Some("demo".into()), now)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        offered += sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notifications WHERE type = 'slot_offer' AND booking_id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if offered > 0 {
+            break;
+        }
+    }
+    assert!(offered > 0, "a cancelled demo lesson is offered to a waiting student");
+}
