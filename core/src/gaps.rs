@@ -566,6 +566,19 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
         }
         _ => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
     }
+    // The student may have booked something else at that time since the offer was made.
+    let busy: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM bookings WHERE student_id = $1 AND status IN ('pending', 'confirmed')
+                        AND start_time < $3 AND end_time > $2)",
+    )
+    .bind(offer.student_id)
+    .bind(offer.start_time)
+    .bind(offer.end_time)
+    .fetch_one(&mut *conn)
+    .await?;
+    if busy {
+        return Err(DomainError::Conflict("you already have a lesson at that time".into()));
+    }
     let nb = NewBooking {
         student_id: offer.student_id,
         instructor_id: offer.instructor_id,

@@ -763,6 +763,22 @@ async fn a_reschedule_frees_its_old_slot_the_same_way() {
         "the old slot is offered"
     );
     g.wait_for_mail("waiting@school.test", "A lesson has come free").await;
+    // The accepted lesson is taken from the student's package like any other booking.
+    let pkg = g
+        .post(
+            "/api/lesson-packages",
+            json!({"name": "Taster", "lessons_included": 2, "price": 9000, "validity_days": 30}),
+        )
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .unwrap();
+    let purchase = g
+        .post(&format!("/api/students/{waiting}/packages"), json!({"package_id": pkg}))
+        .await
+        .expect(201)["id"]
+        .as_i64()
+        .unwrap();
     let url = g.links(booking).await[0].1.clone();
     let r = g.link(Method::POST, &format!("{url}/accept"), true).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -774,6 +790,14 @@ async fn a_reschedule_frees_its_old_slot_the_same_way() {
             .await
             .unwrap();
     assert_eq!((student, start), (waiting, s));
+    assert_eq!(
+        g.count(&format!(
+            "SELECT lessons_remaining::bigint FROM package_purchases WHERE id = {purchase}"
+        ))
+        .await,
+        1,
+        "one lesson of the package consumed"
+    );
     g.wait_for_mail("waiting@school.test", "Lesson booked").await;
     g.stop().await;
 }
