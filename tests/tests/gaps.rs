@@ -551,9 +551,9 @@ async fn twenty_concurrent_accepts_book_the_slot_exactly_once() {
         assert_eq!(l.2["error"], "conflict", "{:?}", l.2);
     }
     let (winner, _, won) = winners[0].clone();
-    let new_booking = won["booking"]["id"].as_i64().unwrap();
-    assert_eq!(won["booking"]["student_id"], winner);
-    assert_eq!(won["booking"]["status"], "confirmed");
+    let new_booking = won["id"].as_i64().unwrap();
+    assert_eq!(won["student_id"], winner);
+    assert_eq!(won["status"], "confirmed");
     assert_eq!(won["offer"]["status"], "accepted");
     assert_eq!(
         g.count(&format!(
@@ -646,7 +646,7 @@ async fn twenty_concurrent_accepts_book_the_slot_exactly_once() {
     assert_eq!(r.status, StatusCode::GONE);
     let winner_url = &links.iter().find(|(s, _)| *s == winner).unwrap().1;
     let r = g.link(Method::POST, &format!("{winner_url}/accept"), false).await;
-    assert_eq!((r.status.as_u16(), r.body["booking"]["id"].clone()), (200, json!(new_booking)));
+    assert_eq!((r.status.as_u16(), r.body["id"].clone()), (200, json!(new_booking)));
     let r = g.link(Method::POST, &format!("{winner_url}/accept"), true).await;
     assert!(r.text.contains("is yours"), "{}", r.text);
     for html in [true, false] {
@@ -830,4 +830,34 @@ async fn the_demo_school_offers_a_cancelled_lesson_to_its_waiting_students() {
         }
     }
     assert!(offered > 0, "a cancelled demo lesson is offered to a waiting student");
+}
+
+#[tokio::test]
+async fn a_student_who_booked_that_time_meanwhile_cannot_accept() {
+    let g = Gap::start().await;
+    let ivy = g.instructor("ivy").await;
+    let jon = g.instructor("jon").await;
+    let s = slot(3);
+    let (_, holder) = g.student("holder", "Europe/London").await;
+    let (_, waiting) = g.student("waiting", "Europe/London").await;
+    g.waitlist(waiting, json!({"instructor_ids": [], "windows": [], "active": true}))
+        .await;
+    let booking = g.book(holder, ivy, s, 60).await;
+    g.post(&format!("/api/bookings/{booking}/cancel"), json!({})).await.expect(200);
+    let url = g.links(booking).await[0].1.clone();
+    g.book(waiting, jon, s, 60).await;
+    let r = g.link(Method::POST, &format!("{url}/accept"), false).await;
+    assert_eq!((r.status.as_u16(), r.body["error"].clone()), (409, json!("conflict")), "{}", r.text);
+    assert_eq!(
+        g.count(&format!(
+            "SELECT count(*) FROM bookings WHERE instructor_id = {ivy} AND status = 'confirmed'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        g.get(&format!("/api/bookings/{booking}/offers")).await.expect(200)[0]["status"],
+        "open"
+    );
+    g.stop().await;
 }

@@ -248,13 +248,15 @@ pub async fn booking_offers(State(state): State<AppState>, ApiPath(id): ApiPath<
     Ok(Json(offers.into_iter().map(OfferOut::from).collect()))
 }
 
-/// What `POST /offers/{token}/accept` answers in JSON.
+/// What `POST /offers/{token}/accept` answers in JSON: the booking made for the student (the
+/// fields of `POST /api/bookings`'s answer), with the offer it came from.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AcceptedOut {
+    /// The booking.
+    #[serde(flatten)]
+    pub booking: BookingOut,
     /// The offer, now `accepted`.
     pub offer: OfferOut,
-    /// The booking made for the student.
-    pub booking: BookingOut,
 }
 
 // ---------------------------------------------------------------------------------------------
