@@ -17,9 +17,11 @@
 //!   (the message carrying the link keeps it, as any sent message does).
 //! - [`open`], [`find`]: the link's page; opening marks the offer `opened_at`.
 //! - [`accept`]: books the slot through [`crate::bookings::create`] (confirmation, alert,
-//!   reminders, invitation, package), so the bookings exclusion constraint decides a race; the
-//!   winner's transaction withdraws the slot's other open offers and tells those who had opened
-//!   theirs (`slot_taken`), and closes the winner's waitlist entry.
+//!   reminders, invitation, package). Acceptances queue on the instructor's row lock, the one
+//!   every booking of that instructor takes, and read their offer again once through; the
+//!   exclusion constraint has the last word against any other booking. The winner's transaction
+//!   withdraws the slot's other open offers, tells those who had opened theirs (`slot_taken`),
+//!   and closes the winner's waitlist entry.
 //! - [`expire_due`]: the sweep's net that marks offers past their expiry `expired` (the state is
 //!   also computed at every read, so nothing waits for it).
 //!
@@ -548,6 +550,16 @@ pub struct Accepted {
 /// Accepts the offer a token names (see the module header). `NotFound("offer")` for an unknown
 /// token; `Conflict` when the offer expired, was withdrawn, or the slot has gone.
 pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, now: DateTime<Utc>) -> Result<Accepted, DomainError> {
+    let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
+    // The instructor's row lock, which every booking of theirs takes first (see
+    // `bookings::create`), taken before anything else: acceptances of one instructor's slots
+    // queue here, in one lock order, and each reads its offer again once through (a second click
+    // of the same link then finds it accepted; a slower acceptor finds it withdrawn). Whatever
+    // else books the instructor meanwhile, the exclusion constraint still has the last word.
+    sqlx::query("SELECT id FROM instructors WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(offer.instructor_id)
+        .execute(&mut *conn)
+        .await?;
     let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
     match offer.status.as_str() {
         "open" => {}

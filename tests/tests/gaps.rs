@@ -833,7 +833,7 @@ async fn the_demo_school_offers_a_cancelled_lesson_to_its_waiting_students() {
 }
 
 #[tokio::test]
-async fn a_student_who_booked_that_time_meanwhile_cannot_accept() {
+async fn a_busy_student_cannot_accept_and_a_double_click_books_once() {
     let g = Gap::start().await;
     let ivy = g.instructor("ivy").await;
     let jon = g.instructor("jon").await;
@@ -845,7 +845,7 @@ async fn a_student_who_booked_that_time_meanwhile_cannot_accept() {
     let booking = g.book(holder, ivy, s, 60).await;
     g.post(&format!("/api/bookings/{booking}/cancel"), json!({})).await.expect(200);
     let url = g.links(booking).await[0].1.clone();
-    g.book(waiting, jon, s, 60).await;
+    let busy = g.book(waiting, jon, s, 60).await;
     let r = g.link(Method::POST, &format!("{url}/accept"), false).await;
     assert_eq!((r.status.as_u16(), r.body["error"].clone()), (409, json!("conflict")), "{}", r.text);
     assert_eq!(
@@ -858,6 +858,22 @@ async fn a_student_who_booked_that_time_meanwhile_cannot_accept() {
     assert_eq!(
         g.get(&format!("/api/bookings/{booking}/offers")).await.expect(200)[0]["status"],
         "open"
+    );
+
+    // Free again, the student clicks twice at once: one booking, the second click shows it.
+    g.post(&format!("/api/bookings/{busy}/cancel"), json!({})).await.expect(200);
+    let accept = format!("{url}/accept");
+    let (a, b) = tokio::join!(g.link(Method::POST, &accept, false), g.link(Method::POST, &accept, false));
+    let mut statuses = [a.status.as_u16(), b.status.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 201], "{} / {}", a.text, b.text);
+    assert_eq!(a.body["id"], b.body["id"]);
+    assert_eq!(
+        g.count(&format!(
+            "SELECT count(*) FROM bookings WHERE instructor_id = {ivy} AND status = 'confirmed'"
+        ))
+        .await,
+        1
     );
     g.stop().await;
 }

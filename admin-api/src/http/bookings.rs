@@ -284,7 +284,8 @@ pub struct Timeline {
     pub offers: Vec<OfferOut>,
 }
 
-/// The booking's notifications and every delivery attempt, oldest first.
+/// The booking's notifications and every delivery attempt, oldest first, and the offers of the
+/// slot it freed (who was offered it, opened the link, accepted).
 #[utoipa::path(get, path = "/api/bookings/{id}/timeline", tag = "bookings",
     params(("id" = i64, Path, description = "bookings.id")),
     responses(
