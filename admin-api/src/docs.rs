@@ -28,6 +28,7 @@ use crate::{AppState, error::ErrorBody};
         (name = "messages", description = "Messages between staff, instructors and students"),
         (name = "crm", description = "Leads and staff interactions"),
         (name = "calendar", description = "iCalendar feeds of lessons (the feed needs no token)"),
+        (name = "gaps", description = "The waitlist and freed slots offered to waiting students (the offer link needs no token)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -76,6 +76,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/crm/interactions"),
     ("POST", "/api/users/{id}/calendar-token/rotate"),
     ("GET", "/calendar/{token}.ics"),
+    ("PUT", "/api/students/{id}/waitlist"),
+    ("GET", "/api/students/{id}/waitlist"),
+    ("GET", "/api/bookings/{id}/offers"),
+    ("GET", "/offers/{token}"),
+    ("POST", "/offers/{token}/accept"),
     ("GET", "/api/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -121,12 +126,15 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(http::messages::routes())
         .merge(http::crm::routes())
         .merge(http::calendar::routes())
+        .merge(http::gaps::routes())
         .merge(docs::routes())
 }
 
-/// The open routes: liveness, readiness, metrics, calendar feeds.
+/// The open routes: liveness, readiness, metrics, calendar feeds, offer links.
 pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
-    http::health::routes().merge(http::calendar::open_routes())
+    http::health::routes()
+        .merge(http::calendar::open_routes())
+        .merge(http::gaps::open_routes())
 }
 
 /// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors

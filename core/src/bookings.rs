@@ -4,7 +4,8 @@
 //! ([`crate::packages`]) and the CRM status it moves ([`crate::crm`]); and [`finish`], the
 //! `completed`/`no_show` end of a confirmed booking ([`crate::lessons`]). The database's exclusion
 //! constraint is the final judge of double bookings; its violation comes back as
-//! [`DomainError::Conflict`]. Owns writes to `bookings` and `calendar_events`/`event_participants`.
+//! [`DomainError::Conflict`]. A cancellation or a move offers the slot it frees to waitlisted
+//! students ([`crate::gaps`]). Owns writes to `bookings` and `calendar_events`/`event_participants`.
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use crate::{
     config::format_offset,
     crm,
     error::DomainError,
+    gaps::{self, FreedSlot, GapFill},
     kinds::Kind,
     notify::{self, NewNotification},
     packages,
@@ -84,6 +86,8 @@ pub struct BookingSettings {
     pub reminder_offsets: Vec<Duration>,
     /// The school's `MAIL_FROM` mailbox: the ORGANIZER of the lessons' calendar invitations.
     pub organizer: String,
+    /// Offering freed slots to waitlisted students ([`crate::gaps`]).
+    pub gap_fill: GapFill,
 }
 
 impl BookingSettings {
@@ -93,6 +97,7 @@ impl BookingSettings {
             school_tz: config.school_timezone,
             reminder_offsets: config.reminder_offsets.clone(),
             organizer: config.mail_from.clone(),
+            gap_fill: GapFill::from_config(config),
         }
     }
 }
@@ -378,8 +383,15 @@ pub fn human_offset(d: Duration) -> String {
 }
 
 /// Cancels a pending or confirmed booking: pending reminders are cancelled, the calendar event
-/// is cancelled (SEQUENCE raised), the student and instructor are told.
-pub async fn cancel(conn: &mut PgConnection, id: i64, reason: Option<String>, now: DateTime<Utc>) -> Result<Booking, DomainError> {
+/// is cancelled (SEQUENCE raised), the student and instructor are told, and the freed slot is
+/// offered to waitlisted students ([`gaps::offer_freed_slot`]).
+pub async fn cancel(
+    conn: &mut PgConnection,
+    s: &BookingSettings,
+    id: i64,
+    reason: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<Booking, DomainError> {
     let b = load(conn, id, true).await?;
     if !matches!(b.status.as_str(), "pending" | "confirmed") {
         return Err(DomainError::Conflict(format!(
@@ -414,6 +426,15 @@ pub async fn cancel(conn: &mut PgConnection, id: i64, reason: Option<String>, no
     n.booking_id = Some(id);
     notify::create(conn, n).await?;
     alert(conn, &b, &student, &instructor, "cancelled", None, now).await?;
+    let freed = FreedSlot {
+        booking_id: b.id,
+        booking_version: b.version,
+        student_id: b.student_id,
+        instructor: &instructor,
+        start_time: b.start_time,
+        end_time: b.end_time,
+    };
+    gaps::offer_freed_slot(conn, &s.gap_fill, &freed, now).await?;
     analytics::record(
         conn,
         Some(student.user_id),
@@ -504,6 +525,15 @@ pub async fn reschedule(
     )
     .await?;
     schedule_reminders(conn, s, &b, &student, &instructor, now).await?;
+    let freed = FreedSlot {
+        booking_id: b.id,
+        booking_version: old.version,
+        student_id: b.student_id,
+        instructor: &instructor,
+        start_time: old.start_time,
+        end_time: old.end_time,
+    };
+    gaps::offer_freed_slot(conn, &s.gap_fill, &freed, now).await?;
     analytics::record(
         conn,
         Some(student.user_id),

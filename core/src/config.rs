@@ -124,6 +124,15 @@ pub struct Config {
     pub poll_interval: Duration,
     /// `RECURRING_HORIZON_DAYS`: how far ahead weekly series are booked.
     pub recurring_horizon_days: u32,
+    /// `PUBLIC_BASE_URL`: the address people (and providers) reach the admin API at, without a
+    /// trailing slash; offer links are `PUBLIC_BASE_URL/offers/{token}`. Default
+    /// `http://$ADMIN_API_ADDR`.
+    pub public_base_url: String,
+    /// `GAP_FILL_MIN_NOTICE`: a booking cancelled (or moved) at least this long before its start
+    /// offers the freed slot to waitlisted students; offers expire this long before the start.
+    pub gap_fill_min_notice: Duration,
+    /// `GAP_FILL_MAX_OFFERS`: how many waitlisted students one freed slot is offered to (0: off).
+    pub gap_fill_max_offers: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -149,6 +158,9 @@ impl std::fmt::Debug for Config {
             .field("retry_max_delay", &self.retry_max_delay)
             .field("poll_interval", &self.poll_interval)
             .field("recurring_horizon_days", &self.recurring_horizon_days)
+            .field("public_base_url", &self.public_base_url)
+            .field("gap_fill_min_notice", &self.gap_fill_min_notice)
+            .field("gap_fill_max_offers", &self.gap_fill_max_offers)
             .finish()
     }
 }
@@ -342,7 +354,33 @@ impl Config {
             return Err(ConfigError::new("DELIVERY_MAX_ATTEMPTS", "expected at least 1"));
         }
 
+        let public_base_url = match var("PUBLIC_BASE_URL") {
+            None => format!("http://{admin_api_addr}"),
+            Some(v) => {
+                let parsed = url::Url::parse(v.trim()).map_err(|e| {
+                    ConfigError::new(
+                        "PUBLIC_BASE_URL",
+                        format!("expected an http(s) URL such as https://school.example, got {v:?}: {e}"),
+                    )
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() || parsed.query().is_some() {
+                    return Err(ConfigError::new(
+                        "PUBLIC_BASE_URL",
+                        format!("expected an http(s) URL with a host and no query, such as https://school.example, got {v:?}"),
+                    ));
+                }
+                v.trim().trim_end_matches('/').to_owned()
+            }
+        };
+        let gap_fill_max_offers = parsed("GAP_FILL_MAX_OFFERS", 5u32, "a number of students (0 turns gap filling off)")?;
+        if gap_fill_max_offers > 1000 {
+            return Err(ConfigError::new("GAP_FILL_MAX_OFFERS", "expected at most 1000"));
+        }
+
         Ok(Config {
+            public_base_url,
+            gap_fill_min_notice: duration("GAP_FILL_MIN_NOTICE", Duration::from_secs(3 * 3600))?,
+            gap_fill_max_offers,
             database_url,
             school_timezone,
             school_name: var("SCHOOL_NAME").unwrap_or_else(|| "Dashlight Driving School".into()),
@@ -389,6 +427,9 @@ impl Config {
             retry_max_delay: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
             recurring_horizon_days: 28,
+            public_base_url: "http://127.0.0.1:8080".into(),
+            gap_fill_min_notice: Duration::from_secs(3 * 3600),
+            gap_fill_max_offers: 5,
         }
     }
 }

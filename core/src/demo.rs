@@ -2,11 +2,12 @@
 //! students with preferences, devices and CRM contacts, bookings over the coming days (made
 //! through the real booking operation, so their notifications flow), some payments, and one of
 //! every other flow so the outbox shows each kind: a completed lesson with its report, a package
-//! running low, a message thread, a driving test coming up and a lead waiting for a follow-up.
+//! running low, a message thread, a driving test coming up and a lead waiting for a follow-up;
+//! two students wait on the waitlist, so a cancellation shows `slot_offer` in the outbox.
 //! Every row is written through the core operations the admin API uses ([`people`],
 //! [`bookings`], [`payments`], [`packages`], [`lessons`], [`messages`], [`crm`],
-//! [`crate::series`]), in one transaction; the demo itself only reads (whether it ran already,
-//! which bookings to pay for, the syllabus). Running it again adds nothing.
+//! [`crate::series`], [`crate::gaps`]), in one transaction; the demo itself only reads (whether
+//! it ran already, which bookings to pay for, the syllabus). Running it again adds nothing.
 
 use chrono::{DateTime, Datelike, Duration, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
@@ -288,6 +289,7 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
         },
     )
     .await?;
+    waitlist(&mut tx, &instructor_ids, &student_ids, now).await?;
     tx.commit().await?;
     Ok(summary)
 }
@@ -510,5 +512,36 @@ async fn flows(
     )
     .await?;
     summary.leads += 1;
+    Ok(())
+}
+
+/// Two students on the waitlist (gap filling): one takes any instructor at any time, one wants
+/// the first instructor on weekdays 08:00–20:00. Cancelling a demo booking a few hours or more
+/// ahead then offers its slot to them (`slot_offer` in the outbox).
+async fn waitlist(conn: &mut sqlx::PgConnection, instructors: &[i64], students: &[i64], now: DateTime<Utc>) -> Result<(), DomainError> {
+    use crate::gaps::{self, SetWaitlist};
+    use crate::people::Window;
+    let (Some(first), [.., a, b]) = (instructors.first(), students) else {
+        return Ok(());
+    };
+    let any = SetWaitlist {
+        instructor_ids: Vec::new(),
+        windows: Vec::new(),
+        active: true,
+    };
+    gaps::set_waitlist(conn, *a, any, now).await?;
+    let weekdays = (1..=5)
+        .map(|d| Window {
+            day_of_week: d,
+            start_time: NaiveTime::from_hms_opt(8, 0, 0).expect("valid time"),
+            end_time: NaiveTime::from_hms_opt(20, 0, 0).expect("valid time"),
+        })
+        .collect();
+    let picky = SetWaitlist {
+        instructor_ids: vec![*first],
+        windows: weekdays,
+        active: true,
+    };
+    gaps::set_waitlist(conn, *b, picky, now + Duration::seconds(1)).await?;
     Ok(())
 }

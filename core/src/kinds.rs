@@ -96,11 +96,15 @@ pub enum Kind {
     PackageLow,
     /// To the school: a lead needs a follow-up.
     CrmFollowUp,
+    /// To a waitlisted student: a freed slot is theirs if they accept first (with the link).
+    SlotOffer,
+    /// To a student who opened an offer: someone else accepted the slot first.
+    SlotTaken,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 15] = [
         Kind::BookingConfirmed,
         Kind::BookingAlert,
         Kind::LessonReminder,
@@ -114,6 +118,8 @@ impl Kind {
         Kind::TestReminder,
         Kind::PackageLow,
         Kind::CrmFollowUp,
+        Kind::SlotOffer,
+        Kind::SlotTaken,
     ];
 
     /// The stored name (`notifications.type`) and template folder.
@@ -132,6 +138,8 @@ impl Kind {
             Kind::TestReminder => "test_reminder",
             Kind::PackageLow => "package_low",
             Kind::CrmFollowUp => "crm_follow_up",
+            Kind::SlotOffer => "slot_offer",
+            Kind::SlotTaken => "slot_taken",
         }
     }
 
@@ -145,19 +153,20 @@ impl Kind {
         use Channel::*;
         match self {
             Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled => (Policy::All, &[Email, Push]),
-            Kind::BookingAlert | Kind::LessonReminder | Kind::TestReminder => (Policy::First, &[Push, Sms, Email]),
+            Kind::BookingAlert | Kind::LessonReminder | Kind::TestReminder | Kind::SlotOffer => (Policy::First, &[Push, Sms, Email]),
             Kind::RecurringConflict | Kind::InvoiceIssued | Kind::LessonReport | Kind::PackageLow | Kind::CrmFollowUp => {
                 (Policy::All, &[Email])
             }
-            Kind::DailyAgenda | Kind::NewMessage => (Policy::First, &[Push, Email]),
+            // slot_taken only says an offer the student looked at has gone: not worth an SMS.
+            Kind::DailyAgenda | Kind::NewMessage | Kind::SlotTaken => (Policy::First, &[Push, Email]),
         }
     }
 
     /// Queue priority: higher runs first. Time-critical messages outrank reports.
     pub fn priority(self) -> i32 {
         match self {
-            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder => 20,
-            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::NewMessage => 15,
+            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer => 20,
+            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::NewMessage | Kind::SlotTaken => 15,
             _ => 10,
         }
     }
@@ -165,8 +174,8 @@ impl Kind {
     /// Push urgency (RFC 8030): reminders and alerts are high.
     pub fn urgency(self) -> &'static str {
         match self {
-            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder => "high",
-            Kind::NewMessage | Kind::BookingCancelled | Kind::BookingRescheduled => "normal",
+            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer => "high",
+            Kind::NewMessage | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::SlotTaken => "normal",
             _ => "low",
         }
     }

@@ -10,6 +10,7 @@
 //!   queue's fetch/ack/heartbeat, operators' views and levers, pruning.
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
+//! - [`gaps`]: the waitlist, freed slots offered to waiting students, accepting an offer.
 //! - [`series`]: weekly recurring bookings and their expansion over the horizon (DST-correct).
 //! - [`lessons`]: completing a lesson (progress rows, skill levels, the report) and no-shows.
 //! - [`payments`]: recording payments (a package payment buys the package).
@@ -35,6 +36,7 @@ pub mod crm;
 pub mod db;
 pub mod demo;
 pub mod error;
+pub mod gaps;
 pub mod jobs;
 pub mod kinds;
 pub mod lessons;

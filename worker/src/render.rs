@@ -59,6 +59,8 @@ const KINDS: &[&str] = &[
     "test_reminder",
     "package_low",
     "crm_follow_up",
+    "slot_offer",
+    "slot_taken",
 ];
 
 /// A failure to load or render a template.
@@ -433,6 +435,31 @@ impl Renderer {
                     },
                 }),
             ),
+            "slot_offer" => (
+                student,
+                json!({
+                    "offer": {
+                        "id": 42,
+                        "start_time": "2026-03-05T16:00:00Z",
+                        "end_time": "2026-03-05T17:00:00Z",
+                        "instructor_name": "Daniel Okafor",
+                        "pickup_location": "Leeds station, New Station Street entrance",
+                        "expires_at": "2026-03-05T13:00:00Z",
+                        "url": "https://school.example/offers/q3Zk1vT9yXb0cP4mL8nR2sW6eH5gJ7aD-uF_oI3tY1E",
+                    },
+                }),
+            ),
+            "slot_taken" => (
+                student,
+                json!({
+                    "offer": {
+                        "id": 42,
+                        "start_time": "2026-03-05T16:00:00Z",
+                        "end_time": "2026-03-05T17:00:00Z",
+                        "instructor_name": "Daniel Okafor",
+                    },
+                }),
+            ),
             _ => (student, json!({})),
         };
 
@@ -470,6 +497,7 @@ fn sparse_context(kind: &str) -> Value {
         "booking_alert" => &["/booking/pickup_location", "/previous"],
         "lesson_report" => &["/lesson/notes"],
         "package_low" => &["/package/expires_at"],
+        "slot_offer" => &["/offer/pickup_location"],
         "crm_follow_up" => &["/contact/email", "/contact/phone", "/contact/last_interaction_at"],
         _ => &[],
     };
@@ -910,7 +938,7 @@ mod tests {
 
     #[test]
     fn kinds_match_product_list() {
-        assert_eq!(Renderer::kinds().len(), 13);
+        assert_eq!(Renderer::kinds().len(), 15);
         assert!(Renderer::kinds().contains(&"crm_follow_up"));
     }
 

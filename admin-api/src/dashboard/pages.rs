@@ -387,7 +387,61 @@ struct TimelinePage {
     found: Vec<Found>,
     booking: Option<BookingView>,
     notifications: Vec<NotificationView>,
+    /// The offers of the slot the booking freed (gap filling).
+    offers: Vec<OfferView>,
+    /// Students on the waitlist, oldest first (shown when no booking is).
+    waitlist: Vec<WaitingView>,
     error: Option<String>,
+}
+
+/// One offer of a freed slot.
+#[derive(Serialize)]
+struct OfferView {
+    id: i64,
+    student: String,
+    status: String,
+    status_class: &'static str,
+    version: i32,
+    offered: Time,
+    opened: Option<Time>,
+    accepted: Option<Time>,
+    accepted_booking_id: Option<i64>,
+    expires: Time,
+}
+
+/// One student on the waitlist.
+#[derive(Serialize, sqlx::FromRow)]
+struct WaitingView {
+    student_id: i64,
+    student: String,
+    instructors: String,
+    windows: String,
+    timezone: String,
+    #[sqlx(skip)]
+    joined: Option<Time>,
+    joined_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The active waitlist, oldest first (at most 50).
+async fn waitlist(state: &AppState) -> Result<Vec<WaitingView>, ApiError> {
+    let tz = state.config.school_timezone;
+    let mut rows: Vec<WaitingView> = sqlx::query_as(
+        "SELECT e.student_id, concat_ws(' ', u.first_name, u.last_name) AS student, u.timezone, e.joined_at,
+                coalesce((SELECT string_agg(concat_ws(' ', iu.first_name, iu.last_name), ', ' ORDER BY iu.last_name)
+                          FROM instructors i JOIN users iu ON iu.id = i.user_id WHERE i.id = ANY(e.instructor_ids)), 'any') AS instructors,
+                coalesce((SELECT string_agg((ARRAY['Mon','Tue','Wed','Thu','Fri','Sat','Sun'])[w.day_of_week] || ' '
+                                            || to_char(w.start_time, 'HH24:MI') || '–' || to_char(w.end_time, 'HH24:MI'), ', '
+                                            ORDER BY w.day_of_week, w.start_time)
+                          FROM waitlist_windows w WHERE w.entry_id = e.id), 'any time') AS windows
+         FROM waitlist_entries e JOIN students s ON s.id = e.student_id JOIN users u ON u.id = s.user_id
+         WHERE e.active ORDER BY e.joined_at, e.id LIMIT 50",
+    )
+    .fetch_all(&state.pool)
+    .await?;
+    for r in &mut rows {
+        r.joined = Some(view::time(r.joined_at, tz));
+    }
+    Ok(rows)
 }
 
 fn like_pattern(q: &str) -> String {
@@ -418,6 +472,28 @@ async fn search(state: &AppState, q: &str) -> Result<Vec<Found>, ApiError> {
     .fetch_all(&state.pool)
     .await?;
     Ok(rows)
+}
+
+fn offers_view(t: &Timeline, tz: chrono_tz::Tz) -> Vec<OfferView> {
+    t.offers
+        .iter()
+        .map(|o| OfferView {
+            id: o.id,
+            student: o.student_name.clone(),
+            status_class: match o.status.as_str() {
+                "accepted" => "ok",
+                "open" => "wait",
+                _ => "warn",
+            },
+            status: o.status.clone(),
+            version: o.booking_version,
+            offered: view::time(o.created_at, tz),
+            opened: view::time_opt(o.opened_at, tz),
+            accepted: view::time_opt(o.accepted_at, tz),
+            accepted_booking_id: o.accepted_booking_id,
+            expires: view::time(o.expires_at, tz),
+        })
+        .collect()
 }
 
 fn timeline_view(t: Timeline, names: Option<&Found>, state: &AppState) -> (BookingView, Vec<NotificationView>) {
@@ -526,6 +602,7 @@ pub async fn timeline(State(state): State<AppState>, _: Operator, Query(query): 
                 .bind(id)
                 .fetch_optional(&state.pool)
                 .await?;
+            page.offers = offers_view(&t, tz);
             let (booking, notifications) = timeline_view(t, names.as_ref(), &state);
             page.booking = Some(booking);
             page.notifications = notifications;
@@ -536,6 +613,8 @@ pub async fn timeline(State(state): State<AppState>, _: Operator, Query(query): 
                 f.status_class = view::status_class(&f.status);
                 f.start = Some(view::time(f.start_time, tz));
             }
+        } else {
+            page.waitlist = waitlist(&state).await?;
         }
         Ok(StatusCode::OK)
     }

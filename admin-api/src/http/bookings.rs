@@ -23,7 +23,10 @@ use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiPath, OptionalJson, hhmm, rfc3339},
-    http::deliveries::{self, NotificationOut},
+    http::{
+        deliveries::{self, NotificationOut},
+        gaps::OfferOut,
+    },
 };
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -185,8 +188,8 @@ pub async fn cancel_booking(
         return Err(ApiError::invalid("reason", "at most 1000 characters"));
     }
     let now = state.clock.now();
-    let b = retry_deadlock(&state.pool, &(), |tx, ()| {
-        Box::pin(bookings::cancel(tx, id, body.reason.clone(), now))
+    let b = retry_deadlock(&state.pool, &state.booking, |tx, settings| {
+        Box::pin(bookings::cancel(tx, settings, id, body.reason.clone(), now))
     })
     .await?;
     tracing::info!(booking_id = id, "booking cancelled");
@@ -243,9 +246,14 @@ pub struct Timeline {
     pub booking: BookingOut,
     /// Its notifications, oldest first, each with its deliveries and their attempts.
     pub notifications: Vec<NotificationOut>,
+    /// The offers of the slot it freed (cancelled or moved): who was offered it, who opened
+    /// the link, who accepted.
+    #[serde(default)]
+    pub offers: Vec<OfferOut>,
 }
 
-/// The booking's notifications and every delivery attempt, oldest first.
+/// The booking's notifications and every delivery attempt, oldest first, and the offers of the
+/// slot it freed (who was offered it, opened the link, accepted).
 #[utoipa::path(get, path = "/api/bookings/{id}/timeline", tag = "bookings",
     params(("id" = i64, Path, description = "bookings.id")),
     responses(
@@ -263,10 +271,12 @@ pub async fn booking_timeline(State(state): State<AppState>, ApiPath(id): ApiPat
         .await?;
     let booking = bookings::get(&mut tx, id).await?;
     let notifications = deliveries::for_booking(&mut tx, id).await?;
+    let offers = dashlight_core::gaps::for_booking(&mut tx, id, state.clock.now()).await?;
     tx.commit().await?;
     Ok(Json(Timeline {
         booking: booking.into(),
         notifications,
+        offers: offers.into_iter().map(OfferOut::from).collect(),
     }))
 }
 

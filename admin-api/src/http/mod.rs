@@ -10,12 +10,14 @@
 //! - [`payments`]: payments, lesson packages and their purchase.
 //! - [`messages`]: messages, read receipts and a user's threads.
 //! - [`crm`]: leads and staff interactions.
+//! - [`gaps`]: the waitlist, a freed slot's offers, the offer link (no token) and accepting it.
 //! - [`calendar`]: the per-person iCalendar feed (no token) and its secret's rotation.
 
 pub mod bookings;
 pub mod calendar;
 pub mod crm;
 pub mod deliveries;
+pub mod gaps;
 pub mod health;
 pub mod lessons;
 pub mod messages;

@@ -40,6 +40,11 @@ async fn the_demo_school_shows_every_flow() {
         1
     );
     assert_eq!(count(&db, "SELECT count(DISTINCT thread_id) FROM messages").await, 1);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM waitlist_entries WHERE active").await,
+        2,
+        "two students wait for a slot"
+    );
     // The reply is unread: its email is waiting; the first message was read, its email cancelled.
     assert_eq!(
         count(

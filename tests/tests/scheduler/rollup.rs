@@ -38,7 +38,7 @@ async fn rollup_of_a_day_run_twice_gives_identical_rows() {
     let b3 = w.book(&s1, &i2, now + day * 4, now).await;
     let b4 = w.book(&s2, &i2, now, now).await;
     let mut conn = w.pool().acquire().await.unwrap();
-    dashlight_core::bookings::cancel(&mut conn, b1.id, Some("ill".into()), now)
+    dashlight_core::bookings::cancel(&mut conn, &w.booking_settings(), b1.id, Some("ill".into()), now)
         .await
         .unwrap();
     sqlx::query("UPDATE bookings SET status = 'no_show' WHERE id = $1")

@@ -79,7 +79,14 @@ impl Pipeline {
                 let payload = json!({
                     "title": render(Part::PushTitle)?.trim(),
                     "body": render(Part::PushBody)?.trim(),
-                    "url": n.booking_id.map(|b| format!("/bookings/{b}")).unwrap_or_else(|| "/".into()),
+                    // A message with a link of its own (a slot offer) opens it; others their booking.
+                    "url": n
+                        .data
+                        .pointer("/offer/url")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                        .or_else(|| n.booking_id.map(|b| format!("/bookings/{b}")))
+                        .unwrap_or_else(|| "/".into()),
                     "tag": format!("{}:{}", n.kind.as_str(), n.booking_id.unwrap_or(n.id)),
                 });
                 let now = self.clock.now();

@@ -10,6 +10,7 @@
 //! - [`test_reminders`]: driving-test reminders 7 days and 1 day before.
 //! - [`crm`]: follow-ups for leads left alone for 7 days.
 //! - [`prune`]: finished jobs and old scheduler ticks.
+//! - [`offers`]: slot offers past their expiry marked `expired` (run with the reminder sweep).
 //!
 //! Notifications are only ever produced through [`dashlight_core::notify::create`]; deliveries
 //! belong to [`crate::delivery`]. This module owns `invoices`, `invoice_counters`,
@@ -19,6 +20,7 @@ pub mod agenda;
 pub mod crm;
 pub mod invoice_pdf;
 pub mod invoices;
+pub mod offers;
 pub mod prune;
 pub mod recurring;
 pub mod rollup;
@@ -93,7 +95,8 @@ pub async fn run(ctx: &Context, job: &PeriodicJob) -> anyhow::Result<String> {
         PeriodicTask::ReminderSweep => {
             let recovered = delivery::recover_stuck(&ctx.pool, now).await?;
             let requeued = delivery::sweep_overdue(&ctx.pool, now, Duration::from_secs(5)).await?;
-            format!("recovered {recovered} stuck deliveries, re-enqueued {requeued} overdue notifications")
+            let expired = offers::expire(ctx, now).await?;
+            format!("recovered {recovered} stuck deliveries, re-enqueued {requeued} overdue notifications, {expired} slot offers expired")
         }
         PeriodicTask::RecurringBookings => recurring::run(ctx, now).await?,
         PeriodicTask::Invoices => invoices::run(ctx, now).await?,

@@ -15,6 +15,9 @@
 //! | `deliveries` | `sent_at` of sent, `updated_at` of failed and dead deliveries | the notification's booking |
 //! | `due_to_sent_p50/p95_ms` | `sent_at − notifications.due_at` of the day's sent deliveries | the notification's booking |
 //! | `events` | `analytics_events.timestamp` | `event_data.instructor_id` |
+//! | `slots_offered` | `slot_offers.created_at` (distinct freed slots) | the offer |
+//! | `slots_filled` | `slot_offers.accepted_at` | the offer |
+//! | `fill_minutes_p50` | `accepted_at − freed_at` of the day's fills, in minutes | the offer |
 //!
 //! The school row counts everything, attributed or not. The run is an upsert on
 //! `(day, instructor_id)`; an instructor row whose figures are all gone is deleted. Recomputing
@@ -55,6 +58,12 @@ pub struct Rollup {
     pub p95_ms: Option<f64>,
     /// Analytics events.
     pub events: i64,
+    /// Freed slots offered to waitlisted students that day.
+    pub slots_offered: i64,
+    /// Freed slots accepted that day.
+    pub slots_filled: i64,
+    /// Median minutes from the cancellation to the acceptance of the day's fills.
+    pub fill_minutes_p50: Option<f64>,
 }
 
 impl Rollup {
@@ -137,7 +146,7 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
 
     // (sql, setter): every query groups by instructor and adds the school's total (grouping set ()).
     type Setter = fn(&mut Rollup, i64);
-    let counts: [(&str, Setter); 6] = [
+    let counts: [(&str, Setter); 8] = [
         (
             "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM bookings
              WHERE created_at >= $1 AND created_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
@@ -170,6 +179,16 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
                      FROM analytics_events WHERE "timestamp" >= $1 AND "timestamp" < $2) e
                GROUP BY GROUPING SETS ((instructor_id), ())"#,
             |r, n| r.events = n,
+        ),
+        (
+            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(DISTINCT (booking_id, booking_version)) AS n FROM slot_offers
+             WHERE created_at >= $1 AND created_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            |r, n| r.slots_offered = n,
+        ),
+        (
+            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM slot_offers
+             WHERE accepted_at >= $1 AND accepted_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            |r, n| r.slots_filled = n,
         ),
     ];
     for (sql, set) in counts {
@@ -227,6 +246,20 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
             r.p95_ms = l.p95;
         }
     }
+    let fills: Vec<(Option<i64>, bool, Option<f64>)> = sqlx::query_as(
+        "SELECT instructor_id, grouping(instructor_id) = 1,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY (extract(epoch FROM accepted_at - freed_at) / 60)::float8)
+         FROM slot_offers WHERE accepted_at >= $1 AND accepted_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (instructor_id, school, p50) in fills {
+        if school || instructor_id.is_some() {
+            map.entry(if school { None } else { instructor_id }).or_default().fill_minutes_p50 = p50;
+        }
+    }
     // An instructor may appear through a grouping with nothing counted (a NULL sum).
     map.retain(|k, r| k.is_none() || !r.is_empty());
     Ok(map)
@@ -243,14 +276,17 @@ async fn store_day(
     for (instructor, r) in rows {
         sqlx::query(
             "INSERT INTO daily_rollups (day, instructor_id, bookings_made, lessons_completed, cancellations, no_shows, revenue_minor,
-                                        deliveries, delivery_success_rate, due_to_sent_p50_ms, due_to_sent_p95_ms, events, computed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                                        deliveries, delivery_success_rate, due_to_sent_p50_ms, due_to_sent_p95_ms, events, computed_at,
+                                        slots_offered, slots_filled, fill_minutes_p50)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              ON CONFLICT (day, instructor_id) DO UPDATE SET
                 bookings_made = EXCLUDED.bookings_made, lessons_completed = EXCLUDED.lessons_completed,
                 cancellations = EXCLUDED.cancellations, no_shows = EXCLUDED.no_shows, revenue_minor = EXCLUDED.revenue_minor,
                 deliveries = EXCLUDED.deliveries, delivery_success_rate = EXCLUDED.delivery_success_rate,
                 due_to_sent_p50_ms = EXCLUDED.due_to_sent_p50_ms, due_to_sent_p95_ms = EXCLUDED.due_to_sent_p95_ms,
-                events = EXCLUDED.events, computed_at = EXCLUDED.computed_at",
+                events = EXCLUDED.events, computed_at = EXCLUDED.computed_at,
+                slots_offered = EXCLUDED.slots_offered, slots_filled = EXCLUDED.slots_filled,
+                fill_minutes_p50 = EXCLUDED.fill_minutes_p50",
         )
         .bind(day)
         .bind(instructor)
@@ -265,6 +301,9 @@ async fn store_day(
         .bind(r.p95_ms)
         .bind(r.events as i32)
         .bind(now)
+        .bind(r.slots_offered as i32)
+        .bind(r.slots_filled as i32)
+        .bind(r.fill_minutes_p50)
         .execute(&mut *conn)
         .await?;
     }

@@ -1,0 +1,731 @@
+//! Filling gaps (PRODUCT.md, "Filling gaps"): the waitlist, the offers of a freed slot, and
+//! accepting one.
+//!
+//! - [`set_waitlist`] / [`get_waitlist`]: a student's entry: preferred instructors (none = any),
+//!   weekly windows in the student's own time zone (none = any), active or not. The entry's
+//!   `joined_at` is its place in the queue: set when it becomes active, kept while it stays
+//!   active. **Rule:** accepting an offer closes the entry; booking a lesson any other way
+//!   leaves it open (the student may still want an earlier or extra one); leaving is
+//!   `active: false`.
+//! - [`offer_freed_slot`]: called by [`crate::bookings::cancel`] and
+//!   [`crate::bookings::reschedule`] in their transaction. A slot freed at least
+//!   `GAP_FILL_MIN_NOTICE` before its start, that the instructor's availability still covers and
+//!   no other live booking of the instructor overlaps, is offered to up to `GAP_FILL_MAX_OFFERS`
+//!   active entries, oldest first, whose instructors and windows match and whose student has no
+//!   lesson then. Each offer is a `slot_offer` notification carrying a single-person link
+//!   `PUBLIC_BASE_URL/offers/{token}`; the token is 32 random bytes, stored only as its SHA-256
+//!   (the message carrying the link keeps it, as any sent message does).
+//! - [`open`], [`find`]: the link's page; opening marks the offer `opened_at`.
+//! - [`accept`]: books the slot through [`crate::bookings::create`] (confirmation, alert,
+//!   reminders, invitation, package). Acceptances queue on the instructor's row lock, the one
+//!   every booking of that instructor takes, and read their offer again once through; the
+//!   exclusion constraint has the last word against any other booking. The winner's transaction
+//!   withdraws the slot's other open offers, tells those who had opened theirs (`slot_taken`),
+//!   and closes the winner's waitlist entry.
+//! - [`expire_due`]: the sweep's net that marks offers past their expiry `expired` (the state is
+//!   also computed at every read, so nothing waits for it).
+//!
+//! Owns `waitlist_entries`, `waitlist_windows` and `slot_offers`.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Datelike, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::{AssertSqlSafe, FromRow, PgConnection};
+
+use crate::{
+    Config, analytics,
+    bookings::{self, Booking, BookingSettings, NewBooking, Party},
+    error::DomainError,
+    kinds::Kind,
+    notify::{self, NewNotification},
+    people::Window,
+};
+
+/// The gap-filling settings.
+#[derive(Debug, Clone)]
+pub struct GapFill {
+    /// `GAP_FILL_MIN_NOTICE`.
+    pub min_notice: Duration,
+    /// `GAP_FILL_MAX_OFFERS` (0: no offers).
+    pub max_offers: u32,
+    /// `PUBLIC_BASE_URL`, no trailing slash.
+    pub public_base_url: String,
+}
+
+impl GapFill {
+    /// The settings of a configuration.
+    pub fn from_config(config: &Config) -> GapFill {
+        GapFill {
+            min_notice: config.gap_fill_min_notice,
+            max_offers: config.gap_fill_max_offers,
+            public_base_url: config.public_base_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    fn notice(&self) -> chrono::Duration {
+        chrono::Duration::from_std(self.min_notice).unwrap_or(chrono::Duration::MAX)
+    }
+}
+
+/// Most instructors and windows one entry may name.
+pub const MAX_PREFERENCES: usize = 50;
+
+/// A student's waitlist entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Waitlist {
+    /// `students.id`.
+    pub student_id: i64,
+    /// Preferred instructors; empty = any.
+    pub instructor_ids: Vec<i64>,
+    /// Weekly windows in `timezone`; empty = any time.
+    pub windows: Vec<Window>,
+    /// On the waitlist now.
+    pub active: bool,
+    /// The place in the queue (older first); `None` when the student never joined.
+    pub joined_at: Option<DateTime<Utc>>,
+    /// When the entry was closed (left, or an offer accepted).
+    pub closed_at: Option<DateTime<Utc>>,
+    /// Why it was closed.
+    pub closed_reason: Option<String>,
+    /// The student's time zone, that of the windows.
+    pub timezone: String,
+}
+
+/// What `PUT /api/students/{id}/waitlist` sets.
+#[derive(Debug, Clone)]
+pub struct SetWaitlist {
+    /// Preferred instructors; empty = any.
+    pub instructor_ids: Vec<i64>,
+    /// Weekly windows in the student's time zone; empty = any time.
+    pub windows: Vec<Window>,
+    /// Join (or stay) / leave.
+    pub active: bool,
+}
+
+fn validate(w: &SetWaitlist) -> Result<(), DomainError> {
+    if w.instructor_ids.len() > MAX_PREFERENCES {
+        return Err(DomainError::invalid(
+            "instructor_ids",
+            format!("at most {MAX_PREFERENCES} instructors"),
+        ));
+    }
+    if w.windows.len() > MAX_PREFERENCES {
+        return Err(DomainError::invalid("windows", format!("at most {MAX_PREFERENCES} windows")));
+    }
+    for (i, win) in w.windows.iter().enumerate() {
+        if !(1..=7).contains(&win.day_of_week) {
+            return Err(DomainError::invalid(
+                format!("windows[{i}].day_of_week"),
+                "expected 1 (Monday) to 7 (Sunday)",
+            ));
+        }
+        if win.end_time <= win.start_time {
+            return Err(DomainError::invalid(format!("windows[{i}].end_time"), "must be after start_time"));
+        }
+        for (j, o) in w.windows.iter().enumerate().take(i) {
+            if o.day_of_week == win.day_of_week && o.start_time == win.start_time {
+                return Err(DomainError::invalid(
+                    format!("windows[{i}]"),
+                    format!("starts at the same time as windows[{j}] on the same day"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replaces a student's waitlist entry (creating it on first use) and returns it.
+pub async fn set_waitlist(conn: &mut PgConnection, student_id: i64, w: SetWaitlist, now: DateTime<Utc>) -> Result<Waitlist, DomainError> {
+    validate(&w)?;
+    let mut ids = w.instructor_ids.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    if !ids.is_empty() {
+        let found: Vec<i64> = sqlx::query_scalar("SELECT id FROM instructors WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
+            return Err(DomainError::invalid("instructor_ids", format!("no such instructor: {missing}")));
+        }
+    }
+    // Locking the student serialises concurrent replacements of one entry.
+    let locked: Option<i64> = sqlx::query_scalar("SELECT id FROM students WHERE id = $1 FOR UPDATE")
+        .bind(student_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if locked.is_none() {
+        return Err(DomainError::NotFound("student"));
+    }
+    let entry_id: i64 = sqlx::query_scalar(
+        "INSERT INTO waitlist_entries (student_id, instructor_ids, active, joined_at, closed_at, closed_reason)
+         VALUES ($1, $2, $3, $4, CASE WHEN $3 THEN NULL ELSE $4 END, CASE WHEN $3 THEN NULL ELSE 'left the waitlist' END)
+         ON CONFLICT (student_id) DO UPDATE SET
+            instructor_ids = EXCLUDED.instructor_ids,
+            active = EXCLUDED.active,
+            joined_at = CASE WHEN EXCLUDED.active AND NOT waitlist_entries.active THEN EXCLUDED.joined_at ELSE waitlist_entries.joined_at END,
+            closed_at = CASE WHEN EXCLUDED.active THEN NULL WHEN waitlist_entries.active THEN EXCLUDED.closed_at ELSE waitlist_entries.closed_at END,
+            closed_reason = CASE WHEN EXCLUDED.active THEN NULL WHEN waitlist_entries.active THEN EXCLUDED.closed_reason ELSE waitlist_entries.closed_reason END
+         RETURNING id",
+    )
+    .bind(student_id)
+    .bind(&ids)
+    .bind(w.active)
+    .bind(now)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    sqlx::query("DELETE FROM waitlist_windows WHERE entry_id = $1")
+        .bind(entry_id)
+        .execute(&mut *conn)
+        .await?;
+    let days: Vec<i16> = w.windows.iter().map(|x| x.day_of_week).collect();
+    let starts: Vec<NaiveTime> = w.windows.iter().map(|x| x.start_time).collect();
+    let ends: Vec<NaiveTime> = w.windows.iter().map(|x| x.end_time).collect();
+    sqlx::query(
+        "INSERT INTO waitlist_windows (entry_id, day_of_week, start_time, end_time)
+         SELECT $1, d, s, e FROM unnest($2::smallint[], $3::time[], $4::time[]) AS t(d, s, e)",
+    )
+    .bind(entry_id)
+    .bind(&days)
+    .bind(&starts)
+    .bind(&ends)
+    .execute(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    analytics::record(
+        conn,
+        None,
+        if w.active { "waitlist_joined" } else { "waitlist_left" },
+        json!({"student_id": student_id, "instructor_ids": ids, "windows": w.windows.len()}),
+        now,
+    )
+    .await?;
+    get_waitlist(conn, student_id).await
+}
+
+/// A student's waitlist entry; an inactive, empty one when they never joined.
+pub async fn get_waitlist(conn: &mut PgConnection, student_id: i64) -> Result<Waitlist, DomainError> {
+    type Row = (
+        String,
+        Option<i64>,
+        Option<Vec<i64>>,
+        Option<bool>,
+        Option<DateTime<Utc>>,
+        Option<DateTime<Utc>>,
+        Option<String>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT u.timezone, e.id, e.instructor_ids, e.active, e.joined_at, e.closed_at, e.closed_reason
+         FROM students s JOIN users u ON u.id = s.user_id LEFT JOIN waitlist_entries e ON e.student_id = s.id
+         WHERE s.id = $1",
+    )
+    .bind(student_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (timezone, entry_id, instructor_ids, active, joined_at, closed_at, closed_reason) = row.ok_or(DomainError::NotFound("student"))?;
+    let windows: Vec<Window> = match entry_id {
+        Some(id) => {
+            sqlx::query_as(
+                "SELECT day_of_week, start_time, end_time FROM waitlist_windows WHERE entry_id = $1 ORDER BY day_of_week, start_time",
+            )
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+        None => Vec::new(),
+    };
+    Ok(Waitlist {
+        student_id,
+        instructor_ids: instructor_ids.unwrap_or_default(),
+        windows,
+        active: active.unwrap_or(false),
+        joined_at: entry_id.and(joined_at),
+        closed_at,
+        closed_reason,
+        timezone,
+    })
+}
+
+/// Whether `[start, end)` lies within one of `windows` in `tz` (no windows: any time). A slot
+/// running over local midnight fits no window.
+pub fn within_windows(windows: &[Window], tz: Tz, start: DateTime<Utc>, end: DateTime<Utc>) -> bool {
+    if windows.is_empty() {
+        return true;
+    }
+    let (ls, le) = (start.with_timezone(&tz), end.with_timezone(&tz));
+    let end_t = if le.date_naive() == ls.date_naive() {
+        le.time()
+    } else if le.date_naive() == ls.date_naive().succ_opt().unwrap_or(ls.date_naive()) && le.time() == NaiveTime::MIN {
+        NaiveTime::from_hms_opt(23, 59, 59).expect("valid time")
+    } else {
+        return false;
+    };
+    let dow = ls.weekday().number_from_monday() as i16;
+    windows
+        .iter()
+        .any(|w| w.day_of_week == dow && w.start_time <= ls.time() && end_t <= w.end_time)
+}
+
+/// A slot a cancellation or a move has just freed.
+#[derive(Debug, Clone)]
+pub struct FreedSlot<'a> {
+    /// The booking that held it.
+    pub booking_id: i64,
+    /// Its version while it held the slot.
+    pub booking_version: i32,
+    /// The student who held it (never offered their own slot back).
+    pub student_id: i64,
+    /// The instructor.
+    pub instructor: &'a Party,
+    /// Start.
+    pub start_time: DateTime<Utc>,
+    /// End.
+    pub end_time: DateTime<Utc>,
+}
+
+#[derive(FromRow)]
+struct Candidate {
+    entry_id: i64,
+    student_id: i64,
+    user_id: i64,
+    timezone: String,
+    pickup_location: Option<String>,
+}
+
+/// SHA-256 of an offer token.
+fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn new_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Offers a freed slot (see the module header). Returns the ids of the offers made; none when
+/// the notice is too short, the instructor is no longer free then, or nobody matches.
+pub async fn offer_freed_slot(
+    conn: &mut PgConnection,
+    s: &GapFill,
+    slot: &FreedSlot<'_>,
+    now: DateTime<Utc>,
+) -> Result<Vec<i64>, DomainError> {
+    if s.max_offers == 0 {
+        return Ok(Vec::new());
+    }
+    let expires_at = slot.start_time - s.notice();
+    if expires_at < now {
+        return Ok(Vec::new());
+    }
+    if !bookings::check_availability(conn, slot.instructor, slot.start_time, slot.end_time).await? {
+        return Ok(Vec::new());
+    }
+    let taken: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM bookings WHERE instructor_id = $1 AND status IN ('pending', 'confirmed', 'completed')
+                        AND tstzrange(start_time, end_time, '[)') && tstzrange($2, $3, '[)'))",
+    )
+    .bind(slot.instructor.id)
+    .bind(slot.start_time)
+    .bind(slot.end_time)
+    .fetch_one(&mut *conn)
+    .await?;
+    if taken {
+        return Ok(Vec::new());
+    }
+    let candidates: Vec<Candidate> = sqlx::query_as(
+        "SELECT e.id AS entry_id, e.student_id, u.id AS user_id, u.timezone,
+                (SELECT b.pickup_location FROM bookings b WHERE b.student_id = e.student_id AND b.pickup_location IS NOT NULL
+                 ORDER BY b.start_time DESC LIMIT 1) AS pickup_location
+         FROM waitlist_entries e JOIN students s ON s.id = e.student_id JOIN users u ON u.id = s.user_id
+         WHERE e.active AND u.status = 'active' AND e.student_id <> $1
+           AND (cardinality(e.instructor_ids) = 0 OR $2 = ANY(e.instructor_ids))
+           AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.student_id = e.student_id AND b.status IN ('pending', 'confirmed')
+                           AND b.start_time < $4 AND b.end_time > $3)
+         ORDER BY e.joined_at, e.id",
+    )
+    .bind(slot.student_id)
+    .bind(slot.instructor.id)
+    .bind(slot.start_time)
+    .bind(slot.end_time)
+    .fetch_all(&mut *conn)
+    .await?;
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let entry_ids: Vec<i64> = candidates.iter().map(|c| c.entry_id).collect();
+    let windows: Vec<(i64, i16, NaiveTime, NaiveTime)> =
+        sqlx::query_as("SELECT entry_id, day_of_week, start_time, end_time FROM waitlist_windows WHERE entry_id = ANY($1)")
+            .bind(&entry_ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    let mut offered = Vec::new();
+    for c in candidates {
+        if offered.len() >= s.max_offers as usize {
+            break;
+        }
+        let own: Vec<Window> = windows
+            .iter()
+            .filter(|w| w.0 == c.entry_id)
+            .map(|w| Window {
+                day_of_week: w.1,
+                start_time: w.2,
+                end_time: w.3,
+            })
+            .collect();
+        let tz: Tz = c.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+        if !within_windows(&own, tz, slot.start_time, slot.end_time) {
+            continue;
+        }
+        let token = new_token();
+        let offer_id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO slot_offers (booking_id, booking_version, instructor_id, student_id, waitlist_entry_id, start_time, end_time,
+                                      pickup_location, token_sha256, freed_at, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10)
+             ON CONFLICT (booking_id, booking_version, student_id) DO NOTHING
+             RETURNING id",
+        )
+        .bind(slot.booking_id)
+        .bind(slot.booking_version)
+        .bind(slot.instructor.id)
+        .bind(c.student_id)
+        .bind(c.entry_id)
+        .bind(slot.start_time)
+        .bind(slot.end_time)
+        .bind(&c.pickup_location)
+        .bind(token_hash(&token))
+        .bind(now)
+        .bind(expires_at)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(DomainError::from_db)?;
+        let Some(offer_id) = offer_id else { continue };
+        let url = format!("{}/offers/{token}", s.public_base_url);
+        let mut n = NewNotification::to_user(Kind::SlotOffer, c.user_id, format!("slot_offer:{offer_id}"), now);
+        n.title = "Lesson slot offered".into();
+        n.content = format!("A lesson with {} has come free; the first to accept gets it.", slot.instructor.name);
+        n.data = json!({
+            "offer": {
+                "id": offer_id,
+                "start_time": slot.start_time.to_rfc3339(),
+                "end_time": slot.end_time.to_rfc3339(),
+                "instructor_name": slot.instructor.name,
+                "pickup_location": c.pickup_location,
+                "expires_at": expires_at.to_rfc3339(),
+                "url": url,
+            }
+        });
+        n.booking_id = Some(slot.booking_id);
+        n.expires_at = Some(expires_at);
+        notify::create(conn, n).await?;
+        offered.push(offer_id);
+    }
+    if !offered.is_empty() {
+        analytics::record(
+            conn,
+            None,
+            "slot_offered",
+            json!({"booking_id": slot.booking_id, "version": slot.booking_version, "instructor_id": slot.instructor.id, "offers": offered.len()}),
+            now,
+        )
+        .await?;
+        tracing::info!(
+            booking_id = slot.booking_id,
+            offers = offered.len(),
+            "freed slot offered to waitlisted students"
+        );
+    }
+    Ok(offered)
+}
+
+/// An offer as people and operators see it. `status` is computed at read time: an open offer
+/// past `expires_at` reads `expired`.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Offer {
+    /// `slot_offers.id`.
+    pub id: i64,
+    /// The booking that freed the slot.
+    pub booking_id: i64,
+    /// Its version then.
+    pub booking_version: i32,
+    /// Instructor.
+    pub instructor_id: i64,
+    /// Instructor's name.
+    pub instructor_name: String,
+    /// The student offered it.
+    pub student_id: i64,
+    /// Their name.
+    pub student_name: String,
+    /// Their time zone.
+    pub student_timezone: String,
+    /// Start of the slot.
+    pub start_time: DateTime<Utc>,
+    /// End of the slot.
+    pub end_time: DateTime<Utc>,
+    /// The student's pickup.
+    pub pickup_location: Option<String>,
+    /// open, accepted, withdrawn, expired.
+    pub status: String,
+    /// When the slot was freed.
+    pub freed_at: DateTime<Utc>,
+    /// Accept before this.
+    pub expires_at: DateTime<Utc>,
+    /// First opened.
+    pub opened_at: Option<DateTime<Utc>>,
+    /// Accepted.
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// The booking the acceptance made.
+    pub accepted_booking_id: Option<i64>,
+    /// Withdrawn (another student accepted).
+    pub withdrawn_at: Option<DateTime<Utc>>,
+    /// Made.
+    pub created_at: DateTime<Utc>,
+}
+
+/// `$1` is now.
+const OFFER_SELECT: &str = "
+    SELECT o.id, o.booking_id, o.booking_version, o.instructor_id, iu.first_name || ' ' || iu.last_name AS instructor_name,
+           o.student_id, su.first_name || ' ' || su.last_name AS student_name, su.timezone AS student_timezone,
+           o.start_time, o.end_time, o.pickup_location,
+           CASE WHEN o.status = 'open' AND o.expires_at <= $1 THEN 'expired' ELSE o.status END AS status,
+           o.freed_at, o.expires_at, o.opened_at, o.accepted_at, o.accepted_booking_id, o.withdrawn_at, o.created_at
+    FROM slot_offers o
+    JOIN instructors i ON i.id = o.instructor_id JOIN users iu ON iu.id = i.user_id
+    JOIN students s ON s.id = o.student_id JOIN users su ON su.id = s.user_id";
+
+/// The offer a token names, if any.
+pub async fn find(conn: &mut PgConnection, token: &str, now: DateTime<Utc>) -> Result<Option<Offer>, sqlx::Error> {
+    if token.is_empty() || token.len() > 100 {
+        return Ok(None);
+    }
+    sqlx::query_as(AssertSqlSafe(format!("{OFFER_SELECT} WHERE o.token_sha256 = $2")))
+        .bind(now)
+        .bind(token_hash(token))
+        .fetch_optional(conn)
+        .await
+}
+
+/// The offer a token names, marked opened (the first time, while it is open).
+pub async fn open(conn: &mut PgConnection, token: &str, now: DateTime<Utc>) -> Result<Option<Offer>, sqlx::Error> {
+    if token.is_empty() || token.len() > 100 {
+        return Ok(None);
+    }
+    sqlx::query(
+        "UPDATE slot_offers SET opened_at = $2 WHERE token_sha256 = $1 AND opened_at IS NULL AND status = 'open' AND expires_at > $2",
+    )
+    .bind(token_hash(token))
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    find(conn, token, now).await
+}
+
+/// The offers made for the slots a booking freed, oldest first.
+pub async fn for_booking(conn: &mut PgConnection, booking_id: i64, now: DateTime<Utc>) -> Result<Vec<Offer>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "{OFFER_SELECT} WHERE o.booking_id = $2 ORDER BY o.booking_version, o.id"
+    )))
+    .bind(now)
+    .bind(booking_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// What accepting an offer gave.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The offer (status `accepted`).
+    pub offer: Offer,
+    /// The new booking.
+    pub booking: Booking,
+    /// False when this offer had already been accepted (a second click): nothing new was written.
+    pub fresh: bool,
+}
+
+/// Accepts the offer a token names (see the module header). `NotFound("offer")` for an unknown
+/// token; `Conflict` when the offer expired, was withdrawn, or the slot has gone.
+pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, now: DateTime<Utc>) -> Result<Accepted, DomainError> {
+    let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
+    // The instructor's row lock, which every booking of theirs takes first (see
+    // `bookings::create`), taken before anything else: acceptances of one instructor's slots
+    // queue here, in one lock order, and each reads its offer again once through (a second click
+    // of the same link then finds it accepted; a slower acceptor finds it withdrawn). Whatever
+    // else books the instructor meanwhile, the exclusion constraint still has the last word.
+    sqlx::query("SELECT id FROM instructors WHERE id = $1 FOR NO KEY UPDATE")
+        .bind(offer.instructor_id)
+        .execute(&mut *conn)
+        .await?;
+    let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
+    match offer.status.as_str() {
+        "open" => {}
+        "accepted" => {
+            let booking = bookings::get(conn, offer.accepted_booking_id.ok_or(DomainError::NotFound("booking"))?).await?;
+            return Ok(Accepted {
+                offer,
+                booking,
+                fresh: false,
+            });
+        }
+        "expired" => {
+            return Err(DomainError::Conflict(
+                "this offer has expired: the slot can no longer be booked through it".into(),
+            ));
+        }
+        _ => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
+    }
+    // The student may have booked something else at that time since the offer was made.
+    let busy: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM bookings WHERE student_id = $1 AND status IN ('pending', 'confirmed')
+                        AND start_time < $3 AND end_time > $2)",
+    )
+    .bind(offer.student_id)
+    .bind(offer.start_time)
+    .bind(offer.end_time)
+    .fetch_one(&mut *conn)
+    .await?;
+    if busy {
+        return Err(DomainError::Conflict("you already have a lesson at that time".into()));
+    }
+    let nb = NewBooking {
+        student_id: offer.student_id,
+        instructor_id: offer.instructor_id,
+        start_time: offer.start_time,
+        end_time: offer.end_time,
+        pickup_location: offer.pickup_location.clone(),
+        dropoff_location: None,
+        series: None,
+    };
+    let booking = match bookings::create(conn, s, nb, now).await {
+        Ok(b) => b,
+        Err(DomainError::Conflict(_)) => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
+        Err(DomainError::Invalid { .. }) | Err(DomainError::NotFound(_)) => {
+            return Err(DomainError::Conflict("the slot has gone: it is no longer available".into()));
+        }
+        Err(e) => return Err(e),
+    };
+    let done = sqlx::query(
+        "UPDATE slot_offers SET status = 'accepted', accepted_at = $2, accepted_booking_id = $3 WHERE id = $1 AND status = 'open'",
+    )
+    .bind(offer.id)
+    .bind(now)
+    .bind(booking.id)
+    .execute(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    if done.rows_affected() != 1 {
+        return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into()));
+    }
+    // The others: withdrawn; those who had looked are told.
+    let withdrawn: Vec<(i64, bool, i64)> = sqlx::query_as(
+        "WITH w AS (
+             UPDATE slot_offers SET status = 'withdrawn', withdrawn_at = $3
+             WHERE booking_id = $1 AND booking_version = $2 AND status = 'open'
+             RETURNING id, opened_at, student_id)
+         SELECT w.id, w.opened_at IS NOT NULL, s.user_id FROM w JOIN students s ON s.id = w.student_id ORDER BY w.id",
+    )
+    .bind(offer.booking_id)
+    .bind(offer.booking_version)
+    .bind(now)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (id, opened, user_id) in &withdrawn {
+        notify::cancel_by_key(conn, &format!("slot_offer:{id}"), "another student accepted the slot").await?;
+        if *opened {
+            let mut n = NewNotification::to_user(Kind::SlotTaken, *user_id, format!("slot_taken:{id}"), now);
+            n.title = "Lesson slot taken".into();
+            n.content = format!(
+                "The lesson with {} you were offered went to another student.",
+                offer.instructor_name
+            );
+            n.data = json!({
+                "offer": {
+                    "id": id,
+                    "start_time": offer.start_time.to_rfc3339(),
+                    "end_time": offer.end_time.to_rfc3339(),
+                    "instructor_name": offer.instructor_name,
+                }
+            });
+            n.booking_id = Some(offer.booking_id);
+            notify::create(conn, n).await?;
+        }
+    }
+    sqlx::query(
+        "UPDATE waitlist_entries SET active = false, closed_at = $2, closed_reason = 'accepted an offer' WHERE student_id = $1 AND active",
+    )
+    .bind(offer.student_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    analytics::record(
+        conn,
+        None,
+        "slot_filled",
+        json!({
+            "booking_id": offer.booking_id,
+            "new_booking_id": booking.id,
+            "instructor_id": offer.instructor_id,
+            "offer_id": offer.id,
+            "minutes_to_fill": (now - offer.freed_at).num_seconds() as f64 / 60.0,
+            "withdrawn": withdrawn.len(),
+        }),
+        now,
+    )
+    .await?;
+    let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
+    Ok(Accepted {
+        offer,
+        booking,
+        fresh: true,
+    })
+}
+
+/// Marks open offers past their expiry `expired`; returns how many.
+pub async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query("UPDATE slot_offers SET status = 'expired' WHERE status = 'open' AND expires_at <= $1")
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(r.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(d: i16, s: &str, e: &str) -> Window {
+        Window {
+            day_of_week: d,
+            start_time: NaiveTime::parse_from_str(s, "%H:%M").unwrap(),
+            end_time: NaiveTime::parse_from_str(e, "%H:%M").unwrap(),
+        }
+    }
+
+    #[test]
+    fn windows_are_read_in_the_students_zone() {
+        // Tuesday 3 March 2026, 17:00-18:00 UTC.
+        let s = DateTime::parse_from_rfc3339("2026-03-03T17:00:00Z").unwrap().to_utc();
+        let e = s + chrono::Duration::hours(1);
+        let london = chrono_tz::Europe::London;
+        let ny = chrono_tz::America::New_York;
+        assert!(within_windows(&[], london, s, e));
+        assert!(within_windows(&[w(2, "16:00", "19:00")], london, s, e));
+        assert!(!within_windows(&[w(2, "17:30", "19:00")], london, s, e));
+        assert!(!within_windows(&[w(3, "16:00", "19:00")], london, s, e));
+        // 12:00-13:00 in New York.
+        assert!(within_windows(&[w(2, "12:00", "13:00")], ny, s, e));
+        assert!(!within_windows(&[w(2, "16:00", "19:00")], ny, s, e));
+    }
+
+    #[test]
+    fn tokens_are_long_and_hashed() {
+        let t = new_token();
+        assert_eq!(t.len(), 43);
+        assert_ne!(new_token(), t);
+        assert_eq!(token_hash(&t).len(), 32);
+    }
+}
