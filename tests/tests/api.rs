@@ -25,7 +25,7 @@ mod ops;
 mod people;
 
 /// The token of the test configuration.
-pub const TOKEN: &str = "test-token";
+pub const TOKEN: &str = dashlight_core::config::TEST_ADMIN_TOKEN;
 
 /// A valid Web Push subscription key pair (from the web-push crate's docs).
 pub const P256DH: &str = "BLMbF9ffKBiWQLCKvTHb6LO8Nb6dcUh6TItC455vu2kElga6PQvUmaFyCdykxY2nOSSL3yKgfbmFLRTUaGv4yV8";

@@ -41,7 +41,7 @@ mod messages;
 mod packages;
 
 /// The token of the test configuration.
-pub const TOKEN: &str = "test-token";
+pub const TOKEN: &str = dashlight_core::config::TEST_ADMIN_TOKEN;
 
 /// How long anything sent may take to arrive.
 pub const LONG: Duration = Duration::from_secs(60);

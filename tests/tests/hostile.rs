@@ -12,7 +12,7 @@ use proptest::{
 };
 use serde_json::{Map, Value, json};
 
-const TOKEN: &str = "test-token";
+const TOKEN: &str = dashlight_core::config::TEST_ADMIN_TOKEN;
 
 fn nasty_string() -> impl Strategy<Value = String> {
     prop_oneof![

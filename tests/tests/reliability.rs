@@ -224,7 +224,7 @@ fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(15)).build().unwrap()
 }
 
-const TOKEN: &str = "test-token";
+const TOKEN: &str = dashlight_core::config::TEST_ADMIN_TOKEN;
 
 /// Scenario 3: the database goes away while the worker and the API run: the API answers 503
 /// (not a hang, not a crash), both reconnect on their own, and nothing is lost.

@@ -177,7 +177,7 @@ fn every_program_rejects_a_bad_database_url_clearly() {
         let out = bins::command(program)
             .args(&args)
             .env("DATABASE_URL", "mysql://nobody@localhost/x")
-            .env("ADMIN_API_TOKEN", "t")
+            .env("ADMIN_API_TOKEN", dashlight_core::config::TEST_ADMIN_TOKEN)
             .output()
             .unwrap();
         assert!(!out.status.success(), "{program} must fail");
@@ -189,7 +189,7 @@ fn every_program_rejects_a_bad_database_url_clearly() {
         let out = bins::command(program)
             .args(&args)
             .env("DATABASE_URL", "postgres://root@127.0.0.1:1/x")
-            .env("ADMIN_API_TOKEN", "t")
+            .env("ADMIN_API_TOKEN", dashlight_core::config::TEST_ADMIN_TOKEN)
             .output()
             .unwrap();
         assert!(!out.status.success(), "{program} must fail on an unreachable database");
