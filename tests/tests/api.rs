@@ -5,6 +5,8 @@
 //! - `api/people.rs`: users, preferences, devices, availability.
 //! - `api/bookings.rs`: bookings, double booking, rollback, timeline, series.
 //! - `api/ops.rs`: queues, jobs, notifications, deliveries and retries.
+//! - `api/security.rs`: hostile input and the brakes (issue 21): SSRF, token guessing, control
+//!   characters, redirects after sign-in, sign-out, bulk retries, the metrics cache.
 
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ mod contract;
 mod ops;
 #[path = "api/people.rs"]
 mod people;
+#[path = "api/security.rs"]
+mod security;
 
 /// The token of the test configuration.
 pub const TOKEN: &str = dashlight_core::config::TEST_ADMIN_TOKEN;
