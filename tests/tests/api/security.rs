@@ -120,6 +120,12 @@ async fn guessing_the_token_is_braked() {
     for _ in 0..30 {
         assert_eq!(http.get(&url).bearer_auth(TOKEN).send().await.unwrap().status(), StatusCode::OK);
     }
+    // The answer is in the contract.
+    let doc = api.get("/api/openapi.json").await.expect(200);
+    assert_eq!(
+        doc["paths"]["/api/queues"]["get"]["responses"]["429"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ErrorBody"
+    );
     api.stop().await;
 }
 
