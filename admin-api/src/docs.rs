@@ -56,11 +56,37 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 }
 
 static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| {
-    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+    let mut doc = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
         .merge(crate::api_routes())
         .merge(crate::open_routes())
-        .into_openapi()
+        .into_openapi();
+    too_many_failures(&mut doc);
+    doc
 });
+
+/// Every `/api` operation may answer 429 (too many failed authentications from the client's
+/// address, see [`crate::guard`]); documented here once rather than on each handler.
+fn too_many_failures(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let response = ResponseBuilder::new()
+        .description("Too many failed authentications from this address; see Retry-After")
+        .content(
+            "application/json",
+            ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+        )
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/api/") {
+            continue;
+        }
+        for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch]
+            .into_iter()
+            .flatten()
+        {
+            op.responses.responses.insert("429".to_owned(), response.clone().into());
+        }
+    }
+}
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {

@@ -68,6 +68,10 @@ pub enum ApiError {
         /// What is expected.
         message: String,
     },
+    /// 429 `too_many_requests`: too many wrong tokens from this client address; `Retry-After`
+    /// says when to try again (seconds).
+    #[error("too many failed authentications from this address; try again in {0} s")]
+    TooManyRequests(u64),
     /// 503 `unavailable`: the database cannot be reached (or is not ready).
     #[error("{0}")]
     Unavailable(String),
@@ -98,6 +102,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -134,6 +139,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::UNAUTHORIZED {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooManyRequests(secs) = &self {
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         res
     }

@@ -2,7 +2,9 @@
 //!
 //! - [`ApiJson`]: a JSON body. Not JSON → 400 `malformed_json`; a missing field, a wrong type or
 //!   an unacceptable value → 422 naming the field (found with `serde_path_to_error`); not
-//!   `application/json` → 415; over the limit → 413.
+//!   `application/json` → 415; over the limit → 413. A string holding a control character (NUL
+//!   included, which Postgres refuses in `text`) → 422 naming the field, before any handler
+//!   runs; only the free-text fields of [`MULTILINE_FIELDS`] may hold line breaks and tabs.
 //! - [`OptionalJson`]: the same, but an empty body is the type's default.
 //! - [`ApiPath`]: path parameters; a malformed id → 404.
 //! - [`ApiQuery`]: the query string; a bad value → 422 naming the parameter.
@@ -125,11 +127,79 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     }
 }
 
+/// The fields meant to hold several lines of free text: they may contain `\n`, `\r` and `\t`.
+/// Every other string (names, addresses, ids, …) may hold no control character at all, and none
+/// may hold NUL.
+pub const MULTILINE_FIELDS: &[&str] = &["notes", "content", "reason", "bio", "description"];
+
+/// Why a string is refused, if it is: NUL or another control character (C0, DEL, C1); line
+/// breaks and tabs only where `multiline`.
+fn control_problem(s: &str, multiline: bool) -> Option<String> {
+    let bad = s
+        .chars()
+        .find(|&c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))?;
+    Some(if bad == '\0' {
+        "must not contain the NUL character".to_owned()
+    } else if multiline {
+        format!(
+            "must not contain control characters other than line breaks and tabs (found U+{:04X})",
+            bad as u32
+        )
+    } else {
+        format!(
+            "must not contain control characters such as line breaks (found U+{:04X})",
+            bad as u32
+        )
+    })
+}
+
+/// Walks a JSON document and refuses the first string (object keys included) with a control
+/// character, naming its path (`student.notes`, `skills[1].notes`). A string's field is the
+/// nearest object key above it, so the strings of an array take their array's name.
+fn check_strings(v: &serde_json::Value) -> Result<(), ApiError> {
+    fn walk(v: &serde_json::Value, path: &str, field: &str) -> Result<(), ApiError> {
+        match v {
+            serde_json::Value::String(s) => match control_problem(s, MULTILINE_FIELDS.contains(&field)) {
+                None => Ok(()),
+                Some(why) => {
+                    let at = if path.is_empty() { None } else { Some(path.to_owned()) };
+                    Err(ApiError::Invalid {
+                        code: "invalid_value",
+                        message: match &at {
+                            Some(p) => format!("{p}: {why}"),
+                            None => format!("the body {why}"),
+                        },
+                        field: at,
+                    })
+                }
+            },
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, item)| walk(item, &format!("{path}[{i}]"), field)),
+            serde_json::Value::Object(map) => map.iter().try_for_each(|(k, item)| {
+                let child = join_path(path, k);
+                if let Some(why) = control_problem(k, false) {
+                    return Err(ApiError::Invalid {
+                        code: "invalid_value",
+                        message: format!("a field name {why}"),
+                        field: Some(path.to_owned()).filter(|p| !p.is_empty()),
+                    });
+                }
+                walk(item, &child, k)
+            }),
+            _ => Ok(()),
+        }
+    }
+    walk(v, "", "")
+}
+
 /// Parses a JSON document into `T`, classifying errors as [`ApiJson`] documents.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    // Syntax first, so `{} trailing` is malformed rather than "missing field".
-    serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
-        .map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    // Syntax first, so `{} trailing` is malformed rather than "missing field"; then the strings.
+    let doc: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::MalformedJson(format!("the body is not valid JSON: {e}")))?;
+    check_strings(&doc)?;
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     de.end()
@@ -340,6 +410,31 @@ mod tests {
         );
         assert_eq!(field_of(r#"{"name": "a", "nmae": 1}"#).0, "unknown_field");
         assert!(parse_json::<Outer>(br#"{"name": "a", "at": "2026-01-01T10:00:00+01:00"}"#).is_ok());
+    }
+
+    #[test]
+    fn control_characters_are_refused_naming_the_field() {
+        // The body of issue 21: a NUL (and a C1 control) in a contact's name.
+        let e = parse_json::<serde_json::Value>(br#"{"name": "\udaaf\uddd9\u00ae\u009e\u0000", "source": "website"}"#).unwrap_err();
+        let b = e.body();
+        assert_eq!(
+            (b.error.as_str(), b.field.as_deref()),
+            ("invalid_value", Some("name")),
+            "{}",
+            b.message
+        );
+        assert_eq!(field_of(r#"{"name": "a\r\nb"}"#), ("invalid_value".into(), Some("name".into())));
+        assert_eq!(field_of(r#"{"name": "a\tb"}"#), ("invalid_value".into(), Some("name".into())));
+        // Free text may hold line breaks and tabs, never NUL.
+        assert!(parse_json::<serde_json::Value>(br#"{"skills": [{"notes": "line 1\nline 2\tend"}]}"#).is_ok());
+        let e = parse_json::<serde_json::Value>(br#"{"skills": [{"notes": "a\u0000"}]}"#).unwrap_err();
+        assert_eq!(e.body().field.as_deref(), Some("skills[0].notes"));
+        let e = parse_json::<serde_json::Value>(br#"{"content": "a\u0007"}"#).unwrap_err();
+        assert_eq!(e.body().field.as_deref(), Some("content"));
+        assert!(parse_json::<serde_json::Value>(br#"{"a\u0000": 1}"#).is_err());
+        assert!(parse_json::<serde_json::Value>(br#""\u0000""#).is_err());
+        // Other odd Unicode is fine.
+        assert!(parse_json::<serde_json::Value>("{\"name\": \"\u{202e}\u{feff}😀 Zoë\"}".as_bytes()).is_ok());
     }
 
     #[test]

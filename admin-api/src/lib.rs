@@ -9,6 +9,7 @@
 //! - [`error`]: the one API error enum and its status table; the JSON error body.
 //! - [`extract`]: body, path and query extractors whose rejections are API errors; time formats.
 //! - [`auth`]: the bearer-token check (constant time) on every `/api` route.
+//! - [`guard`]: failed authentications counted per client address (429 over the limit).
 //! - [`dashboard`]: the operators' dashboard at `/` (HTML pages, sign-in with the token); its
 //!   buttons call the `/api` routes. Not part of [`ROUTES`] nor of the OpenAPI document.
 //! - [`pagination`]: `limit`/`cursor` and the `{items, next_cursor}` page.
@@ -25,6 +26,7 @@ pub mod dashboard;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod http;
 pub mod pagination;
 pub mod telemetry;
@@ -99,6 +101,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// What booking operations need (school time zone, reminder offsets).
     pub booking: BookingSettings,
+    /// Failed authentications per client address (shared by every clone).
+    pub auth_failures: Arc<guard::AuthFailures>,
+    /// The job counts `/metrics` serves, refreshed every few seconds.
+    pub queue_depths: Arc<telemetry::QueueDepths>,
 }
 
 impl AppState {
@@ -108,6 +114,8 @@ impl AppState {
         AppState {
             pool,
             clock,
+            auth_failures: Arc::new(guard::AuthFailures::new(config.auth_failure_limit)),
+            queue_depths: Arc::new(telemetry::QueueDepths::default()),
             config: Arc::new(config),
             booking,
         }
@@ -156,7 +164,7 @@ pub fn router(state: AppState) -> Router {
 
 fn require_token(config: &Config) -> anyhow::Result<()> {
     match config.admin_api_token.as_deref().map(str::trim) {
-        Some(t) if !t.is_empty() => Ok(()),
+        Some(t) if !t.is_empty() => dashlight_core::config::check_admin_token(t).map_err(anyhow::Error::new),
         _ => anyhow::bail!("ADMIN_API_TOKEN: required: set it to the bearer token operators will use"),
     }
 }
@@ -174,7 +182,8 @@ pub async fn serve(
     let addr = listener.local_addr().context("reading the listener's address")?;
     let app = router(AppState::new(config.clone(), pool, clock));
     tracing::info!(%addr, "admin API listening");
-    axum::serve(listener, app)
+    // With the peer's address, which the brake on token guessing counts failures by.
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await
         .context("the admin API server failed")?;

@@ -1,9 +1,14 @@
 //! Request tracing and Prometheus metrics. The trace span of a request names its method and
 //! path and its end logs status and latency; headers (and with them the bearer token) are never
 //! recorded. The Prometheus recorder is installed once per process, so building several routers
-//! (tests, `dashlight up`) is fine; job gauges are refreshed on every scrape.
+//! (tests, `dashlight up`) is fine. The job gauges come from [`QueueDepths`], a cache of the
+//! per-queue counts refreshed at most every [`QUEUE_DEPTHS_MAX_AGE`]: counting `apalis.jobs` is a
+//! scan of the whole table, and a scrape (or many scrapers, or anyone on the network, as
+//! `/metrics` is open) must not cost one each.
 
-use std::{sync::OnceLock, time::Instant};
+use std::{future::Future, sync::OnceLock, time::Instant};
+
+use chrono::{DateTime, Utc};
 
 use axum::{
     body::Body,
@@ -17,6 +22,37 @@ use tower_http::{
     trace::TraceLayer,
 };
 use tracing::Span;
+
+/// How old the job counts `/metrics` serves may be.
+pub const QUEUE_DEPTHS_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+/// The last job counts per queue and when they were taken (by the injected clock). One refresh
+/// at a time: concurrent scrapes wait for it and share its result.
+#[derive(Debug, Default)]
+pub struct QueueDepths {
+    cached: tokio::sync::Mutex<Option<(DateTime<Utc>, Vec<crate::http::queues::QueueStats>)>>,
+}
+
+impl QueueDepths {
+    /// The counts, from the cache when taken less than [`QUEUE_DEPTHS_MAX_AGE`] before `now`,
+    /// otherwise from `count` (which is then cached; a failure is not).
+    pub async fn get<E, F, Fut>(&self, now: DateTime<Utc>, count: F) -> Result<Vec<crate::http::queues::QueueStats>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<crate::http::queues::QueueStats>, E>>,
+    {
+        let mut cached = self.cached.lock().await;
+        if let Some((at, stats)) = cached.as_ref()
+            && *at <= now
+            && now - *at < QUEUE_DEPTHS_MAX_AGE
+        {
+            return Ok(stats.clone());
+        }
+        let stats = count().await?;
+        *cached = Some((now, stats.clone()));
+        Ok(stats)
+    }
+}
 
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

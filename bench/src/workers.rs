@@ -136,6 +136,8 @@ impl Workers {
                 .env("SMS_FROM", "+447700900000")
                 .env("VAPID_PRIVATE_KEY", &keys.vapid_private_key)
                 .env("VAPID_SUBJECT", "mailto:ops@bench.test")
+                // The push sink is on loopback.
+                .env("PUSH_ALLOW_PRIVATE_ENDPOINTS", "true")
                 .env("TEMPLATES_DIR", repo_root().join("templates"))
                 .env("OUTBOX_DIR", &outbox)
                 .env("INVOICE_DIR", &outbox)

@@ -111,9 +111,14 @@ async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<
     if let Some(url) = database_url {
         config.database_url = url;
     }
+    // A local run talks to local push services (a browser on this machine, a test sink):
+    // allow them unless the operator said otherwise.
+    if std::env::var_os("PUSH_ALLOW_PRIVATE_ENDPOINTS").is_none() {
+        config.push_allow_private_endpoints = true;
+    }
     let generated_token = config.admin_api_token.is_none();
     if generated_token {
-        config.admin_api_token = Some(format!("local-{:016x}", rand_token()));
+        config.admin_api_token = Some(generate_token()?);
     }
     let pool = migrate(&config).await?;
     println!("database: {} (migrated)", db::redact_url(&config.database_url));
@@ -128,12 +133,19 @@ async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<
             );
         }
     }
-    let token = config.admin_api_token.clone().unwrap_or_default();
-    println!(
-        "admin API: http://{}  (Authorization: Bearer {token}{})",
-        config.admin_api_addr,
-        if generated_token { ", generated for this run" } else { "" }
-    );
+    if generated_token {
+        let token = config.admin_api_token.clone().unwrap_or_default();
+        println!(
+            "admin API: http://{}  (Authorization: Bearer {token}, generated for this run)",
+            config.admin_api_addr
+        );
+    } else {
+        // A token the operator chose is theirs to know; it never goes to the terminal or a log.
+        println!(
+            "admin API: http://{}  (Authorization: Bearer $ADMIN_API_TOKEN)",
+            config.admin_api_addr
+        );
+    }
     println!("dashboard: http://{}/", config.admin_api_addr);
     let _ = std::fs::create_dir_all(&config.outbox_dir);
     println!(
@@ -175,10 +187,29 @@ async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<
     Ok(())
 }
 
-fn rand_token() -> u64 {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (t as u64) ^ ((std::process::id() as u64) << 32) ^ 0x9e37_79b9_7f4a_7c15
+/// A fresh admin token: 256 bits from the operating system's random source, base64url (43
+/// characters). Fails rather than falling back to anything guessable.
+fn generate_token() -> anyhow::Result<String> {
+    use base64::Engine as _;
+    use rand::TryRngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("cannot read the operating system's random source for the admin token: {e}"))?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_are_long_random_base64url() {
+        let a = generate_token().unwrap();
+        let b = generate_token().unwrap();
+        assert_eq!(a.len(), 43, "{a}");
+        assert_ne!(a, b);
+        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'), "{a}");
+        assert!(dashlight_core::config::check_admin_token(&a).is_ok());
+    }
 }

@@ -49,6 +49,9 @@ pub struct SmsConfig {
     pub auth_token: String,
     /// Sender number (E.164) or alphanumeric sender id.
     pub from: String,
+    /// `SMS_MAX_SEGMENTS`: the most segments one SMS may use; longer bodies are cut with an
+    /// ellipsis (SMS are billed per segment).
+    pub max_segments: u32,
 }
 
 impl std::fmt::Debug for SmsConfig {
@@ -58,6 +61,7 @@ impl std::fmt::Debug for SmsConfig {
             .field("account_sid", &self.account_sid)
             .field("auth_token", &"<redacted>")
             .field("from", &self.from)
+            .field("max_segments", &self.max_segments)
             .finish()
     }
 }
@@ -133,6 +137,12 @@ pub struct Config {
     pub gap_fill_min_notice: Duration,
     /// `GAP_FILL_MAX_OFFERS`: how many waitlisted students one freed slot is offered to (0: off).
     pub gap_fill_max_offers: u32,
+    /// `PUSH_ALLOW_PRIVATE_ENDPOINTS`: accept `http` and loopback/private push endpoints (local
+    /// runs and tests only). Off: see [`crate::endpoints`].
+    pub push_allow_private_endpoints: bool,
+    /// `AUTH_FAILURE_LIMIT`: wrong tokens one client address may present per minute (also the
+    /// burst) before it is answered 429 for a while.
+    pub auth_failure_limit: u32,
 }
 
 impl std::fmt::Debug for Config {
@@ -161,6 +171,8 @@ impl std::fmt::Debug for Config {
             .field("public_base_url", &self.public_base_url)
             .field("gap_fill_min_notice", &self.gap_fill_min_notice)
             .field("gap_fill_max_offers", &self.gap_fill_max_offers)
+            .field("push_allow_private_endpoints", &self.push_allow_private_endpoints)
+            .field("auth_failure_limit", &self.auth_failure_limit)
             .finish()
     }
 }
@@ -219,6 +231,70 @@ fn duration(name: &'static str, default: Duration) -> Result<Duration, ConfigErr
     }
 }
 
+fn boolean(name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::new(name, format!("expected true or false, got {v:?}"))),
+        },
+    }
+}
+
+/// The shortest `ADMIN_API_TOKEN` accepted: 32 characters, so that guessing it is hopeless
+/// (`dashlight up` generates 43 characters of base64url, 256 bits).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// Checks the admin token's length; the message names the variable.
+pub fn check_admin_token(token: &str) -> Result<(), ConfigError> {
+    let n = token.trim().chars().count();
+    if n < MIN_ADMIN_TOKEN_LEN {
+        return Err(ConfigError::new(
+            "ADMIN_API_TOKEN",
+            format!(
+                "too short ({n} characters): use at least {MIN_ADMIN_TOKEN_LEN} random characters, e.g. the output of `openssl rand -base64 32`"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The default of `SMS_MAX_SEGMENTS`.
+pub const DEFAULT_SMS_MAX_SEGMENTS: u32 = 3;
+
+/// Refuses an `SMTP_URL` that would send a password in clear text: credentials need `smtps://`
+/// or `tls=required` (STARTTLS that cannot be stripped), unless the server is on this machine.
+fn check_smtp_tls(url: &url::Url) -> Result<(), ConfigError> {
+    if url.username().is_empty() && url.password().is_none() {
+        return Ok(());
+    }
+    if url.scheme() == "smtps" {
+        return Ok(());
+    }
+    let tls = url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.to_ascii_lowercase());
+    if tls.as_deref() == Some("required") {
+        return Ok(());
+    }
+    let loopback = match url.host() {
+        // `smtp:` is not a special scheme to the URL parser, so an IPv4 host comes as a name.
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if loopback {
+        return Ok(());
+    }
+    Err(ConfigError::new(
+        "SMTP_URL",
+        "has credentials but no TLS: use smtps://… or add ?tls=required (a password is never sent in clear text to another machine)",
+    ))
+}
+
+/// The admin token of [`Config::for_database`] (tests and tools), as long as a real one must be.
+pub const TEST_ADMIN_TOKEN: &str = "dashlight-test-token-0123456789abcdef";
+
 /// The local database `dashlight up` and the tests use when `DATABASE_URL` is unset.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://root@127.0.0.1:5432/dashlight";
 
@@ -248,6 +324,7 @@ impl Config {
                 if !matches!(parsed.scheme(), "smtp" | "smtps") || parsed.host_str().is_none() {
                     return Err(ConfigError::new("SMTP_URL", "expected smtp:// or smtps:// with a host"));
                 }
+                check_smtp_tls(&parsed)?;
                 Some(SmtpConfig { url })
             }
         };
@@ -260,6 +337,10 @@ impl Config {
             ));
         }
 
+        let sms_max_segments = parsed("SMS_MAX_SEGMENTS", DEFAULT_SMS_MAX_SEGMENTS, "a number of segments")?;
+        if !(1..=10).contains(&sms_max_segments) {
+            return Err(ConfigError::new("SMS_MAX_SEGMENTS", "expected an integer between 1 and 10"));
+        }
         let sms = match (var("SMS_ACCOUNT_SID"), var("SMS_AUTH_TOKEN"), var("SMS_FROM")) {
             (None, None, None) => None,
             (Some(account_sid), Some(auth_token), Some(from)) => {
@@ -271,6 +352,7 @@ impl Config {
                     account_sid,
                     auth_token,
                     from,
+                    max_segments: sms_max_segments,
                 })
             }
             (sid, token, from) => {
@@ -349,6 +431,14 @@ impl Config {
         if worker_batch_size == 0 || worker_batch_size > 5000 {
             return Err(ConfigError::new("WORKER_BATCH_SIZE", "expected an integer between 1 and 5000"));
         }
+        let admin_api_token = var("ADMIN_API_TOKEN");
+        if let Some(t) = &admin_api_token {
+            check_admin_token(t)?;
+        }
+        let auth_failure_limit = parsed("AUTH_FAILURE_LIMIT", 10u32, "a positive integer")?;
+        if auth_failure_limit == 0 {
+            return Err(ConfigError::new("AUTH_FAILURE_LIMIT", "expected at least 1"));
+        }
         let delivery_max_attempts = parsed("DELIVERY_MAX_ATTEMPTS", 8u32, "a positive integer")?;
         if delivery_max_attempts == 0 {
             return Err(ConfigError::new("DELIVERY_MAX_ATTEMPTS", "expected at least 1"));
@@ -389,7 +479,7 @@ impl Config {
             sms,
             push,
             admin_api_addr,
-            admin_api_token: var("ADMIN_API_TOKEN"),
+            admin_api_token,
             outbox_dir: var("OUTBOX_DIR").unwrap_or_else(|| "./outbox".into()).into(),
             invoice_dir: var("INVOICE_DIR").unwrap_or_else(|| "./invoices".into()).into(),
             templates_dir: var("TEMPLATES_DIR").unwrap_or_else(|| "./templates".into()).into(),
@@ -401,6 +491,8 @@ impl Config {
             retry_max_delay: duration("RETRY_MAX_DELAY", Duration::from_secs(3600))?,
             poll_interval: duration("POLL_INTERVAL", Duration::from_millis(250))?,
             recurring_horizon_days: parsed("RECURRING_HORIZON_DAYS", 28u32, "a number of days")?,
+            push_allow_private_endpoints: boolean("PUSH_ALLOW_PRIVATE_ENDPOINTS", false)?,
+            auth_failure_limit,
         })
     }
 
@@ -415,7 +507,7 @@ impl Config {
             sms: None,
             push: None,
             admin_api_addr: "127.0.0.1:0".into(),
-            admin_api_token: Some("test-token".into()),
+            admin_api_token: Some(TEST_ADMIN_TOKEN.into()),
             outbox_dir: std::env::temp_dir().join("dashlight-outbox"),
             invoice_dir: std::env::temp_dir().join("dashlight-invoices"),
             templates_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates")),
@@ -430,6 +522,8 @@ impl Config {
             public_base_url: "http://127.0.0.1:8080".into(),
             gap_fill_min_notice: Duration::from_secs(3 * 3600),
             gap_fill_max_offers: 5,
+            push_allow_private_endpoints: false,
+            auth_failure_limit: 10,
         }
     }
 }
@@ -446,5 +540,20 @@ mod tests {
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(format_offset(Duration::from_secs(86_400)), "24h");
         assert_eq!(format_offset(Duration::from_secs(5400)), "90m");
+    }
+
+    #[test]
+    fn tokens_and_smtp_urls() {
+        assert!(check_admin_token("short").is_err());
+        assert!(check_admin_token(&"x".repeat(31)).is_err());
+        assert!(check_admin_token(TEST_ADMIN_TOKEN).is_ok());
+        let url = |s: &str| url::Url::parse(s).unwrap();
+        assert!(check_smtp_tls(&url("smtp://u:p@mail.example.com:587")).is_err());
+        assert!(check_smtp_tls(&url("smtp://u:p@mail.example.com:587?tls=opportunistic")).is_err());
+        assert!(check_smtp_tls(&url("smtp://u:p@mail.example.com:587?tls=required")).is_ok());
+        assert!(check_smtp_tls(&url("smtps://u:p@mail.example.com")).is_ok());
+        assert!(check_smtp_tls(&url("smtp://u:p@127.0.0.1:2525")).is_ok());
+        assert!(check_smtp_tls(&url("smtp://u:p@localhost:2525")).is_ok());
+        assert!(check_smtp_tls(&url("smtp://mail.example.com:25")).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Dashlight's shared library: what the worker, the scheduler and the admin API all use.
 //!
 //! - [`config`]: the environment variables, validated once.
+//! - [`endpoints`]: which push endpoints the worker may talk to (the SSRF guard).
 //! - [`db`]: connecting, creating the database, migrating ours and apalis's schema, and
 //!   [`db::retry_deadlock`], a write's transaction run again when it loses a deadlock.
 //! - [`clock`]: injected "now".
@@ -35,6 +36,7 @@ pub mod config;
 pub mod crm;
 pub mod db;
 pub mod demo;
+pub mod endpoints;
 pub mod error;
 pub mod gaps;
 pub mod jobs;

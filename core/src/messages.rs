@@ -92,12 +92,21 @@ pub async fn send(conn: &mut PgConnection, nm: NewMessage, now: DateTime<Utc>) -
     if n == 0 || nm.content.trim().is_empty() || n > 10_000 {
         return Err(DomainError::invalid("content", "expected 1 to 10000 characters"));
     }
-    let mut others: Vec<i64> = Vec::new();
-    for id in &nm.participant_ids {
-        if *id != nm.sender_id && !others.contains(id) {
-            others.push(*id);
-        }
+    // The cap first, on the list as given (the sender may be listed too), so the work below
+    // is bounded whatever the body holds; then duplicates go, in one pass with a set.
+    if nm.participant_ids.len() > MAX_PARTICIPANTS + 1 {
+        return Err(DomainError::invalid(
+            "participant_ids",
+            format!("at most {MAX_PARTICIPANTS} participants"),
+        ));
     }
+    let mut seen = std::collections::HashSet::with_capacity(nm.participant_ids.len());
+    let others: Vec<i64> = nm
+        .participant_ids
+        .iter()
+        .copied()
+        .filter(|id| *id != nm.sender_id && seen.insert(*id))
+        .collect();
     if others.is_empty() {
         return Err(DomainError::invalid(
             "participant_ids",

@@ -163,6 +163,39 @@ pub async fn cancel_by_key(conn: &mut PgConnection, dedupe_key: &str, reason: &s
     Ok(r.rows_affected() > 0)
 }
 
+/// Puts deliveries back on their way, as [`enqueue_delivery_retry`] does for one: one job each,
+/// enqueued together. Returns how many were enqueued (ids that do not exist are skipped).
+pub async fn enqueue_delivery_retries(conn: &mut PgConnection, delivery_ids: &[i64]) -> Result<u64, sqlx::Error> {
+    if delivery_ids.is_empty() {
+        return Ok(0);
+    }
+    let rows: Vec<(i64, i64, i16)> = sqlx::query_as(
+        "SELECT d.id, n.id, n.priority FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+         WHERE d.id = ANY($1) ORDER BY d.id",
+    )
+    .bind(delivery_ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let payloads: Vec<(DeliverJob, i16)> = rows
+        .into_iter()
+        .map(|(delivery_id, notification_id, priority)| {
+            (
+                DeliverJob {
+                    notification_id,
+                    retry_delivery_id: Some(delivery_id),
+                },
+                priority,
+            )
+        })
+        .collect();
+    let jobs: Vec<NewJob<'_>> = payloads
+        .iter()
+        .map(|(job, priority)| NewJob::new(QUEUE_NOTIFICATIONS, job).priority(i32::from(*priority)))
+        .collect();
+    jobs::enqueue(conn, &jobs).await?;
+    Ok(jobs.len() as u64)
+}
+
 /// Puts a delivery back on its way: enqueues a job that retries it now (operator action).
 /// Returns false when the delivery does not exist.
 pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -> Result<bool, sqlx::Error> {

@@ -17,7 +17,7 @@ use tokio::{sync::oneshot, task::JoinHandle};
 
 /// The bearer token of the test configuration (at least 32 characters, as the admin API asks of
 /// a real one).
-pub const TOKEN: &str = "dashlight-test-token-0123456789abcdef";
+pub const TOKEN: &str = dashlight_core::config::TEST_ADMIN_TOKEN;
 
 /// A response: status, content type, the JSON body (`Null` when not JSON) and the raw text.
 #[derive(Debug)]

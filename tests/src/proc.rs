@@ -64,6 +64,8 @@ pub fn spawn_worker(w: &World, tag: &str, extra: &[(&str, &str)]) -> WorkerProce
         .env("SMS_FROM", &sms.from)
         .env("VAPID_PRIVATE_KEY", &push.vapid_private_key)
         .env("VAPID_SUBJECT", &push.vapid_subject)
+        // The loopback push service.
+        .env("PUSH_ALLOW_PRIVATE_ENDPOINTS", "true")
         .env("TEMPLATES_DIR", &c.templates_dir)
         .env("OUTBOX_DIR", &c.outbox_dir)
         .env("INVOICE_DIR", &c.invoice_dir)

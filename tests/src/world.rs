@@ -72,7 +72,10 @@ impl World {
             account_sid: sms.account_sid().to_owned(),
             auth_token: sms.auth_token().to_owned(),
             from: "+447700900000".into(),
+            max_segments: dashlight_core::config::DEFAULT_SMS_MAX_SEGMENTS,
         });
+        // The push service is on loopback.
+        config.push_allow_private_endpoints = true;
         config.push = Some(dashlight_core::config::PushConfig {
             vapid_private_key: crate::push::vapid_private_key_b64url(),
             vapid_subject: "mailto:ops@school.test".into(),

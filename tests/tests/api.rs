@@ -6,6 +6,8 @@
 //! - `api/people.rs`: users, preferences, devices, availability.
 //! - `api/bookings.rs`: bookings, double booking, rollback, timeline, series.
 //! - `api/ops.rs`: queues, jobs, notifications, deliveries and retries.
+//! - `api/security.rs`: hostile input and the brakes (issue 21): SSRF, token guessing, control
+//!   characters, redirects after sign-in, sign-out, bulk retries, the metrics cache.
 
 use std::ops::Deref;
 
@@ -26,6 +28,8 @@ mod contract;
 mod ops;
 #[path = "api/people.rs"]
 mod people;
+#[path = "api/security.rs"]
+mod security;
 
 /// A valid Web Push subscription key pair (from the web-push crate's docs).
 pub const P256DH: &str = "BLMbF9ffKBiWQLCKvTHb6LO8Nb6dcUh6TItC455vu2kElga6PQvUmaFyCdykxY2nOSSL3yKgfbmFLRTUaGv4yV8";

@@ -24,7 +24,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::{sync::oneshot, task::JoinHandle};
 
-const TOKEN: &str = "test-token";
+const TOKEN: &str = dashlight_tests::api::TOKEN;
 /// How long anything sent may take to arrive.
 const LONG: Duration = Duration::from_secs(60);
 

@@ -74,7 +74,8 @@ pub fn pipeline(config: &Config, pool: PgPool, clock: Clock, worker_name: String
         None => SmsSender::Outbox(outbox.clone()),
     };
     let push = match &config.push {
-        Some(c) => PushSender::from_config(c, http.clone()).map_err(anyhow::Error::msg)?,
+        // Its own client: SSRF-guarded resolver, no redirects (see channels::push).
+        Some(c) => PushSender::from_config(c, config.push_allow_private_endpoints).map_err(anyhow::Error::msg)?,
         None => PushSender::Outbox(outbox),
     };
     Ok(Pipeline {

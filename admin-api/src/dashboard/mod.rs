@@ -1,7 +1,8 @@
 //! The operators' dashboard: server-rendered HTML pages at `/`, for people rather than scripts.
 //!
-//! - `/sign-in`, `/sign-out`: the admin token in a form sets (and signing out clears) the
-//!   [`session`] cookie; every other page sends a browser without one to `/sign-in`.
+//! - `/sign-in`, `/sign-out`: the admin token in a form sets the [`session`] cookie (wrong
+//!   tokens count towards the per-address limit of [`crate::guard`]); signing out clears it and
+//!   revokes it on the server. Every other page sends a browser without one to `/sign-in`.
 //! - `/` (Queues): counts per queue and state, refreshing itself, and a chart of jobs done and
 //!   failed per minute over the last hour ([`chart`]).
 //! - `/deliveries`: failed and dead first, filtered by status, channel and kind, with Retry
@@ -38,7 +39,7 @@ use axum::{
 use handlebars::Handlebars;
 use serde::{Deserialize, Serialize};
 
-use crate::{AppState, auth::token_matches, error::ApiError};
+use crate::{AppState, auth::token_matches, error::ApiError, guard::ClientAddr};
 
 /// Largest form body the dashboard accepts.
 const FORM_LIMIT: usize = 16 * 1024;
@@ -172,7 +173,14 @@ impl FromRequestParts<AppState> for Operator {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if session::from_headers(state.config.admin_api_token.as_deref(), &parts.headers, state.clock.now()) {
+        if session::active(
+            &state.pool,
+            state.config.admin_api_token.as_deref(),
+            &parts.headers,
+            state.clock.now(),
+        )
+        .await
+        {
             return Ok(Operator);
         }
         let here = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -182,11 +190,69 @@ impl FromRequestParts<AppState> for Operator {
 }
 
 /// Where to go after signing in: a path on this server, `/` otherwise (never another site).
+///
+/// Accepted only as a path-absolute relative reference: it starts with one `/` (not `//`),
+/// and neither it nor the percent-decoded form of its path holds a backslash, a control
+/// character or whitespace (browsers drop tabs and newlines from URLs, so `/\t/evil.example` is
+/// `//evil.example` to them). Resolved against this server, it must stay on this server; the
+/// normalised path and query are what is used.
 fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.starts_with("/sign-") => n.to_owned(),
+    fn plain(s: &str) -> bool {
+        s.starts_with('/') && !s.starts_with("//") && !s.chars().any(|c| c == '\\' || c.is_control() || c.is_whitespace())
+    }
+    let Some(n) = next else { return "/".to_owned() };
+    // The path decides where a browser goes; an encoded space in the query is harmless.
+    let path = n.split(['?', '#']).next().unwrap_or_default();
+    if !plain(n) || !percent_decode(path).as_deref().is_some_and(plain) {
+        return "/".to_owned();
+    }
+    const BASE: &str = "http://dashlight.invalid/";
+    let Ok(base) = url::Url::parse(BASE) else { return "/".to_owned() };
+    match base.join(n) {
+        Ok(u) if u.origin() == base.origin() && !u.path().starts_with("/sign-") && !u.path().starts_with("//") => {
+            let mut out = u.path().to_owned();
+            if let Some(q) = u.query() {
+                out.push('?');
+                out.push_str(q);
+            }
+            out
+        }
         _ => "/".to_owned(),
     }
+}
+
+/// `s` with every `%XX` decoded (repeatedly, so `%252F` is seen as `/` too); `None` when the
+/// bytes are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut cur = s.to_owned();
+    for _ in 0..4 {
+        let next: Vec<u8> = percent_decode_once(cur.as_bytes());
+        let next = String::from_utf8(next).ok()?;
+        if next == cur {
+            return Some(cur);
+        }
+        cur = next;
+    }
+    Some(cur)
+}
+
+fn percent_decode_once(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h * 16 + l);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// `?next=` of the sign-in page.
@@ -222,7 +288,7 @@ fn sign_in_layout(state: &AppState) -> Layout {
 /// `GET /sign-in`: the form (or straight on, when already signed in).
 pub async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<SignInQuery>) -> Response {
     let next = safe_next(q.next.as_deref());
-    if session::from_headers(state.config.admin_api_token.as_deref(), &headers, state.clock.now()) {
+    if session::active(&state.pool, state.config.admin_api_token.as_deref(), &headers, state.clock.now()).await {
         return Redirect::to(&next).into_response();
     }
     render(
@@ -234,9 +300,18 @@ pub async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap, Que
 }
 
 /// `POST /sign-in`: the right token sets the session cookie; a wrong one shows the form again
-/// with an error (401) and nothing else.
-pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<SignInForm>) -> Response {
+/// with an error (401) and nothing else. Too many wrong ones from one address: 429 with
+/// `Retry-After`, without the token being checked.
+pub async fn sign_in(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    Form(form): Form<SignInForm>,
+) -> Response {
     let next = safe_next(form.next.as_deref());
+    if let Some(wait) = state.auth_failures.locked_for(client) {
+        return too_many_sign_ins(&state, next, wait);
+    }
     let token = state.config.admin_api_token.as_deref();
     let given = form.token.trim();
     let session = if token_matches(token, Some(given)) {
@@ -252,7 +327,11 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, Form(for
             res
         }
         None => {
-            tracing::warn!("dashboard sign-in with a wrong token");
+            if let Some(wait) = state.auth_failures.failed(client) {
+                tracing::warn!(%client, "dashboard sign-in with a wrong token: too many failures from this address, answering 429");
+                return too_many_sign_ins(&state, next, wait);
+            }
+            tracing::warn!(%client, "dashboard sign-in with a wrong token");
             let page = SignInPage {
                 next,
                 error: Some("That token is not right. Use the ADMIN_API_TOKEN this server was started with."),
@@ -264,8 +343,26 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, Form(for
     }
 }
 
-/// `POST /sign-out`: clears the cookie and shows the sign-in page.
-pub async fn sign_out(headers: HeaderMap) -> Response {
+/// The sign-in form again, with 429 and `Retry-After`.
+fn too_many_sign_ins(state: &AppState, next: String, wait: std::time::Duration) -> Response {
+    let page = SignInPage {
+        next,
+        error: Some("Too many wrong tokens from this address. Wait a minute, then try again."),
+    };
+    let mut res = render(StatusCode::TOO_MANY_REQUESTS, "sign_in", &sign_in_layout(state), &page);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(crate::guard::retry_after_secs(wait)));
+    res
+}
+
+/// `POST /sign-out`: revokes the session on the server, clears the cookie and shows the
+/// sign-in page.
+pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = session::revoke(&state.pool, state.config.admin_api_token.as_deref(), &headers, state.clock.now()).await {
+        tracing::error!(error = %e, "cannot revoke the dashboard session");
+        return error_page(sign_in_layout(&state), e.into());
+    }
+    tracing::info!("dashboard sign-out");
     let mut res = Redirect::to("/sign-in").into_response();
     res.headers_mut().insert(header::SET_COOKIE, session::clear_cookie(&headers));
     res
@@ -320,5 +417,23 @@ mod tests {
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
         assert_eq!(safe_next(Some("/sign-out")), "/");
         assert_eq!(safe_next(None), "/");
+        // Issue 21: a tab (raw or encoded) between the slashes is dropped by browsers.
+        for evil in [
+            "/%09/evil.example",
+            "/\t/evil.example",
+            "/%0a/evil.example",
+            "/%2F/evil.example",
+            "/%2f%2fevil.example",
+            "/%5Cevil.example",
+            "/%252F/evil.example",
+            "/ /evil.example",
+            "/%E2%80%A8/x",
+            "/\u{85}/evil.example",
+            "http:/evil.example",
+        ] {
+            assert_eq!(safe_next(Some(evil)), "/", "{evil:?}");
+        }
+        assert_eq!(safe_next(Some("/timeline?booking=5&x=%20y")), "/timeline?booking=5&x=%20y");
+        assert_eq!(safe_next(Some("/a/../deliveries")), "/deliveries");
     }
 }

@@ -154,12 +154,17 @@ struct DeliveryRow {
     retryable: bool,
 }
 
+/// "Retry all shown (N)": the filter, and the ids of exactly the N retryable rows shown, which
+/// are all the button retries (deliveries that failed after the page was drawn, or beyond the
+/// rows shown, are not touched).
 #[derive(Serialize)]
 struct BulkRetry {
     status: String,
     channel: String,
     kind: String,
     count: usize,
+    /// Comma-separated delivery ids.
+    ids: String,
 }
 
 #[derive(Serialize)]
@@ -286,13 +291,14 @@ pub async fn deliveries(State(state): State<AppState>, _: Operator, Query(filter
         })
         .collect();
     let bulk_allowed = f.status.as_deref().is_none_or(|s| RETRYABLE.contains(&s));
-    let count = page.rows.iter().filter(|r| r.retryable).count();
-    if bulk_allowed && count > 0 {
+    let shown: Vec<String> = page.rows.iter().filter(|r| r.retryable).map(|r| r.id.to_string()).collect();
+    if bulk_allowed && !shown.is_empty() {
         page.retry_all = Some(BulkRetry {
             status: f.status.clone().unwrap_or_default(),
             channel: f.channel.clone().unwrap_or_default(),
             kind: f.kind.clone().unwrap_or_default(),
-            count,
+            count: shown.len(),
+            ids: shown.join(","),
         });
     }
     render(StatusCode::OK, "deliveries", &layout, &page)

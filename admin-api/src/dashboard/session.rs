@@ -5,8 +5,9 @@
 //! is a Unix time [`SESSION_LIFETIME`] after signing in and `<mac>` is the base64url
 //! HMAC-SHA256 of `dashlight-session:v1:<expiry>` keyed with `ADMIN_API_TOKEN`, so it proves the
 //! token was known, expires on its own, and stops working the moment the token changes. It is
-//! checked in constant time. Signing out clears the cookie in the browser; there is no
-//! server-side session store (changing the token ends every session).
+//! checked in constant time. Signing out clears the cookie in the browser and revokes it on the
+//! server: the SHA-256 of its value goes into `dashboard_revoked_sessions` until it would have
+//! expired, and [`active`] refuses it from then on (changing the token ends every session).
 //!
 //! This module does not decide which requests need a session; `auth` (for `/api`) and the
 //! dashboard's page guard do.
@@ -15,7 +16,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest as _, Sha256};
+use sqlx::PgPool;
 
 /// The cookie's name.
 pub const COOKIE_NAME: &str = "dashlight_session";
@@ -71,9 +73,64 @@ pub fn cookies<'a>(headers: &'a HeaderMap, name: &'a str) -> impl Iterator<Item 
         })
 }
 
-/// True when the request carries a valid session cookie.
+/// True when the request carries a session cookie whose MAC and expiry are right (revocation
+/// not checked: see [`active`]).
 pub fn from_headers(token: Option<&str>, headers: &HeaderMap, now: DateTime<Utc>) -> bool {
     cookies(headers, COOKIE_NAME).any(|v| verify(token, v, now))
+}
+
+fn digest(value: &str) -> Vec<u8> {
+    Sha256::digest(value.as_bytes()).to_vec()
+}
+
+fn expiry_of(value: &str) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(value.split('.').nth(1)?.parse().ok()?, 0)
+}
+
+/// True when the request carries a valid session cookie that was not signed out. A database
+/// error counts as "no session" (fails closed).
+pub async fn active(pool: &PgPool, token: Option<&str>, headers: &HeaderMap, now: DateTime<Utc>) -> bool {
+    let valid: Vec<Vec<u8>> = cookies(headers, COOKIE_NAME)
+        .filter(|v| verify(token, v, now))
+        .map(digest)
+        .collect();
+    if valid.is_empty() {
+        return false;
+    }
+    match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dashboard_revoked_sessions WHERE session_digest = ANY($1)")
+        .bind(&valid)
+        .fetch_one(pool)
+        .await
+    {
+        Ok(revoked) => (revoked as usize) < valid.len(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot check dashboard session revocations; treating the session as signed out");
+            false
+        }
+    }
+}
+
+/// Revokes every valid session cookie the request carries (signing out), and forgets
+/// revocations of sessions that have expired anyway.
+pub async fn revoke(pool: &PgPool, token: Option<&str>, headers: &HeaderMap, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    for value in cookies(headers, COOKIE_NAME).filter(|v| verify(token, v, now)) {
+        let Some(expires) = expiry_of(value) else { continue };
+        sqlx::query(
+            "INSERT INTO dashboard_revoked_sessions (session_digest, expires_at, revoked_at) VALUES ($1, $2, $3)
+             ON CONFLICT (session_digest) DO NOTHING",
+        )
+        .bind(digest(value))
+        .bind(expires)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("DELETE FROM dashboard_revoked_sessions WHERE expires_at < $1")
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// True when the request came over HTTPS through a proxy that says so; the cookie is then

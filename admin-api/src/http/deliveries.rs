@@ -468,7 +468,16 @@ pub struct BulkRetry {
     pub since: Option<DateTime<Utc>>,
     /// Only deliveries of this notification kind.
     pub kind: Option<String>,
+    /// Only these deliveries (at most 500), e.g. exactly the ones a page shows; the other
+    /// filters still apply.
+    pub ids: Option<Vec<i64>>,
 }
+
+/// Most ids one bulk retry may name.
+pub const MAX_RETRY_IDS: usize = 500;
+
+/// Deliveries locked, re-checked and enqueued per transaction by a bulk retry.
+pub const RETRY_BATCH: i64 = 500;
 
 /// How many retries were enqueued.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -477,7 +486,10 @@ pub struct BulkRetried {
     pub retried: u64,
 }
 
-/// Sends every matching failed or dead delivery again, in one transaction.
+/// Sends every matching failed or dead delivery again, in batches of [`RETRY_BATCH`] (one
+/// transaction each, newest first), so a large backlog neither holds one huge transaction nor
+/// loads every row at once. Each batch locks its rows and re-checks their status, so `retried`
+/// counts exactly the deliveries put back on their way.
 #[utoipa::path(post, path = "/api/deliveries/retry", tag = "deliveries", request_body(content = Option<BulkRetry>, description = "Filters; an empty body retries every failed and dead delivery"),
     responses(
         (status = 202, description = "Retries enqueued", body = BulkRetried),
@@ -500,25 +512,42 @@ pub async fn retry_deliveries(
     };
     check_channel(body.channel.as_deref())?;
     check_kind(body.kind.as_deref())?;
-    let mut tx = state.pool.begin().await?;
-    let matching = matching_deliveries(
-        &mut *tx,
-        Some(&statuses),
-        body.channel.as_deref(),
-        None,
-        body.kind.as_deref(),
-        body.since,
-        None,
-        None,
-    )
-    .await?;
-    let mut retried = 0u64;
-    for d in &matching {
-        if notify::enqueue_delivery_retry(&mut tx, d.id).await? {
-            retried += 1;
-        }
+    if let Some(ids) = &body.ids
+        && ids.len() > MAX_RETRY_IDS
+    {
+        return Err(ApiError::invalid("ids", format!("at most {MAX_RETRY_IDS} ids")));
     }
-    tx.commit().await?;
+    let mut retried = 0u64;
+    let mut before: Option<i64> = None;
+    loop {
+        let mut tx = state.pool.begin().await?;
+        // Newest first by id, from below the last batch: each delivery is looked at once even
+        // though a retried one keeps its status until a worker picks it up.
+        let batch: Vec<i64> = sqlx::query_scalar(
+            "SELECT d.id FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+             WHERE d.status = ANY($1) AND ($2::text IS NULL OR d.channel = $2) AND ($3::text IS NULL OR n.type = $3)
+               AND ($4::timestamptz IS NULL OR d.updated_at >= $4) AND ($5::bigint[] IS NULL OR d.id = ANY($5))
+               AND ($6::bigint IS NULL OR d.id < $6)
+             ORDER BY d.id DESC LIMIT $7
+             FOR UPDATE OF d SKIP LOCKED",
+        )
+        .bind(&statuses)
+        .bind(body.channel.as_deref())
+        .bind(body.kind.as_deref())
+        .bind(body.since)
+        .bind(body.ids.as_deref())
+        .bind(before)
+        .bind(RETRY_BATCH)
+        .fetch_all(&mut *tx)
+        .await?;
+        let Some(&last) = batch.last() else { break };
+        retried += notify::enqueue_delivery_retries(&mut tx, &batch).await?;
+        tx.commit().await?;
+        if (batch.len() as i64) < RETRY_BATCH {
+            break;
+        }
+        before = Some(last);
+    }
     tracing::info!(retried, "bulk delivery retry enqueued");
     Ok((StatusCode::ACCEPTED, Json(BulkRetried { retried })))
 }

@@ -1,6 +1,7 @@
 //! The open routes: `GET /healthz` (the process answers), `GET /readyz` (the database answers
 //! and every migration is applied, checked within [`READY_TIMEOUT`]) and `GET /metrics`
-//! (Prometheus text, with the job gauges refreshed on each scrape). No token needed.
+//! (Prometheus text; the job gauges come from a cache refreshed at most every few seconds, see
+//! [`telemetry::QueueDepths`]). No token needed.
 
 use std::time::Duration;
 
@@ -84,8 +85,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = telemetry::install_recorder() else {
         return ApiError::Unavailable("metrics are not available in this process".into()).into_response();
     };
-    match tokio::time::timeout(READY_TIMEOUT, queues::queue_stats(&state.pool, state.clock.now())).await {
-        Ok(Ok(stats)) => {
+    let now = state.clock.now();
+    let counted = state
+        .queue_depths
+        .get(now, || async {
+            match tokio::time::timeout(READY_TIMEOUT, queues::queue_stats(&state.pool, now)).await {
+                Ok(Ok(stats)) => Ok(stats),
+                Ok(Err(e)) => Err(format!("cannot count jobs for /metrics: {e}")),
+                Err(_) => Err("counting jobs for /metrics timed out".to_owned()),
+            }
+        })
+        .await;
+    match counted {
+        Ok(stats) => {
             for q in stats {
                 for (name, n) in [
                     ("pending", q.pending),
@@ -100,12 +112,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             }
             metrics::gauge!("dashlight_jobs_scrape_ok").set(1.0);
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "cannot count jobs for /metrics");
-            metrics::gauge!("dashlight_jobs_scrape_ok").set(0.0);
-        }
-        Err(_) => {
-            tracing::warn!("counting jobs for /metrics timed out");
+        Err(message) => {
+            tracing::warn!(error = %message, "job gauges not refreshed");
             metrics::gauge!("dashlight_jobs_scrape_ok").set(0.0);
         }
     }

@@ -336,10 +336,13 @@ pub fn check_push_keys(p256dh: &str, auth: &str) -> Result<(String, String), Api
     Ok((enc.encode(point), enc.encode(secret)))
 }
 
-fn check_endpoint(endpoint: &str) -> Result<(), ApiError> {
-    match url::Url::parse(endpoint) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
-        _ => Err(ApiError::invalid("push_endpoint", "expected an http(s) URL")),
+/// The SSRF guard at registration ([`dashlight_core::endpoints`]): https only, and no
+/// loopback, private or link-local address, unless `PUSH_ALLOW_PRIVATE_ENDPOINTS` is on. The
+/// worker checks again when it connects.
+fn check_endpoint(endpoint: &str, allow_private: bool) -> Result<(), ApiError> {
+    match dashlight_core::endpoints::check_push_endpoint(endpoint, allow_private) {
+        None => Ok(()),
+        Some(why) => Err(ApiError::invalid("push_endpoint", why)),
     }
 }
 
@@ -364,7 +367,7 @@ pub async fn add_device(
     ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<DeviceIn>,
 ) -> Result<(StatusCode, Json<DeviceOut>), ApiError> {
-    check_endpoint(&body.push_endpoint)?;
+    check_endpoint(&body.push_endpoint, state.config.push_allow_private_endpoints)?;
     let (p256dh, auth) = check_push_keys(&body.p256dh, &body.auth)?;
     let nd = NewDevice {
         device_id: body.device_id,
@@ -475,7 +478,7 @@ mod tests {
         let off_curve = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(off_curve);
         assert_eq!(check_push_keys(&off_curve, a).unwrap_err().body().field.as_deref(), Some("p256dh"));
         assert_eq!(check_push_keys(p, "AAAA").unwrap_err().body().field.as_deref(), Some("auth"));
-        assert!(check_endpoint("ftp://x").is_err());
-        assert!(check_endpoint("https://push.example/abc").is_ok());
+        assert!(check_endpoint("ftp://x", false).is_err());
+        assert!(check_endpoint("https://push.example/abc", false).is_ok());
     }
 }

@@ -96,14 +96,28 @@ impl SendError {
     }
 }
 
-/// Parses a `Retry-After` header (seconds or an HTTP date).
+/// The longest `Retry-After` a provider may ask for: one hour, the default `RETRY_MAX_DELAY`.
+/// A provider's answer is untrusted input; an absurd value (`Retry-After: 100000000000000`)
+/// must not park a delivery for ever nor overflow the time arithmetic that schedules the retry.
+/// The delivery module still caps the delay it schedules at the configured `RETRY_MAX_DELAY`;
+/// this cap, applied where the header is parsed, is the bound the channels guarantee whatever
+/// that setting is.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Parses a `Retry-After` header (seconds or an HTTP date), capped at [`MAX_RETRY_AFTER`].
+/// Anything unparsable is ignored (the normal backoff applies).
 pub fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
     let v = value?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(v).ok()?;
-    (when.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok()
+    let asked = if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
+        // More digits than a u64 holds is still "very long": saturate, then cap.
+        Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let when = chrono::DateTime::parse_from_rfc2822(v).ok()?.with_timezone(&chrono::Utc);
+        // A date in the past means "now"; `signed_duration_since` cannot overflow for the
+        // dates chrono parses.
+        when.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO)
+    };
+    Some(asked.min(MAX_RETRY_AFTER))
 }
 
 /// An error and its causes on one line.
@@ -152,5 +166,19 @@ mod tests {
         assert!(is_e164("+447700900123"));
         assert!(!is_e164("07700900123"));
         assert!(!is_e164("+0123456789"));
+    }
+
+    #[test]
+    fn retry_after_is_capped() {
+        use reqwest::header::HeaderValue;
+        let p = |v: &'static str| parse_retry_after(Some(&HeaderValue::from_static(v)));
+        assert_eq!(p("30"), Some(Duration::from_secs(30)));
+        assert_eq!(p("100000000000000"), Some(MAX_RETRY_AFTER));
+        assert_eq!(p("99999999999999999999999999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(p("Fri, 31 Dec 9999 23:59:59 GMT"), Some(MAX_RETRY_AFTER));
+        assert_eq!(p("Mon, 01 Jan 2001 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(p("-5"), None);
+        assert_eq!(p("soon"), None);
+        assert_eq!(parse_retry_after(None), None);
     }
 }

@@ -2,12 +2,20 @@
 //! client (web-push builds the request; we read status and `Retry-After` ourselves, since
 //! web-push 0.11 hides 429s). 404/410 end a subscription for good.
 //!
+//! The endpoint comes from whoever registered the device, so the push client is guarded
+//! against server-side request forgery ([`dashlight_core::endpoints`]): unless
+//! `PUSH_ALLOW_PRIVATE_ENDPOINTS` is on, only `https` endpoints are used, an IP-literal host must
+//! be public, and a [`GuardedResolver`] refuses names that resolve to any loopback, private,
+//! link-local or otherwise non-public address at connect time (so DNS rebinding does not help).
+//! Redirects are never followed and no proxy from the environment is used.
+//!
 //! Signing the VAPID JWT (ES256) is the expensive part of a push, and the JWT depends only on
 //! the push service's origin (`aud`), our `sub` and the expiry, so one signature per origin is
 //! made and reused until shortly before it expires.
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -18,10 +26,13 @@ use web_push::{
     ContentEncoding, PartialVapidSignatureBuilder, SubscriptionInfo, Urgency, VapidSignature, VapidSignatureBuilder, WebPushMessageBuilder,
 };
 
-use super::{SendError, Sent, outbox::Outbox, parse_retry_after};
+use super::{SendError, Sent, error_chain, outbox::Outbox, parse_retry_after};
 
 /// Largest plaintext web-push accepts (it refuses more than 3052 bytes).
 pub const MAX_PAYLOAD: usize = 3052;
+
+/// Longest provider message id (`Location`) kept; a push service's is well under this.
+const MAX_LOCATION_LEN: usize = 512;
 
 /// Lifetime (`exp` − now) of the VAPID JWTs we sign; RFC 8292 allows at most 24 h.
 const JWT_LIFETIME_SECS: u64 = 12 * 3600;
@@ -53,8 +64,10 @@ pub enum PushSender {
     Vapid {
         /// The VAPID key and the signatures made with it, shared by every clone.
         signer: Arc<VapidSigner>,
-        /// Shared HTTP client.
+        /// The push HTTP client: guarded resolver, no redirects, no proxy.
         client: reqwest::Client,
+        /// `PUSH_ALLOW_PRIVATE_ENDPOINTS`.
+        allow_private: bool,
     },
     /// No VAPID key configured.
     Outbox(Outbox),
@@ -70,13 +83,16 @@ impl std::fmt::Debug for PushSender {
 }
 
 impl PushSender {
-    /// Builds the sender from configuration; a bad key fails here, at start-up.
-    pub fn from_config(config: &PushConfig, client: reqwest::Client) -> Result<PushSender, String> {
+    /// Builds the sender from configuration with its own guarded HTTP client ([`http_client`]);
+    /// a bad key fails here, at start-up.
+    pub fn from_config(config: &PushConfig, allow_private: bool) -> Result<PushSender, String> {
         let key = VapidSignatureBuilder::from_base64_no_sub(&config.vapid_private_key)
             .map_err(|e| format!("VAPID_PRIVATE_KEY: not a usable P-256 key: {e}"))?;
+        let client = http_client(allow_private).map_err(|e| format!("building the push HTTP client: {e}"))?;
         Ok(PushSender::Vapid {
             signer: Arc::new(VapidSigner::new(key, config.vapid_subject.clone())),
             client,
+            allow_private,
         })
     }
 
@@ -107,7 +123,16 @@ impl PushSender {
                 );
                 o.write("push", delivery_id, "txt", text.as_bytes()).await
             }
-            PushSender::Vapid { signer, client } => {
+            PushSender::Vapid {
+                signer,
+                client,
+                allow_private,
+            } => {
+                // Registration checked the endpoint too, but rows may predate the check or the
+                // setting may have changed since.
+                if let Some(why) = dashlight_core::endpoints::check_push_endpoint(m.endpoint, *allow_private) {
+                    return Err(SendError::permanent(format!("push endpoint refused: {why}")));
+                }
                 let sub = SubscriptionInfo::new(m.endpoint, m.p256dh, m.auth);
                 // web-push sets `aud` to scheme://host and drops a non-default port; push
                 // services compare it with the endpoint's full origin.
@@ -134,14 +159,20 @@ impl PushSender {
                 for (name, value) in req.headers() {
                     rb = rb.header(name.as_str(), value.as_bytes());
                 }
-                let resp = rb.body(req.into_body()).send().await.map_err(|e| SendError::from_reqwest(&e))?;
+                let resp = rb.body(req.into_body()).send().await.map_err(|e| {
+                    if let Some(f) = forbidden_in(&e) {
+                        SendError::permanent(format!("push endpoint refused: {f}"))
+                    } else {
+                        SendError::from_reqwest(&e)
+                    }
+                })?;
                 let status = resp.status().as_u16();
                 let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
                 let location = resp
                     .headers()
                     .get(reqwest::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                    .map(|l| l.chars().take(MAX_LOCATION_LEN).collect::<String>());
                 if (200..300).contains(&status) {
                     return Ok(Sent {
                         provider_message_id: location,
@@ -151,12 +182,70 @@ impl PushSender {
                 let detail = match status {
                     404 | 410 => "push subscription expired or unsubscribed".to_owned(),
                     413 => "payload too large for the push service".to_owned(),
-                    _ => body.chars().take(200).collect(),
+                    300..=399 => "the push service answered with a redirect, which is not followed".to_owned(),
+                    _ => body.chars().filter(|c| !c.is_control()).take(200).collect(),
                 };
                 Err(SendError::from_http_status(status, retry_after, &detail))
             }
         }
     }
+}
+
+/// The push HTTP client: [`GuardedResolver`] (unless `allow_private`), no redirects, no proxy
+/// from the environment, a user agent naming Dashlight.
+pub fn http_client(allow_private: bool) -> reqwest::Result<reqwest::Client> {
+    let mut b = reqwest::Client::builder()
+        .user_agent(concat!("dashlight/", env!("CARGO_PKG_VERSION")))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy();
+    if !allow_private {
+        b = b.dns_resolver(Arc::new(GuardedResolver));
+    }
+    b.build()
+}
+
+/// A resolved name that leads to a non-public address.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves to {addr}, which is not a public address")]
+pub struct ForbiddenAddress {
+    /// The name looked up.
+    pub host: String,
+    /// The first non-public address it gave.
+    pub addr: std::net::IpAddr,
+}
+
+/// A DNS resolver for the push client: the system's lookup, then every address must be public
+/// ([`dashlight_core::endpoints::is_public`]), or the connection is refused. Checked on every
+/// connect, so a name that later resolves to a private address (DNS rebinding) is refused then.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(bad) = addrs.iter().find(|a| !dashlight_core::endpoints::is_public(a.ip())) {
+                return Err(Box::new(ForbiddenAddress { host, addr: bad.ip() }) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The [`ForbiddenAddress`] behind a reqwest error, if that is why it failed.
+fn forbidden_in(e: &reqwest::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(f) = c.downcast_ref::<ForbiddenAddress>() {
+            return Some(f.to_string());
+        }
+        cur = c.source();
+    }
+    // Some layers only keep the message.
+    let chain = error_chain(e);
+    chain.contains("which is not a public address").then_some(chain)
 }
 
 /// The VAPID key, the `sub` claim, and the signed JWTs per push-service origin.
@@ -188,7 +277,7 @@ impl VapidSigner {
             return Ok(sig.clone());
         }
         // Signed without the lock held: a race only signs twice.
-        let exp = now + JWT_LIFETIME_SECS;
+        let exp = now.saturating_add(JWT_LIFETIME_SECS);
         let mut builder = self.key.clone().add_sub_info(sub);
         builder.add_claim("sub", self.subject.as_str());
         builder.add_claim("aud", origin);
@@ -207,7 +296,7 @@ impl VapidSigner {
 /// left, and not further ahead than we sign for (the clock went back; push services refuse
 /// an `exp` more than 24 h away).
 fn is_fresh(exp: u64, now: u64) -> bool {
-    now + JWT_REFRESH_MARGIN_SECS < exp && exp <= now + JWT_LIFETIME_SECS
+    now.saturating_add(JWT_REFRESH_MARGIN_SECS) < exp && exp <= now.saturating_add(JWT_LIFETIME_SECS)
 }
 
 fn unix_now() -> u64 {

@@ -1,10 +1,17 @@
 //! SMS through a Twilio-compatible Messages API:
 //! `POST {base}/2010-04-01/Accounts/{sid}/Messages.json` with `To`, `From`, `Body`, HTTP basic
 //! auth `SID:TOKEN`. The returned `sid` is the provider message id.
+//!
+//! SMS are billed per segment, so a body longer than `SMS_MAX_SEGMENTS` segments is cut, with
+//! an ellipsis, before it is sent ([`limit_segments`]). Segments follow GSM 03.38: a body made
+//! only of GSM-7 characters is 160 septets in one segment or 153 per segment when
+//! concatenated, the extension characters (`^{}\[~]|€` and form feed) counting two; any other
+//! character makes the whole body UCS-2: 70 UTF-16 units in one segment, 67 per segment
+//! concatenated. An escape pair or a surrogate pair is never split across segments.
 
 use std::time::Duration;
 
-use dashlight_core::config::SmsConfig;
+use dashlight_core::config::{DEFAULT_SMS_MAX_SEGMENTS, SmsConfig};
 use serde::Deserialize;
 
 use super::{SendError, Sent, is_e164, outbox::Outbox, parse_retry_after};
@@ -44,8 +51,14 @@ impl SmsSender {
             return Err(SendError::permanent(format!("{to:?} is not an E.164 phone number")));
         }
         match self {
-            SmsSender::Outbox(o) => o.write("sms", delivery_id, "txt", format!("To: {to}\n\n{body}\n").as_bytes()).await,
+            SmsSender::Outbox(o) => {
+                // No provider settings: the default limit, so the outbox shows what would be sent.
+                let body = limit_segments(body, DEFAULT_SMS_MAX_SEGMENTS);
+                o.write("sms", delivery_id, "txt", format!("To: {to}\n\n{body}\n").as_bytes()).await
+            }
             SmsSender::Api { config, client } => {
+                let body = limit_segments(body, config.max_segments).into_owned();
+                let body = body.as_str();
                 let url = format!("{}/2010-04-01/Accounts/{}/Messages.json", config.api_base_url, config.account_sid);
                 let resp = client
                     .post(&url)
@@ -85,5 +98,108 @@ impl SmsSender {
                 Err(SendError::from_http_status(status, retry_after, &detail))
             }
         }
+    }
+}
+
+/// GSM 03.38 basic character set (one septet each).
+const GSM7_BASIC: &str =
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+
+/// GSM 03.38 extension table (an escape and the character: two septets each).
+const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{c}";
+
+/// Septets of `c` in GSM-7, or `None` when it has no GSM-7 form.
+fn gsm7_septets(c: char) -> Option<usize> {
+    if GSM7_BASIC.contains(c) {
+        Some(1)
+    } else if GSM7_EXTENSION.contains(c) {
+        Some(2)
+    } else {
+        None
+    }
+}
+
+/// The encoding of an SMS body and the number of segments it takes.
+pub fn segments(text: &str) -> (&'static str, u32) {
+    let gsm: Option<Vec<usize>> = text.chars().map(gsm7_septets).collect();
+    let (name, units, single, multi): (&'static str, Vec<usize>, usize, usize) = match gsm {
+        Some(units) => ("GSM-7", units, 160, 153),
+        None => ("UCS-2", text.chars().map(char::len_utf16).collect(), 70, 67),
+    };
+    let total: usize = units.iter().sum();
+    if total <= single {
+        return (name, 1);
+    }
+    // Greedy packing: a character whose units do not fit starts the next segment.
+    let (mut count, mut used) = (1u32, 0usize);
+    for u in units {
+        if used + u > multi {
+            count += 1;
+            used = 0;
+        }
+        used += u;
+    }
+    (name, count)
+}
+
+/// `body` cut to at most `max_segments` segments, ending with an ellipsis when cut (`...` for a
+/// GSM-7 body, which a `…` would turn into UCS-2; `…` for a UCS-2 one).
+pub fn limit_segments(body: &str, max_segments: u32) -> std::borrow::Cow<'_, str> {
+    let max_segments = max_segments.max(1);
+    let (encoding, n) = segments(body);
+    if n <= max_segments {
+        return std::borrow::Cow::Borrowed(body);
+    }
+    let ellipsis = if encoding == "GSM-7" { "..." } else { "\u{2026}" };
+    // No segment holds more than 160 characters: start from a prefix that long, then shorten.
+    let mut chars: Vec<char> = body.chars().take(160 * max_segments as usize).collect();
+    loop {
+        let mut candidate: String = chars.iter().collect::<String>().trim_end().to_owned();
+        candidate.push_str(ellipsis);
+        if segments(&candidate).1 <= max_segments || chars.is_empty() {
+            return std::borrow::Cow::Owned(candidate);
+        }
+        chars.pop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_counts() {
+        assert_eq!(segments(&"a".repeat(160)), ("GSM-7", 1));
+        assert_eq!(segments(&"a".repeat(161)), ("GSM-7", 2));
+        assert_eq!(segments(&"a".repeat(306)), ("GSM-7", 2));
+        assert_eq!(segments(&"a".repeat(307)), ("GSM-7", 3));
+        // Extension characters count two septets.
+        assert_eq!(segments(&"€".repeat(80)), ("GSM-7", 1));
+        assert_eq!(segments(&"€".repeat(81)), ("GSM-7", 2));
+        // One non-GSM character makes it UCS-2.
+        assert_eq!(segments(&format!("ł{}", "a".repeat(69))), ("UCS-2", 1));
+        assert_eq!(segments(&format!("ł{}", "a".repeat(70))), ("UCS-2", 2));
+        assert_eq!(segments(&"ł".repeat(134)), ("UCS-2", 2));
+        assert_eq!(segments(&"ł".repeat(135)), ("UCS-2", 3));
+    }
+
+    #[test]
+    fn long_bodies_are_cut_with_an_ellipsis() {
+        let short = "Your lesson is at 09:00.";
+        assert_eq!(limit_segments(short, 1), short);
+        let long = "word ".repeat(200);
+        let cut = limit_segments(&long, 3);
+        assert!(cut.ends_with("..."), "{cut}");
+        assert_eq!(segments(&cut), ("GSM-7", 3));
+        assert!(cut.len() > 400, "uses the room it has: {}", cut.len());
+        let one = limit_segments(&long, 1);
+        assert!(one.chars().count() <= 160 && one.ends_with("..."));
+        let polish = "zażółć gęślą jaźń ".repeat(30);
+        let cut = limit_segments(&polish, 2);
+        assert!(cut.ends_with('\u{2026}'), "{cut}");
+        assert_eq!(segments(&cut), ("UCS-2", 2));
+        let emoji = "😀".repeat(200);
+        let cut = limit_segments(&emoji, 1);
+        assert_eq!(segments(&cut), ("UCS-2", 1));
     }
 }

@@ -80,6 +80,9 @@
           var v = all.getAttribute("data-" + k);
           if (v) filter[k] = v;
         });
+        // Exactly the rows shown, not whatever matches the filter by now.
+        var ids = all.getAttribute("data-ids");
+        if (ids) filter.ids = ids.split(",").map(Number);
         run(all, function () { return post("/api/deliveries/retry", filter); },
           function (body) { return body.retried + " deliver" + (body.retried === 1 ? "y is" : "ies are") + " queued to be sent again."; });
       }
