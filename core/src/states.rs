@@ -18,8 +18,11 @@ macro_rules! text_state {
             /// Every value, in the schema's order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// Every stored value, in the schema's order.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
             /// The stored value.
-            pub fn as_str(self) -> &'static str {
+            pub const fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
                 }
@@ -69,6 +72,9 @@ impl DeliveryStatus {
     pub fn is_open(self) -> bool {
         matches!(self, DeliveryStatus::Pending | DeliveryStatus::Retrying | DeliveryStatus::Sending)
     }
+
+    /// The failures an operator may retry.
+    pub const RETRYABLE: [DeliveryStatus; 2] = [DeliveryStatus::Failed, DeliveryStatus::Dead];
 
     /// Ended without reaching anyone through a fault (an operator may retry it).
     pub fn is_failure(self) -> bool {

@@ -239,7 +239,7 @@ pub async fn deliveries(State(state): State<AppState>, _: Operator, Query(filter
     let f = filter.normalized();
     let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
     let mut page = DeliveriesPage {
-        statuses: choices(DELIVERY_STATUSES, f.status.as_deref()),
+        statuses: choices(DELIVERY_STATUSES.iter().copied(), f.status.as_deref()),
         channels: choices(CHANNELS, f.channel.as_deref()),
         kinds: choices(kinds, f.kind.as_deref()),
         filtered: f.status.is_some() || f.channel.is_some() || f.kind.is_some(),

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
-use dashlight_core::{kinds::Kind, notify};
+use dashlight_core::{kinds::Kind, notify, states::DeliveryStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, PgConnection};
 use utoipa::{IntoParams, ToSchema};
@@ -29,10 +29,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_deliveries))
 }
 
-/// Every delivery status (PRODUCT.md, "Delivery statuses").
-pub const DELIVERY_STATUSES: [&str; 8] = ["pending", "sending", "sent", "retrying", "failed", "dead", "skipped", "cancelled"];
+/// Every delivery status (PRODUCT.md, "Delivery statuses"; `dashlight_core::states`).
+pub const DELIVERY_STATUSES: &[&str] = DeliveryStatus::NAMES;
 /// The statuses an operator may retry.
-pub const RETRYABLE: [&str; 2] = ["failed", "dead"];
+pub const RETRYABLE: [&str; 2] = [DeliveryStatus::RETRYABLE[0].as_str(), DeliveryStatus::RETRYABLE[1].as_str()];
 
 /// One attempt at a delivery.
 #[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
