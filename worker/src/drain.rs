@@ -7,9 +7,9 @@
 //! and hands each group of jobs due together to a task, which:
 //!
 //! 1. loads and plans the group ([`delivery::load`], [`delivery::plan::decide`]);
-//! 2. applies the decisions chunk by chunk ([`delivery::record::apply`]), a chunk being as many
-//!    jobs as there is room to send at once (`WORKER_CONCURRENCY`): what a crash leaves
-//!    `sending` is what was in flight, not a whole batch;
+//! 2. applies the decisions chunk by chunk ([`delivery::record::apply`]), a chunk being about
+//!    half of `WORKER_CONCURRENCY` in sends, claimed only once there is room to send all of it:
+//!    what a crash leaves `sending` is what was in flight, not a whole batch;
 //! 3. sends each claimed delivery ([`delivery::message`]) and passes the result to the
 //!    recorder.
 //!
@@ -69,6 +69,11 @@ pub struct DrainSettings {
     /// How long a graceful stop waits for in-flight work.
     pub shutdown_timeout: Duration,
 }
+
+/// Results the recorder gathers before writing, when they come in faster than it writes.
+const RECORD_BATCH: usize = 512;
+/// How long the recorder waits for more results before writing what it has.
+const RECORD_GATHER: Duration = Duration::from_millis(20);
 
 /// Heartbeat period (the stale threshold is six of them).
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -297,8 +302,8 @@ impl Drain {
         Ok((decided, waiting, duplicates))
     }
 
-    /// Applies decisions in chunks of as many sends as there is room for, sending each chunk's
-    /// claimed deliveries as soon as it is applied.
+    /// Applies decisions in chunks of about half the concurrency in sends, each claimed once there
+    /// is room to send all of it, and sends each chunk's claimed deliveries as soon as it is applied.
     async fn apply_in_chunks(
         self: &Arc<Self>,
         decided: Vec<(FetchedJob, Decided)>,
@@ -306,29 +311,41 @@ impl Drain {
         sends: &Arc<Semaphore>,
         set: &mut JoinSet<()>,
     ) {
+        // A chunk is about half the sends the worker may have in flight: small enough that what
+        // is claimed is what is being sent, large enough that a claim serves many sends (claiming
+        // whatever few permits had freed since the last claim made one transaction per handful
+        // of notifications).
         let max = self.settings.concurrency.max(1);
+        let target = (max / 2).max(1);
         let mut chunk: Vec<(FetchedJob, Decided)> = Vec::new();
-        let mut held = 0usize;
+        let mut need_total = 0usize;
         for (job, d) in decided {
             let need = d.decision.sends().min(max);
-            if need > 0 {
-                match sends.try_acquire_many(need as u32) {
-                    Ok(p) => p.forget(),
-                    Err(_) => {
-                        if !chunk.is_empty() {
-                            self.apply_chunk(std::mem::take(&mut chunk), std::mem::take(&mut held), out, sends, set)
-                                .await;
-                        }
-                        sends.acquire_many(need as u32).await.expect("never closed").forget();
-                    }
-                }
-                held += need;
+            if need > 0 && need_total + need > target && !chunk.is_empty() {
+                self.claim_and_send(std::mem::take(&mut chunk), std::mem::take(&mut need_total), out, sends, set)
+                    .await;
             }
+            need_total += need;
             chunk.push((job, d));
         }
         if !chunk.is_empty() {
-            self.apply_chunk(chunk, held, out, sends, set).await;
+            self.claim_and_send(chunk, need_total, out, sends, set).await;
         }
+    }
+
+    /// Waits until the chunk's sends fit (`need` ≤ the concurrency), then applies and sends it.
+    async fn claim_and_send(
+        self: &Arc<Self>,
+        chunk: Vec<(FetchedJob, Decided)>,
+        need: usize,
+        out: &Out,
+        sends: &Arc<Semaphore>,
+        set: &mut JoinSet<()>,
+    ) {
+        if need > 0 {
+            sends.acquire_many(need as u32).await.expect("never closed").forget();
+        }
+        self.apply_chunk(chunk, need, out, sends, set).await;
     }
 
     /// Applies one chunk (its send permits already taken) and starts its sends.
@@ -466,6 +483,17 @@ async fn recorder(this: Arc<Drain>, mut rx: mpsc::UnboundedReceiver<Record>, roo
         if deliveries.is_empty() && jobs.is_empty() {
             if rx.recv_many(&mut buf, 2048).await == 0 {
                 return;
+            }
+            // A busy drain sends results a few at a time: gather for a moment (at most
+            // RECORD_GATHER) so that one transaction records many. Send times are taken when each
+            // send finishes, so this delays only the write, never a message.
+            if buf.len() < RECORD_BATCH {
+                let until = tokio::time::Instant::now() + RECORD_GATHER;
+                while buf.len() < RECORD_BATCH
+                    && let Ok(Some(r)) = tokio::time::timeout_at(until, rx.recv()).await
+                {
+                    buf.push(r);
+                }
             }
         } else {
             // Results kept from a failed write: add whatever else is there, don't wait for more.
