@@ -225,19 +225,50 @@ impl PgConnection {
                 )
             })?;
 
-            // prepare the statement if this our first time executing it
-            // always return the statement ID here
-            let (statement, metadata_) = self
-                .get_or_prepare(sql, &arguments.types, persistent, metadata_opt, false)
-                .await?;
+            // Dashlight patch (vendor/README.md): with the statement cache disabled, the
+            // statement is parsed, bound, described and executed under one Sync, as an unnamed
+            // statement, so that nothing outlives the round trip. A transaction-mode pooler
+            // (PgBouncer) may hand the next round trip to another server connection, where a
+            // statement prepared in an earlier one does not exist.
+            let pipelined = metadata_opt.is_none() && !self.inner.cache_statement.is_enabled();
 
-            metadata = metadata_;
+            let statement = if pipelined {
+                // resolve parameter type OIDs before anything is written (may run queries)
+                let param_types = self.resolve_types(&arguments.types).await?;
 
-            // patch holes created during encoding
-            arguments.apply_patches(self, &metadata.parameters).await?;
+                // parameters as the client declared them, for the encoding patches
+                metadata = Arc::new(PgStatementMetadata {
+                    parameters: arguments.types.clone(),
+                    ..PgStatementMetadata::default()
+                });
+                arguments.apply_patches(self, &metadata.parameters).await?;
 
-            // consume messages till `ReadyForQuery` before bind and execute
-            self.wait_until_ready().await?;
+                self.wait_until_ready().await?;
+
+                self.inner.stream.write_msg(Parse {
+                    param_types: &param_types,
+                    query: sql,
+                    statement: StatementId::UNNAMED,
+                })?;
+
+                StatementId::UNNAMED
+            } else {
+                // prepare the statement if this our first time executing it
+                // always return the statement ID here
+                let (statement, metadata_) = self
+                    .get_or_prepare(sql, &arguments.types, persistent, metadata_opt, false)
+                    .await?;
+
+                metadata = metadata_;
+
+                // patch holes created during encoding
+                arguments.apply_patches(self, &metadata.parameters).await?;
+
+                // consume messages till `ReadyForQuery` before bind and execute
+                self.wait_until_ready().await?;
+
+                statement
+            };
 
             // bind to attach the arguments to the statement and create a portal
             self.inner.stream.write_msg(Bind {
@@ -248,6 +279,13 @@ impl PgConnection {
                 params: &arguments.buffer,
                 result_formats: &[PgValueFormat::Binary],
             })?;
+
+            if pipelined {
+                // the columns of the result: a RowDescription (or NoData) before the rows
+                self.inner
+                    .stream
+                    .write_msg(message::Describe::Portal(PortalId::UNNAMED))?;
+            }
 
             // executes the portal up to the passed limit
             // the protocol-level limit acts nearly identically to the `LIMIT` in SQL

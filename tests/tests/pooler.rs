@@ -1,0 +1,245 @@
+//! Issue 17: the programs as production runs them, behind PgBouncer 1.18 in transaction mode
+//! (`DATABASE_POOLER=transaction`): real processes, a real pooler (`dashlight_tests::pooler`),
+//! the loopback providers. Every wait is on a condition with a generous ceiling.
+
+use std::time::Duration;
+
+use dashlight_tests::{
+    api::{TOKEN, lesson_start},
+    bins,
+    pooler::{PgBouncer, PoolerSettings},
+    proc::{self, WorkerProcess},
+    wait::try_wait_until,
+    world::World,
+};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(120);
+
+async fn scalar(w: &World, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(w.pool())
+        .await
+        .unwrap()
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// The admin API as a process through the pooler, answering `/readyz` 200.
+async fn spawn_api(w: &World, env: &[(&str, &str)]) -> (WorkerProcess, String) {
+    let addr = free_addr();
+    let mut all = env.to_vec();
+    all.extend([("ADMIN_API_ADDR", addr.as_str()), ("ADMIN_API_TOKEN", TOKEN)]);
+    let api = proc::spawn_program(w, "dashlight-admin-api", "pooled-api", &all);
+    let base = format!("http://{addr}");
+    let http = reqwest::Client::new();
+    try_wait_until("the API ready through the pooler", LONG, || async {
+        let ok = match http.get(format!("{base}/readyz")).send().await {
+            Ok(r) => r.status() == 200,
+            Err(_) => false,
+        };
+        Ok(ok.then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\napi output:\n{}", api.output()));
+    (api, base)
+}
+
+async fn post(base: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// No program logged a prepared-statement or protocol error, and each is still running.
+fn assert_healthy(procs: &mut [&mut WorkerProcess]) {
+    for p in procs.iter_mut() {
+        let out = p.output();
+        assert!(
+            !out.contains("prepared statement") && !out.contains("unsupported startup parameter"),
+            "a session assumption broke through the pooler:\n{out}"
+        );
+        assert!(p.child.try_wait().unwrap().is_none(), "a program exited:\n{out}");
+    }
+}
+
+/// (1) API, worker and scheduler through PgBouncer in transaction mode: a booking made through
+/// the API is confirmed by email, the scheduler's ticks are claimed and run by the worker, and
+/// no process holds more pooler connections than `DATABASE_MAX_CONNECTIONS`. One worker wakes
+/// on `LISTEN` over `DATABASE_DIRECT_URL`, the other polls.
+#[tokio::test]
+async fn api_worker_and_scheduler_work_through_pgbouncer_in_transaction_mode() {
+    let w = World::start().await;
+    let bouncer = PgBouncer::start(&PoolerSettings::for_url(&w.db.url, 200, 6)).await.unwrap();
+    let direct = proc::database_url_with_password(&w);
+    let pooled = bouncer.url(&direct);
+    let common = [
+        ("DATABASE_URL", pooled.as_str()),
+        ("DATABASE_POOLER", "transaction"),
+        ("DATABASE_MAX_CONNECTIONS", "4"),
+    ];
+    let (mut api, base) = spawn_api(&w, &common).await;
+    let mut listening = proc::spawn_program(
+        &w,
+        "dashlight-worker",
+        "pooled-worker-listen",
+        &[&common[..], &[("DATABASE_DIRECT_URL", direct.as_str())]].concat(),
+    );
+    let mut polling = proc::spawn_program(&w, "dashlight-worker", "pooled-worker-poll", &common);
+    let mut scheduler = proc::spawn_program(
+        &w,
+        "dashlight-scheduler",
+        "pooled-scheduler",
+        &[&common[..], &[("SCHEDULE_ANALYTICS_ROLLUP", "* * * * * *")]].concat(),
+    );
+
+    let (status, student) = post(
+        &base,
+        "/api/users",
+        json!({"role": "student", "email": "ada@school.test", "first_name": "Ada", "last_name": "Learner", "timezone": "Europe/London"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{student}");
+    let (status, instructor) = post(&base, "/api/users", json!({"role": "instructor", "email": "grace@school.test", "phone": "+447700900101", "first_name": "Grace", "last_name": "Teacher", "timezone": "Europe/London", "instructor": {"license_number": "ADI-grace"}})).await;
+    assert_eq!(status, 201, "{instructor}");
+    let start = lesson_start(3);
+    for _ in 0..3 {
+        // Several bookings, so that statements of different shapes interleave in the pooler.
+        let (status, body) = post(&base, "/api/users", json!({"role": "student", "email": format!("s{}@school.test", rand_u32()), "first_name": "Extra", "last_name": "Learner", "timezone": "Europe/London"})).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, booking) = post(
+        &base,
+        "/api/bookings",
+        json!({"student_id": student["student_id"], "instructor_id": instructor["instructor_id"], "start_time": start.to_rfc3339(), "end_time": (start + chrono::Duration::hours(1)).to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(status, 201, "booking through the pooler: {booking}");
+
+    let mails = w.smtp.wait_for_messages(1, LONG).await.unwrap();
+    assert!(
+        mails.iter().any(|m| m.rcpt_to == vec!["ada@school.test".to_owned()]),
+        "the student's confirmation was sent"
+    );
+    try_wait_until("every delivery of the booking recorded", LONG, || async {
+        let open = scalar(
+            &w,
+            "SELECT count(*) FROM notification_deliveries WHERE status NOT IN ('sent', 'skipped', 'dead', 'failed')",
+        )
+        .await;
+        let sent = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await;
+        Ok((open == 0 && sent >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+    // The scheduler claims ticks and the workers run them, all through the pooler.
+    try_wait_until("three ticks claimed and run", LONG, || async {
+        let done = scalar(
+            &w,
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.periodic' AND status = 'Done'",
+        )
+        .await;
+        Ok((done >= 3).then_some(()))
+    })
+    .await
+    .unwrap();
+    let ticks = scalar(&w, "SELECT count(*) FROM scheduler_ticks").await;
+    let periodic = scalar(&w, "SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.periodic'").await;
+    assert_eq!(ticks, periodic, "one periodic job per claimed tick");
+
+    let clients = bouncer.clients_by_application(&w.db.name).unwrap();
+    for (app, n) in &clients {
+        assert!(*n <= 4 * 2, "{app}: {n} client connections (two workers share the name, 4 each)");
+        if app != "dashlight-worker" {
+            assert!(*n <= 4, "{app}: {n} client connections > DATABASE_MAX_CONNECTIONS=4");
+        }
+    }
+    assert!(
+        clients.keys().any(|a| a == "dashlight-admin-api") && clients.keys().any(|a| a == "dashlight-scheduler"),
+        "the programs connect through the pooler: {clients:?}"
+    );
+    // The LISTEN connection goes to the server directly, never through the pooler.
+    assert!(!clients.contains_key("dashlight-worker-listen"), "{clients:?}");
+    let direct_listen: i64 = scalar(
+        &w,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND application_name = 'dashlight-worker-listen'",
+            w.db.name
+        ),
+    )
+    .await;
+    assert!(direct_listen >= 1, "the listening worker holds a direct LISTEN connection");
+    assert_healthy(&mut [&mut api, &mut listening, &mut polling, &mut scheduler]);
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    );
+    h.finish() as u32
+}
+
+/// `dashlight migrate` refuses a transaction pooler without `DATABASE_DIRECT_URL` (naming it)
+/// and migrates through `DATABASE_DIRECT_URL` when given; a bad `DATABASE_POOLER` or a direct
+/// URL without the pooler setting stops a program at start-up naming the variable.
+#[tokio::test]
+async fn migrate_refuses_the_pooler_and_uses_the_direct_url() {
+    let w = World::start().await;
+    let bouncer = PgBouncer::start(&PoolerSettings::for_url(&w.db.url, 20, 2)).await.unwrap();
+    let direct = proc::database_url_with_password(&w);
+    let pooled = bouncer.url(&direct);
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = bins::command("dashlight");
+        cmd.arg("migrate");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let refused = run(&[("DATABASE_URL", &pooled), ("DATABASE_POOLER", "transaction")]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "migrating through the pooler is refused");
+    assert!(err.contains("DATABASE_DIRECT_URL"), "the refusal names DATABASE_DIRECT_URL: {err}");
+    let ok = run(&[
+        ("DATABASE_URL", &pooled),
+        ("DATABASE_POOLER", "transaction"),
+        ("DATABASE_DIRECT_URL", &direct),
+    ]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!String::from_utf8_lossy(&ok.stdout).contains(DB_PASSWORD_MARK));
+    for (env, var) in [
+        (
+            vec![("DATABASE_URL", pooled.as_str()), ("DATABASE_POOLER", "statement")],
+            "DATABASE_POOLER",
+        ),
+        (
+            vec![("DATABASE_URL", direct.as_str()), ("DATABASE_DIRECT_URL", direct.as_str())],
+            "DATABASE_DIRECT_URL",
+        ),
+        (
+            vec![("DATABASE_URL", direct.as_str()), ("DATABASE_MAX_CONNECTIONS", "1")],
+            "DATABASE_MAX_CONNECTIONS",
+        ),
+    ] {
+        let out = run(&env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {err}");
+        assert!(err.contains(var), "the error names {var}: {err}");
+    }
+}
+
+const DB_PASSWORD_MARK: &str = proc::DB_PASSWORD;
