@@ -243,3 +243,57 @@ async fn migrate_refuses_the_pooler_and_uses_the_direct_url() {
 }
 
 const DB_PASSWORD_MARK: &str = proc::DB_PASSWORD;
+
+/// The driver through the pooler: many statements of different shapes from a pool of several
+/// connections, concurrently, with the programs' pooler options. Upstream sqlx-postgres 0.9
+/// fails this with `prepared statement "sqlx_s_1" already exists` / `does not exist` (a named
+/// statement prepared in one round trip and bound in the next, on another server connection);
+/// the vendored patch runs each statement under one Sync (vendor/README.md).
+#[tokio::test]
+async fn statements_of_every_shape_run_concurrently_through_the_pooler() {
+    let w = World::start().await;
+    let bouncer = PgBouncer::start(&PoolerSettings::for_url(&w.db.url, 50, 3)).await.unwrap();
+    let opts =
+        dashlight_core::db::connect_options(&bouncer.url(&w.db.url), dashlight_core::db::Pooler::Transaction, "driver-check").unwrap();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(12)
+        .connect_with(opts)
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..12i64 {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            for i in 0..200i64 {
+                match (t + i) % 3 {
+                    0 => {
+                        let v: i64 = sqlx::query_scalar("SELECT $1::int8 + 1").bind(i).fetch_one(&pool).await?;
+                        assert_eq!(v, i + 1);
+                    }
+                    1 => {
+                        let (a, b, c): (i64, String, bool) = sqlx::query_as("SELECT $1::int8, $2::text, $3::bool")
+                            .bind(i)
+                            .bind(format!("row {i}"))
+                            .bind(i % 2 == 0)
+                            .fetch_one(&pool)
+                            .await?;
+                        assert_eq!((a, b.as_str(), c), (i, format!("row {i}").as_str(), i % 2 == 0));
+                    }
+                    _ => {
+                        let mut tx = pool.begin().await?;
+                        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM generate_series(1, $1::int8)")
+                            .bind(i)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        assert_eq!(n, i);
+                        tx.commit().await?;
+                    }
+                }
+            }
+            Ok::<_, sqlx::Error>(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap().unwrap_or_else(|e| panic!("a statement failed through the pooler: {e}"));
+    }
+}
