@@ -181,6 +181,28 @@ impl PgBouncer {
     }
 }
 
+/// Established TCP connections to `127.0.0.1:port` per client process id at this moment (read
+/// with `ss -tnp`; as root it sees every process).
+pub fn connections_per_pid(port: u16) -> anyhow::Result<std::collections::HashMap<u32, usize>> {
+    let out = Command::new("ss")
+        .args(["-tnpH", "state", "established", &format!("( dport = :{port} )")])
+        .output()
+        .context("running ss")?;
+    anyhow::ensure!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    let mut counts = std::collections::HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(pid) = line
+            .split("pid=")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u32>().ok())
+        {
+            *counts.entry(pid).or_default() += 1;
+        }
+    }
+    Ok(counts)
+}
+
 impl Drop for PgBouncer {
     fn drop(&mut self) {
         let _ = self.child.kill();

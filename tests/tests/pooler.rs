@@ -297,3 +297,178 @@ async fn statements_of_every_shape_run_concurrently_through_the_pooler() {
         r.unwrap().unwrap_or_else(|e| panic!("a statement failed through the pooler: {e}"));
     }
 }
+
+/// `n` students (`<tag>-<i>@load.test`), one email-only notification each due now, in one
+/// transaction (as `reliability.rs` makes its bursts).
+async fn email_burst(w: &World, n: i64, tag: &str) -> Vec<i64> {
+    use dashlight_core::{
+        kinds::Kind,
+        notify::{self, NewNotification},
+    };
+    let users: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO users (email, role, first_name, last_name, timezone)
+         SELECT $2 || '-' || i || '@load.test', 'student', 'Learner' || i, 'Load', 'Europe/London' FROM generate_series(1, $1) i RETURNING id",
+    )
+    .bind(n)
+    .bind(tag)
+    .fetch_all(w.pool())
+    .await
+    .unwrap();
+    let mut tx = w.pool().begin().await.unwrap();
+    let mut ids = Vec::new();
+    let now = chrono::Utc::now();
+    for (i, u) in users.into_iter().enumerate() {
+        // The steady ones ("steady" tag) fall due one a second from now.
+        let due = if tag == "steady" {
+            now + chrono::Duration::seconds(i as i64 + 1)
+        } else {
+            now
+        };
+        let mut nn = NewNotification::to_user(Kind::PackageLow, u, format!("{tag}:{u}"), due);
+        nn.produced_at = now;
+        nn.data = json!({"package": {"name": "Ten lessons", "lessons_remaining": 1, "expires_at": "2031-01-01T00:00:00Z"}});
+        ids.push(notify::create(&mut tx, nn).await.unwrap().unwrap());
+    }
+    tx.commit().await.unwrap();
+    ids
+}
+
+/// (2) Scale-out through PgBouncer: four worker processes (two waking on `LISTEN` over
+/// `DATABASE_DIRECT_URL`, two polling), two schedulers and the API, all with
+/// `DATABASE_MAX_CONNECTIONS=4`, drain a burst of 2,000 emails plus ten steady ones due a second
+/// apart while the schedulers race over a tick every second. Every notification is sent exactly
+/// once, every tick runs once, the work is shared (each worker sends at least 1/32 of the
+/// emails, none more than half), and no process ever holds more than 4 connections to the
+/// pooler (sampled with `ss` throughout).
+#[tokio::test]
+async fn four_workers_two_schedulers_and_the_api_share_a_burst_through_pgbouncer() {
+    let w = World::start().await;
+    let bouncer = PgBouncer::start(&PoolerSettings::for_url(&w.db.url, 200, 10)).await.unwrap();
+    let direct = proc::database_url_with_password(&w);
+    let pooled = bouncer.url(&direct);
+    let common = [
+        ("DATABASE_URL", pooled.as_str()),
+        ("DATABASE_POOLER", "transaction"),
+        ("DATABASE_MAX_CONNECTIONS", "4"),
+        ("WORKER_BATCH_SIZE", "100"),
+        ("WORKER_CONCURRENCY", "32"),
+        ("SCHEDULE_ANALYTICS_ROLLUP", "* * * * * *"),
+    ];
+    let listen = [&common[..], &[("DATABASE_DIRECT_URL", direct.as_str())]].concat();
+    let (api, _base) = spawn_api(&w, &common).await;
+    let mut procs = vec![api];
+    for (i, env) in [&listen, &listen, &common.to_vec(), &common.to_vec()].into_iter().enumerate() {
+        procs.push(proc::spawn_program(&w, "dashlight-worker", &format!("scale-worker-{i}"), env));
+    }
+    for i in 0..2 {
+        procs.push(proc::spawn_program(
+            &w,
+            "dashlight-scheduler",
+            &format!("scale-scheduler-{i}"),
+            &common,
+        ));
+    }
+    try_wait_until("four notification workers registered", LONG, || async {
+        let n = scalar(&w, "SELECT count(*) FROM apalis.workers WHERE id LIKE '%-notifications'").await;
+        Ok((n >= 4).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Sample every process's connections to the pooler while the burst drains.
+    let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, port) = (stop.clone(), bouncer.port);
+        tokio::spawn(async move {
+            let mut most: std::collections::HashMap<u32, usize> = Default::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (pid, n) in dashlight_tests::pooler::connections_per_pid(port).unwrap() {
+                    let m = most.entry(pid).or_default();
+                    *m = (*m).max(n);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            most
+        })
+    };
+
+    let total = 2000usize;
+    let steady = 10usize;
+    email_burst(&w, total as i64, "burst").await;
+    email_burst(&w, steady as i64, "steady").await;
+    w.smtp.wait_for_messages(total + steady, Duration::from_secs(300)).await.unwrap();
+    try_wait_until("every notification recorded sent", LONG, || async {
+        let open = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status <> 'sent'").await;
+        let sent = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await;
+        Ok((open == 0 && sent == (total + steady) as i64).then_some(()))
+    })
+    .await
+    .unwrap();
+    try_wait_until("five ticks claimed and run", LONG, || async {
+        let done = scalar(
+            &w,
+            "SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.periodic' AND status = 'Done'",
+        )
+        .await;
+        Ok((done >= 5).then_some(()))
+    })
+    .await
+    .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.await.unwrap();
+
+    // Exactly once: one sent attempt per delivery, one email per recipient.
+    let twice = scalar(&w, "SELECT count(*) FROM (SELECT delivery_id FROM delivery_attempts WHERE outcome = 'sent' GROUP BY delivery_id HAVING count(*) > 1) x").await;
+    assert_eq!(twice, 0, "no delivery sent twice");
+    let mails = w.smtp.messages();
+    let mut rcpts: Vec<String> = mails.iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    let all = rcpts.len();
+    rcpts.dedup();
+    assert_eq!((all, rcpts.len()), (total + steady, total + steady), "every email exactly once");
+    // The steady ones left at or after their due time.
+    let early = scalar(
+        &w,
+        "SELECT count(*) FROM notifications n JOIN notification_deliveries d ON d.notification_id = n.id
+         JOIN delivery_attempts a ON a.delivery_id = d.id WHERE n.dedupe_key LIKE 'steady:%' AND a.started_at < n.due_at",
+    )
+    .await;
+    assert_eq!(early, 0, "no steady notification sent before it was due");
+    // Every tick once.
+    let ticks = scalar(&w, "SELECT count(*) FROM scheduler_ticks").await;
+    let periodic = scalar(&w, "SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.periodic'").await;
+    assert_eq!(ticks, periodic, "one periodic job per claimed tick");
+    let rerun = scalar(
+        &w,
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.periodic' AND attempts > 1",
+    )
+    .await;
+    assert_eq!(rerun, 0, "no tick ran twice");
+    // The work is shared.
+    let per_worker: Vec<(String, i64)> =
+        sqlx::query_as("SELECT worker, count(*) FROM delivery_attempts WHERE outcome = 'sent' GROUP BY worker ORDER BY 2")
+            .fetch_all(w.pool())
+            .await
+            .unwrap();
+    let sent = (total + steady) as i64;
+    assert_eq!(per_worker.len(), 4, "all four workers sent: {per_worker:?}");
+    for (worker, n) in &per_worker {
+        assert!(
+            *n * 32 >= sent && *n * 2 <= sent,
+            "{worker} sent {n} of {sent}: outside [1/32, 1/2]; {per_worker:?}"
+        );
+    }
+    // No process above DATABASE_MAX_CONNECTIONS through the pooler.
+    for pid in &pids {
+        let n = most.get(pid).copied().unwrap_or(0);
+        assert!(n <= 4, "process {pid} held {n} connections to the pooler (> 4): {most:?}");
+    }
+    assert!(
+        pids.iter().filter(|p| most.contains_key(p)).count() >= 6,
+        "the sampler saw the programs: {most:?}"
+    );
+    eprintln!("sends per worker: {per_worker:?}; most pooler connections per process: {most:?}");
+    let mut refs: Vec<&mut WorkerProcess> = procs.iter_mut().collect();
+    assert_healthy(&mut refs);
+}
