@@ -291,4 +291,25 @@ mod tests {
         assert!(validate_url("not a url").is_err());
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:****@h:5432/db");
     }
+
+    #[test]
+    fn pooler_mode_picks_sessions_for_migrations_and_listen() {
+        assert_eq!(Pooler::parse("Transaction"), Ok(Pooler::Transaction));
+        assert_eq!(Pooler::parse("session"), Ok(Pooler::Session));
+        assert!(Pooler::parse("statement").unwrap_err().contains("transaction"));
+        let mut c = Config::for_database("postgres://root@pooler:6432/d");
+        assert_eq!(migration_url(&c).unwrap(), "postgres://root@pooler:6432/d");
+        assert_eq!(listen_url(&c), Some("postgres://root@pooler:6432/d"));
+        c.database_pooler = Pooler::Transaction;
+        assert!(migration_url(&c).unwrap_err().to_string().contains("DATABASE_DIRECT_URL"));
+        assert_eq!(listen_url(&c), None);
+        c.database_direct_url = Some("postgres://root@db:5432/d".into());
+        assert_eq!(migration_url(&c).unwrap(), "postgres://root@db:5432/d");
+        assert_eq!(listen_url(&c), Some("postgres://root@db:5432/d"));
+        // No session state through the pooler: no statement cache, no startup options.
+        let o = connect_options("postgres://root@pooler:6432/d", Pooler::Transaction, "t").unwrap();
+        assert!(o.get_options().is_none());
+        let o = connect_options("postgres://root@db:5432/d", Pooler::Session, "t").unwrap();
+        assert!(o.get_options().is_some_and(|s| s.contains("plan_cache_mode")));
+    }
 }

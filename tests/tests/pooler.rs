@@ -17,8 +17,12 @@ use serde_json::{Value, json};
 const LONG: Duration = Duration::from_secs(120);
 
 async fn scalar(w: &World, sql: &str) -> i64 {
+    scalar_on(w.pool(), sql).await
+}
+
+async fn scalar_on(pool: &sqlx::PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(w.pool())
+        .fetch_one(pool)
         .await
         .unwrap()
 }
@@ -30,10 +34,14 @@ fn free_addr() -> String {
 
 /// The admin API as a process through the pooler, answering `/readyz` 200.
 async fn spawn_api(w: &World, env: &[(&str, &str)]) -> (WorkerProcess, String) {
+    spawn_api_tagged(w, "pooled-api", env).await
+}
+
+async fn spawn_api_tagged(w: &World, tag: &str, env: &[(&str, &str)]) -> (WorkerProcess, String) {
     let addr = free_addr();
     let mut all = env.to_vec();
     all.extend([("ADMIN_API_ADDR", addr.as_str()), ("ADMIN_API_TOKEN", TOKEN)]);
-    let api = proc::spawn_program(w, "dashlight-admin-api", "pooled-api", &all);
+    let api = proc::spawn_program(w, "dashlight-admin-api", tag, &all);
     let base = format!("http://{addr}");
     let http = reqwest::Client::new();
     try_wait_until("the API ready through the pooler", LONG, || async {
@@ -300,7 +308,7 @@ async fn statements_of_every_shape_run_concurrently_through_the_pooler() {
 
 /// `n` students (`<tag>-<i>@load.test`), one email-only notification each due now, in one
 /// transaction (as `reliability.rs` makes its bursts).
-async fn email_burst(w: &World, n: i64, tag: &str) -> Vec<i64> {
+async fn email_burst(pool: &sqlx::PgPool, n: i64, tag: &str) -> Vec<i64> {
     use dashlight_core::{
         kinds::Kind,
         notify::{self, NewNotification},
@@ -311,10 +319,10 @@ async fn email_burst(w: &World, n: i64, tag: &str) -> Vec<i64> {
     )
     .bind(n)
     .bind(tag)
-    .fetch_all(w.pool())
+    .fetch_all(pool)
     .await
     .unwrap();
-    let mut tx = w.pool().begin().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
     let mut ids = Vec::new();
     let now = chrono::Utc::now();
     for (i, u) in users.into_iter().enumerate() {
@@ -395,8 +403,8 @@ async fn four_workers_two_schedulers_and_the_api_share_a_burst_through_pgbouncer
 
     let total = 2000usize;
     let steady = 10usize;
-    email_burst(&w, total as i64, "burst").await;
-    email_burst(&w, steady as i64, "steady").await;
+    email_burst(w.pool(), total as i64, "burst").await;
+    email_burst(w.pool(), steady as i64, "steady").await;
     w.smtp.wait_for_messages(total + steady, Duration::from_secs(300)).await.unwrap();
     try_wait_until("every notification recorded sent", LONG, || async {
         let open = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status <> 'sent'").await;
@@ -471,4 +479,173 @@ async fn four_workers_two_schedulers_and_the_api_share_a_burst_through_pgbouncer
     eprintln!("sends per worker: {per_worker:?}; most pooler connections per process: {most:?}");
     let mut refs: Vec<&mut WorkerProcess> = procs.iter_mut().collect();
     assert_healthy(&mut refs);
+}
+
+/// `/readyz`'s status, each answer bounded (a hang is a failure, not a wait).
+async fn readyz(base: &str) -> u16 {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    match http.get(format!("{base}/readyz")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!("/readyz did not answer within 10 s: {e}"),
+    }
+}
+
+/// How long the database stays down in the restart tests: a restart or a failover.
+const OUTAGE: Duration = Duration::from_secs(12);
+
+/// (3) A Postgres restart mid-burst, against a private cluster (`dashlight_tests::pgcluster`),
+/// the programs connected directly (`pooled = false`) or through PgBouncer in transaction mode
+/// (`pooled = true`; PgBouncer stays up, the server behind it restarts). The server stops for
+/// [`OUTAGE`] while two workers drain 2,000 emails; `/readyz` answers 503 throughout the outage
+/// and 200 within 30 s of the server's return; every email is then sent, duplicates at most
+/// the sends in flight (2 workers × `WORKER_CONCURRENCY`), each worker sends again after the
+/// restart, a tick after the restart is claimed and run, and no program exited.
+async fn restart_mid_burst(pooled: bool) {
+    let w = World::start().await;
+    let pg = dashlight_tests::pgcluster::PrivateCluster::start().unwrap();
+    let direct = pg.url("dashlight_restart");
+    let migrated = bins::command("dashlight")
+        .arg("migrate")
+        .env("DATABASE_URL", &direct)
+        .output()
+        .unwrap();
+    assert!(migrated.status.success(), "{}", String::from_utf8_lossy(&migrated.stderr));
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&direct)
+        .await
+        .unwrap();
+    let bouncer = if pooled {
+        Some(PgBouncer::start(&PoolerSettings::for_url(&direct, 200, 10)).await.unwrap())
+    } else {
+        None
+    };
+    let url = bouncer.as_ref().map_or(direct.clone(), |b| b.url(&direct));
+    let mut env = vec![
+        ("DATABASE_URL", url.as_str()),
+        ("WORKER_CONCURRENCY", "32"),
+        ("WORKER_BATCH_SIZE", "100"),
+        ("SCHEDULE_ANALYTICS_ROLLUP", "* * * * * *"),
+    ];
+    if pooled {
+        env.extend([
+            ("DATABASE_POOLER", "transaction"),
+            ("DATABASE_DIRECT_URL", direct.as_str()),
+            ("DATABASE_MAX_CONNECTIONS", "6"),
+        ]);
+    }
+    let tag = if pooled { "restart-pooled" } else { "restart-direct" };
+    let (api, base) = spawn_api_tagged(&w, &format!("{tag}-api"), &env).await;
+    let mut procs = vec![api];
+    for i in 0..2 {
+        procs.push(proc::spawn_program(&w, "dashlight-worker", &format!("{tag}-worker-{i}"), &env));
+    }
+    procs.push(proc::spawn_program(&w, "dashlight-scheduler", &format!("{tag}-scheduler"), &env));
+    try_wait_until("two notification workers registered", LONG, || async {
+        let n = scalar_on(&pool, "SELECT count(*) FROM apalis.workers WHERE id LIKE '%-notifications'").await;
+        Ok((n >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    let total = 2000usize;
+    email_burst(&pool, total as i64, "burst").await;
+    w.smtp.wait_for_messages(200, LONG).await.unwrap();
+
+    // The server goes away mid-burst.
+    pg.stop().unwrap();
+    let down = tokio::time::Instant::now();
+    try_wait_until("/readyz 503 once the database is down", LONG, || async {
+        Ok((readyz(&base).await == 503).then_some(()))
+    })
+    .await
+    .unwrap();
+    while down.elapsed() < OUTAGE {
+        assert_eq!(readyz(&base).await, 503, "/readyz tells the truth while the database is down");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let sent_during_outage = w.smtp.messages().len();
+    pg.start_again().unwrap();
+    let back = tokio::time::Instant::now();
+    let back_at = chrono::Utc::now();
+    try_wait_until("/readyz 200 after the database is back", LONG, || async {
+        Ok((readyz(&base).await == 200).then_some(()))
+    })
+    .await
+    .unwrap();
+    let ready_after = back.elapsed();
+    assert!(
+        ready_after < Duration::from_secs(30),
+        "ready {ready_after:?} after the database's return"
+    );
+
+    // Nothing lost.
+    let mails = w.smtp.wait_for_messages(total, Duration::from_secs(300)).await;
+    let all_sent = try_wait_until("every delivery recorded sent", Duration::from_secs(300), || async {
+        let sent = scalar_on(&pool, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await;
+        Ok((sent == total as i64).then_some(()))
+    })
+    .await;
+    let logs: String = procs.iter().map(|p| format!("--- {:?}\n{}", p.log, p.output())).collect();
+    mails.unwrap_or_else(|e| panic!("{e:#}\n{logs}"));
+    all_sent.unwrap_or_else(|e| panic!("{e:#}\n{logs}"));
+    let recovered_after = back.elapsed();
+    // Nothing sent twice beyond the sends in flight at the outage.
+    let mut rcpts: Vec<String> = w.smtp.messages().iter().flat_map(|m| m.rcpt_to.clone()).collect();
+    rcpts.sort();
+    let received = rcpts.len();
+    rcpts.dedup();
+    assert_eq!(rcpts.len(), total, "every email arrived");
+    let duplicates = received - total;
+    assert!(
+        duplicates <= 2 * 32,
+        "{duplicates} emails sent twice, more than the 64 sends in flight"
+    );
+    // Each worker sent again after the restart, and the scheduler's ticks were claimed and run.
+    let workers_after = scalar_on(
+        &pool,
+        &format!(
+            "SELECT count(DISTINCT worker) FROM delivery_attempts WHERE outcome = 'sent' AND finished_at > '{}'",
+            back_at.to_rfc3339()
+        ),
+    )
+    .await;
+    let ticks_after = try_wait_until("a tick after the restart claimed and run", LONG, || async {
+        let n = scalar_on(
+            &pool,
+            &format!(
+                "SELECT (SELECT count(*) FROM scheduler_ticks WHERE tick_at > '{0}')
+                    * (SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.periodic' AND status = 'Done' AND run_at > '{0}')",
+                back_at.to_rfc3339()
+            ),
+        )
+        .await;
+        Ok((n >= 1).then_some(n))
+    })
+    .await;
+    ticks_after.unwrap_or_else(|e| panic!("{e:#}\n{logs}"));
+    eprintln!(
+        "{tag}: {sent_during_outage} emails before the outage ended; ready {ready_after:?} and all sent {recovered_after:?} after the return; {duplicates} duplicates; {workers_after} workers sending after it"
+    );
+    assert_eq!(workers_after, 2, "both workers sent after the restart");
+    let mut refs: Vec<&mut WorkerProcess> = procs.iter_mut().collect();
+    for p in refs.iter_mut() {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "a program exited instead of recovering:\n{}",
+            p.output()
+        );
+    }
+    drop(bouncer);
+}
+
+#[tokio::test]
+async fn a_postgres_restart_mid_burst_loses_nothing_and_every_program_recovers() {
+    restart_mid_burst(false).await;
+}
+
+#[tokio::test]
+async fn a_postgres_restart_behind_pgbouncer_loses_nothing_and_every_program_recovers() {
+    restart_mid_burst(true).await;
 }
