@@ -112,7 +112,9 @@ pub async fn drain(
     // connection options (dashlight_core::db::connect_options) for the project's path, the
     // driver's defaults for apalis's.
     let options = match variant {
-        Variant::Project => dashlight_core::db::connect_options(url).map_err(anyhow::Error::msg)?,
+        Variant::Project => {
+            dashlight_core::db::connect_options(url, dashlight_core::db::Pooler::Session, "dashlight-bench").map_err(anyhow::Error::msg)?
+        }
         Variant::Default | Variant::Tuned => url.parse()?,
     };
     let connect = || {

@@ -46,8 +46,8 @@ fn main() -> ExitCode {
                     Err(e) => return cli::fail("dashlight", format!("configuration error: {e}"), 2),
                 };
                 match migrate(&config).await {
-                    Ok(_) => {
-                        println!("migrated {}", db::redact_url(&config.database_url));
+                    Ok(url) => {
+                        println!("migrated {}", db::redact_url(&url));
                         ExitCode::SUCCESS
                     }
                     Err(e) => cli::fail("dashlight migrate", format!("{e:#}"), 1),
@@ -71,11 +71,28 @@ fn main() -> ExitCode {
     })
 }
 
-async fn migrate(config: &Config) -> anyhow::Result<sqlx::PgPool> {
-    db::ensure_database(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, cli::pool_size(config)).await?;
+/// Creates the database if needed and migrates it, in a session of its own: through
+/// `DATABASE_DIRECT_URL` when the programs go through a transaction-mode pooler (refused without
+/// it, see [`db::migration_url`]). Returns the URL it migrated.
+async fn migrate(config: &Config) -> anyhow::Result<String> {
+    let url = db::migration_url(config)?.to_owned();
+    db::ensure_database(&url).await?;
+    let pool = db::connect(&url, db::Pooler::Session, "dashlight-migrate", 2).await?;
     db::migrate(&pool).await?;
-    Ok(pool)
+    pool.close().await;
+    Ok(url)
+}
+
+/// Migrates, then opens the pool `program` works with (through `DATABASE_URL`).
+async fn migrate_and_connect(config: &Config, program: &str) -> anyhow::Result<sqlx::PgPool> {
+    migrate(config).await?;
+    Ok(db::connect(
+        &config.database_url,
+        config.database_pooler,
+        program,
+        cli::pool_size(config, program),
+    )
+    .await?)
 }
 
 fn booking_settings(config: &Config) -> BookingSettings {
@@ -83,7 +100,7 @@ fn booking_settings(config: &Config) -> BookingSettings {
 }
 
 async fn seed(config: &Config) -> anyhow::Result<()> {
-    let pool = migrate(config).await?;
+    let pool = migrate_and_connect(config, "dashlight-seed-demo").await?;
     let s = dashlight_core::demo::seed(&pool, &booking_settings(config), chrono::Utc::now()).await?;
     if s.already_present {
         println!("demo data already present");
@@ -120,7 +137,7 @@ async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<
     if generated_token {
         config.admin_api_token = Some(generate_token()?);
     }
-    let pool = migrate(&config).await?;
+    let pool = migrate_and_connect(&config, "dashlight-up").await?;
     println!("database: {} (migrated)", db::redact_url(&config.database_url));
     if !no_demo {
         let s = dashlight_core::demo::seed(&pool, &booking_settings(&config), chrono::Utc::now()).await?;

@@ -65,7 +65,7 @@ where
         Err(e) => return fail(program, format!("cannot start the runtime: {e}"), 1),
     };
     rt.block_on(async move {
-        let pool = match db::connect(&config.database_url, pool_size(&config)).await {
+        let pool = match db::connect(&config.database_url, config.database_pooler, program, pool_size(&config, program)).await {
             Ok(p) => p,
             Err(e) => return fail(program, e, 1),
         };
@@ -81,7 +81,21 @@ where
     })
 }
 
-/// Database connections per process: enough for the worker's concurrency, bounded.
-pub fn pool_size(config: &Config) -> u32 {
-    (config.worker_concurrency as u32 / 2).clamp(8, 40)
+/// Database connections a process opens through `DATABASE_URL`: `DATABASE_MAX_CONNECTIONS` when
+/// set, else [`default_pool_size`] for the program.
+pub fn pool_size(config: &Config, program: &str) -> u32 {
+    config
+        .database_max_connections
+        .unwrap_or_else(|| default_pool_size(config, program))
+}
+
+/// Each program's default pool (README, "Configuration"): the scheduler 8, the admin API 16,
+/// the worker and everything else (`dashlight up` runs all in one process) `WORKER_CONCURRENCY / 2`
+/// bounded to 8..=40 (40 with the default concurrency of 128).
+pub fn default_pool_size(config: &Config, program: &str) -> u32 {
+    match program {
+        "dashlight-scheduler" => 8,
+        "dashlight-admin-api" => 16,
+        _ => (config.worker_concurrency as u32 / 2).clamp(8, 40),
+    }
 }

@@ -89,6 +89,14 @@ impl std::fmt::Debug for PushConfig {
 pub struct Config {
     /// `DATABASE_URL`; may hold a password, see [`crate::db::redact_url`].
     pub database_url: String,
+    /// `DATABASE_POOLER`: whether `DATABASE_URL` goes through a transaction-mode pooler.
+    pub database_pooler: crate::db::Pooler,
+    /// `DATABASE_DIRECT_URL`: a direct (unpooled) connection for migrations and `LISTEN`
+    /// wake-ups, with `DATABASE_POOLER=transaction` only. May hold a password.
+    pub database_direct_url: Option<String>,
+    /// `DATABASE_MAX_CONNECTIONS`: the most connections one process opens through
+    /// `DATABASE_URL`; `None` for each program's default ([`crate::cli::pool_size`]).
+    pub database_max_connections: Option<u32>,
     /// `SCHOOL_TIMEZONE`.
     pub school_timezone: Tz,
     /// `SCHOOL_NAME` (shown in messages and invoices).
@@ -149,6 +157,12 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("database_url", &crate::db::redact_url(&self.database_url))
+            .field("database_pooler", &self.database_pooler)
+            .field(
+                "database_direct_url",
+                &self.database_direct_url.as_deref().map(crate::db::redact_url),
+            )
+            .field("database_max_connections", &self.database_max_connections)
             .field("school_timezone", &self.school_timezone)
             .field("school_name", &self.school_name)
             .field("smtp", &self.smtp)
@@ -303,6 +317,32 @@ impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
         let database_url = var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned());
         crate::db::validate_url(&database_url).map_err(|m| ConfigError::new("DATABASE_URL", m))?;
+        let database_pooler = match var("DATABASE_POOLER") {
+            None => crate::db::Pooler::Session,
+            Some(v) => crate::db::Pooler::parse(&v).map_err(|m| ConfigError::new("DATABASE_POOLER", m))?,
+        };
+        let database_direct_url = var("DATABASE_DIRECT_URL");
+        if let Some(direct) = &database_direct_url {
+            crate::db::validate_url(direct).map_err(|m| ConfigError::new("DATABASE_DIRECT_URL", m))?;
+            if database_pooler != crate::db::Pooler::Transaction {
+                return Err(ConfigError::new(
+                    "DATABASE_DIRECT_URL",
+                    "only used with DATABASE_POOLER=transaction (DATABASE_URL is already a direct connection); unset it, or set DATABASE_POOLER=transaction",
+                ));
+            }
+        }
+        let database_max_connections = match var("DATABASE_MAX_CONNECTIONS") {
+            None => None,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if (2..=10_000).contains(&n) => Some(n),
+                _ => {
+                    return Err(ConfigError::new(
+                        "DATABASE_MAX_CONNECTIONS",
+                        format!("expected an integer between 2 and 10000 (connections per process), got {v:?}"),
+                    ));
+                }
+            },
+        };
 
         let tz_name = var("SCHOOL_TIMEZONE").unwrap_or_else(|| "Europe/London".into());
         let school_timezone: Tz = tz_name.parse().map_err(|_| {
@@ -472,6 +512,9 @@ impl Config {
             gap_fill_min_notice: duration("GAP_FILL_MIN_NOTICE", Duration::from_secs(3 * 3600))?,
             gap_fill_max_offers,
             database_url,
+            database_pooler,
+            database_direct_url,
+            database_max_connections,
             school_timezone,
             school_name: var("SCHOOL_NAME").unwrap_or_else(|| "Dashlight Driving School".into()),
             smtp,
@@ -500,6 +543,9 @@ impl Config {
     pub fn for_database(database_url: &str) -> Config {
         Config {
             database_url: database_url.to_owned(),
+            database_pooler: crate::db::Pooler::Session,
+            database_direct_url: None,
+            database_max_connections: None,
             school_timezone: chrono_tz::Europe::London,
             school_name: "Dashlight Driving School".into(),
             smtp: None,

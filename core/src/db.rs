@@ -10,7 +10,7 @@ use sqlx::{
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
 };
 
-use crate::error::DomainError;
+use crate::{Config, error::DomainError};
 
 /// Errors of this module, each with the host or the step and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +66,34 @@ fn target(opts: &PgConnectOptions) -> String {
     )
 }
 
-/// The options every pool of ours connects with: `url`, statements logged at trace level, and
+/// How the programs reach Postgres: `DATABASE_POOLER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pooler {
+    /// A direct connection, or a session-mode pooler: every connection is a session of its own
+    /// (the default).
+    #[default]
+    Session,
+    /// A transaction-mode pooler (PgBouncer `pool_mode = transaction`, a provider's pooler):
+    /// consecutive transactions of one client connection may run on different server sessions,
+    /// so nothing may rely on session state. See [`connect_options`].
+    Transaction,
+}
+
+impl Pooler {
+    /// Parses `DATABASE_POOLER`: `transaction`, or `session`/`none` for the default.
+    pub fn parse(v: &str) -> Result<Pooler, String> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "transaction" => Ok(Pooler::Transaction),
+            "session" | "none" => Ok(Pooler::Session),
+            other => Err(format!(
+                "expected `transaction` (the programs connect through a transaction-mode pooler such as PgBouncer) or unset, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// The options every pool of ours connects with: `url`, statements logged at trace level,
+/// `application_name` = `program`, and, in a session ([`Pooler::Session`]),
 /// `plan_cache_mode=force_custom_plan`.
 ///
 /// Why custom plans: PostgreSQL caches a generic plan for a prepared statement after five runs,
@@ -78,15 +105,27 @@ fn target(opts: &PgConnectOptions) -> String {
 /// (BENCHMARKS.md, "What limits us"). Autovacuum's `ANALYZE` ends such a plan eventually; with it
 /// off, or before it runs, it does not. Planning every execution costs about 4 µs per
 /// foreign-key check and one plan per batched statement.
-pub fn connect_options(url: &str) -> Result<PgConnectOptions, String> {
-    Ok(validate_url(url)?
+///
+/// Through a transaction-mode pooler ([`Pooler::Transaction`]) the connection keeps no state
+/// between transactions: no statement cache (with it off, our patched sqlx-postgres runs each
+/// statement unnamed under a single Sync, see `vendor/README.md`), and no startup `options` or
+/// `extra_float_digits`, which PgBouncer refuses unless told to ignore them; set
+/// `ALTER ROLE … SET plan_cache_mode = force_custom_plan` on the database's role instead (README,
+/// "Scaling out").
+pub fn connect_options(url: &str, pooler: Pooler, program: &str) -> Result<PgConnectOptions, String> {
+    let opts = validate_url(url)?
         .log_statements(tracing::log::LevelFilter::Trace)
-        .options([("plan_cache_mode", "force_custom_plan")]))
+        .application_name(program);
+    Ok(match pooler {
+        Pooler::Session => opts.options([("plan_cache_mode", "force_custom_plan")]),
+        Pooler::Transaction => opts.statement_cache_capacity(0).extra_float_digits(None),
+    })
 }
 
-/// Opens a pool of at most `max_connections`, failing fast (5 s) with a clear message.
-pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let opts = connect_options(url).map_err(DbError::BadUrl)?;
+/// Opens a pool of at most `max_connections` with [`connect_options`], failing fast (5 s) with a
+/// clear message.
+pub async fn connect(url: &str, pooler: Pooler, program: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    let opts = connect_options(url, pooler, program).map_err(DbError::BadUrl)?;
     let t = target(&opts);
     PgPoolOptions::new()
         .max_connections(max_connections)
@@ -94,6 +133,30 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
         .connect_with(opts)
         .await
         .map_err(|source| DbError::Unreachable { target: t, source })
+}
+
+/// The URL to migrate through: `DATABASE_DIRECT_URL` when given, else `DATABASE_URL` unless it
+/// goes through a transaction-mode pooler, whose sessions cannot hold the migrations' advisory
+/// lock (that is an error naming `DATABASE_DIRECT_URL`).
+pub fn migration_url(config: &Config) -> Result<&str, DbError> {
+    match (&config.database_direct_url, config.database_pooler) {
+        (Some(direct), _) => Ok(direct),
+        (None, Pooler::Session) => Ok(&config.database_url),
+        (None, Pooler::Transaction) => Err(DbError::Migrate(
+            "refusing to migrate through a transaction-mode pooler (DATABASE_POOLER=transaction): migrations hold a session-level advisory lock. Set DATABASE_DIRECT_URL to a direct connection to the database (not through the pooler)".into(),
+        )),
+    }
+}
+
+/// Where `LISTEN` wake-ups connect: `DATABASE_DIRECT_URL` when given, `DATABASE_URL` in a
+/// session; `None` through a transaction-mode pooler without a direct URL (poll instead: a
+/// `LISTEN` through it would hear nothing once its transaction ends).
+pub fn listen_url(config: &Config) -> Option<&str> {
+    match (&config.database_direct_url, config.database_pooler) {
+        (Some(direct), _) => Some(direct),
+        (None, Pooler::Session) => Some(&config.database_url),
+        (None, Pooler::Transaction) => None,
+    }
 }
 
 /// Creates the database named in `url` when it does not exist yet (connecting to `postgres`).
@@ -227,5 +290,26 @@ mod tests {
         assert!(validate_url("mysql://root@h/x").unwrap_err().contains("postgres://"));
         assert!(validate_url("not a url").is_err());
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:****@h:5432/db");
+    }
+
+    #[test]
+    fn pooler_mode_picks_sessions_for_migrations_and_listen() {
+        assert_eq!(Pooler::parse("Transaction"), Ok(Pooler::Transaction));
+        assert_eq!(Pooler::parse("session"), Ok(Pooler::Session));
+        assert!(Pooler::parse("statement").unwrap_err().contains("transaction"));
+        let mut c = Config::for_database("postgres://root@pooler:6432/d");
+        assert_eq!(migration_url(&c).unwrap(), "postgres://root@pooler:6432/d");
+        assert_eq!(listen_url(&c), Some("postgres://root@pooler:6432/d"));
+        c.database_pooler = Pooler::Transaction;
+        assert!(migration_url(&c).unwrap_err().to_string().contains("DATABASE_DIRECT_URL"));
+        assert_eq!(listen_url(&c), None);
+        c.database_direct_url = Some("postgres://root@db:5432/d".into());
+        assert_eq!(migration_url(&c).unwrap(), "postgres://root@db:5432/d");
+        assert_eq!(listen_url(&c), Some("postgres://root@db:5432/d"));
+        // No session state through the pooler: no statement cache, no startup options.
+        let o = connect_options("postgres://root@pooler:6432/d", Pooler::Transaction, "t").unwrap();
+        assert!(o.get_options().is_none());
+        let o = connect_options("postgres://root@db:5432/d", Pooler::Session, "t").unwrap();
+        assert!(o.get_options().is_some_and(|s| s.contains("plan_cache_mode")));
     }
 }

@@ -156,9 +156,21 @@ async fn on_tick(tick: Tick, ctx: Data<TickCtx>) -> Result<(), BoxDynError> {
 pub async fn run(_config: &Config, pool: PgPool, clock: Clock, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let schedules = schedules_from_env()?;
     let replica = dashlight_worker_name();
-    let fired = catch_up(&pool, &schedules, clock.now(), &replica)
-        .await
-        .context("catching up missed ticks")?;
+    // The database may be away at start (or go away during the catch-up, as in a restart): keep
+    // trying until it is back or we are told to stop, rather than exit.
+    let mut shutdown = Box::pin(shutdown);
+    let fired = loop {
+        match catch_up(&pool, &schedules, clock.now(), &replica).await {
+            Ok(fired) => break fired,
+            Err(e) => {
+                tracing::warn!(error = %e, "catching up missed ticks failed; retrying in 1 s");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
     if !fired.is_empty() {
         tracing::info!(tasks = ?fired.iter().map(|t| t.as_str()).collect::<Vec<_>>(), "fired missed ticks once after downtime");
     }

@@ -42,7 +42,11 @@ pub fn bin_dir() -> PathBuf {
 pub fn command(name: &str) -> Command {
     let mut c = Command::new(bin_dir().join(name));
     for (k, _) in std::env::vars() {
-        if k == "DATABASE_URL" || k.starts_with("SMTP_") || k.starts_with("SMS_") || k.starts_with("VAPID_") || k.starts_with("ADMIN_API_")
+        if k.starts_with("DATABASE_")
+            || k.starts_with("SMTP_")
+            || k.starts_with("SMS_")
+            || k.starts_with("VAPID_")
+            || k.starts_with("ADMIN_API_")
         {
             c.env_remove(k);
         }

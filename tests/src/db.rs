@@ -142,7 +142,9 @@ impl TestDb {
         // The programs' own connection options (plans made for the data of the moment).
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(20)
-            .connect_with(dashlight_core::db::connect_options(&url).expect("test db url"))
+            .connect_with(
+                dashlight_core::db::connect_options(&url, dashlight_core::db::Pooler::Session, "dashlight-tests").expect("test db url"),
+            )
             .await
             .expect("connect test db");
         TestDb { name, url, pool }

@@ -12,12 +12,16 @@
 //! - [`push`]: a Web Push service (VAPID verification, `aes128gcm` decryption).
 //! - [`sms`]: a Twilio-compatible Messages API.
 //! - [`bins`]: the workspace's programs, built once per run and started by path.
+//! - [`pgcluster`]: a private PostgreSQL cluster to stop and start (restart tests).
+//! - [`pooler`]: PgBouncer in transaction mode in front of a server, killed on drop.
 //! - [`proc`]: the worker as a real process (crash and shutdown tests), its output captured.
 //! - [`wait`]: bounded waiting for conditions.
 
 pub mod api;
 pub mod bins;
 pub mod db;
+pub mod pgcluster;
+pub mod pooler;
 pub mod proc;
 pub mod push;
 pub mod sms;

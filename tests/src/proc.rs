@@ -1,4 +1,4 @@
-//! The worker as a real operating-system process, for crash and shutdown tests: started with
+//! The programs (the worker, the scheduler, the admin API) as real operating-system processes, for crash and shutdown tests: started with
 //! the test world's configuration in its environment, its output captured to a file so tests
 //! can read what it logged (and check that no secret appears there).
 
@@ -50,12 +50,20 @@ pub fn database_url_with_password(w: &World) -> String {
 
 /// Starts `dashlight-worker` against the world, with `extra` environment variables.
 pub fn spawn_worker(w: &World, tag: &str, extra: &[(&str, &str)]) -> WorkerProcess {
+    spawn_program(w, "dashlight-worker", tag, extra)
+}
+
+/// Starts one of the programs (`dashlight-worker`, `dashlight-scheduler`,
+/// `dashlight-admin-api`) against the world: its database (with [`DB_PASSWORD`]), peers and
+/// templates in the environment, then `extra` (which may override any of them, e.g.
+/// `DATABASE_URL`).
+pub fn spawn_program(w: &World, program: &str, tag: &str, extra: &[(&str, &str)]) -> WorkerProcess {
     let log = std::env::temp_dir().join(format!("dashlight-{}-{tag}.log", w.db.name));
     let out = std::fs::File::create(&log).expect("log file");
     let c = &w.config;
     let sms = c.sms.as_ref().expect("sms configured");
     let push = c.push.as_ref().expect("push configured");
-    let mut cmd = bins::command("dashlight-worker");
+    let mut cmd = bins::command(program);
     cmd.env("DATABASE_URL", database_url_with_password(w))
         .env("SMTP_URL", &c.smtp.as_ref().expect("smtp configured").url)
         .env("SMS_API_BASE_URL", &sms.api_base_url)
@@ -80,7 +88,7 @@ pub fn spawn_worker(w: &World, tag: &str, extra: &[(&str, &str)]) -> WorkerProce
         cmd.env(k, v);
     }
     WorkerProcess {
-        child: cmd.spawn().expect("start dashlight-worker"),
+        child: cmd.spawn().unwrap_or_else(|e| panic!("start {program}: {e}")),
         log,
     }
 }

@@ -73,7 +73,9 @@ async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
 #[tokio::test]
 async fn the_programs_pools_never_reuse_a_plan_made_for_other_data() {
     let db = TestDb::new().await;
-    let pool = dashlight_core::db::connect(&db.url, 2).await.unwrap();
+    let pool = dashlight_core::db::connect(&db.url, dashlight_core::db::Pooler::Session, "dashlight-tests", 2)
+        .await
+        .unwrap();
     let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&pool).await.unwrap();
     assert_eq!(mode, "force_custom_plan");
 }

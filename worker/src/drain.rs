@@ -68,6 +68,12 @@ pub struct DrainSettings {
     pub stale_after: Duration,
     /// How long a graceful stop waits for in-flight work.
     pub shutdown_timeout: Duration,
+    /// Where to `LISTEN` for jobs inserted due now: a pool of sessions (the worker's own pool on
+    /// a direct connection, `DATABASE_DIRECT_URL` behind a transaction-mode pooler); `None`
+    /// through a transaction-mode pooler without a direct URL, where the drain polls at
+    /// `poll_interval` only (a `LISTEN` through the pooler hears nothing once its transaction
+    /// ends).
+    pub listen: Option<sqlx::PgPool>,
 }
 
 /// Results the recorder gathers before writing, when they come in faster than it writes.
@@ -127,12 +133,11 @@ impl Drain {
         }
         let wake = Arc::new(Notify::new());
         let mut heartbeat = tokio::spawn(heartbeat(this.clone(), stop.clone()));
-        let listener = tokio::spawn(listen(
-            this.pipeline.pool.clone(),
-            this.queue.queue().to_owned(),
-            wake.clone(),
-            stop.clone(),
-        ));
+        let listener = this
+            .settings
+            .listen
+            .clone()
+            .map(|pool| tokio::spawn(listen(pool, this.queue.queue().to_owned(), wake.clone(), stop.clone())));
         // Jobs fetched and not yet acknowledged: at most two batches, so a crash or a stop has a
         // bounded amount of work in flight.
         let room = Arc::new(Semaphore::new(this.settings.batch_size * 2));
@@ -215,7 +220,9 @@ impl Drain {
         }
         recorder.abort();
         heartbeat.abort();
-        listener.abort();
+        if let Some(listener) = listener {
+            listener.abort();
+        }
         match died {
             Some(e) => Err(e),
             None => Ok(()),

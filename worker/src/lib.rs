@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use apalis::prelude::*;
 use apalis_postgres::{Config as PgConfig, PostgresStorage};
 use dashlight_core::{
-    Clock, Config,
+    Clock, Config, db,
     jobs::{PeriodicJob, QUEUE_PERIODIC},
 };
 use futures::FutureExt as _;
@@ -143,6 +143,19 @@ pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Fut
     let poll = config.poll_interval;
     tracing::info!(worker = %name, concurrency, batch = config.worker_batch_size, poll_ms = poll.as_millis() as u64, email = ?pipeline.email, sms = ?std::mem::discriminant(&pipeline.sms), push = ?pipeline.push, "worker starting");
 
+    // LISTEN needs a session: the pool's own in one, a one-connection pool on DATABASE_DIRECT_URL
+    // behind a transaction-mode pooler, none (poll at POLL_INTERVAL) without it.
+    let listen = match (config.database_pooler, db::listen_url(config)) {
+        (db::Pooler::Session, _) => Some(pool.clone()),
+        (db::Pooler::Transaction, Some(url)) => Some(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_lazy_with(db::connect_options(url, db::Pooler::Session, "dashlight-worker-listen").map_err(anyhow::Error::msg)?),
+        ),
+        (db::Pooler::Transaction, None) => None,
+    };
+    tracing::info!(wake_ups = if listen.is_some() { "LISTEN" } else { "polling only" }, "job wake-ups");
     let shutdown = shutdown.shared();
     let drain = drain::Drain::new(
         pipeline,
@@ -152,6 +165,7 @@ pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Fut
             poll_interval: poll,
             stale_after: drain::HEARTBEAT * 6,
             shutdown_timeout: Duration::from_secs(30),
+            listen: listen.clone(),
         },
     );
     let periodic_storage = storage::<serde_json::Value>(&pool, QUEUE_PERIODIC, 4);
@@ -165,16 +179,29 @@ pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Fut
             tracing::warn!(worker = %worker.name(), restarts = worker.restarts(), error = %error, "worker failed; restarting it in 1 s");
             std::thread::sleep(Duration::from_secs(1));
             true
-        })
-        // A restarted worker takes a new name: apalis then rescues the jobs the failed one held
-        // once its old name's heartbeat goes stale (a reused name would keep them locked).
-        .register(move |restarts| {
+        });
+    // A restarted worker takes a new name: apalis then rescues the jobs the failed one held once
+    // its old name's heartbeat goes stale (a reused name would keep them locked).
+    let monitor = match listen {
+        // Woken by apalis's insert trigger over the session's LISTEN, and polling for what
+        // became due.
+        Some(listen) => monitor.register(move |restarts| {
+            let pubsub = StreamStrategy::new(apalis_postgres::Pubsub::new(listen.clone(), QUEUE_PERIODIC.to_owned()));
             WorkerBuilder::new(format!("{p_name}-{restarts}"))
-                .backend(periodic_storage.clone().with_pubsub().poll_with_interval(poll))
+                .backend(PollWith::new(periodic_storage.clone(), pubsub).poll_with_interval(poll))
                 .data(ctx.clone())
                 .concurrency(2)
                 .build(periodic)
-        });
+        }),
+        // Through a transaction-mode pooler without DATABASE_DIRECT_URL: polling only.
+        None => monitor.register(move |restarts| {
+            WorkerBuilder::new(format!("{p_name}-{restarts}"))
+                .backend(periodic_storage.clone().poll_with_interval(poll))
+                .data(ctx.clone())
+                .concurrency(2)
+                .build(periodic)
+        }),
+    };
     let stop = shutdown.clone();
     let (drained, monitored) = tokio::join!(
         drain.run(shutdown.clone()),
