@@ -352,18 +352,18 @@ impl Drain {
         if need > 0 {
             sends.acquire_many(need as u32).await.expect("never closed").forget();
         }
-        self.apply_chunk(chunk, need, out, sends, set).await;
+        // The claim's round trip runs beside the next chunk's wait for room: permits freed
+        // meanwhile go to the next chunk at once.
+        let (this, out, sends) = (self.clone(), out.clone(), sends.clone());
+        set.spawn(async move { this.apply_chunk(chunk, need, out, sends).await });
     }
 
-    /// Applies one chunk (its send permits already taken) and starts its sends.
-    async fn apply_chunk(
-        self: &Arc<Self>,
-        chunk: Vec<(FetchedJob, Decided)>,
-        held: usize,
-        out: &Out,
-        sends: &Arc<Semaphore>,
-        set: &mut JoinSet<()>,
-    ) {
+    /// Applies one chunk (its send permits already taken), sends what it claimed and waits for
+    /// those sends.
+    async fn apply_chunk(self: Arc<Self>, chunk: Vec<(FetchedJob, Decided)>, held: usize, out: Out, sends: Arc<Semaphore>) {
+        let out = &out;
+        let sends = &sends;
+        let mut set = JoinSet::new();
         let (jobs, decided): (Vec<FetchedJob>, Vec<Decided>) = chunk.into_iter().unzip();
         let now = self.pipeline.clock.now();
         let settings = &self.pipeline.settings;
@@ -406,6 +406,7 @@ impl Drain {
                 }
             });
         }
+        while set.join_next().await.is_some() {}
     }
 
     async fn send(&self, claimed: Claimed) -> Attempted {
