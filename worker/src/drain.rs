@@ -13,8 +13,8 @@
 //! 3. sends each claimed delivery ([`delivery::message`]) and passes the result to the
 //!    recorder.
 //!
-//! A single recorder task takes every result that arrived since its last write and records them
-//! in one transaction ([`delivery::record::record`]) with the acknowledgement of the jobs whose
+//! A single recorder task takes every result that arrived since its last write (gathering for up
+//! to 20 ms when they trickle in) and records them in one transaction ([`delivery::record::record`]) with the acknowledgement of the jobs whose
 //! deliveries are all recorded. A database error keeps the results in memory and retries;
 //! nothing is dropped. The heartbeat keeps this worker alive in `apalis.workers`, rescues the
 //! jobs of workers that stopped beating, and recovers what they left `sending` at once.
@@ -480,9 +480,9 @@ fn dispatch(
     }
 }
 
-/// The single writer of results: takes everything that arrived since its last write and
-/// records it in one transaction; on a database error keeps it and tries again. Ends when every
-/// sender is gone.
+/// The single writer of results: takes everything that arrived since its last write (waiting up
+/// to [`RECORD_GATHER`] for [`RECORD_BATCH`] of them) and records it in one transaction; on a
+/// database error keeps it and tries again. Ends when every sender is gone.
 async fn recorder(this: Arc<Drain>, mut rx: mpsc::UnboundedReceiver<Record>, room: Arc<Semaphore>) {
     let mut buf = Vec::with_capacity(1024);
     let mut deliveries = Vec::new();

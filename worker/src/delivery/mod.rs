@@ -5,17 +5,17 @@
 //!
 //! 1. [`load`]: the batch's notifications with recipients, preferences, devices and existing
 //!    deliveries, in three statements.
-//! 2. [`plan`]: what each job means ([`plan::decide`]: deliver, cancel, expire, later, wait) and
+//! 2. [`plan`]: what each job means (`plan::decide`: deliver, cancel, expire, later, wait) and
 //!    which deliveries a policy, preferences, addresses, devices and quiet hours give
-//!    ([`plan::plan`]). No I/O.
-//! 3. [`record::apply`]: writes the decisions of a chunk of jobs in one transaction. New
+//!    (`plan::plan`). No I/O.
+//! 3. `record::apply`: writes the decisions of a chunk of jobs in one transaction. New
 //!    deliveries to send are inserted `sending` with attempt 1 started (the insert is the claim:
 //!    `ON CONFLICT DO NOTHING` lets one worker win); due ones are claimed by a conditional
 //!    UPDATE; skipped, held, cancelled and expired ones are written as such; jobs with nothing
 //!    to send are acknowledged in the same transaction. The drain claims a chunk only when it
 //!    has room to send all of it at once, so what a crash leaves `sending` is what was in flight.
 //! 4. [`message`]: each claimed delivery is rendered and handed to its channel.
-//! 5. [`record::record`]: the single recorder of send outcomes. One transaction per batch of
+//! 5. `record::record`: the single recorder of send outcomes. One transaction per batch of
 //!    results: delivery states, attempt rows, devices, retry jobs, the next stage of a `first`
 //!    policy (a job the planner turns into that stage), notification states, analytics events,
 //!    and the acknowledgement of the jobs whose deliveries are all recorded.

@@ -1,9 +1,9 @@
 //! The planner: what one job means for its notification, decided from loaded state and the
-//! clock alone (no I/O, so every case is a unit test). [`decide`] covers the common case (a new
+//! clock alone (no I/O, so every case is a unit test). `decide` covers the common case (a new
 //! notification due now) and every uncommon one (an operator's retry, a quiet-hours hold, a
 //! cancelled or expired notification, a retry, the next channel of a `first` policy, a job that
-//! ran early); [`plan`] turns a policy, preferences, addresses, devices and quiet hours into
-//! deliveries. What the decisions write is [`super::record::apply`]'s business.
+//! ran early); `plan` turns a policy, preferences, addresses, devices and quiet hours into
+//! deliveries. What the decisions write is `super::record::apply`'s business.
 
 use std::time::Duration;
 

@@ -1,16 +1,16 @@
 //! The writer of delivery state. Every change of `notification_deliveries`, `delivery_attempts`,
 //! the devices' use and a notification's status made by a worker is one of the statements here:
 //!
-//! - [`apply`]: the planner's decisions for a chunk of jobs, in one transaction (claims, inserts,
+//! - `apply`: the planner's decisions for a chunk of jobs, in one transaction (claims, inserts,
 //!   skips, holds, cancellations, expiries, operator reopens, and the acknowledgement of the jobs
 //!   with nothing to send).
-//! - [`record`]: send outcomes, in one transaction per batch: delivery states, attempt rows,
+//! - `record`: send outcomes, in one transaction per batch: delivery states, attempt rows,
 //!   devices, retry jobs, the next stage of a `first` policy, notification states, analytics
 //!   events and job acknowledgements.
-//! - [`interrupt`]: deliveries left `sending` by a worker that died, recorded `interrupted` and
+//! - `interrupt`: deliveries left `sending` by a worker that died, recorded `interrupted` and
 //!   put back on their way.
 //!
-//! [`resolve`] decides what one outcome means (status, retry time, event) without I/O.
+//! `resolve` decides what one outcome means (status, retry time, event) without I/O.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -56,19 +56,19 @@ pub(crate) struct Claimed {
     pub(crate) n: Arc<Loaded>,
 }
 
-/// A send's result, on its way to [`record`].
+/// A send's result, on its way to `record`.
 pub(crate) struct Attempted {
     pub(crate) claimed: Claimed,
     pub(crate) finished: DateTime<Utc>,
     pub(crate) result: Result<Sent, SendError>,
 }
 
-/// What [`apply`] did.
+/// What `apply` did.
 #[derive(Default)]
 pub(crate) struct Applied {
     /// Deliveries to send now.
     pub(crate) sends: Vec<Claimed>,
-    /// Jobs waiting for their deliveries' results (acknowledged by [`record`]).
+    /// Jobs waiting for their deliveries' results (acknowledged by `record`).
     pub(crate) open_jobs: Vec<String>,
 }
 
@@ -352,7 +352,7 @@ async fn enqueue_runs(conn: &mut PgConnection, runs: &[(i64, DateTime<Utc>, i16)
     Ok(())
 }
 
-/// The statement of [`settle_notifications`]: `$1` the notification ids, `$2` now. Public for the
+/// The statement of `settle_notifications`: `$1` the notification ids, `$2` now. Public for the
 /// benchmark, which explains it.
 pub const SETTLE_SQL: &str = "WITH t AS (SELECT unnest($1::bigint[]) AS id),
       o AS (SELECT d.notification_id AS id, min(coalesce(d.next_attempt_at, $2)) AS next
@@ -608,7 +608,7 @@ pub(crate) async fn record(
     Ok(res)
 }
 
-/// Which in-doubt deliveries [`interrupt`] recovers.
+/// Which in-doubt deliveries `interrupt` recovers.
 pub(crate) enum Stuck<'a> {
     /// `sending` since before this time (the sweep's net).
     Since(DateTime<Utc>),
