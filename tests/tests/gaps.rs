@@ -15,6 +15,7 @@ use dashlight_core::{
     jobs::{PeriodicJob, PeriodicTask},
 };
 use dashlight_tests::{
+    api::Reply,
     smtp::ReceivedMail,
     wait::try_wait_until,
     world::{WorkerHandle, World},
@@ -27,23 +28,6 @@ use tokio::{sync::oneshot, task::JoinHandle};
 const TOKEN: &str = dashlight_tests::api::TOKEN;
 /// How long anything sent may take to arrive.
 const LONG: Duration = Duration::from_secs(60);
-
-/// A response.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    content_type: String,
-    body: Value,
-    text: String,
-}
-
-impl Reply {
-    #[track_caller]
-    fn expect(self, status: u16) -> Value {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
-        self.body
-    }
-}
 
 /// The world, the API and a worker on one manual clock.
 struct Gap {
@@ -101,30 +85,12 @@ impl Gap {
         self.reader.now()
     }
 
-    async fn reply(res: reqwest::Response) -> Reply {
-        let status = res.status();
-        let content_type = res
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let text = res.text().await.expect("body");
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            content_type,
-            body,
-            text,
-        }
-    }
-
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
         let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(TOKEN);
         if let Some(b) = body {
             req = req.json(&b);
         }
-        Self::reply(req.send().await.expect("request")).await
+        Reply::read(req.send().await.expect("request")).await
     }
 
     async fn post(&self, path: &str, body: Value) -> Reply {
@@ -150,7 +116,7 @@ impl Gap {
         if method == Method::POST {
             req = req.header("content-type", "application/x-www-form-urlencoded").body("");
         }
-        Self::reply(req.send().await.expect("request")).await
+        Reply::read(req.send().await.expect("request")).await
     }
 
     /// A dashboard page, signed in with the admin token.
@@ -173,7 +139,7 @@ impl Gap {
             .and_then(|v| v.split(';').next())
             .expect("a session cookie")
             .to_owned();
-        Self::reply(
+        Reply::read(
             http.get(format!("{}{path}", self.base))
                 .header("cookie", cookie)
                 .send()
