@@ -52,6 +52,23 @@ async fn email_burst(w: &World, n: i64, tag: &str) -> Vec<i64> {
     ids
 }
 
+/// Starts a worker (`WORKER_CONCURRENCY=64`) on the burst already queued, `kill -9`s it once
+/// 300 are sent, and returns it with the deliveries `sent` and `sending` at the kill.
+async fn kill_mid_drain(w: &World, tag: &str, total: i64) -> (proc::WorkerProcess, i64, i64) {
+    let mut worker = proc::spawn_worker(w, tag, &[("WORKER_CONCURRENCY", "64")]);
+    try_wait_until("a good part sent", LONG, || async {
+        Ok((scalar(w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await >= 300).then_some(()))
+    })
+    .await
+    .unwrap();
+    worker.signal("KILL");
+    worker.child.wait().unwrap();
+    let sent_at_kill = scalar(w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await;
+    let in_flight = scalar(w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sending'").await;
+    assert!(sent_at_kill < total, "killed mid-drain ({sent_at_kill} of {total} sent)");
+    (worker, sent_at_kill, in_flight)
+}
+
 fn assert_no_secrets(output: &str, w: &World) {
     let sms = w.config.sms.as_ref().unwrap();
     let push = w.config.push.as_ref().unwrap();
@@ -72,18 +89,7 @@ async fn worker_killed_mid_drain_loses_nothing() {
     let w = World::start().await;
     let total = 2000;
     email_burst(&w, total, "kill").await;
-    let first = proc::spawn_worker(&w, "kill-a", &[("WORKER_CONCURRENCY", "64")]);
-    try_wait_until("a good part sent", LONG, || async {
-        Ok((scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await >= 300).then_some(()))
-    })
-    .await
-    .unwrap();
-    first.signal("KILL");
-    let mut first = first;
-    first.child.wait().unwrap();
-    let sent_at_kill = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await;
-    let in_flight = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sending'").await;
-    assert!(sent_at_kill < total, "killed mid-drain ({sent_at_kill} of {total} sent)");
+    let (first, sent_at_kill, in_flight) = kill_mid_drain(&w, "kill-a", total).await;
 
     // Recovery as the reminder sweep does it, with its clock past the send timeout.
     let later = Utc::now() + chrono::Duration::minutes(3);
@@ -519,19 +525,8 @@ async fn a_crash_costs_seconds_and_only_in_flight_sends_are_in_doubt() {
     let total = 2000;
     let concurrency = 64;
     email_burst(&w, total, "crash").await;
-    let first = proc::spawn_worker(&w, "crash-a", &[("WORKER_CONCURRENCY", "64")]);
-    try_wait_until("a good part sent", LONG, || async {
-        Ok((scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await >= 300).then_some(()))
-    })
-    .await
-    .unwrap();
-    first.signal("KILL");
-    let mut first = first;
-    first.child.wait().unwrap();
+    let (_first, sent_at_kill, in_flight) = kill_mid_drain(&w, "crash-a", total).await;
     let killed_at = Utc::now();
-    let sent_at_kill = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sent'").await;
-    let in_flight = scalar(&w, "SELECT count(*) FROM notification_deliveries WHERE status = 'sending'").await;
-    assert!(sent_at_kill < total, "killed mid-drain ({sent_at_kill} of {total} sent)");
     // In doubt: the sends in flight (at most `concurrency`) and results not yet recorded (the
     // recorder writes every few ms). A batch claimed whole, as before, left up to
     // `WORKER_BATCH_SIZE` (1,000) here.
