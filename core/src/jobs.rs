@@ -24,6 +24,11 @@ pub struct DeliverJob {
     /// Set by an operator's retry: this delivery is put back on its way even if failed or dead.
     #[serde(default)]
     pub retry_delivery_id: Option<i64>,
+    /// Set by a provider's report (`delivery_receipts.id`, [`crate::receipts`]): the worker
+    /// applies it to its delivery (`delivered` / `undelivered`, and a `first` policy's next
+    /// channel after `undelivered`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt_id: Option<i64>,
 }
 
 /// Periodic work, fired once per tick across scheduler replicas.

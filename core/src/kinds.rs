@@ -171,6 +171,16 @@ impl Kind {
         }
     }
 
+    /// Whether a person may turn this kind off on email (an unsubscribe link, their own page,
+    /// the preferences API). The transactional kinds about their own bookings and money may not
+    /// be turned off (PRODUCT.md, "Hearing back"): their emails carry no `List-Unsubscribe`.
+    pub fn email_opt_out_allowed(self) -> bool {
+        !matches!(
+            self,
+            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::InvoiceIssued
+        )
+    }
+
     /// Push urgency (RFC 8030): reminders and alerts are high.
     pub fn urgency(self) -> &'static str {
         match self {

@@ -9,6 +9,9 @@
 //! - [`jobs`]: the queue contract: queue names, job payloads, [`jobs::NewJob`].
 //! - [`queue`]: the queue driver, the one owner of apalis's tables: enqueueing, the notification
 //!   queue's fetch/ack/heartbeat, operators' views and levers, pruning.
+//! - [`receipts`]: what providers report after accepting a message (status callbacks,
+//!   bounces), kept and handed to the worker's recorder.
+//! - [`suppressions`]: addresses and numbers nothing is sent to (bounces, STOP).
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
 //! - [`gaps`]: the waitlist, freed slots offered to waiting students, accepting an offer.
@@ -19,7 +22,8 @@
 //! - [`calendar`]: iCalendar invitations of lessons, the per-person feed and its secret.
 //! - [`messages`]: messages, their participants and `new_message` (push now, email if unread).
 //! - [`crm`]: contacts (students and leads), their status moves, staff interactions.
-//! - [`people`]: users with their student/instructor profile, preferences, devices, availability.
+//! - [`people`]: users with their student/instructor profile, preferences (with per-kind email
+//!   opt-outs), devices, availability.
 //! - [`states`]: the schema's constrained states (deliveries, notifications, attempts) as enums.
 //! - [`validate`]: checks of emails, phone numbers, time zones and currencies.
 //! - [`cli`]: what every program does around its work (logging, config, database, signals).
@@ -48,8 +52,10 @@ pub mod packages;
 pub mod payments;
 pub mod people;
 pub mod queue;
+pub mod receipts;
 pub mod series;
 pub mod states;
+pub mod suppressions;
 pub mod validate;
 
 pub use clock::Clock;

@@ -115,6 +115,7 @@ pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Optio
             let job = DeliverJob {
                 notification_id: id,
                 retry_delivery_id: None,
+                receipt_id: None,
             };
             jobs::enqueue(
                 conn,
@@ -183,6 +184,7 @@ pub async fn enqueue_delivery_retries(conn: &mut PgConnection, delivery_ids: &[i
                 DeliverJob {
                     notification_id,
                     retry_delivery_id: Some(delivery_id),
+                    receipt_id: None,
                 },
                 priority,
             )
@@ -209,6 +211,7 @@ pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -
     let job = DeliverJob {
         notification_id,
         retry_delivery_id: Some(delivery_id),
+        receipt_id: None,
     };
     jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(priority as i32)]).await?;
     Ok(true)

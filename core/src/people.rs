@@ -3,8 +3,8 @@
 //! caller's connection (use a transaction: creating a user writes three rows, a student's a
 //! fourth, their CRM contact, through [`crate::crm`]). Owns writes to `users` (but for the
 //! calendar feed's secret, [`crate::calendar`]'s), `students`, `instructors`, `user_preferences`,
-//! `user_devices` (the worker deactivates a device whose push service ended it) and
-//! `instructor_availability`. The checks of emails, phone numbers and time zones are
+//! `user_devices` (the worker deactivates a device whose push service ended it),
+//! `email_opt_outs` (per-kind email opt-outs) and `instructor_availability`. The checks of emails, phone numbers and time zones are
 //! [`crate::validate`]'s; it does not check Web Push key cryptography (the API does) and never
 //! touches bookings.
 
@@ -12,7 +12,7 @@ use chrono::{DateTime, NaiveTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection};
 
-use crate::{crm, error::DomainError, validate};
+use crate::{crm, error::DomainError, kinds::Kind, validate};
 
 /// The role of a user created with a profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -274,6 +274,62 @@ pub async fn set_preferences(conn: &mut PgConnection, p: &Preferences) -> Result
     .await
     .map_err(DomainError::from_db)?;
     Ok(saved)
+}
+
+/// Where a per-kind email opt-out was made (`email_opt_outs.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
+pub enum OptOutSource {
+    /// An email's `List-Unsubscribe` link (RFC 8058 one-click or its confirmation page).
+    UnsubscribeLink,
+    /// The person's own page.
+    OwnPage,
+    /// The admin API's preferences route.
+    Api,
+}
+
+/// The kinds whose emails a user turned off, in kind order.
+pub async fn email_opt_outs(conn: &mut PgConnection, user_id: i64) -> Result<Vec<Kind>, DomainError> {
+    let names: Vec<String> = sqlx::query_scalar("SELECT kind FROM email_opt_outs WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(Kind::ALL.into_iter().filter(|k| names.iter().any(|n| n == k.as_str())).collect())
+}
+
+/// Turns one kind's emails off (`off`) or back on for a user. Returns whether anything changed
+/// (a second identical call changes nothing). A kind that cannot be turned off
+/// ([`Kind::email_opt_out_allowed`]) is refused naming `kind`.
+pub async fn set_email_opt_out(
+    conn: &mut PgConnection,
+    user_id: i64,
+    kind: Kind,
+    off: bool,
+    source: OptOutSource,
+) -> Result<bool, DomainError> {
+    if off && !kind.email_opt_out_allowed() {
+        return Err(DomainError::invalid(
+            "kind",
+            format!("{} emails cannot be turned off", kind.as_str()),
+        ));
+    }
+    user_exists(conn, user_id).await?;
+    let changed = if off {
+        sqlx::query("INSERT INTO email_opt_outs (user_id, kind, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(user_id)
+            .bind(kind.as_str())
+            .bind(source)
+            .execute(&mut *conn)
+            .await?
+    } else {
+        sqlx::query("DELETE FROM email_opt_outs WHERE user_id = $1 AND kind = $2")
+            .bind(user_id)
+            .bind(kind.as_str())
+            .execute(&mut *conn)
+            .await?
+    };
+    Ok(changed.rows_affected() > 0)
 }
 
 async fn user_exists(conn: &mut PgConnection, user_id: i64) -> Result<(), DomainError> {

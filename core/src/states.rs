@@ -64,6 +64,10 @@ text_state! {
         Skipped => "skipped",
         /// The booking changed first.
         Cancelled => "cancelled",
+        /// The provider confirmed it reached the handset or mailbox (a receipt after `sent`).
+        Delivered => "delivered",
+        /// Accepted, then not delivered (a carrier failure or a bounce); retried like `failed`.
+        Undelivered => "undelivered",
     }
 }
 
@@ -74,11 +78,11 @@ impl DeliveryStatus {
     }
 
     /// The failures an operator may retry.
-    pub const RETRYABLE: [DeliveryStatus; 2] = [DeliveryStatus::Failed, DeliveryStatus::Dead];
+    pub const RETRYABLE: [DeliveryStatus; 3] = [DeliveryStatus::Failed, DeliveryStatus::Dead, DeliveryStatus::Undelivered];
 
     /// Ended without reaching anyone through a fault (an operator may retry it).
     pub fn is_failure(self) -> bool {
-        matches!(self, DeliveryStatus::Failed | DeliveryStatus::Dead)
+        matches!(self, DeliveryStatus::Failed | DeliveryStatus::Dead | DeliveryStatus::Undelivered)
     }
 }
 

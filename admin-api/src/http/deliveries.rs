@@ -32,7 +32,11 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 /// Every delivery status (PRODUCT.md, "Delivery statuses"; `dashlight_core::states`).
 pub const DELIVERY_STATUSES: &[&str] = DeliveryStatus::NAMES;
 /// The statuses an operator may retry.
-pub const RETRYABLE: [&str; 2] = [DeliveryStatus::RETRYABLE[0].as_str(), DeliveryStatus::RETRYABLE[1].as_str()];
+pub const RETRYABLE: [&str; 3] = [
+    DeliveryStatus::RETRYABLE[0].as_str(),
+    DeliveryStatus::RETRYABLE[1].as_str(),
+    DeliveryStatus::RETRYABLE[2].as_str(),
+];
 
 /// One attempt at a delivery.
 #[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]

@@ -344,6 +344,7 @@ async fn enqueue_runs(conn: &mut PgConnection, runs: &[(i64, DateTime<Utc>, i16)
             let job = DeliverJob {
                 notification_id: *id,
                 retry_delivery_id: None,
+                receipt_id: None,
             };
             NewJob::new(QUEUE_NOTIFICATIONS, &job).due(*at, now).priority(i32::from(*priority))
         })

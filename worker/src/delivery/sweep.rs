@@ -61,6 +61,7 @@ pub async fn sweep_overdue(pool: &PgPool, now: DateTime<Utc>, grace: Duration) -
             let job = DeliverJob {
                 notification_id: *id,
                 retry_delivery_id: None,
+                receipt_id: None,
             };
             NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(*priority))
         })
