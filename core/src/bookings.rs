@@ -25,6 +25,7 @@ use crate::{
     kinds::Kind,
     notify::{self, NewNotification},
     packages,
+    states::BookingStatus,
 };
 
 /// A booking row.
@@ -42,8 +43,8 @@ pub struct Booking {
     pub start_time: DateTime<Utc>,
     /// End.
     pub end_time: DateTime<Utc>,
-    /// pending, confirmed, cancelled, completed, no_show.
-    pub status: String,
+    /// Where it stands.
+    pub status: BookingStatus,
     /// Pickup.
     pub pickup_location: Option<String>,
     /// Drop-off.
@@ -393,7 +394,7 @@ pub async fn cancel(
     now: DateTime<Utc>,
 ) -> Result<Booking, DomainError> {
     let b = load(conn, id, true).await?;
-    if !matches!(b.status.as_str(), "pending" | "confirmed") {
+    if !b.status.is_cancellable() {
         return Err(DomainError::Conflict(format!(
             "booking is {}, only pending or confirmed bookings can be cancelled",
             b.status
@@ -471,7 +472,7 @@ pub async fn reschedule(
 ) -> Result<Booking, DomainError> {
     validate_times(start, end)?;
     let old = load(conn, id, true).await?;
-    if old.status != "confirmed" {
+    if old.status != BookingStatus::Confirmed {
         return Err(DomainError::Conflict(format!(
             "booking is {}, only confirmed bookings can be rescheduled",
             old.status
@@ -556,10 +557,10 @@ pub enum Outcome {
 
 impl Outcome {
     /// The booking status it leads to.
-    pub fn as_str(self) -> &'static str {
+    pub fn status(self) -> BookingStatus {
         match self {
-            Outcome::Completed => "completed",
-            Outcome::NoShow => "no_show",
+            Outcome::Completed => BookingStatus::Completed,
+            Outcome::NoShow => BookingStatus::NoShow,
         }
     }
 }
@@ -569,18 +570,18 @@ impl Outcome {
 /// the booking with its student and instructor.
 pub async fn finish(conn: &mut PgConnection, id: i64, outcome: Outcome) -> Result<(Booking, Party, Party), DomainError> {
     let b = load(conn, id, true).await?;
-    if b.status != "confirmed" {
+    if b.status != BookingStatus::Confirmed {
         return Err(DomainError::Conflict(format!(
             "booking is {}, only a confirmed booking can be marked {}",
             b.status,
-            outcome.as_str()
+            outcome.status()
         )));
     }
     let b: Booking = sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE bookings SET status = $2 WHERE id = $1 RETURNING {BOOKING_COLUMNS}"
     )))
     .bind(id)
-    .bind(outcome.as_str())
+    .bind(outcome.status())
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;

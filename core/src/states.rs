@@ -140,3 +140,26 @@ mod tests {
         }
     }
 }
+
+text_state! {
+    /// `bookings.status`.
+    BookingStatus {
+        /// Requested, not yet confirmed.
+        Pending => "pending",
+        /// Booked: reminders and alerts follow it.
+        Confirmed => "confirmed",
+        /// Cancelled by the student, the instructor or the school.
+        Cancelled => "cancelled",
+        /// The lesson took place.
+        Completed => "completed",
+        /// The student did not turn up.
+        NoShow => "no_show",
+    }
+}
+
+impl BookingStatus {
+    /// Still ahead: it may be cancelled.
+    pub fn is_cancellable(self) -> bool {
+        matches!(self, BookingStatus::Pending | BookingStatus::Confirmed)
+    }
+}

@@ -77,7 +77,7 @@ impl From<Booking> for BookingOut {
             series_id: b.series_id,
             start_time: b.start_time,
             end_time: b.end_time,
-            status: b.status,
+            status: b.status.to_string(),
             pickup_location: b.pickup_location,
             dropoff_location: b.dropoff_location,
             version: b.version,
