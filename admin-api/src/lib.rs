@@ -83,6 +83,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/bookings/{id}/offers"),
     ("GET", "/offers/{token}"),
     ("POST", "/offers/{token}/accept"),
+    ("GET", "/api/users/{id}/preferences"),
+    ("POST", "/hooks/email/inbound"),
+    ("GET", "/u/{token}"),
+    ("POST", "/u/{token}"),
     ("GET", "/api/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -105,17 +109,21 @@ pub struct AppState {
     pub auth_failures: Arc<guard::AuthFailures>,
     /// The job counts `/metrics` serves, refreshed every few seconds.
     pub queue_depths: Arc<telemetry::QueueDepths>,
+    /// The installation's signing key: VERP addresses and unsubscribe links
+    /// (`dashlight_core::signing`).
+    pub signing: dashlight_core::signing::Key,
 }
 
 impl AppState {
-    /// State from the configuration, a pool and a clock.
-    pub fn new(config: Config, pool: PgPool, clock: Clock) -> AppState {
+    /// State from the configuration, a pool, a clock and the signing key.
+    pub fn new(config: Config, pool: PgPool, clock: Clock, signing: dashlight_core::signing::Key) -> AppState {
         let booking = BookingSettings::from_config(&config);
         AppState {
             pool,
             clock,
             auth_failures: Arc::new(guard::AuthFailures::new(config.auth_failure_limit)),
             queue_depths: Arc::new(telemetry::QueueDepths::default()),
+            signing,
             config: Arc::new(config),
             booking,
         }
@@ -138,11 +146,14 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(docs::routes())
 }
 
-/// The open routes: liveness, readiness, metrics, calendar feeds, offer links.
+/// The open routes: liveness, readiness, metrics, calendar feeds, offer links, the inbound
+/// email hook (its own bearer token), unsubscribe links.
 pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
     http::health::routes()
         .merge(http::calendar::open_routes())
         .merge(http::gaps::open_routes())
+        .merge(http::email_hooks::open_routes())
+        .merge(http::unsubscribe::open_routes())
 }
 
 /// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors
@@ -180,7 +191,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     require_token(config)?;
     let addr = listener.local_addr().context("reading the listener's address")?;
-    let app = router(AppState::new(config.clone(), pool, clock));
+    let signing = dashlight_core::signing::load_from(&pool).await?;
+    let app = router(AppState::new(config.clone(), pool, clock, signing));
     tracing::info!(%addr, "admin API listening");
     // With the peer's address, which the brake on token guessing counts failures by.
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
