@@ -136,11 +136,12 @@ pub async fn inbound_email(
 
     // Two attempts: the same message posted twice at once may lose the race for the
     // "acted once" index; the second attempt then records it as a duplicate.
+    let key = state.signing.get(&state.pool).await?.clone();
     let mut attempt = 0;
     let outcome = loop {
         attempt += 1;
         let mut tx = state.pool.begin().await?;
-        match inbound_email::receive(&mut tx, &state.signing, &body).await {
+        match inbound_email::receive(&mut tx, &key, &body).await {
             Ok(o) => {
                 tx.commit().await?;
                 break o;

@@ -123,7 +123,7 @@ fn not_found(state: &AppState, headers: &HeaderMap) -> Response {
 
 /// The user and kind of a token, when it verifies and the user exists.
 async fn target(state: &AppState, token: &str) -> Result<Option<(i64, Kind, bool)>, ApiError> {
-    let Some((user_id, kind)) = state.signing.unsubscribe_target(token) else {
+    let Some((user_id, kind)) = state.signing.get(&state.pool).await?.unsubscribe_target(token) else {
         return Ok(None);
     };
     let mut conn = state.pool.acquire().await?;
@@ -185,7 +185,7 @@ pub async fn unsubscribe_page(
         (status = 404, description = "No such link: an HTML page for browsers, else the JSON error body", body = ErrorBody),
     ))]
 pub async fn unsubscribe(State(state): State<AppState>, headers: HeaderMap, ApiPath(token): ApiPath<String>) -> Result<Response, ApiError> {
-    let Some((user_id, kind)) = state.signing.unsubscribe_target(&token) else {
+    let Some((user_id, kind)) = state.signing.get(&state.pool).await?.unsubscribe_target(&token) else {
         return Ok(not_found(&state, &headers));
     };
     let mut tx = state.pool.begin().await?;
