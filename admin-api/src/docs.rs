@@ -29,6 +29,8 @@ use crate::{AppState, error::ErrorBody};
         (name = "crm", description = "Leads and staff interactions"),
         (name = "calendar", description = "iCalendar feeds of lessons (the feed needs no token)"),
         (name = "gaps", description = "The waitlist and freed slots offered to waiting students (the offer link needs no token)"),
+        (name = "hooks", description = "What providers and mail servers send back: bounces and replies (each hook authenticates its caller itself)"),
+        (name = "unsubscribe", description = "The List-Unsubscribe link of emails (no token: the signed address is the secret)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -45,6 +47,15 @@ impl Modify for BearerScheme {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some("ADMIN_API_TOKEN"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "inbound_email_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("INBOUND_EMAIL_TOKEN (the inbound email hook only)"))
                     .build(),
             ),
         );

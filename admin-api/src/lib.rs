@@ -83,6 +83,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/bookings/{id}/offers"),
     ("GET", "/offers/{token}"),
     ("POST", "/offers/{token}/accept"),
+    ("GET", "/api/users/{id}/preferences"),
+    ("POST", "/hooks/email/inbound"),
+    ("GET", "/u/{token}"),
+    ("POST", "/u/{token}"),
     ("GET", "/api/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -105,6 +109,25 @@ pub struct AppState {
     pub auth_failures: Arc<guard::AuthFailures>,
     /// The job counts `/metrics` serves, refreshed every few seconds.
     pub queue_depths: Arc<telemetry::QueueDepths>,
+    /// The installation's signing key: VERP addresses and unsubscribe links
+    /// (`dashlight_core::signing`), loaded at start-up or, if the database was not reachable
+    /// then, on first use.
+    pub signing: SigningKey,
+}
+
+/// The signing key, loaded once from the database ([`dashlight_core::signing::load`]). The API
+/// starts (and answers 503) while the database is away, so the key may come later.
+#[derive(Clone, Default)]
+pub struct SigningKey(Arc<tokio::sync::OnceCell<dashlight_core::signing::Key>>);
+
+impl SigningKey {
+    /// The key, loading it if needed; 503 when the database cannot give it.
+    pub async fn get(&self, pool: &PgPool) -> Result<&dashlight_core::signing::Key, ApiError> {
+        self.0
+            .get_or_try_init(|| dashlight_core::signing::load_from(pool))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the signing key cannot be loaded: {e:#}")))
+    }
 }
 
 impl AppState {
@@ -116,6 +139,7 @@ impl AppState {
             clock,
             auth_failures: Arc::new(guard::AuthFailures::new(config.auth_failure_limit)),
             queue_depths: Arc::new(telemetry::QueueDepths::default()),
+            signing: SigningKey::default(),
             config: Arc::new(config),
             booking,
         }
@@ -138,11 +162,14 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(docs::routes())
 }
 
-/// The open routes: liveness, readiness, metrics, calendar feeds, offer links.
+/// The open routes: liveness, readiness, metrics, calendar feeds, offer links, the inbound
+/// email hook (its own bearer token), unsubscribe links.
 pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
     http::health::routes()
         .merge(http::calendar::open_routes())
         .merge(http::gaps::open_routes())
+        .merge(http::email_hooks::open_routes())
+        .merge(http::unsubscribe::open_routes())
 }
 
 /// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors
@@ -180,7 +207,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     require_token(config)?;
     let addr = listener.local_addr().context("reading the listener's address")?;
-    let app = router(AppState::new(config.clone(), pool, clock));
+    let state = AppState::new(config.clone(), pool, clock);
+    if let Err(e) = state.signing.get(&state.pool).await {
+        tracing::warn!(error = %e, "signing key not loaded at start-up; unsubscribe links and the inbound email hook load it on first use");
+    }
+    let app = router(state);
     tracing::info!(%addr, "admin API listening");
     // With the peer's address, which the brake on token guessing counts failures by.
     axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())

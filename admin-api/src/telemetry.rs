@@ -91,10 +91,13 @@ pub async fn http_metrics(req: Request, next: Next) -> Response {
     res
 }
 
-/// The path as logged: a calendar feed's address holds its secret token, which is left out.
+/// The path as logged: a calendar feed's and an unsubscribe link's addresses hold their secret
+/// tokens, which are left out.
 fn loggable_path(path: &str) -> &str {
     if path.starts_with("/calendar/") {
         "/calendar/<token>.ics"
+    } else if path.starts_with("/u/") {
+        "/u/<token>"
     } else {
         path
     }

@@ -105,6 +105,13 @@ pub struct Config {
     pub smtp: Option<SmtpConfig>,
     /// `MAIL_FROM`.
     pub mail_from: String,
+    /// `MAIL_BOUNCE_DOMAIN`: the domain of each email's VERP envelope sender
+    /// (`bounces+<token>@<domain>`) and of the unsubscribe `mailto:`. Default: the domain of
+    /// `MAIL_FROM`.
+    pub mail_bounce_domain: String,
+    /// `INBOUND_EMAIL_TOKEN`: the bearer token of `/hooks/email/inbound`; `None` turns the
+    /// route off (404). Never logged.
+    pub inbound_email_token: Option<String>,
     /// SMS settings; `None` sends SMS to the outbox.
     pub sms: Option<SmsConfig>,
     /// Web Push settings; `None` sends push to the outbox.
@@ -167,6 +174,8 @@ impl std::fmt::Debug for Config {
             .field("school_name", &self.school_name)
             .field("smtp", &self.smtp)
             .field("mail_from", &self.mail_from)
+            .field("mail_bounce_domain", &self.mail_bounce_domain)
+            .field("inbound_email_token", &self.inbound_email_token.as_ref().map(|_| "<redacted>"))
             .field("sms", &self.sms)
             .field("push", &self.push)
             .field("admin_api_addr", &self.admin_api_addr)
@@ -306,6 +315,25 @@ fn check_smtp_tls(url: &url::Url) -> Result<(), ConfigError> {
     ))
 }
 
+/// The domain of an address given as `addr@host` or `Name <addr@host>`, lower-cased.
+pub fn domain_of(mailbox: &str) -> Option<String> {
+    let addr = match (mailbox.rfind('<'), mailbox.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &mailbox[a + 1..b],
+        _ => mailbox,
+    };
+    let (_, domain) = addr.trim().rsplit_once('@')?;
+    let d = domain.trim().to_ascii_lowercase();
+    valid_domain(&d).then_some(d)
+}
+
+/// A plausible mail domain: dot-separated labels of letters, digits and hyphens.
+fn valid_domain(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
 /// The admin token of [`Config::for_database`] (tests and tools), as long as a real one must be.
 pub const TEST_ADMIN_TOKEN: &str = "dashlight-test-token-0123456789abcdef";
 
@@ -374,6 +402,34 @@ impl Config {
             return Err(ConfigError::new(
                 "MAIL_FROM",
                 format!("expected an address such as `Name <addr@host>`, got {mail_from:?}"),
+            ));
+        }
+
+        let mail_bounce_domain = match var("MAIL_BOUNCE_DOMAIN") {
+            None => domain_of(&mail_from).ok_or_else(|| {
+                ConfigError::new(
+                    "MAIL_FROM",
+                    format!("expected an address with a domain such as `Name <addr@host>` (or set MAIL_BOUNCE_DOMAIN), got {mail_from:?}"),
+                )
+            })?,
+            Some(v) => {
+                let d = v.trim().to_ascii_lowercase();
+                if !valid_domain(&d) {
+                    return Err(ConfigError::new(
+                        "MAIL_BOUNCE_DOMAIN",
+                        format!("expected a mail domain such as bounces.school.example, got {v:?}"),
+                    ));
+                }
+                d
+            }
+        };
+        let inbound_email_token = var("INBOUND_EMAIL_TOKEN").map(|t| t.trim().to_owned());
+        if let Some(t) = &inbound_email_token
+            && t.chars().count() < MIN_ADMIN_TOKEN_LEN
+        {
+            return Err(ConfigError::new(
+                "INBOUND_EMAIL_TOKEN",
+                format!("too short: use at least {MIN_ADMIN_TOKEN_LEN} random characters, e.g. the output of `openssl rand -hex 24`"),
             ));
         }
 
@@ -519,6 +575,8 @@ impl Config {
             school_name: var("SCHOOL_NAME").unwrap_or_else(|| "Dashlight Driving School".into()),
             smtp,
             mail_from,
+            mail_bounce_domain,
+            inbound_email_token,
             sms,
             push,
             admin_api_addr,
@@ -550,6 +608,8 @@ impl Config {
             school_name: "Dashlight Driving School".into(),
             smtp: None,
             mail_from: "Dashlight <no-reply@localhost>".into(),
+            mail_bounce_domain: "localhost".into(),
+            inbound_email_token: None,
             sms: None,
             push: None,
             admin_api_addr: "127.0.0.1:0".into(),
@@ -601,5 +661,13 @@ mod tests {
         assert!(check_smtp_tls(&url("smtp://u:p@127.0.0.1:2525")).is_ok());
         assert!(check_smtp_tls(&url("smtp://u:p@localhost:2525")).is_ok());
         assert!(check_smtp_tls(&url("smtp://mail.example.com:25")).is_ok());
+    }
+
+    #[test]
+    fn bounce_domains() {
+        assert_eq!(domain_of("Dashlight <no-reply@School.Example>").as_deref(), Some("school.example"));
+        assert_eq!(domain_of("a@localhost").as_deref(), Some("localhost"));
+        assert_eq!(domain_of("nobody").as_deref(), None);
+        assert_eq!(domain_of("x@bad domain").as_deref(), None);
     }
 }

@@ -12,6 +12,10 @@
 //! - [`receipts`]: what providers report after accepting a message (status callbacks,
 //!   bounces), kept and handed to the worker's recorder.
 //! - [`suppressions`]: addresses and numbers nothing is sent to (bounces, STOP).
+//! - [`signing`]: the installation's signing key (created by a migration, loaded at start-up)
+//!   and the tokens it signs: VERP envelope senders, unsubscribe links.
+//! - [`inbound_email`]: mail that comes back (bounces, auto-replies, unsubscribe `mailto:`),
+//!   recorded in `inbound_emails` and acted on through receipts, suppressions and opt-outs.
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
 //! - [`gaps`]: the waitlist, freed slots offered to waiting students, accepting an offer.
@@ -43,6 +47,7 @@ pub mod demo;
 pub mod endpoints;
 pub mod error;
 pub mod gaps;
+pub mod inbound_email;
 pub mod jobs;
 pub mod kinds;
 pub mod lessons;
@@ -54,6 +59,7 @@ pub mod people;
 pub mod queue;
 pub mod receipts;
 pub mod series;
+pub mod signing;
 pub mod states;
 pub mod suppressions;
 pub mod validate;

@@ -276,6 +276,26 @@ pub async fn set_preferences(conn: &mut PgConnection, p: &Preferences) -> Result
     Ok(saved)
 }
 
+/// A user's preferences (the defaults when the row is missing); 404 for an unknown user.
+pub async fn preferences(conn: &mut PgConnection, user_id: i64) -> Result<Preferences, DomainError> {
+    user_exists(conn, user_id).await?;
+    let row: Option<Preferences> = sqlx::query_as(
+        "SELECT user_id, email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end
+         FROM user_preferences WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.unwrap_or(Preferences {
+        user_id,
+        email_notifications: true,
+        sms_notifications: true,
+        push_notifications: true,
+        quiet_hours_start: None,
+        quiet_hours_end: None,
+    }))
+}
+
 /// Where a per-kind email opt-out was made (`email_opt_outs.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]

@@ -1,6 +1,8 @@
 //! Scenario 7 of the reliability issue: random and malformed JSON, huge strings, odd Unicode,
 //! wrong types and injection strings thrown at every admin API route. Never a 500, never a
 //! panic; every refusal is a 4xx with the JSON error body; the database stays consistent.
+//! The inbound email hook and the unsubscribe links get raw messages, replayed and mangled
+//! bounces, and forged tokens of their own ([`email_hook_and_unsubscribe_links_survive_hostile_input`]).
 
 use std::time::Duration;
 
@@ -172,7 +174,10 @@ fn every_route_survives_hostile_input() {
             .execute(&db.pool)
             .await
             .unwrap();
-        let api = spawn_api(&db.config(), db.pool.clone(), Clock::system()).await;
+        // The inbound email hook on, with the same bearer token as the rest.
+        let mut config = db.config();
+        config.inbound_email_token = Some(TOKEN.into());
+        let api = spawn_api(&config, db.pool.clone(), Clock::system()).await;
         (db, api)
     });
     let base = &api.base;
@@ -244,6 +249,144 @@ fn every_route_survives_hostile_input() {
         .await
         .unwrap();
         assert_eq!(bad, 0, "every booking has its calendar event, every person their profile");
+        api.stop().await;
+    });
+}
+
+/// A bounce as postfix writes it, with every field a parameter (the hostile test mangles them).
+fn dsn(verp: &str, action: &str, status: &str, diagnostic: &str, boundary: &str) -> String {
+    format!(
+        "Return-Path: <>\r\nDelivered-To: {verp}\r\nFrom: MAILER-DAEMON@mx.test\r\nTo: {verp}\r\nAuto-Submitted: auto-replied\r\n\
+MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\"\r\n\r\n\
+--{boundary}\r\nContent-Type: text/plain\r\n\r\nUndelivered.\r\n\r\n\
+--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.test\r\n\r\n\
+Final-Recipient: rfc822; a@b.test\r\nAction: {action}\r\nStatus: {status}\r\nDiagnostic-Code: smtp; {diagnostic}\r\n\r\n\
+--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\nReturn-Path: <{verp}>\r\nSubject: x\r\n\r\n--{boundary}--\r\n"
+    )
+}
+
+#[test]
+fn email_hook_and_unsubscribe_links_survive_hostile_input() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (db, api, key, user_id) = rt.block_on(async {
+        let db = TestDb::new().await;
+        let user_id: i64 = sqlx::query_scalar(
+            "INSERT INTO users (email, role, first_name, last_name) VALUES ('a@b.test', 'student', 'A', 'B') RETURNING id",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let mut config = db.config();
+        config.inbound_email_token = Some(TOKEN.into());
+        let api = spawn_api(&config, db.pool.clone(), Clock::system()).await;
+        let key = dashlight_core::signing::load_from(&db.pool).await.unwrap();
+        (db, api, key, user_id)
+    });
+    let base = api.base.clone();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    // Tokens: signed for a delivery or a user that does not exist, signed for the real user,
+    // one of each purpose in the other's place, and junk.
+    let tokens = vec![
+        key.verp_token(1),
+        key.verp_token(i64::MAX),
+        key.unsubscribe_token(user_id, dashlight_core::kinds::Kind::LessonReminder),
+        key.unsubscribe_token(999_999, dashlight_core::kinds::Kind::DailyAgenda),
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned(),
+        "%00".to_owned(),
+        "a".repeat(300),
+    ];
+    let token = prop::sample::select(tokens);
+    let local = prop::sample::select(vec!["bounces+", "unsubscribe+", "BOUNCES+", ""]);
+    let mangled = (token.clone(), local, nasty_string(), nasty_string(), nasty_string(), nasty_string()).prop_map(
+        |(t, local, action, status, diag, boundary)| {
+            dsn(&format!("{local}{t}@school.test"), &action, &status, &diag, &boundary).into_bytes()
+        },
+    );
+    let real = (
+        token.clone(),
+        prop::sample::select(vec!["failed", "delayed", "delivered"]),
+        "[245]\\.[0-9]\\.[0-9]",
+    )
+        .prop_map(|(t, action, status)| {
+            dsn(
+                &format!("bounces+{t}@school.test"),
+                action,
+                &status,
+                "550 5.1.1 no such user",
+                "b0undary",
+            )
+            .into_bytes()
+        });
+    let message = prop_oneof![
+        2 => mangled,
+        2 => real,
+        1 => prop::collection::vec(any::<u8>(), 0..3000),
+        1 => body(),
+    ];
+    let content_type = prop::sample::select(vec![
+        "message/rfc822",
+        "text/plain",
+        "application/octet-stream",
+        "application/json",
+        "multipart/form-data; boundary=x",
+        "",
+    ]);
+    let request = prop_oneof![
+        3 => (message, content_type).prop_map(|(m, ct)| ("hook".to_owned(), m, ct.to_owned())),
+        1 => (token, prop::sample::select(vec!["GET", "POST"]), body()).prop_map(|(t, method, b)| (format!("{method} {t}"), b, "application/x-www-form-urlencoded".to_owned())),
+    ];
+    let mut runner = TestRunner::new(PropConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..PropConfig::default()
+    });
+    runner
+        .run(&request, |(what, body, ct)| {
+            let (url, method) = match what.split_once(' ') {
+                None => (format!("{base}/hooks/email/inbound"), reqwest::Method::POST),
+                Some((m, t)) => (format!("{base}/u/{t}"), reqwest::Method::from_bytes(m.as_bytes()).unwrap()),
+            };
+            let (status, ctype, text) = rt.block_on(async {
+                let mut req = client.request(method.clone(), &url).bearer_auth(TOKEN).body(body.clone());
+                if !ct.is_empty() {
+                    req = req.header("content-type", ct.clone());
+                }
+                let res = req.send().await.expect("the server answers");
+                let status = res.status().as_u16();
+                let ctype = res
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                (status, ctype, res.text().await.unwrap_or_default())
+            });
+            prop_assert!(status < 500, "{method} {url} ({ct}) → {status}: {text}");
+            if (400..500).contains(&status) {
+                prop_assert!(
+                    ctype.starts_with("application/json"),
+                    "{method} {url} → {status} with {ctype}: {text}"
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(async {
+        // Nothing acted on a delivery that does not exist; every message was kept.
+        let receipts: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_receipts")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(receipts, 0);
+        let suppressions: i64 = sqlx::query_scalar("SELECT count(*) FROM suppressions")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        assert_eq!(suppressions, 0);
         api.stop().await;
     });
 }

@@ -47,18 +47,33 @@ pub fn worker_name(role: &str) -> String {
 
 /// Builds the pipeline from configuration: templates are loaded (a broken one fails here with its
 /// file name), channels configured (a bad `SMTP_URL` or VAPID key fails here).
-pub fn pipeline(config: &Config, pool: PgPool, clock: Clock, worker_name: String) -> anyhow::Result<Pipeline> {
+/// `key` is the installation's signing key ([`dashlight_core::signing::load`]), for the VERP
+/// envelope senders and unsubscribe links of emails.
+pub fn pipeline(
+    config: &Config,
+    pool: PgPool,
+    clock: Clock,
+    worker_name: String,
+    key: dashlight_core::signing::Key,
+) -> anyhow::Result<Pipeline> {
     let renderer = Renderer::load(&config.templates_dir).map_err(|e| anyhow::anyhow!("templates: {e}"))?;
     let from = email::parse_from(&config.mail_from).map_err(anyhow::Error::msg)?;
+    let returns = email::ReturnPaths {
+        key,
+        bounce_domain: config.mail_bounce_domain.clone(),
+        public_base_url: config.public_base_url.clone(),
+    };
     let outbox = Outbox::new(&config.outbox_dir);
     let email = match &config.smtp {
         Some(smtp) => email::EmailSender::Smtp {
             transport: email::smtp_transport(&smtp.url, config.worker_concurrency.clamp(1, 256) as u32).map_err(anyhow::Error::msg)?,
             from,
+            returns,
         },
         None => email::EmailSender::Outbox {
             outbox: outbox.clone(),
             from,
+            returns,
         },
     };
     let http = reqwest::Client::builder()
@@ -137,7 +152,8 @@ fn storage<T>(pool: &PgPool, queue: &str, batch: usize) -> PostgresStorage<T> {
 /// stock apalis worker.
 pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let name = worker_name("worker");
-    let pipeline = pipeline(config, pool.clone(), clock.clone(), format!("{name}-notifications"))?;
+    let key = dashlight_core::signing::load_from(&pool).await?;
+    let pipeline = pipeline(config, pool.clone(), clock.clone(), format!("{name}-notifications"), key)?;
     let ctx = periodic::Context::new(config, pool.clone(), clock);
     let concurrency = config.worker_concurrency;
     let poll = config.poll_interval;

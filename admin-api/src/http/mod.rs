@@ -12,11 +12,16 @@
 //! - [`crm`]: leads and staff interactions.
 //! - [`gaps`]: the waitlist, a freed slot's offers, the offer link (no token) and accepting it.
 //! - [`calendar`]: the per-person iCalendar feed (no token) and its secret's rotation.
+//! - [`email_hooks`]: `/hooks/email/inbound`, mail that comes back (bounces, auto-replies, the
+//!   unsubscribe `mailto:`), behind its own bearer token (`INBOUND_EMAIL_TOKEN`).
+//! - [`unsubscribe`]: the `List-Unsubscribe` link (no token: the signed address is the secret);
+//!   GET shows what stops, POST (also RFC 8058 one-click) stops it.
 
 pub mod bookings;
 pub mod calendar;
 pub mod crm;
 pub mod deliveries;
+pub mod email_hooks;
 pub mod gaps;
 pub mod health;
 pub mod lessons;
@@ -24,3 +29,4 @@ pub mod messages;
 pub mod payments;
 pub mod people;
 pub mod queues;
+pub mod unsubscribe;

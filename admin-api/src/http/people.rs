@@ -1,4 +1,5 @@
-//! People: `POST /api/users`, `PUT /api/users/{id}/preferences`, `POST /api/users/{id}/devices`
+//! People: `POST /api/users`, `PUT`/`GET /api/users/{id}/preferences` (with the per-kind email
+//! opt-outs, `email_opt_outs`), `POST /api/users/{id}/devices`
 //! and `PUT /api/instructors/{id}/availability`. Values are checked here where the API owns the
 //! format (Web Push keys, `HH:MM`), then written through `dashlight_core::people` in one
 //! transaction per request.
@@ -6,7 +7,10 @@
 use axum::{Json, extract::State, http::StatusCode};
 use base64::Engine as _;
 use chrono::{DateTime, NaiveTime, Utc};
-use dashlight_core::people::{self, NewDevice, NewInstructor, NewStudent, NewUser, Preferences, Role, Window};
+use dashlight_core::{
+    kinds::Kind,
+    people::{self, NewDevice, NewInstructor, NewStudent, NewUser, OptOutSource, Preferences, Role, Window},
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -20,7 +24,7 @@ use crate::{
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_user))
-        .routes(routes!(put_preferences))
+        .routes(routes!(put_preferences, get_preferences))
         .routes(routes!(add_device))
         .routes(routes!(put_availability))
 }
@@ -202,6 +206,12 @@ pub struct PreferencesIn {
     /// Quiet hours, or `null` for none.
     #[serde(default)]
     pub quiet_hours: Option<QuietHours>,
+    /// The kinds whose emails the user does not want (the whole set; omitted: unchanged). Kinds
+    /// about their own bookings and money (`booking_confirmed`, `booking_cancelled`,
+    /// `booking_rescheduled`, `invoice_issued`) cannot be turned off.
+    #[serde(default)]
+    #[schema(example = json!(["daily_agenda", "lesson_report"]))]
+    pub email_opt_outs: Option<Vec<String>>,
 }
 
 /// A user's preferences.
@@ -217,6 +227,11 @@ pub struct PreferencesOut {
     pub push_notifications: bool,
     /// Quiet hours, or `null`.
     pub quiet_hours: Option<QuietHours>,
+    /// The kinds whose emails the user turned off (an unsubscribe link, their own page, this
+    /// API), in kind order.
+    #[serde(default)]
+    #[schema(example = json!(["daily_agenda"]))]
+    pub email_opt_outs: Vec<String>,
 }
 
 impl From<Preferences> for PreferencesOut {
@@ -231,8 +246,48 @@ impl From<Preferences> for PreferencesOut {
             sms_notifications: p.sms_notifications,
             push_notifications: p.push_notifications,
             quiet_hours,
+            email_opt_outs: Vec::new(),
         }
     }
+}
+
+/// The kinds of `email_opt_outs`, checked: each a known kind that may be turned off.
+fn opt_out_kinds(names: &[String]) -> Result<Vec<Kind>, ApiError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let field = format!("email_opt_outs[{i}]");
+            let kind = Kind::parse(name.trim()).ok_or_else(|| ApiError::invalid(&field, format!("{name:?} is not a notification kind")))?;
+            if !kind.email_opt_out_allowed() {
+                return Err(ApiError::invalid(field, format!("{} emails cannot be turned off", kind.as_str())));
+            }
+            Ok(kind)
+        })
+        .collect()
+}
+
+async fn with_opt_outs(conn: &mut sqlx::PgConnection, p: Preferences) -> Result<PreferencesOut, ApiError> {
+    let kinds = people::email_opt_outs(conn, p.user_id).await?;
+    let mut out = PreferencesOut::from(p);
+    out.email_opt_outs = kinds.into_iter().map(|k| k.as_str().to_owned()).collect();
+    Ok(out)
+}
+
+/// A user's notification preferences, with the kinds whose emails they turned off.
+#[utoipa::path(get, path = "/api/users/{id}/preferences", tag = "people",
+    params(("id" = i64, Path, description = "users.id")),
+    responses(
+        (status = 200, description = "The preferences", body = PreferencesOut),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn get_preferences(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<PreferencesOut>, ApiError> {
+    let mut conn = state.pool.acquire().await?;
+    let prefs = people::preferences(&mut conn, id).await?;
+    Ok(Json(with_opt_outs(&mut conn, prefs).await?))
 }
 
 /// Replaces a user's notification preferences.
@@ -262,10 +317,17 @@ pub async fn put_preferences(
         quiet_hours_start: body.quiet_hours.as_ref().map(|q| q.start),
         quiet_hours_end: body.quiet_hours.as_ref().map(|q| q.end),
     };
+    let opt_outs = body.email_opt_outs.as_deref().map(opt_out_kinds).transpose()?;
     let mut tx = state.pool.begin().await?;
     let saved = people::set_preferences(&mut tx, &prefs).await?;
+    if let Some(off) = &opt_outs {
+        for kind in Kind::ALL.into_iter().filter(|k| k.email_opt_out_allowed()) {
+            people::set_email_opt_out(&mut tx, id, kind, off.contains(&kind), OptOutSource::Api).await?;
+        }
+    }
+    let out = with_opt_outs(&mut tx, saved).await?;
     tx.commit().await?;
-    Ok(Json(saved.into()))
+    Ok(Json(out))
 }
 
 /// `POST /api/users/{id}/devices`: a Web Push subscription as the browser gives it.

@@ -117,7 +117,7 @@ async fn preferences_are_replaced() {
         .expect(200);
     assert_eq!(
         b,
-        json!({"user_id": uid, "email_notifications": true, "sms_notifications": false, "push_notifications": true, "quiet_hours": {"start": "22:00", "end": "07:00"}})
+        json!({"user_id": uid, "email_notifications": true, "sms_notifications": false, "push_notifications": true, "quiet_hours": {"start": "22:00", "end": "07:00"}, "email_opt_outs": []})
     );
     let b = api
         .put(

@@ -1,10 +1,22 @@
 //! Email over SMTP with lettre's pooled async transport (`SMTP_URL`), or to the outbox as `.eml`.
 //! Messages are multipart/alternative (text + HTML), with `Message-ID`, `Date` and `From`
 //! (`MAIL_FROM`), optional attachments and an optional iCalendar part.
+//!
+//! What comes back ([`ReturnPaths`]): each email's envelope sender (SMTP `MAIL FROM`, and its
+//! `Return-Path` header) is the VERP address `bounces+<token>@MAIL_BOUNCE_DOMAIN`, the token
+//! naming the delivery, signed ([`dashlight_core::signing`]), so a bounce tells which delivery
+//! failed. An email a person may opt out of carries `List-Unsubscribe` (the
+//! `PUBLIC_BASE_URL/u/<token>` link and an `unsubscribe+<token>@` `mailto:`) and
+//! `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
 
+use dashlight_core::{kinds::Kind, signing};
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{Attachment, Mailbox, MultiPart, SinglePart, header::ContentType},
+    Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    address::Envelope,
+    message::{
+        Attachment, Mailbox, MultiPart, SinglePart,
+        header::{ContentType, HeaderName, HeaderValue},
+    },
 };
 
 use super::{SendError, Sent, error_chain, outbox::Outbox};
@@ -36,6 +48,38 @@ pub struct Email {
     /// An iCalendar object and its METHOD (`REQUEST`, `CANCEL`), sent as a `text/calendar`
     /// alternative and as an `invite.ics` attachment.
     pub calendar: Option<(String, String)>,
+    /// The user and kind a `List-Unsubscribe` turns off; `None` for emails a person cannot opt
+    /// out of (and for the school's own).
+    pub unsubscribe: Option<(i64, Kind)>,
+}
+
+/// What every email says about where replies about it go: the signing key, the domain of the
+/// VERP envelope sender and of the unsubscribe `mailto:`, and the base of the unsubscribe link.
+#[derive(Debug, Clone)]
+pub struct ReturnPaths {
+    /// The installation's signing key.
+    pub key: signing::Key,
+    /// `MAIL_BOUNCE_DOMAIN`.
+    pub bounce_domain: String,
+    /// `PUBLIC_BASE_URL`, without a trailing slash.
+    pub public_base_url: String,
+}
+
+impl ReturnPaths {
+    /// The VERP envelope sender of a delivery's email.
+    pub fn verp(&self, delivery_id: i64) -> String {
+        signing::verp_address(&self.key, delivery_id, &self.bounce_domain)
+    }
+
+    /// The `List-Unsubscribe` value for a user's emails of one kind.
+    pub fn list_unsubscribe(&self, user_id: i64, kind: Kind) -> String {
+        format!(
+            "<{}/u/{}>, <mailto:{}>",
+            self.public_base_url,
+            self.key.unsubscribe_token(user_id, kind),
+            signing::unsubscribe_address(&self.key, user_id, kind, &self.bounce_domain)
+        )
+    }
 }
 
 /// Where email goes.
@@ -47,6 +91,8 @@ pub enum EmailSender {
         transport: AsyncSmtpTransport<Tokio1Executor>,
         /// The `From` mailbox.
         from: Mailbox,
+        /// VERP and unsubscribe addresses.
+        returns: ReturnPaths,
     },
     /// No SMTP configured.
     Outbox {
@@ -54,6 +100,8 @@ pub enum EmailSender {
         outbox: Outbox,
         /// The `From` mailbox.
         from: Mailbox,
+        /// VERP and unsubscribe addresses (shown in the `.eml`).
+        returns: ReturnPaths,
     },
 }
 
@@ -91,8 +139,15 @@ impl EmailSender {
         }
     }
 
-    /// Builds the RFC 5322 message.
-    pub fn build(&self, email: &Email) -> Result<Message, SendError> {
+    /// The VERP and unsubscribe addresses.
+    pub fn returns(&self) -> &ReturnPaths {
+        match self {
+            EmailSender::Smtp { returns, .. } | EmailSender::Outbox { returns, .. } => returns,
+        }
+    }
+
+    /// Builds the RFC 5322 message of a delivery, with its envelope (VERP sender).
+    pub fn build(&self, delivery_id: i64, email: &Email) -> Result<Message, SendError> {
         let to: Mailbox = email
             .to
             .parse()
@@ -122,12 +177,31 @@ impl EmailSender {
                     .singlepart(Attachment::new("invite.ics".into()).body(ics.clone(), ct));
             }
         }
-        let builder = Message::builder()
+        let verp = self.returns().verp(delivery_id);
+        let verp_addr: Address = verp
+            .parse()
+            .map_err(|e| SendError::permanent(format!("VERP address {verp:?} is not valid (check MAIL_BOUNCE_DOMAIN): {e}")))?;
+        let envelope = Envelope::new(Some(verp_addr), vec![to.email.clone()])
+            .map_err(|e| SendError::permanent(format!("cannot build the envelope: {e}")))?;
+        let mut builder = Message::builder()
             .from(self.from().clone())
             .to(to)
             .subject(email.subject.clone())
             .message_id(None)
-            .date_now();
+            .date_now()
+            .envelope(envelope)
+            .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Return-Path"), format!("<{verp}>")));
+        if let Some((user_id, kind)) = email.unsubscribe {
+            builder = builder
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                    self.returns().list_unsubscribe(user_id, kind),
+                ))
+                .raw_header(HeaderValue::new(
+                    HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                    "List-Unsubscribe=One-Click".to_owned(),
+                ));
+        }
         let msg = match body {
             Some(mixed) => builder.multipart(mixed),
             None => builder.multipart(alternative),
@@ -137,7 +211,7 @@ impl EmailSender {
 
     /// Sends one email.
     pub async fn send(&self, delivery_id: i64, email: &Email) -> Result<Sent, SendError> {
-        let msg = self.build(email)?;
+        let msg = self.build(delivery_id, email)?;
         let message_id = msg.headers().get_raw("Message-ID").map(|s| s.trim().to_owned());
         match self {
             EmailSender::Outbox { outbox, .. } => {

@@ -51,6 +51,8 @@ impl Pipeline {
                     html: render(Part::EmailHtml)?,
                     attachments: vec![],
                     calendar: None,
+                    // List-Unsubscribe on the kinds a person may turn off (PRODUCT.md, "Hearing back").
+                    unsubscribe: n.user_id.filter(|_| kind.email_opt_out_allowed()).map(|u| (u, kind)),
                 };
                 if let Some(path) = n.data.pointer("/invoice/pdf_path").and_then(Value::as_str) {
                     let bytes = tokio::fs::read(path)
