@@ -29,6 +29,7 @@ use crate::{AppState, error::ErrorBody};
         (name = "crm", description = "Leads and staff interactions"),
         (name = "calendar", description = "iCalendar feeds of lessons (the feed needs no token)"),
         (name = "gaps", description = "The waitlist and freed slots offered to waiting students (the offer link needs no token)"),
+        (name = "own page", description = "A person's own page /me/{token} (the link is the secret: no admin token), its personal link, push subscription, VAPID key and service worker"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

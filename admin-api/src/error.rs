@@ -42,6 +42,9 @@ pub enum ApiError {
     /// 401 `unauthorized`: no or wrong bearer token.
     #[error("a valid `Authorization: Bearer <token>` header is required")]
     Unauthorized,
+    /// 403 `forbidden`: a write to a person's own page that came from another site.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404 `not_found`: no such id (or a malformed one) or no such route.
     #[error("{0}")]
     NotFound(String),
@@ -96,6 +99,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

@@ -12,6 +12,8 @@
 //! - [`crm`]: leads and staff interactions.
 //! - [`gaps`]: the waitlist, a freed slot's offers, the offer link (no token) and accepting it.
 //! - [`calendar`]: the per-person iCalendar feed (no token) and its secret's rotation.
+//! - [`own_page`]: a person's own page `/me/{token}` (no token: the link is the secret), its
+//!   form posts and push subscription, the personal link's API, the VAPID key, `/sw.js`.
 
 pub mod bookings;
 pub mod calendar;
@@ -21,6 +23,7 @@ pub mod gaps;
 pub mod health;
 pub mod lessons;
 pub mod messages;
+pub mod own_page;
 pub mod payments;
 pub mod people;
 pub mod queues;
