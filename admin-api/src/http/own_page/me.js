@@ -32,15 +32,18 @@
     try {
       var permission = await Notification.requestPermission();
       if (permission !== "granted") throw new Error("notifications are blocked for this site in the browser's settings");
+      say("Installing the alerts helper…", "registering");
       var registration = await navigator.serviceWorker.register("/sw.js", { scope: "/" });
       await navigator.serviceWorker.ready;
       var keyRes = await fetch("/push/vapid-public-key", { credentials: "same-origin" });
       if (!keyRes.ok) throw new Error("this server does not send alerts (no push key)");
       var key = (await keyRes.json()).key;
+      say("Asking the browser's push service for an address…", "subscribing");
       var subscription = await registration.pushManager.getSubscription();
       if (!subscription) {
         subscription = await registration.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: keyBytes(key) });
       }
+      say("Saving this device…", "saving");
       var res = await fetch(button.getAttribute("data-action"), {
         method: "POST",
         credentials: "same-origin",

@@ -213,7 +213,7 @@ fn secure(h: &mut HeaderMap) {
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     // The token is in the address: never send it on to another site.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
@@ -264,14 +264,14 @@ fn page_error(state: &AppState, e: ApiError) -> Response {
 }
 
 /// Whether a write comes from this server's own pages (or from no browser at all): a
-/// `Sec-Fetch-Site` other than `same-origin`/`none` is refused, and so is an `Origin` that is
-/// neither the request's own host nor `PUBLIC_BASE_URL`'s origin.
+/// `Sec-Fetch-Site` other than `same-origin`/`none` is refused; without one (older browsers),
+/// an `Origin` that is neither the request's own host nor `PUBLIC_BASE_URL`'s origin is.
 pub fn same_origin(headers: &HeaderMap, public_base_url: &str) -> bool {
     let get = |h: header::HeaderName| headers.get(h).and_then(|v| v.to_str().ok());
-    if let Some(site) = get(header::HeaderName::from_static("sec-fetch-site"))
-        && !matches!(site, "same-origin" | "none")
-    {
-        return false;
+    // Browsers set Sec-Fetch-Site themselves (pages cannot): when present it decides. A page
+    // with a strict referrer policy sends `Origin: null` on form posts, so it cannot.
+    if let Some(site) = get(header::HeaderName::from_static("sec-fetch-site")) {
+        return matches!(site, "same-origin" | "none");
     }
     let Some(origin) = get(header::ORIGIN) else { return true };
     let Ok(o) = url::Url::parse(origin) else { return false };
