@@ -35,6 +35,8 @@ use dashlight_tests::{
 use serde_json::{Value, json};
 
 const LONG: Duration = Duration::from_secs(90);
+/// What a browser sends when it navigates or posts a form: it gets pages, errors included.
+const BROWSER_ACCEPT: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
 
 /// A client that does not follow redirects (the forms answer 303).
 fn client() -> reqwest::Client {
@@ -56,7 +58,12 @@ async fn link(api: &RunningApi, user_id: i64) -> (String, String) {
 }
 
 async fn get(api: &RunningApi, path: &str) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
-    let res = client().get(format!("{}{path}", api.base)).send().await.unwrap();
+    let res = client()
+        .get(format!("{}{path}", api.base))
+        .header("accept", BROWSER_ACCEPT)
+        .send()
+        .await
+        .unwrap();
     let (status, headers) = (res.status(), res.headers().clone());
     (status, headers, res.text().await.unwrap())
 }
@@ -66,6 +73,7 @@ async fn form(api: &RunningApi, path: &str, body: &str, site: &str) -> (u16, Opt
     let res = client()
         .post(format!("{}{path}", api.base))
         .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", BROWSER_ACCEPT)
         .header("sec-fetch-site", site)
         .body(body.to_owned())
         .send()
@@ -188,6 +196,10 @@ async fn the_page_shows_only_its_owners_things_and_refuses_strangers() {
         assert!(headers["content-type"].to_str().unwrap().starts_with("text/html"));
         assert!(!html.contains("Amelia"));
     }
+    // Clients that do not ask for HTML get the API's JSON errors.
+    api.get_open(&format!("/me/{}", "0".repeat(64)))
+        .await
+        .expect_error(404, "not_found", None);
     let rotated = api
         .post_raw(&format!("/api/users/{}/access-link/rotate", amelia.user_id), None, "")
         .await
@@ -336,6 +348,17 @@ async fn preferences_from_the_page_are_saved_checked_and_csrf_safe() {
         assert!(html.contains("Hi Amelia"), "the page again");
     }
     assert_eq!(prefs().await, saved);
+    let r = Reply::read(
+        client()
+            .post(format!("{}{path}", api.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("quiet_hours_start=7pm&quiet_hours_end=07%3A00")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    r.expect_error(422, "invalid_value", Some("quiet_hours_start"));
     let (status, _, _) = form(&api, &format!("/me/{}/preferences", "f".repeat(64)), good, "same-origin").await;
     assert_eq!(status, 404);
 

@@ -83,6 +83,71 @@ pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mark_read))
         .routes(routes!(vapid_public_key))
         .routes(routes!(service_worker))
+        .route_layer(axum::middleware::from_fn(negotiate))
+}
+
+/// What an error page says, for clients that want JSON instead ([`negotiate`]).
+#[derive(Debug, Clone)]
+struct ErrorInfo {
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+/// True when the client wants a page: it names `text/html` (browsers navigating and posting
+/// forms do) and does not ask for JSON.
+fn wants_html(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    accept.contains("text/html") && !accept.contains("application/json")
+}
+
+/// Middleware: error pages go to browsers; every other client gets the API's JSON error body
+/// (same status, the field at fault named).
+async fn negotiate(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let html = wants_html(req.headers());
+    let mut res = next.run(req).await;
+    let info = res.extensions_mut().remove::<ErrorInfo>();
+    match info {
+        Some(info) if !html => {
+            let mut out = (
+                res.status(),
+                Json(ErrorBody {
+                    error: info.code.to_owned(),
+                    message: info.message,
+                    field: info.field,
+                }),
+            )
+                .into_response();
+            out.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            out
+        }
+        _ => res,
+    }
+}
+
+fn with_info(mut res: Response, code: &'static str, message: &str, field: Option<String>) -> Response {
+    res.extensions_mut().insert(ErrorInfo {
+        code,
+        message: message.to_owned(),
+        field,
+    });
+    res
+}
+
+fn code_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        403 => "forbidden",
+        404 => "not_found",
+        422 => "invalid_value",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    }
 }
 
 /// The page's stylesheet and script (not in the OpenAPI document).
@@ -225,7 +290,7 @@ struct MessageView {
 }
 
 fn message(state: &AppState, status: StatusCode, title: &str, text: &str) -> Response {
-    html(
+    let res = html(
         status,
         "message",
         &MessageView {
@@ -233,7 +298,8 @@ fn message(state: &AppState, status: StatusCode, title: &str, text: &str) -> Res
             title: title.to_owned(),
             message: text.to_owned(),
         },
-    )
+    );
+    with_info(res, code_of(status), text, None)
 }
 
 fn not_found(state: &AppState) -> Response {
@@ -545,8 +611,8 @@ pub struct PageQuery {
     params(("token" = String, Path, description = "the person's access token (POST /api/users/{id}/access-link)")),
     responses(
         (status = 200, description = "The page", content_type = "text/html", body = String),
-        (status = 404, description = "No page at this address (unknown or rotated token)", content_type = "text/html", body = String),
-        (status = 503, description = "Database unavailable", content_type = "text/html", body = String),
+        (status = 404, description = "No page at this address (unknown or rotated token) (a page for browsers asking for text/html)", body = ErrorBody),
+        (status = 503, description = "Database unavailable (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn page(
     State(state): State<AppState>,
@@ -660,9 +726,9 @@ async fn save_prefs(state: &AppState, o: &Owner, body: &[u8]) -> Result<(), ApiE
         description = "email_notifications=on&sms_notifications=on&push_notifications=on&quiet_hours_start=22:00&quiet_hours_end=07:00&email_opt_out=lesson_report"),
     responses(
         (status = 303, description = "Saved: back to the page"),
-        (status = 403, description = "Sent from another site", content_type = "text/html", body = String),
-        (status = 404, description = "No page at this address", content_type = "text/html", body = String),
-        (status = 422, description = "A field is not acceptable: the page, naming it", content_type = "text/html", body = String),
+        (status = 403, description = "Sent from another site (a page for browsers asking for text/html)", body = ErrorBody),
+        (status = 404, description = "No page at this address (a page for browsers asking for text/html)", body = ErrorBody),
+        (status = 422, description = "A field is not acceptable: the page, naming it (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn post_preferences(State(state): State<AppState>, headers: HeaderMap, ApiPath(token): ApiPath<String>, body: Bytes) -> Response {
     let o = match owner_or_404(&state, &token).await {
@@ -677,9 +743,15 @@ pub async fn post_preferences(State(state): State<AppState>, headers: HeaderMap,
         Err(ApiError::Invalid { field, message, .. }) => {
             let field = field.unwrap_or_default();
             tracing::info!(user_id = o.user_id, %field, %message, "own page preferences refused");
+            let info = (message.clone(), field.clone());
             let error = FieldError { field, message };
             match page_view(&state, &o, &token, None, Some(error)).await {
-                Ok(v) => html(StatusCode::UNPROCESSABLE_ENTITY, "page", &v),
+                Ok(v) => with_info(
+                    html(StatusCode::UNPROCESSABLE_ENTITY, "page", &v),
+                    "invalid_value",
+                    &info.0,
+                    Some(info.1),
+                ),
                 Err(e) => page_error(&state, e),
             }
         }
@@ -693,8 +765,8 @@ pub async fn post_preferences(State(state): State<AppState>, headers: HeaderMap,
     params(("token" = String, Path, description = "the person's access token"), ("id" = i64, Path, description = "notifications.id")),
     responses(
         (status = 303, description = "Marked read: back to the page"),
-        (status = 403, description = "Sent from another site", content_type = "text/html", body = String),
-        (status = 404, description = "No page at this address, or not one of this person's notifications", content_type = "text/html", body = String),
+        (status = 403, description = "Sent from another site (a page for browsers asking for text/html)", body = ErrorBody),
+        (status = 404, description = "No page at this address, or not one of this person's notifications (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn mark_read(State(state): State<AppState>, headers: HeaderMap, ApiPath((token, id)): ApiPath<(String, i64)>) -> Response {
     let o = match owner_or_404(&state, &token).await {
@@ -730,8 +802,8 @@ pub async fn mark_read(State(state): State<AppState>, headers: HeaderMap, ApiPat
     params(("token" = String, Path, description = "the person's access token"), ("id" = i64, Path, description = "user_devices.id")),
     responses(
         (status = 303, description = "Removed: back to the page"),
-        (status = 403, description = "Sent from another site", content_type = "text/html", body = String),
-        (status = 404, description = "No page at this address, or not one of this person's devices", content_type = "text/html", body = String),
+        (status = 403, description = "Sent from another site (a page for browsers asking for text/html)", body = ErrorBody),
+        (status = 404, description = "No page at this address, or not one of this person's devices (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn remove_device(State(state): State<AppState>, headers: HeaderMap, ApiPath((token, id)): ApiPath<(String, i64)>) -> Response {
     let o = match owner_or_404(&state, &token).await {
