@@ -31,6 +31,7 @@ use crate::{AppState, error::ErrorBody};
         (name = "gaps", description = "The waitlist and freed slots offered to waiting students (the offer link needs no token)"),
         (name = "hooks", description = "What providers and mail servers send back: bounces and replies (each hook authenticates its caller itself)"),
         (name = "unsubscribe", description = "The List-Unsubscribe link of emails (no token: the signed address is the secret)"),
+        (name = "own page", description = "A person's own page /me/{token} (the link is the secret: no admin token), its personal link, push subscription, VAPID key and service worker"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -42,7 +42,8 @@ pub enum ApiError {
     /// 401 `unauthorized`: no or wrong bearer token.
     #[error("a valid `Authorization: Bearer <token>` header is required")]
     Unauthorized,
-    /// 403 `forbidden`: a hook's caller did not authenticate (wrong or missing credential).
+    /// 403 `forbidden`: a hook's caller did not authenticate (wrong or missing credential), or
+    /// a write to a person's own page came from another site.
     #[error("{0}")]
     Forbidden(String),
     /// 404 `not_found`: no such id (or a malformed one) or no such route.

@@ -87,6 +87,15 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/hooks/email/inbound"),
     ("GET", "/u/{token}"),
     ("POST", "/u/{token}"),
+    ("POST", "/api/users/{id}/access-link"),
+    ("POST", "/api/users/{id}/access-link/rotate"),
+    ("GET", "/me/{token}"),
+    ("POST", "/me/{token}/preferences"),
+    ("POST", "/me/{token}/devices"),
+    ("POST", "/me/{token}/devices/{id}/remove"),
+    ("POST", "/me/{token}/notifications/{id}/read"),
+    ("GET", "/push/vapid-public-key"),
+    ("GET", "/sw.js"),
     ("GET", "/api/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -159,17 +168,20 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(http::crm::routes())
         .merge(http::calendar::routes())
         .merge(http::gaps::routes())
+        .merge(http::own_page::routes())
         .merge(docs::routes())
 }
 
 /// The open routes: liveness, readiness, metrics, calendar feeds, offer links, the inbound
-/// email hook (its own bearer token), unsubscribe links.
+/// email hook (its own bearer token), unsubscribe links, people's own pages with the VAPID key
+/// and the service worker.
 pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
     http::health::routes()
         .merge(http::calendar::open_routes())
         .merge(http::gaps::open_routes())
         .merge(http::email_hooks::open_routes())
         .merge(http::unsubscribe::open_routes())
+        .merge(http::own_page::open_routes())
 }
 
 /// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors
@@ -184,6 +196,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(error::json_errors))
         // Merged after the JSON error layer: the dashboard answers in HTML, errors included.
         .merge(dashboard::routes())
+        .merge(http::own_page::asset_routes())
         .layer(axum::middleware::from_fn(telemetry::http_metrics))
         .layer(telemetry::trace_layer())
         .with_state(state)

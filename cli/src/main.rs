@@ -164,6 +164,9 @@ async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<
         );
     }
     println!("dashboard: http://{}/", config.admin_api_addr);
+    for (role, name, url) in dashlight_core::demo::page_links(&pool, &config.public_base_url).await? {
+        println!("own page of {role} {name}: {url}");
+    }
     let _ = std::fs::create_dir_all(&config.outbox_dir);
     println!(
         "outbox:    {}",

@@ -16,7 +16,7 @@ use serde_json::json;
 use sqlx::{AssertSqlSafe, FromRow, PgConnection};
 
 use crate::{
-    Config, analytics,
+    Config, access, analytics,
     calendar::{self, Method},
     config::format_offset,
     crm,
@@ -279,7 +279,11 @@ pub async fn create(conn: &mut PgConnection, s: &BookingSettings, nb: NewBooking
     );
     confirmed.title = "Lesson booked".into();
     confirmed.content = format!("Your lesson with {} is confirmed.", instructor.name);
-    confirmed.data = json!({ "booking": ctx, "calendar": calendar::booking_invitation(conn, booking.id, Method::Request, now).await? });
+    confirmed.data = json!({
+        "booking": ctx,
+        "calendar": calendar::booking_invitation(conn, booking.id, Method::Request, now).await?,
+        "page_url": page_url(conn, s, student.user_id).await?,
+    });
     confirmed.booking_id = Some(booking.id);
     notify::create(conn, confirmed).await?;
 
@@ -347,6 +351,7 @@ async fn schedule_reminders(
     instructor: &Party,
     now: DateTime<Utc>,
 ) -> Result<(), DomainError> {
+    let page_url = page_url(conn, s, student.user_id).await?;
     for offset in &s.reminder_offsets {
         let label = format_offset(*offset);
         let due = b.start_time - chrono::Duration::from_std(*offset).expect("offset fits");
@@ -359,7 +364,12 @@ async fn schedule_reminders(
         n.due_at = due;
         n.title = "Lesson reminder".into();
         n.content = format!("Your lesson with {} starts in {}.", instructor.name, human_offset(*offset));
-        n.data = json!({ "booking": booking_context(b, student, instructor), "offset_label": human_offset(*offset), "offset": label });
+        n.data = json!({
+            "booking": booking_context(b, student, instructor),
+            "offset_label": human_offset(*offset),
+            "offset": label,
+            "page_url": page_url,
+        });
         n.booking_id = Some(b.id);
         n.expires_at = Some(b.start_time);
         if due <= now {
@@ -368,6 +378,15 @@ async fn schedule_reminders(
         notify::create(conn, n).await?;
     }
     Ok(())
+}
+
+/// The link to the person's own page ([`crate::access`]) that confirmation and reminder emails
+/// carry.
+async fn page_url(conn: &mut PgConnection, s: &BookingSettings, user_id: i64) -> Result<String, DomainError> {
+    Ok(access::page_url(
+        &s.gap_fill.public_base_url,
+        &access::token_of(conn, user_id).await?,
+    ))
 }
 
 /// "24 hours", "2 hours", "90 minutes".

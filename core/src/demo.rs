@@ -81,6 +81,21 @@ fn hour(h: u32) -> NaiveTime {
     NaiveTime::from_hms_opt(h, 0, 0).expect("valid time")
 }
 
+/// One student's and one instructor's page link (the first of each role, by id), as
+/// `(role, full name, PUBLIC_BASE_URL/me/{token})`: what `dashlight up` prints.
+pub async fn page_links(pool: &PgPool, public_base_url: &str) -> Result<Vec<(String, String, String)>, DomainError> {
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (role) role, first_name || ' ' || last_name, access_token FROM users
+         WHERE role IN ('student', 'instructor') AND status = 'active' ORDER BY role DESC, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(role, name, token)| (role, name, crate::access::page_url(public_base_url, &token)))
+        .collect())
+}
+
 /// Loads the demo school. `now` anchors the bookings ("the coming days").
 pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>) -> Result<DemoSummary, DomainError> {
     let mut summary = DemoSummary::default();

@@ -100,11 +100,13 @@ pub enum Kind {
     SlotOffer,
     /// To a student who opened an offer: someone else accepted the slot first.
     SlotTaken,
+    /// To a person: the link to their own page (`/me/{token}`), sent on request. Email only.
+    AccessLink,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::BookingConfirmed,
         Kind::BookingAlert,
         Kind::LessonReminder,
@@ -120,6 +122,7 @@ impl Kind {
         Kind::CrmFollowUp,
         Kind::SlotOffer,
         Kind::SlotTaken,
+        Kind::AccessLink,
     ];
 
     /// The stored name (`notifications.type`) and template folder.
@@ -140,6 +143,7 @@ impl Kind {
             Kind::CrmFollowUp => "crm_follow_up",
             Kind::SlotOffer => "slot_offer",
             Kind::SlotTaken => "slot_taken",
+            Kind::AccessLink => "access_link",
         }
     }
 
@@ -154,9 +158,12 @@ impl Kind {
         match self {
             Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled => (Policy::All, &[Email, Push]),
             Kind::BookingAlert | Kind::LessonReminder | Kind::TestReminder | Kind::SlotOffer => (Policy::First, &[Push, Sms, Email]),
-            Kind::RecurringConflict | Kind::InvoiceIssued | Kind::LessonReport | Kind::PackageLow | Kind::CrmFollowUp => {
-                (Policy::All, &[Email])
-            }
+            Kind::RecurringConflict
+            | Kind::InvoiceIssued
+            | Kind::LessonReport
+            | Kind::PackageLow
+            | Kind::CrmFollowUp
+            | Kind::AccessLink => (Policy::All, &[Email]),
             // slot_taken only says an offer the student looked at has gone: not worth an SMS.
             Kind::DailyAgenda | Kind::NewMessage | Kind::SlotTaken => (Policy::First, &[Push, Email]),
         }
@@ -177,7 +184,7 @@ impl Kind {
     pub fn email_opt_out_allowed(self) -> bool {
         !matches!(
             self,
-            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::InvoiceIssued
+            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::InvoiceIssued | Kind::AccessLink
         )
     }
 

@@ -1,5 +1,7 @@
 //! Dashlight's shared library: what the worker, the scheduler and the admin API all use.
 //!
+//! - [`access`]: a page of one's own: the per-user link secret, the page's lessons and feed,
+//!   notifications marked read.
 //! - [`config`]: the environment variables, validated once.
 //! - [`endpoints`]: which push endpoints the worker may talk to (the SSRF guard).
 //! - [`db`]: connecting, creating the database, migrating ours and apalis's schema, and
@@ -35,6 +37,7 @@
 //! - [`error`]: the domain error the API maps to status codes.
 //! - [`demo`]: `dashlight seed-demo`, a demo school written through the operations above.
 
+pub mod access;
 pub mod analytics;
 pub mod bookings;
 pub mod calendar;

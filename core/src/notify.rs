@@ -74,7 +74,8 @@ impl NewNotification {
     }
 }
 
-/// Inserts the notification and enqueues its job. Returns its id, or `None` when the event was
+/// Inserts the notification and enqueues its job. A person's notification gets `page_path`
+/// (`/me/{token}`, [`crate::access`]) added to its data: where its push opens. Returns its id, or `None` when the event was
 /// already notified (same `dedupe_key`).
 pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i64>, sqlx::Error> {
     let (policy, routed) = n.kind.routing();
@@ -86,7 +87,12 @@ pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Optio
         INSERT INTO notifications (user_id, recipient_email, type, title, content, channels, policy, data,
                                    booking_id, payment_id, message_id, dedupe_key, due_at, expires_at,
                                    status, status_reason, priority, next_check_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $13)
+        VALUES ($1, $2, $3, $4, $5, $6, $7,
+                CASE WHEN jsonb_typeof($8::jsonb) = 'object'
+                     THEN $8::jsonb || coalesce((SELECT jsonb_build_object('page_path', '/me/' || u.access_token)
+                                                 FROM users u WHERE u.id = $1), '{}'::jsonb)
+                     ELSE $8::jsonb END,
+                $9, $10, $11, $12, $13, $14, $15, $16, $17, $13)
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING id
         "#,

@@ -436,6 +436,32 @@ pub async fn register_device(conn: &mut PgConnection, user_id: i64, nd: &NewDevi
     Ok((device, inserted))
 }
 
+/// The user's active devices (without their keys), newest first.
+pub async fn active_devices(conn: &mut PgConnection, user_id: i64) -> Result<Vec<Device>, DomainError> {
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, device_id, push_endpoint, active, created_at, updated_at FROM user_devices
+         WHERE user_id = $1 AND active ORDER BY created_at DESC, id DESC",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Switches one of the user's devices off at its owner's request (it gets no more pushes; a new
+/// subscription from the same browser makes it active again). `NotFound` when the device is not
+/// this user's.
+pub async fn remove_device(conn: &mut PgConnection, user_id: i64, device_row_id: i64) -> Result<(), DomainError> {
+    let r = sqlx::query("UPDATE user_devices SET active = false, disabled_reason = 'removed by its owner' WHERE id = $1 AND user_id = $2")
+        .bind(device_row_id)
+        .bind(user_id)
+        .execute(conn)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(DomainError::NotFound("device"));
+    }
+    Ok(())
+}
+
 /// A weekly availability window in the instructor's time zone.
 #[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
 pub struct Window {

@@ -69,7 +69,13 @@ async fn booking_sends_email_push_and_alert_through_real_protocols() {
     let payload: serde_json::Value = serde_json::from_slice(&pushes[0].payload).unwrap();
     assert!(payload["title"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(payload["body"].as_str().is_some_and(|t| !t.is_empty()));
-    assert_eq!(payload["url"], format!("/bookings/{}", booking.id));
+    // It opens the student's own page at the booking (issue 16).
+    let token: String = sqlx::query_scalar("SELECT access_token FROM users WHERE id = $1")
+        .bind(student.user_id)
+        .fetch_one(w.pool())
+        .await
+        .unwrap();
+    assert_eq!(payload["url"], format!("/me/{token}#booking-{}", booking.id));
     assert!(payload["tag"].as_str().is_some());
     assert_eq!(pushes[0].vapid_sub, "mailto:ops@school.test");
 

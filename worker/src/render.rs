@@ -61,6 +61,7 @@ const KINDS: &[&str] = &[
     "crm_follow_up",
     "slot_offer",
     "slot_taken",
+    "access_link",
 ];
 
 /// A failure to load or render a template.
@@ -322,8 +323,12 @@ impl Renderer {
         let moved = booking("confirmed", "2026-03-05T16:00:00Z", "2026-03-05T17:00:00Z");
 
         let (recipient, extra) = match kind {
-            "booking_confirmed" => (student, json!({ "booking": confirmed })),
-            "lesson_reminder" => (student, json!({ "booking": confirmed, "offset_label": "24 hours" })),
+            "booking_confirmed" => (student, json!({ "booking": confirmed, "page_url": PAGE_URL })),
+            "lesson_reminder" => (
+                student,
+                json!({ "booking": confirmed, "offset_label": "24 hours", "page_url": PAGE_URL }),
+            ),
+            "access_link" => (student, json!({ "page_url": PAGE_URL })),
             "booking_cancelled" => (
                 student,
                 json!({
@@ -474,6 +479,9 @@ impl Renderer {
     }
 }
 
+/// A person's page link in the sample contexts (see `dashlight_core::access`).
+const PAGE_URL: &str = "https://school.example/me/3f2a9c0e5b7d4e1f8a6c2b9d0e4f7a1c3f2a9c0e5b7d4e1f8a6c2b9d0e4f7a1c";
+
 /// The contexts every template is rendered with at load time: the sample,
 /// its sparse variant, and any other variant that takes a different branch.
 fn check_contexts(kind: &str) -> Vec<Value> {
@@ -492,7 +500,8 @@ fn check_contexts(kind: &str) -> Vec<Value> {
 fn sparse_context(kind: &str) -> Value {
     let mut ctx = Renderer::sample_context(kind);
     let nulls: &[&str] = match kind {
-        "booking_confirmed" | "lesson_reminder" | "booking_rescheduled" => &["/booking/pickup_location"],
+        "booking_confirmed" | "lesson_reminder" => &["/booking/pickup_location", "/page_url"],
+        "booking_rescheduled" => &["/booking/pickup_location"],
         "booking_cancelled" => &["/booking/pickup_location", "/reason"],
         "booking_alert" => &["/booking/pickup_location", "/previous"],
         "lesson_report" => &["/lesson/notes"],
@@ -938,8 +947,12 @@ mod tests {
 
     #[test]
     fn kinds_match_product_list() {
-        assert_eq!(Renderer::kinds().len(), 15);
-        assert!(Renderer::kinds().contains(&"crm_follow_up"));
+        // Every kind of dashlight_core::kinds has its templates, and nothing else does.
+        let mut ours: Vec<&str> = Renderer::kinds().to_vec();
+        let mut core: Vec<&str> = dashlight_core::kinds::Kind::ALL.iter().map(|k| k.as_str()).collect();
+        ours.sort_unstable();
+        core.sort_unstable();
+        assert_eq!(ours, core);
     }
 
     #[test]

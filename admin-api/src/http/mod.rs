@@ -16,6 +16,8 @@
 //!   unsubscribe `mailto:`), behind its own bearer token (`INBOUND_EMAIL_TOKEN`).
 //! - [`unsubscribe`]: the `List-Unsubscribe` link (no token: the signed address is the secret);
 //!   GET shows what stops, POST (also RFC 8058 one-click) stops it.
+//! - [`own_page`]: a person's own page `/me/{token}` (no token: the link is the secret), its
+//!   form posts and push subscription, the personal link's API, the VAPID key, `/sw.js`.
 
 pub mod bookings;
 pub mod calendar;
@@ -26,6 +28,7 @@ pub mod gaps;
 pub mod health;
 pub mod lessons;
 pub mod messages;
+pub mod own_page;
 pub mod payments;
 pub mod people;
 pub mod queues;

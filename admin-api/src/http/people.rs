@@ -401,7 +401,7 @@ pub fn check_push_keys(p256dh: &str, auth: &str) -> Result<(String, String), Api
 /// The SSRF guard at registration ([`dashlight_core::endpoints`]): https only, and no
 /// loopback, private or link-local address, unless `PUSH_ALLOW_PRIVATE_ENDPOINTS` is on. The
 /// worker checks again when it connects.
-fn check_endpoint(endpoint: &str, allow_private: bool) -> Result<(), ApiError> {
+pub(crate) fn check_endpoint(endpoint: &str, allow_private: bool) -> Result<(), ApiError> {
     match dashlight_core::endpoints::check_push_endpoint(endpoint, allow_private) {
         None => Ok(()),
         Some(why) => Err(ApiError::invalid("push_endpoint", why)),

@@ -81,13 +81,20 @@ impl Pipeline {
                 let payload = json!({
                     "title": render(Part::PushTitle)?.trim(),
                     "body": render(Part::PushBody)?.trim(),
-                    // A message with a link of its own (a slot offer) opens it; others their booking.
+                    // A message with a link of its own (a slot offer) opens it; others the
+                    // person's page at the booking or the notification.
                     "url": n
                         .data
                         .pointer("/offer/url")
                         .and_then(Value::as_str)
                         .map(str::to_owned)
-                        .or_else(|| n.booking_id.map(|b| format!("/bookings/{b}")))
+                        .or_else(|| {
+                            let page = n.data.get("page_path").and_then(Value::as_str)?;
+                            Some(match n.booking_id {
+                                Some(b) => format!("{page}#booking-{b}"),
+                                None => format!("{page}#notification-{}", n.id),
+                            })
+                        })
                         .unwrap_or_else(|| "/".into()),
                     "tag": format!("{}:{}", n.kind.as_str(), n.booking_id.unwrap_or(n.id)),
                 });
