@@ -29,6 +29,8 @@ use crate::{AppState, error::ErrorBody};
         (name = "crm", description = "Leads and staff interactions"),
         (name = "calendar", description = "iCalendar feeds of lessons (the feed needs no token)"),
         (name = "gaps", description = "The waitlist and freed slots offered to waiting students (the offer link needs no token)"),
+        (name = "suppressions", description = "Addresses and numbers nothing is sent to (bounces, STOP), listed and lifted by operators"),
+        (name = "hooks", description = "Routes providers call (no bearer token: each verifies its caller, 403 otherwise)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -83,6 +83,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/bookings/{id}/offers"),
     ("GET", "/offers/{token}"),
     ("POST", "/offers/{token}/accept"),
+    ("GET", "/api/suppressions"),
+    ("DELETE", "/api/suppressions/{id}"),
+    ("POST", "/hooks/sms/status"),
+    ("POST", "/hooks/sms/inbound"),
     ("GET", "/api/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -135,14 +139,16 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(http::crm::routes())
         .merge(http::calendar::routes())
         .merge(http::gaps::routes())
+        .merge(http::suppressions::routes())
         .merge(docs::routes())
 }
 
-/// The open routes: liveness, readiness, metrics, calendar feeds, offer links.
+/// The open routes: liveness, readiness, metrics, calendar feeds, offer links, providers' hooks.
 pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
     http::health::routes()
         .merge(http::calendar::open_routes())
         .merge(http::gaps::open_routes())
+        .merge(http::hooks::open_routes())
 }
 
 /// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors

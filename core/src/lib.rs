@@ -12,6 +12,8 @@
 //! - [`receipts`]: what providers report after accepting a message (status callbacks,
 //!   bounces), kept and handed to the worker's recorder.
 //! - [`suppressions`]: addresses and numbers nothing is sent to (bounces, STOP).
+//! - [`replies`]: SMS people send to the school's number: STOP/START/HELP, C to confirm a
+//!   lesson, R to rearrange it, anything else kept and forwarded to the school.
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
 //! - [`gaps`]: the waitlist, freed slots offered to waiting students, accepting an offer.
@@ -53,6 +55,7 @@ pub mod payments;
 pub mod people;
 pub mod queue;
 pub mod receipts;
+pub mod replies;
 pub mod series;
 pub mod states;
 pub mod suppressions;

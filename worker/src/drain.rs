@@ -279,6 +279,12 @@ impl Drain {
             Ok(l) => l,
             Err(e) => return Err((candidates.into_iter().map(|(j, _)| j).collect(), e)),
         };
+        // Provider reports named by receipt jobs (one statement, usually none).
+        let receipt_ids: Vec<i64> = candidates.iter().filter_map(|(_, d)| d.receipt_id).collect();
+        let receipts = match load::receipts(&self.pipeline.pool, &receipt_ids).await {
+            Ok(r) => r,
+            Err(e) => return Err((candidates.into_iter().map(|(j, _)| j).collect(), e)),
+        };
         let now = self.pipeline.clock.now();
         let system = self.pipeline.clock.is_system();
         let mut seen = std::collections::HashSet::new();
@@ -286,14 +292,19 @@ impl Drain {
         let mut waiting = Vec::new();
         let mut duplicates = Vec::new();
         for (job, d) in candidates {
-            if !seen.insert(d.notification_id) {
+            // Each receipt job applies its own report; other jobs of one notification are one.
+            if !seen.insert((d.notification_id, d.receipt_id)) {
                 duplicates.push(job);
                 continue;
             }
-            let l = loaded.remove(&d.notification_id).map(Arc::new);
-            let decision = match unplannable.get(&d.notification_id) {
-                Some(why) => Decision::Kill(why.clone()),
-                None => plan::decide(l.as_deref(), d.retry_delivery_id, now, system),
+            let l = match loaded.get(&d.notification_id) {
+                Some(l) if d.receipt_id.is_some() => Some(Arc::new(l.clone())),
+                _ => loaded.remove(&d.notification_id).map(Arc::new),
+            };
+            let decision = match (unplannable.get(&d.notification_id), d.receipt_id) {
+                (Some(why), _) => Decision::Kill(why.clone()),
+                (None, Some(r)) => Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&r))),
+                (None, None) => plan::decide(l.as_deref(), d.retry_delivery_id, now, system),
             };
             if let Decision::Wait(w) = decision {
                 waiting.push((job, d, w));

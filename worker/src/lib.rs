@@ -70,6 +70,7 @@ pub fn pipeline(config: &Config, pool: PgPool, clock: Clock, worker_name: String
         Some(c) => SmsSender::Api {
             config: c.clone(),
             client: http.clone(),
+            status_callback: format!("{}/hooks/sms/status", config.public_base_url.trim_end_matches('/')),
         },
         None => SmsSender::Outbox(outbox.clone()),
     };

@@ -12,6 +12,9 @@
 //! - [`crm`]: leads and staff interactions.
 //! - [`gaps`]: the waitlist, a freed slot's offers, the offer link (no token) and accepting it.
 //! - [`calendar`]: the per-person iCalendar feed (no token) and its secret's rotation.
+//! - [`hooks`]: routes providers call (no token; each verifies its caller): SMS status
+//!   callbacks and inbound SMS.
+//! - [`suppressions`]: suppressed addresses and numbers, listed and lifted by operators.
 
 pub mod bookings;
 pub mod calendar;
@@ -19,8 +22,10 @@ pub mod crm;
 pub mod deliveries;
 pub mod gaps;
 pub mod health;
+pub mod hooks;
 pub mod lessons;
 pub mod messages;
 pub mod payments;
 pub mod people;
 pub mod queues;
+pub mod suppressions;

@@ -34,6 +34,7 @@
 pub mod load;
 pub mod message;
 pub mod plan;
+mod receipt;
 pub mod record;
 pub mod sweep;
 #[cfg(test)]
@@ -47,6 +48,7 @@ use dashlight_core::{
     Clock,
     kinds::{Channel, Kind, Policy},
     states::{DeliveryStatus, NotificationStatus},
+    suppressions,
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -91,6 +93,9 @@ impl DeliverySettings {
             push_on: false,
             quiet_start: None,
             quiet_end: None,
+            email_opted_out: false,
+            email_suppressed: None,
+            sms_suppressed: None,
         }
     }
 }
@@ -144,6 +149,28 @@ pub(crate) struct Recipient {
     pub(crate) push_on: bool,
     pub(crate) quiet_start: Option<NaiveTime>,
     pub(crate) quiet_end: Option<NaiveTime>,
+    /// They turned this notification's kind off on email (`email_opt_outs`).
+    pub(crate) email_opted_out: bool,
+    /// Their address is suppressed (a bounce), and why.
+    pub(crate) email_suppressed: Option<suppressions::Reason>,
+    /// Their number is suppressed (STOP, Twilio 21610), and why.
+    pub(crate) sms_suppressed: Option<suppressions::Reason>,
+}
+
+impl Recipient {
+    /// Why nothing may be sent to them on `channel` whatever their preferences: a suppressed
+    /// address or number (`suppressed` / `opted_out`), or this kind turned off on email
+    /// (`unsubscribed`).
+    pub(crate) fn blocked(&self, channel: Channel) -> Option<&'static str> {
+        match channel {
+            Channel::Email => self
+                .email_suppressed
+                .map(suppressions::Reason::skip_reason)
+                .or(self.email_opted_out.then_some("unsubscribed")),
+            Channel::Sms => self.sms_suppressed.map(suppressions::Reason::skip_reason),
+            Channel::Push => None,
+        }
+    }
 }
 
 /// An active push subscription.
