@@ -349,6 +349,43 @@ async fn forward(
     Ok(())
 }
 
+/// An inbound SMS as kept.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct Reply {
+    /// `sms_replies.id`.
+    pub id: i64,
+    /// The sender's number.
+    pub from_number: String,
+    /// The sender, when known.
+    pub user_id: Option<i64>,
+    /// The lesson it was about.
+    pub booking_id: Option<i64>,
+    /// The text.
+    pub body: String,
+    /// What it was taken as.
+    pub keyword: Keyword,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What the student said by SMS about a booking: when they confirmed it (C/YES), and every text
+/// kept against it, oldest first (the booking's timeline).
+pub async fn for_booking(conn: &mut PgConnection, booking_id: i64) -> Result<(Option<DateTime<Utc>>, Vec<Reply>), DomainError> {
+    let confirmed: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT student_confirmed_at FROM bookings WHERE id = $1")
+        .bind(booking_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
+    let replies = sqlx::query_as(
+        "SELECT id, from_number, user_id, booking_id, body, keyword, received_at FROM sms_replies
+         WHERE booking_id = $1 ORDER BY received_at, id",
+    )
+    .bind(booking_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok((confirmed, replies))
+}
+
 /// The sender's next reminded lesson (see the module's documentation).
 async fn next_reminded_lesson(conn: &mut PgConnection, from: &str, now: DateTime<Utc>) -> Result<Option<Lesson>, DomainError> {
     Ok(sqlx::query_as(
