@@ -302,6 +302,26 @@ async fn status_callbacks_move_deliveries_never_back_and_undelivered_falls_back_
         .expect(202);
     s.w.sms.wait_for(3, WAIT).await.expect("the operator's retry sends the SMS again");
 
+    // The day's rollup: what the provider reported, per channel, with the delivered rate.
+    // (Ben's SMS is `sending` again after the retry; it was counted undelivered before.)
+    let day = {
+        let mut conn = pool.acquire().await.unwrap();
+        let now = Utc::now();
+        dashlight_worker::periodic::rollup::compute_day(&mut conn, now - chrono::Duration::hours(1), now + chrono::Duration::hours(1))
+            .await
+            .unwrap()
+    };
+    let school = &day[&None];
+    assert_eq!(
+        school.receipts.get("sms").copied().unwrap_or_default().0,
+        1,
+        "{:?}",
+        school.receipts
+    );
+    assert_eq!(school.receipts_json()["sms"]["delivered"], 1);
+    // A delivered SMS still counts as sent (accepted by the provider).
+    assert!(school.deliveries.get("sms").is_some_and(|d| d.0 >= 1), "{:?}", school.deliveries);
+
     // An unknown message id is acknowledged and changes nothing; a missing field is named.
     let res = status_callback(&s, &[("MessageSid", "SMnope"), ("MessageStatus", "delivered")]).await;
     assert_eq!(res.status().as_u16(), 200);

@@ -107,7 +107,9 @@ fn verify(state: &AppState, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Opti
         _ => false,
     };
     if ok {
-        return Some(Signed(params));
+        // Postgres text cannot hold NUL: a signed value with one is kept without it.
+        let clean = params.into_iter().map(|(k, v)| (k, v.replace('\0', ""))).collect();
+        return Some(Signed(clean));
     }
     tracing::warn!(
         path = uri.path(),
