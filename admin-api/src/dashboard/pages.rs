@@ -179,7 +179,23 @@ struct DeliveriesPage {
     truncated: bool,
     retry_all: Option<BulkRetry>,
     error: Option<String>,
+    /// The newest suppressed addresses and numbers (sends to them are skipped).
+    suppressions: Vec<SuppressionRow>,
 }
+
+/// A suppressed address or number, beside the failed deliveries.
+#[derive(Serialize)]
+struct SuppressionRow {
+    id: i64,
+    channel: String,
+    target: String,
+    reason: String,
+    detail: Option<String>,
+    created: view::Time,
+}
+
+/// Suppressions shown on the Deliveries page.
+const SUPPRESSIONS_SHOWN: i64 = 20;
 
 /// Names and titles for people: per notification id, `(title, booking, recipient)`.
 async fn notification_labels(state: &AppState, ids: &[i64]) -> Result<HashMap<i64, (String, Option<i64>, Option<String>)>, ApiError> {
@@ -249,6 +265,7 @@ pub async fn deliveries(State(state): State<AppState>, _: Operator, Query(filter
         truncated: false,
         retry_all: None,
         error: None,
+        suppressions: Vec::new(),
     };
     let (rows, truncated) = match deliveries_shown(&state, &f).await {
         Ok(r) => r,
@@ -300,6 +317,26 @@ pub async fn deliveries(State(state): State<AppState>, _: Operator, Query(filter
             count: shown.len(),
             ids: shown.join(","),
         });
+    }
+    let suppressed = match state.pool.acquire().await {
+        Ok(mut conn) => dashlight_core::suppressions::page(&mut conn, None, None, None, SUPPRESSIONS_SHOWN).await,
+        Err(e) => Err(e),
+    };
+    match suppressed {
+        Ok(list) => {
+            page.suppressions = list
+                .into_iter()
+                .map(|s| SuppressionRow {
+                    id: s.id,
+                    channel: s.channel.as_str().to_owned(),
+                    target: s.target,
+                    reason: s.reason.skip_reason().to_owned(),
+                    detail: s.detail,
+                    created: view::time(s.created_at, tz),
+                })
+                .collect();
+        }
+        Err(e) => return error_page(layout, e.into()),
     }
     render(StatusCode::OK, "deliveries", &layout, &page)
 }
