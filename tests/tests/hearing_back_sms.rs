@@ -154,6 +154,23 @@ async fn mail(s: &Setup, to: &str, needle: &str) -> String {
     .unwrap()
 }
 
+/// Signs in to the dashboard; returns the session cookie.
+async fn dashboard_session(s: &Setup) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let token = s.w.config.admin_api_token.clone().unwrap();
+    let r = http
+        .post(format!("{}/sign-in", s.api.base))
+        .form(&[("token", token.as_str()), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned()
+}
+
 #[test]
 fn the_signer_matches_twilios_published_examples() {
     // Twilio's "Webhooks security" page and its PHP library's documentation: the same URL,
@@ -419,6 +436,22 @@ async fn stop_start_help_and_replies_by_sms() {
     // The text is forwarded to the school.
     mail(&s, "office@greenway.test", "Running 5 minutes late").await;
 
+    // The dashboard's timeline and deliveries pages show the confirmation, the texts and (below)
+    // the suppressions.
+    let cookie = dashboard_session(&s).await;
+    let page = s
+        .api
+        .http
+        .get(format!("{}/timeline?booking={first}", s.api.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("Confirmed by the student"), "{html}");
+    assert!(html.contains("Running 5 minutes late &lt;sorry&gt;"), "escaped: {html}");
+
     // HELP: the school's name and contact.
     let (_, _, body) = text(&s, phone, "help", "SMh1").await;
     assert!(
@@ -440,6 +473,18 @@ async fn stop_start_help_and_replies_by_sms() {
     let list = s.api.get("/api/suppressions").await.expect(200);
     assert_eq!(list["items"][0]["target"], phone);
     assert_eq!(list["items"][0]["reason"], "opted_out");
+    let html = s
+        .api
+        .http
+        .get(format!("{}/deliveries", s.api.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Suppressed addresses and numbers") && html.contains(phone), "{html}");
     let second = lesson_now(&s, &cara, &instructors[1]).await;
     let pool2 = pool.clone();
     let skip: String = try_wait_until("the next reminder's SMS skipped", WAIT, || {

@@ -434,7 +434,20 @@ struct TimelinePage {
     offers: Vec<OfferView>,
     /// Students on the waitlist, oldest first (shown when no booking is).
     waitlist: Vec<WaitingView>,
+    /// When the student confirmed the lesson by SMS (C/YES).
+    student_confirmed: Option<Time>,
+    /// What the student texted about it, oldest first.
+    replies: Vec<ReplyView>,
     error: Option<String>,
+}
+
+/// A text the student sent about the booking.
+#[derive(Serialize)]
+struct ReplyView {
+    keyword: String,
+    body: String,
+    from: String,
+    received: Time,
 }
 
 /// One offer of a freed slot.
@@ -646,6 +659,17 @@ pub async fn timeline(State(state): State<AppState>, _: Operator, Query(query): 
                 .fetch_optional(&state.pool)
                 .await?;
             page.offers = offers_view(&t, tz);
+            page.student_confirmed = view::time_opt(t.student_confirmed_at, tz);
+            page.replies = t
+                .replies
+                .iter()
+                .map(|r| ReplyView {
+                    keyword: r.keyword.clone(),
+                    body: r.body.clone(),
+                    from: r.from_number.clone(),
+                    received: view::time(r.received_at, tz),
+                })
+                .collect();
             let (booking, notifications) = timeline_view(t, names.as_ref(), &state);
             page.booking = Some(booking);
             page.notifications = notifications;
