@@ -4,7 +4,10 @@
 //! payments and packages, messages, CRM, calendar secrets), each request in one transaction
 //! together with the notifications and jobs it implies (bookings and series through
 //! `dashlight_core::db::retry_deadlock`), reads the queues and the delivery records, and
-//! re-enqueues failed work. It never talks to a provider and never writes deliveries itself.
+//! re-enqueues failed work. It never talks to a provider and never writes deliveries itself:
+//! the providers' hooks (`/hooks/sms/*`) keep reports through `dashlight_core::receipts` (the
+//! worker's recorder applies them), texts through `dashlight_core::replies`, and
+//! suppressions are lifted through `dashlight_core::suppressions`.
 //!
 //! - [`error`]: the one API error enum and its status table; the JSON error body.
 //! - [`extract`]: body, path and query extractors whose rejections are API errors; time formats.

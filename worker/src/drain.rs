@@ -273,7 +273,10 @@ impl Drain {
     /// Loads a group's notifications and decides each job. Returns the decisions, the jobs that
     /// ran a moment early (with how long to wait) and the second jobs of a notification already
     /// decided in the group (they have nothing to add). On a database error, returns the jobs.
-    async fn decide(&self, candidates: Vec<(FetchedJob, DeliverJob)>) -> Result<Decisions, (Vec<FetchedJob>, sqlx::Error)> {
+    async fn decide(&self, mut candidates: Vec<(FetchedJob, DeliverJob)>) -> Result<Decisions, (Vec<FetchedJob>, sqlx::Error)> {
+        // Receipt jobs first: they read a notification's loaded state without taking it, the
+        // other job of that notification takes it afterwards.
+        candidates.sort_by_key(|(_, d)| d.receipt_id.is_none());
         let ids: Vec<i64> = candidates.iter().map(|(_, d)| d.notification_id).collect();
         let (mut loaded, unplannable) = match load::load(&self.pipeline.pool, &self.pipeline.settings, &ids).await {
             Ok(l) => l,

@@ -2,7 +2,8 @@
 //!
 //! - [`drain`]: the notification queue's loop: fetch, hold until due, dispatch, acknowledge.
 //! - [`delivery`]: notification → deliveries → attempts: the planner, the messages, and the one
-//!   recorder of delivery state ([`delivery::record`]: a sent email is recorded there).
+//!   recorder of delivery state ([`delivery::record`]: a sent email is recorded there, and so
+//!   is a provider's later report, `delivered` / `undelivered`, through a receipt job).
 //! - [`channels`]: email, SMS, push, outbox — the only code that talks to providers.
 //! - [`render`]: templates, loaded and checked at start-up.
 //! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).

@@ -19,7 +19,14 @@
 //!    results: delivery states, attempt rows, devices, retry jobs, the next stage of a `first`
 //!    policy (a job the planner turns into that stage), notification states, analytics events,
 //!    and the acknowledgement of the jobs whose deliveries are all recorded.
-//! 6. [`sweep`]: the safety net: deliveries left `sending` by a dead worker are recorded
+//! 6. Provider reports: a job naming a receipt (`DeliverJob::receipt_id`, kept by
+//!    `dashlight_core::receipts` when a status callback or a bounce arrives) is loaded with its
+//!    report (`load::receipts`), planned (`plan::receipt`: only a `sent` delivery moves, to
+//!    `delivered` or `undelivered`, never back) and applied by the recorder (`receipt`, from
+//!    `record::apply`): an `undelivered` under `first` reopens the notification for its next
+//!    channel. The planner also skips suppressed addresses and numbers and per-kind email
+//!    opt-outs (`suppressed`, `opted_out`, `unsubscribed`).
+//! 7. [`sweep`]: the safety net: deliveries left `sending` by a dead worker are recorded
 //!    `interrupted` and retried (at once when the dead worker's jobs are rescued, after
 //!    [`SENDING_TIMEOUT`] otherwise), and open notifications whose job was lost get a new one.
 //!

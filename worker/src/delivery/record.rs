@@ -9,7 +9,7 @@
 //!   events and job acknowledgements.
 //! - `interrupt`: deliveries left `sending` by a worker that died, recorded `interrupted` and
 //!   put back on their way.
-//! - providers' reports (`delivered` / `undelivered`) and Twilio's 21610: [`super::receipt`],
+//! - providers' reports (`delivered` / `undelivered`) and Twilio's 21610: `super::receipt`,
 //!   called from `apply` and `record` inside their transactions.
 //!
 //! `resolve` decides what one outcome means (status, retry time, event) without I/O.
