@@ -29,9 +29,10 @@ use crate::{AppState, error::ErrorBody};
         (name = "crm", description = "Leads and staff interactions"),
         (name = "calendar", description = "iCalendar feeds of lessons (the feed needs no token)"),
         (name = "gaps", description = "The waitlist and freed slots offered to waiting students (the offer link needs no token)"),
-        (name = "hooks", description = "What providers and mail servers send back: bounces and replies (each hook authenticates its caller itself)"),
         (name = "unsubscribe", description = "The List-Unsubscribe link of emails (no token: the signed address is the secret)"),
         (name = "own page", description = "A person's own page /me/{token} (the link is the secret: no admin token), its personal link, push subscription, VAPID key and service worker"),
+        (name = "suppressions", description = "Addresses and numbers nothing is sent to (bounces, STOP), listed and lifted by operators"),
+        (name = "hooks", description = "Routes providers and mail servers call: SMS status callbacks, inbound SMS, bounces (no admin bearer token: each verifies its caller, 403 otherwise)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]

@@ -4,7 +4,10 @@
 //! payments and packages, messages, CRM, calendar secrets), each request in one transaction
 //! together with the notifications and jobs it implies (bookings and series through
 //! `dashlight_core::db::retry_deadlock`), reads the queues and the delivery records, and
-//! re-enqueues failed work. It never talks to a provider and never writes deliveries itself.
+//! re-enqueues failed work. It never talks to a provider and never writes deliveries itself:
+//! the providers' hooks (`/hooks/sms/*`) keep reports through `dashlight_core::receipts` (the
+//! worker's recorder applies them), texts through `dashlight_core::replies`, and
+//! suppressions are lifted through `dashlight_core::suppressions`.
 //!
 //! - [`error`]: the one API error enum and its status table; the JSON error body.
 //! - [`extract`]: body, path and query extractors whose rejections are API errors; time formats.
@@ -96,6 +99,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/me/{token}/notifications/{id}/read"),
     ("GET", "/push/vapid-public-key"),
     ("GET", "/sw.js"),
+    ("GET", "/api/suppressions"),
+    ("DELETE", "/api/suppressions/{id}"),
+    ("POST", "/hooks/sms/status"),
+    ("POST", "/hooks/sms/inbound"),
     ("GET", "/api/openapi.json"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -169,12 +176,13 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(http::calendar::routes())
         .merge(http::gaps::routes())
         .merge(http::own_page::routes())
+        .merge(http::suppressions::routes())
         .merge(docs::routes())
 }
 
-/// The open routes: liveness, readiness, metrics, calendar feeds, offer links, the inbound
-/// email hook (its own bearer token), unsubscribe links, people's own pages with the VAPID key
-/// and the service worker.
+/// The open routes: liveness, readiness, metrics, calendar feeds, offer links, providers'
+/// hooks (SMS callbacks and replies; the inbound email hook with its own bearer token),
+/// unsubscribe links, people's own pages with the VAPID key and the service worker.
 pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
     http::health::routes()
         .merge(http::calendar::open_routes())
@@ -182,6 +190,7 @@ pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
         .merge(http::email_hooks::open_routes())
         .merge(http::unsubscribe::open_routes())
         .merge(http::own_page::open_routes())
+        .merge(http::hooks::open_routes())
 }
 
 /// The application: every route of [`ROUTES`], the bearer check on `/api`, JSON errors

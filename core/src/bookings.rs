@@ -211,6 +211,20 @@ async fn load(conn: &mut PgConnection, id: i64, lock: bool) -> Result<Booking, D
         .ok_or(DomainError::NotFound("booking"))
 }
 
+/// Records that the student confirmed the booking (an SMS `C` / `YES` reply to its reminder).
+/// Returns `true` the first time, `false` when it was already confirmed or is no longer a
+/// confirmed booking.
+pub async fn confirm_by_student(conn: &mut PgConnection, id: i64, now: DateTime<Utc>) -> Result<bool, DomainError> {
+    let r = sqlx::query(
+        "UPDATE bookings SET student_confirmed_at = $2 WHERE id = $1 AND status = 'confirmed' AND student_confirmed_at IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// Reads a booking.
 pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Booking, DomainError> {
     load(conn, id, false).await

@@ -102,11 +102,17 @@ pub enum Kind {
     SlotTaken,
     /// To a person: the link to their own page (`/me/{token}`), sent on request. Email only.
     AccessLink,
+    /// To the instructor: the student replied C/YES to a lesson reminder.
+    StudentConfirmed,
+    /// To the instructor and the school: the student replied R to a lesson reminder.
+    RearrangeRequest,
+    /// To the school: any other SMS a person sent to the school's number, forwarded.
+    InboundReply,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 19] = [
         Kind::BookingConfirmed,
         Kind::BookingAlert,
         Kind::LessonReminder,
@@ -123,6 +129,9 @@ impl Kind {
         Kind::SlotOffer,
         Kind::SlotTaken,
         Kind::AccessLink,
+        Kind::StudentConfirmed,
+        Kind::RearrangeRequest,
+        Kind::InboundReply,
     ];
 
     /// The stored name (`notifications.type`) and template folder.
@@ -144,6 +153,9 @@ impl Kind {
             Kind::SlotOffer => "slot_offer",
             Kind::SlotTaken => "slot_taken",
             Kind::AccessLink => "access_link",
+            Kind::StudentConfirmed => "student_confirmed",
+            Kind::RearrangeRequest => "rearrange_request",
+            Kind::InboundReply => "inbound_reply",
         }
     }
 
@@ -157,23 +169,35 @@ impl Kind {
         use Channel::*;
         match self {
             Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled => (Policy::All, &[Email, Push]),
-            Kind::BookingAlert | Kind::LessonReminder | Kind::TestReminder | Kind::SlotOffer => (Policy::First, &[Push, Sms, Email]),
+            Kind::BookingAlert | Kind::LessonReminder | Kind::TestReminder | Kind::SlotOffer | Kind::RearrangeRequest => {
+                (Policy::First, &[Push, Sms, Email])
+            }
+            // The school's copy of a rearrange request is sent to its address only (see
+            // `dashlight_core::replies`); an inbound reply is forwarded by email.
             Kind::RecurringConflict
             | Kind::InvoiceIssued
             | Kind::LessonReport
             | Kind::PackageLow
             | Kind::CrmFollowUp
+            | Kind::InboundReply
             | Kind::AccessLink => (Policy::All, &[Email]),
-            // slot_taken only says an offer the student looked at has gone: not worth an SMS.
-            Kind::DailyAgenda | Kind::NewMessage | Kind::SlotTaken => (Policy::First, &[Push, Email]),
+            // slot_taken only says an offer the student looked at has gone, student_confirmed
+            // that nothing changes: not worth an SMS.
+            Kind::DailyAgenda | Kind::NewMessage | Kind::SlotTaken | Kind::StudentConfirmed => (Policy::First, &[Push, Email]),
         }
     }
 
     /// Queue priority: higher runs first. Time-critical messages outrank reports.
     pub fn priority(self) -> i32 {
         match self {
-            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer => 20,
-            Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::NewMessage | Kind::SlotTaken => 15,
+            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer | Kind::RearrangeRequest => 20,
+            Kind::BookingConfirmed
+            | Kind::BookingCancelled
+            | Kind::BookingRescheduled
+            | Kind::NewMessage
+            | Kind::SlotTaken
+            | Kind::StudentConfirmed
+            | Kind::InboundReply => 15,
             _ => 10,
         }
     }
@@ -191,8 +215,13 @@ impl Kind {
     /// Push urgency (RFC 8030): reminders and alerts are high.
     pub fn urgency(self) -> &'static str {
         match self {
-            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer => "high",
-            Kind::NewMessage | Kind::BookingCancelled | Kind::BookingRescheduled | Kind::SlotTaken => "normal",
+            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer | Kind::RearrangeRequest => "high",
+            Kind::NewMessage
+            | Kind::BookingCancelled
+            | Kind::BookingRescheduled
+            | Kind::SlotTaken
+            | Kind::StudentConfirmed
+            | Kind::InboundReply => "normal",
             _ => "low",
         }
     }

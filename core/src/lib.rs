@@ -18,6 +18,8 @@
 //!   and the tokens it signs: VERP envelope senders, unsubscribe links.
 //! - [`inbound_email`]: mail that comes back (bounces, auto-replies, unsubscribe `mailto:`),
 //!   recorded in `inbound_emails` and acted on through receipts, suppressions and opt-outs.
+//! - [`replies`]: SMS people send to the school's number: STOP/START/HELP, C to confirm a
+//!   lesson, R to rearrange it, anything else kept and forwarded to the school.
 //! - [`notify`]: creating notifications (producers' side of the pipeline).
 //! - [`bookings`]: create / cancel / reschedule with everything they imply, in one transaction.
 //! - [`gaps`]: the waitlist, freed slots offered to waiting students, accepting an offer.
@@ -61,6 +63,7 @@ pub mod payments;
 pub mod people;
 pub mod queue;
 pub mod receipts;
+pub mod replies;
 pub mod series;
 pub mod signing;
 pub mod states;

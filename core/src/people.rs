@@ -296,6 +296,23 @@ pub async fn preferences(conn: &mut PgConnection, user_id: i64) -> Result<Prefer
     }))
 }
 
+/// Turns a user's SMS on or off, leaving their other preferences as they are (an SMS `STOP` or
+/// `START`; PRODUCT.md, "Hearing back"). Returns whether it changed.
+pub async fn set_sms_notifications(conn: &mut PgConnection, user_id: i64, on: bool) -> Result<bool, DomainError> {
+    let changed: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO user_preferences (user_id, sms_notifications) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET sms_notifications = EXCLUDED.sms_notifications
+             WHERE user_preferences.sms_notifications IS DISTINCT FROM EXCLUDED.sms_notifications
+         RETURNING true",
+    )
+    .bind(user_id)
+    .bind(on)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    Ok(changed.unwrap_or(false))
+}
+
 /// Where a per-kind email opt-out was made (`email_opt_outs.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
 #[sqlx(type_name = "text", rename_all = "snake_case")]

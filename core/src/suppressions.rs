@@ -112,6 +112,28 @@ pub async fn list(conn: &mut PgConnection, limit: i64, offset: i64) -> Result<Ve
     .await
 }
 
+/// A page of suppressions, newest first (by id): those with an id below `before` when given,
+/// of one channel and one reason when given, at most `limit`.
+pub async fn page(
+    conn: &mut PgConnection,
+    channel: Option<Channel>,
+    reason: Option<Reason>,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Suppression>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, channel, target, reason, delivery_id, detail, created_at FROM suppressions
+         WHERE ($1::text IS NULL OR channel = $1) AND ($2::text IS NULL OR reason = $2) AND ($3::bigint IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4",
+    )
+    .bind(channel)
+    .bind(reason)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 /// Which of these targets of one channel are suppressed, and why (the planner's batch read).
 pub async fn among(conn: &mut PgConnection, channel: Channel, targets: &[String]) -> Result<Vec<(String, Reason)>, sqlx::Error> {
     let normalised: Vec<String> = targets.iter().map(|t| normalise(channel, t)).collect();

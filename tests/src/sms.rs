@@ -61,6 +61,9 @@ pub struct ReceivedSms {
     pub from: String,
     /// Form field `Body` (empty if missing).
     pub body: String,
+    /// Form field `StatusCallback`: where Twilio would post the message's status (empty if
+    /// missing).
+    pub status_callback: String,
     /// The message SID (`SM` + 32 hex digits) answered with a `201`; `None` when refused.
     pub sid: Option<String>,
     /// Whether basic auth matched the configured SID and token and the path's SID.
@@ -215,7 +218,7 @@ async fn create_message(State(shared): State<Arc<Shared>>, Path(account_sid): Pa
     let auth_ok = authorized(&shared, &account_sid, &headers);
     let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
     let field = |name: &str| form.get(name).cloned().unwrap_or_default();
-    let (to, from, text) = (field("To"), field("From"), field("Body"));
+    let (to, from, text, status_callback) = (field("To"), field("From"), field("Body"), field("StatusCallback"));
 
     let mut sid = None;
     let response = if !auth_ok {
@@ -257,6 +260,7 @@ async fn create_message(State(shared): State<Arc<Shared>>, Path(account_sid): Pa
         to,
         from,
         body: text,
+        status_callback,
         sid,
         auth_ok,
         status: response.status().as_u16(),
@@ -270,6 +274,39 @@ async fn create_message(State(shared): State<Arc<Shared>>, Path(account_sid): Pa
     };
     shared.count.send_replace(n);
     response
+}
+
+/// `X-Twilio-Signature` as Twilio's documentation ("Webhooks security") defines it: the
+/// base64 HMAC-SHA1, keyed with the auth token, of the full URL Twilio calls followed by each
+/// POST parameter, sorted by name, as its name immediately followed by its value.
+pub fn twilio_signature(auth_token: &str, url: &str, params: &[(&str, &str)]) -> String {
+    let mut sorted = params.to_vec();
+    sorted.sort();
+    let mut data = url.to_owned();
+    for (name, value) in sorted {
+        data.push_str(name);
+        data.push_str(value);
+    }
+    B64.encode(hmac_sha1_compact::HMAC::mac(data.as_bytes(), auth_token.as_bytes()))
+}
+
+/// Posts `params` to `base + path` as Twilio does: form-encoded, signed for
+/// `public_base + path` with `auth_token` (the admin API checks against `PUBLIC_BASE_URL`).
+pub async fn post_signed(
+    http: &reqwest::Client,
+    base: &str,
+    public_base: &str,
+    path: &str,
+    auth_token: &str,
+    params: &[(&str, &str)],
+) -> reqwest::Response {
+    let signature = twilio_signature(auth_token, &format!("{public_base}{path}"), params);
+    http.post(format!("{base}{path}"))
+        .header("X-Twilio-Signature", signature)
+        .form(params)
+        .send()
+        .await
+        .expect("request")
 }
 
 fn new_message_sid() -> String {

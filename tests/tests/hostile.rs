@@ -390,3 +390,124 @@ fn email_hook_and_unsubscribe_links_survive_hostile_input() {
         api.stop().await;
     });
 }
+
+/// The SMS provider's hooks with correctly signed but hostile forms: any subset of the fields
+/// Twilio sends, hostile values, unknown fields, each case posted twice (a replay). Never a
+/// 500; every refusal is a 4xx with the JSON error body; every answer otherwise is TwiML.
+#[test]
+fn sms_hooks_survive_signed_hostile_and_replayed_forms() {
+    const PUBLIC: &str = "https://school.example";
+    const AUTH: &str = "hostile-auth-token";
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (_db, api) = rt.block_on(async {
+        let db = TestDb::new().await;
+        // A student with a number and a sent SMS, so some callbacks and texts find something.
+        let uid: i64 = sqlx::query_scalar(
+            "INSERT INTO users (email, phone, role, first_name, last_name) VALUES ('s@b.test', '+447700900123', 'student', 'S', 'T') RETURNING id",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        let nid: i64 = sqlx::query_scalar(
+            "INSERT INTO notifications (user_id, type, title, content, channels, policy, dedupe_key)
+             VALUES ($1, 'lesson_reminder', 't', 'c', '{sms,email}', 'first', 'hostile') RETURNING id",
+        )
+        .bind(uid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO notification_deliveries (notification_id, channel, target, status, provider_message_id, sent_at, attempts)
+             VALUES ($1, 'sms', '+447700900123', 'sent', 'SM1', now(), 1)",
+        )
+        .bind(nid)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let mut config = db.config();
+        config.public_base_url = PUBLIC.into();
+        config.sms = Some(dashlight_core::config::SmsConfig {
+            api_base_url: "http://127.0.0.1:9".into(),
+            account_sid: "AC1".into(),
+            auth_token: AUTH.into(),
+            from: "+447700900000".into(),
+            max_segments: 3,
+        });
+        let api = spawn_api(&config, db.pool.clone(), Clock::system()).await;
+        (db, api)
+    });
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let field = prop_oneof![
+        Just("From".to_owned()),
+        Just("Body".to_owned()),
+        Just("MessageSid".to_owned()),
+        Just("MessageStatus".to_owned()),
+        Just("ErrorCode".to_owned()),
+        Just("To".to_owned()),
+        "[A-Za-z]{1,12}",
+    ];
+    let value = prop_oneof![
+        2 => nasty_string(),
+        1 => prop::sample::select(vec!["SM1", "+447700900123", "delivered", "undelivered", "failed", "sent", "STOP", "START", "C", "R", "HELP", "30003", "21610", ""])
+            .prop_map(str::to_owned),
+    ];
+    let strategy = (
+        prop::sample::select(vec!["/hooks/sms/status", "/hooks/sms/inbound"]),
+        prop::collection::vec((field, value), 0..6),
+        any::<bool>(),
+    );
+    let mut runner = TestRunner::new(PropConfig {
+        cases: 160,
+        failure_persistence: None,
+        ..PropConfig::default()
+    });
+    runner
+        .run(&strategy, |(path, params, signed)| {
+            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let signature = if signed {
+                dashlight_tests::sms::twilio_signature(AUTH, &format!("{PUBLIC}{path}"), &pairs)
+            } else {
+                "AAAA".to_owned()
+            };
+            let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&pairs).finish();
+            for attempt in 0..2 {
+                let (status, ctype, text) = rt.block_on(async {
+                    let res = client
+                        .post(format!("{}{path}", api.base))
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .header("X-Twilio-Signature", &signature)
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .expect("the server answers");
+                    let status = res.status().as_u16();
+                    let ctype = res
+                        .headers()
+                        .get("content-type")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    (status, ctype, res.text().await.unwrap_or_default())
+                });
+                prop_assert!(status < 500, "{path} (attempt {attempt}) {pairs:?} → {status}: {text}");
+                if !signed {
+                    prop_assert_eq!(status, 403);
+                }
+                if (400..500).contains(&status) {
+                    prop_assert!(ctype.starts_with("application/json"), "{path} → {status} with {ctype}: {text}");
+                } else {
+                    prop_assert!(
+                        ctype.starts_with("application/xml") && text.contains("<Response>"),
+                        "{path} → {status} with {ctype}: {text}"
+                    );
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    rt.block_on(api.stop());
+}

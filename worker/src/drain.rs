@@ -273,10 +273,19 @@ impl Drain {
     /// Loads a group's notifications and decides each job. Returns the decisions, the jobs that
     /// ran a moment early (with how long to wait) and the second jobs of a notification already
     /// decided in the group (they have nothing to add). On a database error, returns the jobs.
-    async fn decide(&self, candidates: Vec<(FetchedJob, DeliverJob)>) -> Result<Decisions, (Vec<FetchedJob>, sqlx::Error)> {
+    async fn decide(&self, mut candidates: Vec<(FetchedJob, DeliverJob)>) -> Result<Decisions, (Vec<FetchedJob>, sqlx::Error)> {
+        // Receipt jobs first: they read a notification's loaded state without taking it, the
+        // other job of that notification takes it afterwards.
+        candidates.sort_by_key(|(_, d)| d.receipt_id.is_none());
         let ids: Vec<i64> = candidates.iter().map(|(_, d)| d.notification_id).collect();
         let (mut loaded, unplannable) = match load::load(&self.pipeline.pool, &self.pipeline.settings, &ids).await {
             Ok(l) => l,
+            Err(e) => return Err((candidates.into_iter().map(|(j, _)| j).collect(), e)),
+        };
+        // Provider reports named by receipt jobs (one statement, usually none).
+        let receipt_ids: Vec<i64> = candidates.iter().filter_map(|(_, d)| d.receipt_id).collect();
+        let receipts = match load::receipts(&self.pipeline.pool, &receipt_ids).await {
+            Ok(r) => r,
             Err(e) => return Err((candidates.into_iter().map(|(j, _)| j).collect(), e)),
         };
         let now = self.pipeline.clock.now();
@@ -286,14 +295,19 @@ impl Drain {
         let mut waiting = Vec::new();
         let mut duplicates = Vec::new();
         for (job, d) in candidates {
-            if !seen.insert(d.notification_id) {
+            // Each receipt job applies its own report; other jobs of one notification are one.
+            if !seen.insert((d.notification_id, d.receipt_id)) {
                 duplicates.push(job);
                 continue;
             }
-            let l = loaded.remove(&d.notification_id).map(Arc::new);
-            let decision = match unplannable.get(&d.notification_id) {
-                Some(why) => Decision::Kill(why.clone()),
-                None => plan::decide(l.as_deref(), d.retry_delivery_id, now, system),
+            let l = match loaded.get(&d.notification_id) {
+                Some(l) if d.receipt_id.is_some() => Some(Arc::new(l.clone())),
+                _ => loaded.remove(&d.notification_id).map(Arc::new),
+            };
+            let decision = match (unplannable.get(&d.notification_id), d.receipt_id) {
+                (Some(why), _) => Decision::Kill(why.clone()),
+                (None, Some(r)) => Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&r))),
+                (None, None) => plan::decide(l.as_deref(), d.retry_delivery_id, now, system),
             };
             if let Decision::Wait(w) = decision {
                 waiting.push((job, d, w));

@@ -2,7 +2,8 @@
 //!
 //! - [`drain`]: the notification queue's loop: fetch, hold until due, dispatch, acknowledge.
 //! - [`delivery`]: notification → deliveries → attempts: the planner, the messages, and the one
-//!   recorder of delivery state ([`delivery::record`]: a sent email is recorded there).
+//!   recorder of delivery state ([`delivery::record`]: a sent email is recorded there, and so
+//!   is a provider's later report, `delivered` / `undelivered`, through a receipt job).
 //! - [`channels`]: email, SMS, push, outbox — the only code that talks to providers.
 //! - [`render`]: templates, loaded and checked at start-up.
 //! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).
@@ -85,6 +86,7 @@ pub fn pipeline(
         Some(c) => SmsSender::Api {
             config: c.clone(),
             client: http.clone(),
+            status_callback: format!("{}/hooks/sms/status", config.public_base_url.trim_end_matches('/')),
         },
         None => SmsSender::Outbox(outbox.clone()),
     };

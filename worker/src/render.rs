@@ -62,6 +62,9 @@ const KINDS: &[&str] = &[
     "slot_offer",
     "slot_taken",
     "access_link",
+    "student_confirmed",
+    "rearrange_request",
+    "inbound_reply",
 ];
 
 /// A failure to load or render a template.
@@ -465,6 +468,20 @@ impl Renderer {
                     },
                 }),
             ),
+            "student_confirmed" => (instructor, json!({ "booking": confirmed, "reply": "C" })),
+            "rearrange_request" => (
+                instructor,
+                json!({ "booking": confirmed, "reply": "R can we do Thursday instead?", "from": "+447700900123" }),
+            ),
+            "inbound_reply" => (
+                json!({ "first_name": "Greenway Driving School", "last_name": "", "timezone": "Europe/London" }),
+                json!({
+                    "booking": confirmed,
+                    "reply": "Running 5 minutes late, sorry!",
+                    "from": "+447700900123",
+                    "sender_name": "Amelia Hughes",
+                }),
+            ),
             _ => (student, json!({})),
         };
 
@@ -508,6 +525,8 @@ fn sparse_context(kind: &str) -> Value {
         "package_low" => &["/package/expires_at"],
         "slot_offer" => &["/offer/pickup_location"],
         "crm_follow_up" => &["/contact/email", "/contact/phone", "/contact/last_interaction_at"],
+        "student_confirmed" | "rearrange_request" => &["/booking/pickup_location"],
+        "inbound_reply" => &["/booking", "/sender_name"],
         _ => &[],
     };
     for pointer in nulls {

@@ -179,7 +179,23 @@ struct DeliveriesPage {
     truncated: bool,
     retry_all: Option<BulkRetry>,
     error: Option<String>,
+    /// The newest suppressed addresses and numbers (sends to them are skipped).
+    suppressions: Vec<SuppressionRow>,
 }
+
+/// A suppressed address or number, beside the failed deliveries.
+#[derive(Serialize)]
+struct SuppressionRow {
+    id: i64,
+    channel: String,
+    target: String,
+    reason: String,
+    detail: Option<String>,
+    created: view::Time,
+}
+
+/// Suppressions shown on the Deliveries page.
+const SUPPRESSIONS_SHOWN: i64 = 20;
 
 /// Names and titles for people: per notification id, `(title, booking, recipient)`.
 async fn notification_labels(state: &AppState, ids: &[i64]) -> Result<HashMap<i64, (String, Option<i64>, Option<String>)>, ApiError> {
@@ -249,6 +265,7 @@ pub async fn deliveries(State(state): State<AppState>, _: Operator, Query(filter
         truncated: false,
         retry_all: None,
         error: None,
+        suppressions: Vec::new(),
     };
     let (rows, truncated) = match deliveries_shown(&state, &f).await {
         Ok(r) => r,
@@ -300,6 +317,26 @@ pub async fn deliveries(State(state): State<AppState>, _: Operator, Query(filter
             count: shown.len(),
             ids: shown.join(","),
         });
+    }
+    let suppressed = match state.pool.acquire().await {
+        Ok(mut conn) => dashlight_core::suppressions::page(&mut conn, None, None, None, SUPPRESSIONS_SHOWN).await,
+        Err(e) => Err(e),
+    };
+    match suppressed {
+        Ok(list) => {
+            page.suppressions = list
+                .into_iter()
+                .map(|s| SuppressionRow {
+                    id: s.id,
+                    channel: s.channel.as_str().to_owned(),
+                    target: s.target,
+                    reason: s.reason.skip_reason().to_owned(),
+                    detail: s.detail,
+                    created: view::time(s.created_at, tz),
+                })
+                .collect();
+        }
+        Err(e) => return error_page(layout, e.into()),
     }
     render(StatusCode::OK, "deliveries", &layout, &page)
 }
@@ -397,7 +434,20 @@ struct TimelinePage {
     offers: Vec<OfferView>,
     /// Students on the waitlist, oldest first (shown when no booking is).
     waitlist: Vec<WaitingView>,
+    /// When the student confirmed the lesson by SMS (C/YES).
+    student_confirmed: Option<Time>,
+    /// What the student texted about it, oldest first.
+    replies: Vec<ReplyView>,
     error: Option<String>,
+}
+
+/// A text the student sent about the booking.
+#[derive(Serialize)]
+struct ReplyView {
+    keyword: String,
+    body: String,
+    from: String,
+    received: Time,
 }
 
 /// One offer of a freed slot.
@@ -609,6 +659,17 @@ pub async fn timeline(State(state): State<AppState>, _: Operator, Query(query): 
                 .fetch_optional(&state.pool)
                 .await?;
             page.offers = offers_view(&t, tz);
+            page.student_confirmed = view::time_opt(t.student_confirmed_at, tz);
+            page.replies = t
+                .replies
+                .iter()
+                .map(|r| ReplyView {
+                    keyword: r.keyword.clone(),
+                    body: r.body.clone(),
+                    from: r.from_number.clone(),
+                    received: view::time(r.received_at, tz),
+                })
+                .collect();
             let (booking, notifications) = timeline_view(t, names.as_ref(), &state);
             page.booking = Some(booking);
             page.notifications = notifications;

@@ -37,8 +37,8 @@ pub fn time_opt(t: Option<DateTime<Utc>>, tz: Tz) -> Option<Time> {
 /// or `muted` (nothing will happen).
 pub fn status_class(status: &str) -> &'static str {
     match status {
-        "failed" | "dead" => "bad",
-        "sent" | "done" | "completed" | "confirmed" => "ok",
+        "failed" | "dead" | "undelivered" => "bad",
+        "sent" | "delivered" | "done" | "completed" | "confirmed" => "ok",
         "pending" | "sending" | "retrying" | "processing" | "scheduled" | "running" => "wait",
         _ => "muted",
     }

@@ -250,10 +250,32 @@ pub struct Timeline {
     /// the link, who accepted.
     #[serde(default)]
     pub offers: Vec<OfferOut>,
+    /// When the student confirmed it by replying C or YES to a reminder.
+    #[serde(default)]
+    pub student_confirmed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Texts the student sent about it (C, R, anything else), oldest first.
+    #[serde(default)]
+    pub replies: Vec<ReplyOut>,
 }
 
-/// The booking's notifications and every delivery attempt, oldest first, and the offers of the
-/// slot it freed (who was offered it, opened the link, accepted).
+/// An SMS the student sent to the school's number about the booking.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReplyOut {
+    /// `sms_replies.id`.
+    pub id: i64,
+    /// The sender's number.
+    pub from_number: String,
+    /// The text.
+    pub body: String,
+    /// `confirm`, `rearrange` or `other` (keywords such as STOP are not about a booking).
+    pub keyword: String,
+    /// When it arrived.
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The booking's notifications and every delivery attempt (statuses include what providers
+/// reported: `delivered`, `undelivered`), oldest first, the offers of the slot it freed (who was
+/// offered it, opened the link, accepted), and what the student texted about it.
 #[utoipa::path(get, path = "/api/bookings/{id}/timeline", tag = "bookings",
     params(("id" = i64, Path, description = "bookings.id")),
     responses(
@@ -272,11 +294,23 @@ pub async fn booking_timeline(State(state): State<AppState>, ApiPath(id): ApiPat
     let booking = bookings::get(&mut tx, id).await?;
     let notifications = deliveries::for_booking(&mut tx, id).await?;
     let offers = dashlight_core::gaps::for_booking(&mut tx, id, state.clock.now()).await?;
+    let (student_confirmed_at, replies) = dashlight_core::replies::for_booking(&mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(Timeline {
         booking: booking.into(),
         notifications,
         offers: offers.into_iter().map(OfferOut::from).collect(),
+        student_confirmed_at,
+        replies: replies
+            .into_iter()
+            .map(|r| ReplyOut {
+                id: r.id,
+                from_number: r.from_number,
+                body: r.body,
+                keyword: r.keyword.as_str().to_owned(),
+                received_at: r.received_at,
+            })
+            .collect(),
     }))
 }
 

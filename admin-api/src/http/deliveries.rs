@@ -82,7 +82,7 @@ pub struct DeliveryOut {
     pub target: String,
     /// `user_devices.id` for push.
     pub device_id: Option<i64>,
-    /// pending, sending, sent, retrying, failed, dead, skipped, cancelled.
+    /// pending, sending, sent, retrying, failed, dead, skipped, cancelled, delivered, undelivered.
     pub status: String,
     /// Attempts so far.
     pub attempts: i32,
@@ -316,7 +316,7 @@ pub async fn list_notifications(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
-    /// Only this status (pending, sending, sent, retrying, failed, dead, skipped, cancelled).
+    /// Only this status (pending, sending, sent, retrying, failed, dead, skipped, cancelled, delivered, undelivered).
     pub status: Option<String>,
     /// Only this channel (email, sms, push).
     pub channel: Option<String>,
@@ -419,14 +419,14 @@ pub struct RetryQueued {
     pub status: String,
 }
 
-/// Sends a failed or dead delivery again (enqueues a job for the worker).
+/// Sends a failed, dead or undelivered delivery again (enqueues a job for the worker).
 #[utoipa::path(post, path = "/api/deliveries/{id}/retry", tag = "deliveries",
     params(("id" = i64, Path, description = "notification_deliveries.id")),
     responses(
         (status = 202, description = "Retry enqueued", body = RetryQueued),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such delivery", body = ErrorBody),
-        (status = 409, description = "The delivery is not failed or dead", body = ErrorBody),
+        (status = 409, description = "The delivery is not failed, dead or undelivered", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -441,7 +441,7 @@ pub async fn retry_delivery(State(state): State<AppState>, ApiPath(id): ApiPath<
     };
     if !RETRYABLE.contains(&status.as_str()) {
         return Err(ApiError::Conflict(format!(
-            "the delivery is {status}; only failed or dead deliveries can be retried"
+            "the delivery is {status}; only failed, dead or undelivered deliveries can be retried"
         )));
     }
     if !notify::enqueue_delivery_retry(&mut tx, id).await? {
@@ -462,7 +462,7 @@ pub async fn retry_delivery(State(state): State<AppState>, ApiPath(id): ApiPath<
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BulkRetry {
-    /// `failed` or `dead`; both when left out.
+    /// `failed`, `dead` or `undelivered`; all three when left out.
     pub status: Option<String>,
     /// Only this channel (email, sms, push).
     pub channel: Option<String>,
@@ -490,18 +490,18 @@ pub struct BulkRetried {
     pub retried: u64,
 }
 
-/// Sends every matching failed or dead delivery again, in batches of [`RETRY_BATCH`] (one
+/// Sends every matching failed, dead or undelivered delivery again, in batches of [`RETRY_BATCH`] (one
 /// transaction each, newest first), so a large backlog neither holds one huge transaction nor
 /// loads every row at once. Each batch locks its rows and re-checks their status, so `retried`
 /// counts exactly the deliveries put back on their way.
-#[utoipa::path(post, path = "/api/deliveries/retry", tag = "deliveries", request_body(content = Option<BulkRetry>, description = "Filters; an empty body retries every failed and dead delivery"),
+#[utoipa::path(post, path = "/api/deliveries/retry", tag = "deliveries", request_body(content = Option<BulkRetry>, description = "Filters; an empty body retries every failed, dead and undelivered delivery"),
     responses(
         (status = 202, description = "Retries enqueued", body = BulkRetried),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid filter (status must be failed or dead)", body = ErrorBody),
+        (status = 422, description = "Invalid filter (status must be failed, dead or undelivered)", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -512,7 +512,12 @@ pub async fn retry_deliveries(
     let statuses: Vec<String> = match body.status.as_deref() {
         None => RETRYABLE.iter().map(|s| s.to_string()).collect(),
         Some(s) if RETRYABLE.contains(&s) => vec![s.to_owned()],
-        Some(_) => return Err(ApiError::invalid("status", "only failed or dead deliveries can be retried")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "status",
+                "only failed, dead or undelivered deliveries can be retried",
+            ));
+        }
     };
     check_channel(body.channel.as_deref())?;
     check_kind(body.kind.as_deref())?;

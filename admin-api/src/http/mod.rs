@@ -18,6 +18,9 @@
 //!   GET shows what stops, POST (also RFC 8058 one-click) stops it.
 //! - [`own_page`]: a person's own page `/me/{token}` (no token: the link is the secret), its
 //!   form posts and push subscription, the personal link's API, the VAPID key, `/sw.js`.
+//! - [`hooks`]: routes providers call (no token; each verifies its caller): SMS status
+//!   callbacks and inbound SMS.
+//! - [`suppressions`]: suppressed addresses and numbers, listed and lifted by operators.
 
 pub mod bookings;
 pub mod calendar;
@@ -26,10 +29,12 @@ pub mod deliveries;
 pub mod email_hooks;
 pub mod gaps;
 pub mod health;
+pub mod hooks;
 pub mod lessons;
 pub mod messages;
 pub mod own_page;
 pub mod payments;
 pub mod people;
 pub mod queues;
+pub mod suppressions;
 pub mod unsubscribe;

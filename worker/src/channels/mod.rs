@@ -39,6 +39,9 @@ pub enum SendError {
     },
 }
 
+/// How [`SendError::opted_out`] messages start.
+const OPTED_OUT: &str = "the recipient opted out (Twilio 21610)";
+
 impl SendError {
     /// A transient failure without `Retry-After`.
     pub fn transient(message: impl Into<String>) -> Self {
@@ -85,6 +88,17 @@ impl SendError {
             "request failed"
         };
         SendError::transient(format!("{what}: {}", error_chain(e)))
+    }
+
+    /// The provider refused because the recipient opted out (Twilio's 21610): the recorder
+    /// suppresses the number as well as failing the delivery.
+    pub fn opted_out(message: impl std::fmt::Display) -> Self {
+        SendError::permanent(format!("{OPTED_OUT}: {message}"))
+    }
+
+    /// Whether this is [`SendError::opted_out`].
+    pub fn is_opted_out(&self) -> bool {
+        matches!(self, SendError::Permanent { message, .. } if message.starts_with(OPTED_OUT))
     }
 
     /// The short label for metrics and attempt records.

@@ -1,6 +1,9 @@
 //! SMS through a Twilio-compatible Messages API:
 //! `POST {base}/2010-04-01/Accounts/{sid}/Messages.json` with `To`, `From`, `Body`, HTTP basic
-//! auth `SID:TOKEN`. The returned `sid` is the provider message id.
+//! auth `SID:TOKEN`, and `StatusCallback` = `PUBLIC_BASE_URL/hooks/sms/status` so the provider
+//! reports `delivered` / `undelivered` later (PRODUCT.md, "Hearing back"). The returned `sid`
+//! is the provider message id. Error 21610 (the number texted STOP to the provider) is a
+//! permanent failure that also suppresses the number ([`SendError::opted_out`]).
 //!
 //! SMS are billed per segment, so a body longer than `SMS_MAX_SEGMENTS` segments is cut, with
 //! an ellipsis, before it is sent ([`limit_segments`]). Segments follow GSM 03.38: a body made
@@ -25,6 +28,8 @@ pub enum SmsSender {
         config: SmsConfig,
         /// Shared HTTP client.
         client: reqwest::Client,
+        /// `PUBLIC_BASE_URL/hooks/sms/status`: where the provider posts status callbacks.
+        status_callback: String,
     },
     /// No provider configured.
     Outbox(Outbox),
@@ -56,14 +61,23 @@ impl SmsSender {
                 let body = limit_segments(body, DEFAULT_SMS_MAX_SEGMENTS);
                 o.write("sms", delivery_id, "txt", format!("To: {to}\n\n{body}\n").as_bytes()).await
             }
-            SmsSender::Api { config, client } => {
+            SmsSender::Api {
+                config,
+                client,
+                status_callback,
+            } => {
                 let body = limit_segments(body, config.max_segments).into_owned();
                 let body = body.as_str();
                 let url = format!("{}/2010-04-01/Accounts/{}/Messages.json", config.api_base_url, config.account_sid);
                 let resp = client
                     .post(&url)
                     .basic_auth(&config.account_sid, Some(&config.auth_token))
-                    .form(&[("To", to), ("From", config.from.as_str()), ("Body", body)])
+                    .form(&[
+                        ("To", to),
+                        ("From", config.from.as_str()),
+                        ("Body", body),
+                        ("StatusCallback", status_callback.as_str()),
+                    ])
                     .timeout(Duration::from_secs(15))
                     .send()
                     .await
@@ -86,6 +100,9 @@ impl SmsSender {
                     }) => format!("SMS provider error {c}: {m}"),
                     _ => String::from_utf8_lossy(&bytes).chars().take(200).collect(),
                 };
+                if code == Some(21610) {
+                    return Err(SendError::opted_out(format!("HTTP {status}: {detail}")));
+                }
                 if code.is_some_and(|c| PERMANENT_CODES.contains(&c)) {
                     return Err(SendError::permanent(format!("HTTP {status}: {detail}")));
                 }

@@ -1,6 +1,8 @@
 //! Reading what the planner needs for a batch of jobs: notifications with their recipients,
-//! preferences, push devices and existing deliveries, in three statements whatever the batch
-//! size. Every lookup is an index probe per notification (`LATERAL … OFFSET 0` keeps the planner
+//! preferences (with the per-kind email opt-out of the notification's kind), push devices and
+//! existing deliveries, in three statements whatever the batch size, plus one per channel for
+//! the suppressed addresses and numbers among the recipients ([`dashlight_core::suppressions::among`])
+//! and one for the provider reports that receipt jobs name ([`receipts`]). Every lookup is an index probe per notification (`LATERAL … OFFSET 0` keeps the planner
 //! from hashing whole tables when its statistics are stale, as they are right after a burst of
 //! inserts), so the cost follows the batch, not the tables.
 
@@ -9,7 +11,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveTime, Utc};
 use dashlight_core::{
     kinds::{Channel, Kind, Policy},
+    receipts::Receipt,
     states::{DeliveryStatus, NotificationStatus},
+    suppressions,
 };
 use sqlx::{FromRow, PgPool};
 
@@ -40,6 +44,7 @@ struct Row {
     push_on: bool,
     quiet_start: Option<NaiveTime>,
     quiet_end: Option<NaiveTime>,
+    email_opted_out: bool,
 }
 
 #[derive(FromRow)]
@@ -70,7 +75,8 @@ pub(crate) async fn load(pool: &PgPool, settings: &Settings, ids: &[i64]) -> Res
                 n.status, n.priority,
                 u.email AS u_email, u.phone AS u_phone, u.first_name AS u_first_name, u.last_name AS u_last_name, u.timezone AS u_timezone,
                 coalesce(p.email_notifications, true) AS email_on, coalesce(p.sms_notifications, true) AS sms_on,
-                coalesce(p.push_notifications, true) AS push_on, p.quiet_hours_start AS quiet_start, p.quiet_hours_end AS quiet_end
+                coalesce(p.push_notifications, true) AS push_on, p.quiet_hours_start AS quiet_start, p.quiet_hours_end AS quiet_end,
+                EXISTS (SELECT 1 FROM email_opt_outs o WHERE o.user_id = n.user_id AND o.kind = n.type) AS email_opted_out
          FROM notifications n
          LEFT JOIN LATERAL (SELECT email, phone, first_name, last_name, timezone FROM users WHERE id = n.user_id OFFSET 0) u ON true
          LEFT JOIN LATERAL (SELECT email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end
@@ -162,6 +168,9 @@ pub(crate) async fn load(pool: &PgPool, settings: &Settings, ids: &[i64]) -> Res
                     push_on: r.push_on,
                     quiet_start: r.quiet_start,
                     quiet_end: r.quiet_end,
+                    email_opted_out: r.email_opted_out,
+                    email_suppressed: None,
+                    sms_suppressed: None,
                 }
             }
         };
@@ -177,5 +186,51 @@ pub(crate) async fn load(pool: &PgPool, settings: &Settings, ids: &[i64]) -> Res
             },
         );
     }
+    mark_suppressed(pool, &mut out).await?;
     Ok((out, unplannable))
+}
+
+/// Marks the recipients whose address or number is suppressed: one statement per channel.
+async fn mark_suppressed(pool: &PgPool, out: &mut HashMap<i64, Loaded>) -> Result<(), sqlx::Error> {
+    let emails: Vec<String> = out.values().map(|l| l.recipient.email.clone()).filter(|e| !e.is_empty()).collect();
+    let phones: Vec<String> = out.values().filter_map(|l| l.recipient.phone.clone()).collect();
+    if emails.is_empty() && phones.is_empty() {
+        return Ok(());
+    }
+    let mut conn = pool.acquire().await?;
+    let email: HashMap<String, suppressions::Reason> = if emails.is_empty() {
+        HashMap::new()
+    } else {
+        suppressions::among(&mut conn, Channel::Email, &emails).await?.into_iter().collect()
+    };
+    let sms: HashMap<String, suppressions::Reason> = if phones.is_empty() {
+        HashMap::new()
+    } else {
+        suppressions::among(&mut conn, Channel::Sms, &phones).await?.into_iter().collect()
+    };
+    for l in out.values_mut() {
+        let r = &mut l.recipient;
+        r.email_suppressed = email.get(&suppressions::normalise(Channel::Email, &r.email)).copied();
+        r.sms_suppressed = r
+            .phone
+            .as_deref()
+            .and_then(|p| sms.get(&suppressions::normalise(Channel::Sms, p)).copied());
+    }
+    Ok(())
+}
+
+/// The provider reports `ids` (`delivery_receipts.id`) that receipt jobs name, by id. A report
+/// missing from the map no longer exists (its delivery was deleted).
+pub(crate) async fn receipts(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, Receipt>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<Receipt> = sqlx::query_as(
+        "SELECT id, delivery_id, source, status, provider_status, error_code, detail, received_at
+         FROM delivery_receipts WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }

@@ -19,7 +19,14 @@
 //!    results: delivery states, attempt rows, devices, retry jobs, the next stage of a `first`
 //!    policy (a job the planner turns into that stage), notification states, analytics events,
 //!    and the acknowledgement of the jobs whose deliveries are all recorded.
-//! 6. [`sweep`]: the safety net: deliveries left `sending` by a dead worker are recorded
+//! 6. Provider reports: a job naming a receipt (`DeliverJob::receipt_id`, kept by
+//!    `dashlight_core::receipts` when a status callback or a bounce arrives) is loaded with its
+//!    report (`load::receipts`), planned (`plan::receipt`: only a `sent` delivery moves, to
+//!    `delivered` or `undelivered`, never back) and applied by the recorder (`receipt`, from
+//!    `record::apply`): an `undelivered` under `first` reopens the notification for its next
+//!    channel. The planner also skips suppressed addresses and numbers and per-kind email
+//!    opt-outs (`suppressed`, `opted_out`, `unsubscribed`).
+//! 7. [`sweep`]: the safety net: deliveries left `sending` by a dead worker are recorded
 //!    `interrupted` and retried (at once when the dead worker's jobs are rescued, after
 //!    [`SENDING_TIMEOUT`] otherwise), and open notifications whose job was lost get a new one.
 //!
@@ -34,6 +41,7 @@
 pub mod load;
 pub mod message;
 pub mod plan;
+mod receipt;
 pub mod record;
 pub mod sweep;
 #[cfg(test)]
@@ -47,6 +55,7 @@ use dashlight_core::{
     Clock,
     kinds::{Channel, Kind, Policy},
     states::{DeliveryStatus, NotificationStatus},
+    suppressions,
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -91,6 +100,9 @@ impl DeliverySettings {
             push_on: false,
             quiet_start: None,
             quiet_end: None,
+            email_opted_out: false,
+            email_suppressed: None,
+            sms_suppressed: None,
         }
     }
 }
@@ -144,6 +156,28 @@ pub(crate) struct Recipient {
     pub(crate) push_on: bool,
     pub(crate) quiet_start: Option<NaiveTime>,
     pub(crate) quiet_end: Option<NaiveTime>,
+    /// They turned this notification's kind off on email (`email_opt_outs`).
+    pub(crate) email_opted_out: bool,
+    /// Their address is suppressed (a bounce), and why.
+    pub(crate) email_suppressed: Option<suppressions::Reason>,
+    /// Their number is suppressed (STOP, Twilio 21610), and why.
+    pub(crate) sms_suppressed: Option<suppressions::Reason>,
+}
+
+impl Recipient {
+    /// Why nothing may be sent to them on `channel` whatever their preferences: a suppressed
+    /// address or number (`suppressed` / `opted_out`), or this kind turned off on email
+    /// (`unsubscribed`).
+    pub(crate) fn blocked(&self, channel: Channel) -> Option<&'static str> {
+        match channel {
+            Channel::Email => self
+                .email_suppressed
+                .map(suppressions::Reason::skip_reason)
+                .or(self.email_opted_out.then_some("unsubscribed")),
+            Channel::Sms => self.sms_suppressed.map(suppressions::Reason::skip_reason),
+            Channel::Push => None,
+        }
+    }
 }
 
 /// An active push subscription.

@@ -3,7 +3,8 @@
 //! notification due now) and every uncommon one (an operator's retry, a quiet-hours hold, a
 //! cancelled or expired notification, a retry, the next channel of a `first` policy, a job that
 //! ran early); `plan` turns a policy, preferences, addresses, devices and quiet hours into
-//! deliveries. What the decisions write is `super::record::apply`'s business.
+//! deliveries; `receipt` decides what a provider's report does to its delivery. What the
+//! decisions write is `super::record::apply`'s business.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use chrono::{DateTime, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use dashlight_core::{
     kinds::{Channel, Policy},
+    receipts::{Receipt, ReceiptStatus},
     states::{DeliveryStatus, NotificationStatus},
 };
 use serde_json::Value;
@@ -58,6 +60,30 @@ pub(crate) enum Decision {
         /// Existing deliveries due now.
         claim: Vec<i64>,
     },
+    /// A provider's report: the move it makes (see [`receipt`]), or `None` when it changes
+    /// nothing (its job is acknowledged, nothing else is touched).
+    Receipt(Option<ReceiptMove>),
+}
+
+/// What a provider's report does: its delivery, `sent` until now, becomes `delivered` or
+/// `undelivered`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ReceiptMove {
+    /// `delivery_receipts.id`.
+    pub(crate) receipt_id: i64,
+    /// The delivery.
+    pub(crate) delivery_id: i64,
+    pub(crate) channel: Channel,
+    /// `delivered` or `undelivered`.
+    pub(crate) to: DeliveryStatus,
+    /// The provider's words for `last_error` (`undelivered`).
+    pub(crate) error: Option<String>,
+    /// The provider's error code (`21610`: the number opted out).
+    pub(crate) error_code: Option<String>,
+    /// When the report arrived.
+    pub(crate) at: DateTime<Utc>,
+    /// Under `first`, the next channel is tried (as after a permanent failure).
+    pub(crate) next_stage: bool,
 }
 
 impl Decision {
@@ -149,13 +175,73 @@ pub(crate) fn decide(loaded: Option<&Loaded>, retry_delivery_id: Option<i64>, no
     }
 }
 
+/// What a provider's report does to its delivery. Only a `sent` delivery moves: to `delivered`
+/// or to `undelivered`, both final. So a report arriving twice, a `delivered` after an
+/// `undelivered` (or the reverse), or a report about a delivery an operator has since put back
+/// on its way changes nothing, and delivered stays delivered. An `undelivered` under `first`
+/// goes on to the next channel exactly as a permanent failure at send time does
+/// ([`next_stage`]). `None`: nothing to do (the job is acknowledged).
+pub(crate) fn receipt(loaded: Option<&Loaded>, r: Option<&Receipt>) -> Option<ReceiptMove> {
+    let (l, r) = (loaded?, r?);
+    let d = l.deliveries.iter().find(|d| d.id == r.delivery_id)?;
+    let to = match r.status {
+        ReceiptStatus::Delivered => DeliveryStatus::Delivered,
+        ReceiptStatus::Undelivered => DeliveryStatus::Undelivered,
+        ReceiptStatus::Note => return None,
+    };
+    if d.status != DeliveryStatus::Sent {
+        return None;
+    }
+    let next_stage = to == DeliveryStatus::Undelivered
+        && l.n.policy == Policy::First
+        && l.n.status != NotificationStatus::Cancelled
+        && l.n.expires_at.is_none_or(|e| e > r.received_at)
+        && {
+            let after: Vec<DeliveryRow> = l
+                .deliveries
+                .iter()
+                .map(|x| DeliveryRow {
+                    status: if x.id == d.id { to } else { x.status },
+                    ..x.clone()
+                })
+                .collect();
+            next_stage(&l.n.channels, &after).is_some()
+        };
+    let error = (to == DeliveryStatus::Undelivered).then(|| {
+        let mut e = format!(
+            "undelivered: {}",
+            r.provider_status.as_deref().unwrap_or("reported by the provider")
+        );
+        if let Some(code) = &r.error_code {
+            e.push_str(&format!(" (error {code})"));
+        }
+        if let Some(detail) = &r.detail {
+            e.push_str(&format!(": {detail}"));
+        }
+        e
+    });
+    Some(ReceiptMove {
+        receipt_id: r.id,
+        delivery_id: d.id,
+        channel: d.channel,
+        to,
+        error,
+        error_code: r.error_code.clone(),
+        at: r.received_at,
+        next_stage,
+    })
+}
+
 /// Under `first`: the index of the next channel to try, when every delivery of the channel
-/// tried last has ended without reaching anyone (failed, dead, skipped) and none was sent.
+/// tried last has ended without reaching anyone (failed, dead, undelivered, skipped) and none
+/// was sent or delivered.
 pub(crate) fn next_stage(channels: &[Channel], deliveries: &[DeliveryRow]) -> Option<usize> {
-    if deliveries
-        .iter()
-        .any(|d| d.status == DeliveryStatus::Sent || d.status.is_open() || d.status == DeliveryStatus::Cancelled)
-    {
+    if deliveries.iter().any(|d| {
+        matches!(
+            d.status,
+            DeliveryStatus::Sent | DeliveryStatus::Delivered | DeliveryStatus::Cancelled
+        ) || d.status.is_open()
+    }) {
         return None;
     }
     let last = channels.iter().rposition(|c| deliveries.iter().any(|d| d.channel == *c))?;
@@ -198,6 +284,12 @@ pub(crate) fn plan(
             Channel::Sms => r.sms_on,
             Channel::Push => r.push_on,
         };
+        // A suppressed address or number goes before the preference: STOP turns both off, and
+        // the operator should see why.
+        if let Some(reason) = r.blocked(channel) {
+            out.push(skip(reason.into()));
+            continue;
+        }
         if !enabled {
             out.push(skip(format!("{} notifications are switched off", channel.as_str())));
             continue;
@@ -307,6 +399,9 @@ mod tests {
             push_on: true,
             quiet_start: None,
             quiet_end: None,
+            email_opted_out: false,
+            email_suppressed: None,
+            sms_suppressed: None,
         }
     }
 

@@ -9,6 +9,8 @@
 //!   events and job acknowledgements.
 //! - `interrupt`: deliveries left `sending` by a worker that died, recorded `interrupted` and
 //!   put back on their way.
+//! - providers' reports (`delivered` / `undelivered`) and Twilio's 21610: `super::receipt`,
+//!   called from `apply` and `record` inside their transactions.
 //!
 //! `resolve` decides what one outcome means (status, retry time, event) without I/O.
 
@@ -26,7 +28,7 @@ use rand::Rng;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
-use super::{DeliverySettings, Loaded, NotificationRow, plan::Decision};
+use super::{DeliverySettings, Loaded, NotificationRow, plan::Decision, receipt};
 use crate::channels::{SendError, Sent};
 
 const INTERRUPTED: &str = "the worker stopped mid-send; the provider may have accepted it";
@@ -112,14 +114,18 @@ pub(crate) async fn apply(
     let mut claim = Vec::new();
     let mut claim_nids = Vec::new();
     let mut settle = Vec::new();
+    let mut receipts = Vec::new();
     // The planned inserts, column by column.
     let (mut nids, mut channels, mut targets, mut devices, mut statuses, mut reasons, mut attempts, mut holds) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut job_of: HashMap<i64, &str> = HashMap::new();
     let mut loaded_of: HashMap<i64, &Arc<Loaded>> = HashMap::new();
     for d in decided {
-        if let Some(l) = &d.loaded {
+        if let Some(l) = &d.loaded
+            && !matches!(d.decision, Decision::Receipt(_))
+        {
             // The drain decides one job per notification; a second would find nothing to add.
+            // (A receipt's job sends nothing: it never owns a claimed delivery.)
             job_of.entry(l.n.id).or_insert(&d.job_id);
             loaded_of.entry(l.n.id).or_insert(l);
         }
@@ -164,6 +170,7 @@ pub(crate) async fn apply(
                 }
                 settle.push(id);
             }
+            (Decision::Receipt(m), Some(_)) => receipts.extend(m.clone()),
             // A decision about a notification that does not exist is always `Kill`.
             (_, None) => kills.push((d.job_id.clone(), JobOutcome::Killed("the notification does not exist".into()))),
             (Decision::Wait(_), Some(_)) => unreachable!("waiting jobs are not applied"),
@@ -174,7 +181,7 @@ pub(crate) async fn apply(
     if !reopen.is_empty() {
         let reopened: Vec<(i64, i64)> = sqlx::query_as(
             "UPDATE notification_deliveries SET status = 'retrying', next_attempt_at = NULL, max_attempts = GREATEST(max_attempts, attempts + 1)
-             WHERE id = ANY($1) AND status IN ('failed', 'dead') RETURNING id, notification_id",
+             WHERE id = ANY($1) AND status IN ('failed', 'dead', 'undelivered') RETURNING id, notification_id",
         )
         .bind(&reopen)
         .fetch_all(&mut *tx)
@@ -298,6 +305,7 @@ pub(crate) async fn apply(
             });
         }
     }
+    requeue.extend(receipt::apply(&mut tx, &receipts, now).await?);
     enqueue_runs(&mut tx, &requeue, now).await?;
 
     // Notifications with nothing in flight here are settled now; the others when their results
@@ -311,7 +319,7 @@ pub(crate) async fn apply(
         if matches!(d.decision, Decision::Kill(_)) || d.loaded.is_none() {
             continue;
         }
-        if d.loaded.as_ref().is_some_and(|l| sending.contains(&l.n.id)) {
+        if d.loaded.as_ref().is_some_and(|l| sending.contains(&l.n.id)) && !matches!(d.decision, Decision::Receipt(_)) {
             open_jobs.push(d.job_id.clone());
         } else {
             acks.push((d.job_id.clone(), JobOutcome::Done));
@@ -576,6 +584,7 @@ pub(crate) async fn record(
             }
         }
         enqueue_runs(&mut tx, &runs, now).await?;
+        receipt::suppress_opted_out(&mut tx, deliveries).await?;
 
         let events: Vec<analytics::Event> = deliveries
             .iter()

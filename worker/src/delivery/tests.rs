@@ -290,3 +290,233 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
     .await;
     assert_eq!(outcome, "interrupted");
 }
+
+/// Fetches the queue's due jobs and returns the one of notification `nid` naming a receipt.
+async fn receipt_job(queue: &JobQueue, nid: i64) -> (String, dashlight_core::jobs::DeliverJob) {
+    let jobs = queue.fetch(100, Duration::ZERO).await.unwrap();
+    jobs.iter()
+        .filter_map(|j| {
+            let job: dashlight_core::jobs::DeliverJob = serde_json::from_slice(&j.payload).unwrap();
+            (job.notification_id == nid && job.receipt_id.is_some()).then(|| (j.id.clone(), job))
+        })
+        .next()
+        .expect("the report enqueued a job naming it")
+}
+
+/// Sends notification `nid`'s first stage and records it `sent` with `provider_id`; returns
+/// the delivery id.
+async fn send_first_stage(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64, result: Result<Sent, SendError>) -> i64 {
+    let jobs = queue.fetch(100, Duration::ZERO).await.unwrap();
+    let (loaded, _) = load::load(pool, s, &[nid]).await.unwrap();
+    let l = loaded.get(&nid).cloned().map(Arc::new);
+    let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
+    let job = jobs
+        .iter()
+        .find(|j| {
+            serde_json::from_slice::<dashlight_core::jobs::DeliverJob>(&j.payload)
+                .unwrap()
+                .notification_id
+                == nid
+        })
+        .unwrap();
+    let decided = vec![Decided {
+        job_id: job.id.clone(),
+        loaded: l,
+        decision,
+    }];
+    let applied = record::apply(pool, s, WORKER, &decided, Utc::now()).await.unwrap();
+    assert_eq!(applied.sends.len(), 1);
+    let claimed = applied.sends[0].clone();
+    let id = claimed.id;
+    let attempted = vec![Attempted {
+        claimed: claimed.clone(),
+        finished: Utc::now(),
+        result,
+    }];
+    record::record(pool, s, WORKER, &attempted, &[(claimed.job_id, JobOutcome::Done)], Utc::now())
+        .await
+        .unwrap();
+    id
+}
+
+/// Applies the receipt job of `nid` as the drain does: load, plan, apply.
+async fn apply_receipt(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64) -> Decision {
+    let (job_id, job) = receipt_job(queue, nid).await;
+    let (loaded, _) = load::load(pool, s, &[nid]).await.unwrap();
+    let receipts = load::receipts(pool, &[job.receipt_id.unwrap()]).await.unwrap();
+    let l = loaded.get(&nid).cloned().map(Arc::new);
+    let decision = Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&job.receipt_id.unwrap())));
+    let decided = vec![Decided {
+        job_id,
+        loaded: l,
+        decision: decision.clone(),
+    }];
+    let applied = record::apply(pool, s, WORKER, &decided, Utc::now()).await.unwrap();
+    assert!(applied.sends.is_empty() && applied.open_jobs.is_empty(), "a receipt sends nothing");
+    decision
+}
+
+async fn report(pool: &PgPool, delivery: i64, status: dashlight_core::receipts::ReceiptStatus, code: Option<&str>) {
+    let mut conn = pool.acquire().await.unwrap();
+    let r = dashlight_core::receipts::Report {
+        delivery_id: delivery,
+        source: dashlight_core::receipts::ReceiptSource::SmsStatus,
+        status,
+        provider_status: Some(if status == dashlight_core::receipts::ReceiptStatus::Delivered {
+            "delivered"
+        } else {
+            "undelivered"
+        }),
+        error_code: code,
+        detail: None,
+    };
+    dashlight_core::receipts::report(&mut conn, &r).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
+    use dashlight_core::{kinds::Channel, receipts::ReceiptStatus};
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let s = settings();
+    let now = Utc::now();
+    let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
+    queue.register().await.unwrap();
+
+    // A reminder (first: push → SMS → email) to a student without devices: SMS is sent.
+    let u = user(pool, "delivered", false).await;
+    let nid = notification(pool, Kind::LessonReminder, u, now).await;
+    let sms = send_first_stage(
+        pool,
+        &s,
+        &queue,
+        nid,
+        Ok(Sent {
+            provider_message_id: Some("SM1".into()),
+        }),
+    )
+    .await;
+
+    // delivered: the delivery moves, once.
+    report(pool, sms, ReceiptStatus::Delivered, None).await;
+    let d = apply_receipt(pool, &s, &queue, nid).await;
+    assert!(matches!(&d, Decision::Receipt(Some(m)) if !m.next_stage), "{d:?}");
+    let (status, delivered_at): (String, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT status, delivered_at FROM notification_deliveries WHERE id = $1")
+            .bind(sms)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "delivered");
+    assert!(delivered_at.is_some());
+    let events: i64 = scalar(
+        pool,
+        "SELECT count(*) FROM analytics_events WHERE event_type = 'notification_delivered' AND (event_data->>'delivery_id')::bigint = $1",
+        sms,
+    )
+    .await;
+    assert_eq!(events, 1);
+    // A late `undelivered` (or a second `delivered`) changes nothing: delivered stays delivered.
+    report(pool, sms, ReceiptStatus::Undelivered, Some("30005")).await;
+    assert_eq!(apply_receipt(pool, &s, &queue, nid).await, Decision::Receipt(None));
+    let status: String = scalar(pool, "SELECT status FROM notification_deliveries WHERE id = $1", sms).await;
+    assert_eq!(status, "delivered");
+
+    // undelivered under `first`: error code kept, the notification reopened, email next.
+    let u = user(pool, "undelivered", false).await;
+    let nid = notification(pool, Kind::LessonReminder, u, now).await;
+    let sms = send_first_stage(
+        pool,
+        &s,
+        &queue,
+        nid,
+        Ok(Sent {
+            provider_message_id: Some("SM2".into()),
+        }),
+    )
+    .await;
+    let n_status: String = scalar(pool, "SELECT status FROM notifications WHERE id = $1", nid).await;
+    assert_eq!(n_status, "done");
+    report(pool, sms, ReceiptStatus::Undelivered, Some("30003")).await;
+    let d = apply_receipt(pool, &s, &queue, nid).await;
+    assert!(matches!(&d, Decision::Receipt(Some(m)) if m.next_stage), "{d:?}");
+    let (status, error): (String, Option<String>) = sqlx::query_as("SELECT status, last_error FROM notification_deliveries WHERE id = $1")
+        .bind(sms)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(status, "undelivered");
+    assert!(error.unwrap().contains("30003"));
+    let n_status: String = scalar(pool, "SELECT status FROM notifications WHERE id = $1", nid).await;
+    assert_eq!(n_status, "processing");
+    let (loaded, _) = load::load(pool, &s, &[nid]).await.unwrap();
+    match plan::decide(loaded.get(&nid), None, Utc::now(), false) {
+        Decision::Deliver { insert, .. } => assert_eq!(insert.first().map(|p| p.channel), Some(Channel::Email)),
+        other => panic!("{other:?}"),
+    }
+    // An operator may retry it like a failed one.
+    match plan::decide(loaded.get(&nid), Some(sms), Utc::now(), false) {
+        Decision::Deliver { reopen, .. } => assert_eq!(reopen, Some(sms)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn opted_out_numbers_suppressed_and_skipped_and_email_opt_outs_honoured() {
+    use dashlight_core::kinds::Channel;
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let s = settings();
+    let now = Utc::now();
+    let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
+    queue.register().await.unwrap();
+
+    // Twilio's 21610 on send: failed, and the number suppressed as opted out.
+    let u = user(pool, "optedout", false).await;
+    let nid = notification(pool, Kind::LessonReminder, u, now).await;
+    let sms = send_first_stage(
+        pool,
+        &s,
+        &queue,
+        nid,
+        Err(SendError::opted_out("HTTP 400: SMS provider error 21610")),
+    )
+    .await;
+    let status: String = scalar(pool, "SELECT status FROM notification_deliveries WHERE id = $1", sms).await;
+    assert_eq!(status, "failed");
+    let (reason, delivery): (String, Option<i64>) =
+        sqlx::query_as("SELECT reason, delivery_id FROM suppressions WHERE channel = 'sms' AND target = '+447700900123'")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((reason.as_str(), delivery), ("opted_out", Some(sms)));
+
+    // The next reminder to that number: SMS skipped `opted_out`, email instead.
+    let mut tx = pool.begin().await.unwrap();
+    let mut n = NewNotification::to_user(Kind::LessonReminder, u, format!("second:{u}"), now);
+    n.data = json!({});
+    let next = notify::create(&mut tx, n).await.unwrap().unwrap();
+    tx.commit().await.unwrap();
+    let (loaded, _) = load::load(pool, &s, &[next]).await.unwrap();
+    let Decision::Deliver { insert, .. } = plan::decide(loaded.get(&next), None, Utc::now(), false) else {
+        panic!()
+    };
+    let sms_plan = insert.iter().find(|p| p.channel == Channel::Sms).unwrap();
+    assert_eq!(sms_plan.skip.as_deref(), Some("opted_out"));
+    assert_eq!(insert.last().map(|p| (p.channel, p.skip.is_none())), Some((Channel::Email, true)));
+
+    // A per-kind email opt-out: that kind's email is skipped `unsubscribed`.
+    sqlx::query("INSERT INTO email_opt_outs (user_id, kind, source) VALUES ($1, 'lesson_reminder', 'api')")
+        .bind(u)
+        .execute(pool)
+        .await
+        .unwrap();
+    let (loaded, _) = load::load(pool, &s, &[next]).await.unwrap();
+    let Decision::Deliver { insert, .. } = plan::decide(loaded.get(&next), None, Utc::now(), false) else {
+        panic!()
+    };
+    assert_eq!(
+        insert.last().map(|p| (p.channel, p.skip.as_deref())),
+        Some((Channel::Email, Some("unsubscribed")))
+    );
+}

@@ -12,7 +12,8 @@
 //! | `cancellations` | `bookings.cancelled_at` | the booking |
 //! | `no_shows` | `bookings.start_time` of `no_show` bookings | the booking |
 //! | `revenue_minor` | `payments.paid_at` of succeeded payments | the paid booking (packages: school only) |
-//! | `deliveries` | `sent_at` of sent, `updated_at` of failed and dead deliveries | the notification's booking |
+//! | `deliveries` | `sent_at` of sent (and later delivered or undelivered), `updated_at` of failed and dead deliveries | the notification's booking |
+//! | `receipts` | `delivered_at` of delivered, `updated_at` of undelivered deliveries (what providers reported), with `delivered_rate` = delivered / (delivered + undelivered) per channel | the notification's booking |
 //! | `due_to_sent_p50/p95_ms` | `sent_at − notifications.due_at` of the day's sent deliveries | the notification's booking |
 //! | `events` | `analytics_events.timestamp` | `event_data.instructor_id` |
 //! | `slots_offered` | `slot_offers.created_at` (distinct freed slots) | the offer |
@@ -52,6 +53,8 @@ pub struct Rollup {
     pub revenue_minor: i64,
     /// channel → (sent, failed, dead).
     pub deliveries: BTreeMap<String, (i64, i64, i64)>,
+    /// channel → (delivered, undelivered): what providers reported that day.
+    pub receipts: BTreeMap<String, (i64, i64)>,
     /// Median lateness of the day's sends, ms.
     pub p50_ms: Option<f64>,
     /// 95th percentile lateness of the day's sends, ms.
@@ -77,6 +80,21 @@ impl Rollup {
         for ch in CHANNELS {
             let (sent, failed, dead) = self.deliveries.get(ch).copied().unwrap_or_default();
             m.insert(ch.into(), json!({"sent": sent, "failed": failed, "dead": dead}));
+        }
+        Value::Object(m)
+    }
+
+    /// `{"sms": {"delivered": n, "undelivered": n, "delivered_rate": x | null}, ...}`, every
+    /// channel present; the rate is delivered / (delivered + undelivered).
+    pub fn receipts_json(&self) -> Value {
+        let mut m = Map::new();
+        for ch in CHANNELS {
+            let (delivered, undelivered) = self.receipts.get(ch).copied().unwrap_or_default();
+            let rate = (delivered + undelivered > 0).then(|| delivered as f64 / (delivered + undelivered) as f64);
+            m.insert(
+                ch.into(),
+                json!({"delivered": delivered, "undelivered": undelivered, "delivered_rate": rate}),
+            );
         }
         Value::Object(m)
     }
@@ -207,7 +225,7 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
         day_deliveries AS (
             SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
             FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
-            WHERE d.status = 'sent' AND d.sent_at >= $1 AND d.sent_at < $2
+            WHERE d.status IN ('sent', 'delivered', 'undelivered') AND d.sent_at >= $1 AND d.sent_at < $2
             UNION ALL
             SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
             FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
@@ -215,7 +233,8 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
     let by_channel: Vec<(Option<i64>, bool, String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH {DAY_DELIVERIES}
          SELECT instructor_id, grouping(instructor_id) = 1, channel,
-                count(*) FILTER (WHERE status = 'sent'), count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'dead')
+                count(*) FILTER (WHERE status IN ('sent', 'delivered', 'undelivered')), count(*) FILTER (WHERE status = 'failed'),
+                count(*) FILTER (WHERE status = 'dead')
          FROM day_deliveries GROUP BY GROUPING SETS ((instructor_id, channel), (channel))"
     )))
     .bind(start)
@@ -228,12 +247,31 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
             map.entry(key).or_default().deliveries.insert(channel, (sent, failed, dead));
         }
     }
+    // What providers reported that day, by channel.
+    let reported: Vec<(Option<i64>, bool, String, i64, i64)> = sqlx::query_as(
+        "SELECT b.instructor_id, grouping(b.instructor_id) = 1, d.channel,
+                count(*) FILTER (WHERE d.status = 'delivered'), count(*) FILTER (WHERE d.status = 'undelivered')
+         FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
+         WHERE (d.status = 'delivered' AND d.delivered_at >= $1 AND d.delivered_at < $2)
+            OR (d.status = 'undelivered' AND d.updated_at >= $1 AND d.updated_at < $2)
+         GROUP BY GROUPING SETS ((b.instructor_id, d.channel), (d.channel))",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (instructor_id, school, channel, delivered, undelivered) in reported {
+        if school || instructor_id.is_some() {
+            let key = if school { None } else { instructor_id };
+            map.entry(key).or_default().receipts.insert(channel, (delivered, undelivered));
+        }
+    }
     let lateness: Vec<Lateness> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "WITH {DAY_DELIVERIES}
          SELECT instructor_id, grouping(instructor_id) = 1 AS school,
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p50,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p95
-         FROM day_deliveries WHERE status = 'sent' GROUP BY GROUPING SETS ((instructor_id), ())"
+         FROM day_deliveries WHERE status IN ('sent', 'delivered', 'undelivered') GROUP BY GROUPING SETS ((instructor_id), ())"
     )))
     .bind(start)
     .bind(end)
@@ -277,8 +315,8 @@ async fn store_day(
         sqlx::query(
             "INSERT INTO daily_rollups (day, instructor_id, bookings_made, lessons_completed, cancellations, no_shows, revenue_minor,
                                         deliveries, delivery_success_rate, due_to_sent_p50_ms, due_to_sent_p95_ms, events, computed_at,
-                                        slots_offered, slots_filled, fill_minutes_p50)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                                        slots_offered, slots_filled, fill_minutes_p50, receipts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
              ON CONFLICT (day, instructor_id) DO UPDATE SET
                 bookings_made = EXCLUDED.bookings_made, lessons_completed = EXCLUDED.lessons_completed,
                 cancellations = EXCLUDED.cancellations, no_shows = EXCLUDED.no_shows, revenue_minor = EXCLUDED.revenue_minor,
@@ -286,7 +324,7 @@ async fn store_day(
                 due_to_sent_p50_ms = EXCLUDED.due_to_sent_p50_ms, due_to_sent_p95_ms = EXCLUDED.due_to_sent_p95_ms,
                 events = EXCLUDED.events, computed_at = EXCLUDED.computed_at,
                 slots_offered = EXCLUDED.slots_offered, slots_filled = EXCLUDED.slots_filled,
-                fill_minutes_p50 = EXCLUDED.fill_minutes_p50",
+                fill_minutes_p50 = EXCLUDED.fill_minutes_p50, receipts = EXCLUDED.receipts",
         )
         .bind(day)
         .bind(instructor)
@@ -304,6 +342,7 @@ async fn store_day(
         .bind(r.slots_offered as i32)
         .bind(r.slots_filled as i32)
         .bind(r.fill_minutes_p50)
+        .bind(r.receipts_json())
         .execute(&mut *conn)
         .await?;
     }

@@ -62,10 +62,27 @@
       if (pending) { sessionStorage.removeItem(FLASH_KEY); flash(pending, false); }
     } catch (e) { /* private mode */ }
 
-    var buttons = document.querySelectorAll("button[data-retry], button[data-retry-all]");
+    var buttons = document.querySelectorAll("button[data-retry], button[data-retry-all], button[data-lift]");
     for (var i = 0; i < buttons.length; i++) buttons[i].hidden = false;
 
     document.addEventListener("click", function (ev) {
+      var lift = ev.target.closest("button[data-lift]");
+      if (lift) {
+        var sid = lift.getAttribute("data-lift");
+        lift.disabled = true;
+        fetch("/api/suppressions/" + encodeURIComponent(sid), {
+          method: "DELETE",
+          credentials: "same-origin",
+          headers: { "X-Requested-With": "dashlight", "Accept": "application/json" }
+        }).then(function (res) {
+          if (res.ok) { reloadWith("Suppression lifted: sends to it go out again."); return; }
+          return errorOf(res).then(function (msg) { throw new Error(msg); });
+        }).catch(function (err) {
+          lift.disabled = false;
+          flash("Lifting failed: " + err.message, true);
+        });
+        return;
+      }
       var one = ev.target.closest("button[data-retry]");
       if (one) {
         var id = one.getAttribute("data-retry");
