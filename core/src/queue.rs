@@ -199,6 +199,10 @@ pub struct FetchedJob {
     pub waited: Duration,
 }
 
+/// A fetched row: id, payload, attempts, max attempts, priority, seconds until due, seconds
+/// waited since due.
+type FetchRow = (String, Vec<u8>, i32, i32, i32, f64, f64);
+
 /// What became of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobOutcome {
@@ -306,7 +310,7 @@ impl JobQueue {
     /// rescued by another worker if this one stops beating).
     pub async fn fetch(&self, limit: usize, lookahead: Duration) -> Result<Vec<FetchedJob>, sqlx::Error> {
         let fair = limit / 8;
-        let rows: Vec<(String, Vec<u8>, i32, i32, i32, f64, f64)> = sqlx::query_as(
+        let rows: Vec<FetchRow> = sqlx::query_as(
             "UPDATE apalis.jobs j SET status = 'Running', lock_by = $4, lock_at = now(), attempts = j.attempts + 1, done_at = NULL
              WHERE j.id = ANY(ARRAY(
                  SELECT id FROM apalis.jobs
