@@ -210,7 +210,7 @@ impl Limits {
                 q.heap.len()
             };
             if granted < want && left > 0 {
-                metrics::counter!("dashlight_sends_held_total", "reason" => "rate_limit", "channel" => channel).increment(left as u64);
+                metrics::counter!("dashlight_sends_rate_limited_total", "channel" => channel).increment(left as u64);
                 // Until the next token (or the hold's end); a new waiter of higher priority does
                 // not make tokens come sooner.
                 tokio::time::sleep(wait.max(Duration::from_millis(2))).await;
