@@ -65,6 +65,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/jobs"),
     ("GET", "/api/jobs/{id}"),
     ("POST", "/api/jobs/{id}/retry"),
+    ("POST", "/api/jobs/{id}/cancel"),
+    ("POST", "/api/queues/{queue}/pause"),
+    ("POST", "/api/queues/{queue}/resume"),
+    ("POST", "/api/channels/{channel}/pause"),
+    ("POST", "/api/channels/{channel}/resume"),
+    ("GET", "/api/pauses"),
     ("GET", "/api/notifications"),
     ("GET", "/api/deliveries"),
     ("POST", "/api/deliveries/{id}/retry"),
@@ -168,6 +174,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(http::people::routes())
         .merge(http::bookings::routes())
         .merge(http::queues::routes())
+        .merge(http::controls::routes())
         .merge(http::deliveries::routes())
         .merge(http::lessons::routes())
         .merge(http::payments::routes())

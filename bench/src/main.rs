@@ -15,12 +15,14 @@
 //! - [`raw`]: scenario 1, raw queue drain (in-process apalis, project vs default configuration).
 //! - [`burst`]: scenario 2, end-to-end burst, and scenario 5, footprint.
 //! - [`steady`]: scenario 3, steady lateness, and scenario 4, history.
+//! - [`mixed`]: issue #18, reminders' lateness while a bulk of invoice emails drains.
 //! - [`ceiling`]: an experiment, the database's ceiling for a batched delivery path.
 //! - [`world`]: the data; [`workers`]: the worker processes; [`pg`]: databases and server
 //!   statistics; [`report`]: BENCHMARKS.md.
 
 mod burst;
 mod ceiling;
+mod mixed;
 mod pg;
 mod raw;
 mod report;
@@ -51,6 +53,9 @@ enum Scenario {
     Footprint,
     /// Every scenario; writes BENCHMARKS.md.
     All,
+    /// Issue #18 (not in `all`): steady lateness of reminders at --rate while --bulk invoice
+    /// emails drain at the same time (see `mixed`).
+    Mixed,
     /// Experiment (not in `all`): the database's ceiling for a batched delivery path, with the
     /// scenario 2 reminders (see `ceiling`).
     Ceiling,
@@ -125,6 +130,9 @@ struct Args {
     /// Print `EXPLAIN (ANALYZE, BUFFERS)` of one claim of the `ceiling` experiment.
     #[arg(long)]
     ceiling_explain: bool,
+    /// Bulk invoice emails of the `mixed` scenario (default 20,000; 2,000 with --quick).
+    #[arg(long)]
+    bulk: Option<u64>,
     /// Concurrent batchers of the `ceiling` experiment.
     #[arg(long, default_value_t = 2)]
     ceiling_tasks: usize,
@@ -333,6 +341,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         results.steady = Some((summary, suite));
+    }
+
+    if s == Scenario::Mixed {
+        let bulk = args.bulk.unwrap_or(if args.quick { 2_000 } else { 20_000 });
+        eprintln!(
+            "== mixed: {} reminders/s for {} s while {bulk} invoice emails drain, {} run(s)",
+            sizes.rate, sizes.steady_seconds, runs
+        );
+        for k in 0..runs {
+            let r = mixed::run(
+                &ctx,
+                sizes.rate,
+                Duration::from_secs(sizes.steady_seconds),
+                Duration::from_secs(sizes.grace_seconds),
+                bulk,
+            )
+            .await?;
+            eprintln!("  run {}: {}", k + 1, serde_json::to_string(&r)?);
+            println!(
+                "{}",
+                json!({"scenario": "mixed", "run": k + 1, "rate": sizes.rate, "seconds": sizes.steady_seconds, "result": r})
+            );
+        }
     }
 
     if s == Scenario::Ceiling {

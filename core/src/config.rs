@@ -158,6 +158,45 @@ pub struct Config {
     /// `AUTH_FAILURE_LIMIT`: wrong tokens one client address may present per minute (also the
     /// burst) before it is answered 429 for a while.
     pub auth_failure_limit: u32,
+    /// `EMAIL_RATE_LIMIT`, `SMS_RATE_LIMIT`, `PUSH_RATE_LIMIT`: messages per second across all
+    /// workers (unset: no limit).
+    pub rate_limits: RateLimits,
+}
+
+/// Providers' quotas: messages per second per channel across all workers; `None`: no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateLimits {
+    /// `EMAIL_RATE_LIMIT`.
+    pub email: Option<f64>,
+    /// `SMS_RATE_LIMIT`.
+    pub sms: Option<f64>,
+    /// `PUSH_RATE_LIMIT`.
+    pub push: Option<f64>,
+}
+
+impl RateLimits {
+    /// The limit of `channel`.
+    pub fn of(&self, channel: crate::kinds::Channel) -> Option<f64> {
+        match channel {
+            crate::kinds::Channel::Email => self.email,
+            crate::kinds::Channel::Sms => self.sms,
+            crate::kinds::Channel::Push => self.push,
+        }
+    }
+}
+
+/// A messages-per-second limit: unset or a positive number (decimals allowed, e.g. `0.5`).
+fn rate_limit(name: &'static str) -> Result<Option<f64>, ConfigError> {
+    match var(name) {
+        None => Ok(None),
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(r) if r.is_finite() && r > 0.0 && r <= 1_000_000.0 => Ok(Some(r)),
+            _ => Err(ConfigError::new(
+                name,
+                format!("expected messages per second, a positive number such as 4 or 0.5, got {v:?}"),
+            )),
+        },
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -196,6 +235,7 @@ impl std::fmt::Debug for Config {
             .field("gap_fill_max_offers", &self.gap_fill_max_offers)
             .field("push_allow_private_endpoints", &self.push_allow_private_endpoints)
             .field("auth_failure_limit", &self.auth_failure_limit)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -594,6 +634,11 @@ impl Config {
             recurring_horizon_days: parsed("RECURRING_HORIZON_DAYS", 28u32, "a number of days")?,
             push_allow_private_endpoints: boolean("PUSH_ALLOW_PRIVATE_ENDPOINTS", false)?,
             auth_failure_limit,
+            rate_limits: RateLimits {
+                email: rate_limit("EMAIL_RATE_LIMIT")?,
+                sms: rate_limit("SMS_RATE_LIMIT")?,
+                push: rate_limit("PUSH_RATE_LIMIT")?,
+            },
         })
     }
 
@@ -630,6 +675,7 @@ impl Config {
             gap_fill_max_offers: 5,
             push_allow_private_endpoints: false,
             auth_failure_limit: 10,
+            rate_limits: RateLimits::default(),
         }
     }
 }

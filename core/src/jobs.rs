@@ -17,7 +17,7 @@ pub const QUEUES: [&str; 2] = [QUEUE_NOTIFICATIONS, QUEUE_PERIODIC];
 pub const JOB_MAX_ATTEMPTS: i32 = 5;
 
 /// Process one notification: plan its deliveries and send what is due.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeliverJob {
     /// `notifications.id`.
     pub notification_id: i64,
@@ -29,6 +29,11 @@ pub struct DeliverJob {
     /// channel after `undelivered`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_id: Option<i64>,
+    /// Set by an operator's cancel of the notification's job ([`crate::queue::cancel_job`]):
+    /// the worker records the notification `cancelled` with this reason and closes its open
+    /// deliveries, instead of delivering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<String>,
 }
 
 /// Periodic work, fired once per tick across scheduler replicas.

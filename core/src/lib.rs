@@ -11,6 +11,7 @@
 //! - [`jobs`]: the queue contract: queue names, job payloads, [`jobs::NewJob`].
 //! - [`queue`]: the queue driver, the one owner of apalis's tables: enqueueing, the notification
 //!   queue's fetch/ack/heartbeat, operators' views and levers, pruning.
+//! - [`controls`]: operators' levers: pausing and resuming a queue or a channel, on record.
 //! - [`receipts`]: what providers report after accepting a message (status callbacks,
 //!   bounces), kept and handed to the worker's recorder.
 //! - [`suppressions`]: addresses and numbers nothing is sent to (bounces, STOP).
@@ -46,6 +47,7 @@ pub mod calendar;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod controls;
 pub mod crm;
 pub mod db;
 pub mod demo;

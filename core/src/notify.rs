@@ -122,6 +122,7 @@ pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Optio
                 notification_id: id,
                 retry_delivery_id: None,
                 receipt_id: None,
+                cancel: None,
             };
             jobs::enqueue(
                 conn,
@@ -191,6 +192,7 @@ pub async fn enqueue_delivery_retries(conn: &mut PgConnection, delivery_ids: &[i
                     notification_id,
                     retry_delivery_id: Some(delivery_id),
                     receipt_id: None,
+                    cancel: None,
                 },
                 priority,
             )
@@ -218,6 +220,7 @@ pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -
         notification_id,
         retry_delivery_id: Some(delivery_id),
         receipt_id: None,
+        cancel: None,
     };
     jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(priority as i32)]).await?;
     Ok(true)

@@ -195,7 +195,13 @@ pub struct FetchedJob {
     pub priority: i32,
     /// How long after the fetch the job is due (zero when already due), on the database clock.
     pub due_in: Duration,
+    /// How long it had been due when fetched (zero when not yet due): its wait in the queue.
+    pub waited: Duration,
 }
+
+/// A fetched row: id, payload, attempts, max attempts, priority, seconds until due, seconds
+/// waited since due.
+type FetchRow = (String, Vec<u8>, i32, i32, i32, f64, f64);
 
 /// What became of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,40 +299,55 @@ impl JobQueue {
         Ok(rescued)
     }
 
-    /// Claims up to `limit` jobs that are due now or within `lookahead`, highest priority first,
-    /// then earliest. The ids are picked first (`= ANY(ARRAY(…))`, evaluated once) so the update
-    /// finds its rows by primary key: joining to the picked set let the planner hash the whole
-    /// table on every fetch of a large batch, a cost that grew with the finished jobs kept. They
-    /// are `Running` under this worker's name until [`Self::complete`] (or rescued by another
-    /// worker if this one stops beating).
+    /// Claims up to `limit` jobs that are due now or within `lookahead`: seven eighths of them
+    /// highest priority first, then earliest (time-critical kinds before bulk ones), and an eighth
+    /// (of a fetch of eight or more) earliest first whatever their priority, so bulk work still
+    /// progresses under a steady stream of urgent jobs. Nothing is claimed while the queue is
+    /// paused ([`crate::controls`]). The ids are picked first (`= ANY(ARRAY(…))`, evaluated once)
+    /// so the update finds its rows by primary key: joining to the picked set let the planner
+    /// hash the whole table on every fetch of a large batch, a cost that grew with the finished
+    /// jobs kept. They are `Running` under this worker's name until [`Self::complete`] (or
+    /// rescued by another worker if this one stops beating).
     pub async fn fetch(&self, limit: usize, lookahead: Duration) -> Result<Vec<FetchedJob>, sqlx::Error> {
-        let rows: Vec<(String, Vec<u8>, i32, i32, i32, f64)> = sqlx::query_as(
+        let fair = limit / 8;
+        let rows: Vec<FetchRow> = sqlx::query_as(
             "UPDATE apalis.jobs j SET status = 'Running', lock_by = $4, lock_at = now(), attempts = j.attempts + 1, done_at = NULL
              WHERE j.id = ANY(ARRAY(
                  SELECT id FROM apalis.jobs
                  WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
                    AND job_type = $1 AND run_at <= now() + $3
+                   AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE scope = 'queue' AND name = $1)
                  ORDER BY priority DESC, run_at ASC
                  LIMIT $2
+                 FOR UPDATE SKIP LOCKED) || ARRAY(
+                 SELECT id FROM apalis.jobs
+                 WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
+                   AND job_type = $1 AND run_at <= now() + $3 AND $5 > 0
+                   AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE scope = 'queue' AND name = $1)
+                 ORDER BY run_at ASC
+                 LIMIT $5
                  FOR UPDATE SKIP LOCKED))
              RETURNING j.id, j.job, j.attempts, j.max_attempts, j.priority,
-                       greatest(extract(epoch FROM j.run_at - now()), 0)::float8",
+                       greatest(extract(epoch FROM j.run_at - now()), 0)::float8,
+                       greatest(extract(epoch FROM now() - j.run_at), 0)::float8",
         )
         .bind(&self.queue)
-        .bind(limit as i64)
+        .bind((limit - fair) as i64)
         .bind(lookahead)
         .bind(&self.worker)
+        .bind(fair as i64)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, payload, attempts, max_attempts, priority, due_in)| FetchedJob {
+            .map(|(id, payload, attempts, max_attempts, priority, due_in, waited)| FetchedJob {
                 id,
                 payload,
                 attempts,
                 max_attempts,
                 priority,
                 due_in: Duration::from_secs_f64(due_in.max(0.0)),
+                waited: Duration::from_secs_f64(waited.max(0.0)),
             })
             .collect())
     }
@@ -619,6 +640,67 @@ pub async fn retry_job<'c>(exec: impl PgExecutor<'c>, id: &str) -> Result<bool, 
     .fetch_optional(exec)
     .await?;
     Ok(reset.is_some())
+}
+
+/// The `last_result` error of a job an operator cancelled.
+pub const CANCELLED: &str = "cancelled by operator";
+
+/// What [`cancel_job`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The job will not run; `notification` is the notification it was for, whose cancel the
+    /// worker's recorder now records (through a job of its own, enqueued here).
+    Cancelled {
+        /// The notification of a notification job.
+        notification: Option<i64>,
+    },
+    /// No such job.
+    NotFound,
+    /// The job is not pending or scheduled (its apalis status).
+    NotCancellable(JobState),
+}
+
+/// Cancels a pending or scheduled job (apalis `Pending`, or `Failed` waiting for its next try)
+/// as `actor`: it is `Killed` with [`CANCELLED`] as its result, in one statement, so a job a
+/// worker just took is never cancelled under it. A notification job's notification is then
+/// recorded `cancelled` by the worker's recorder (the one writer of delivery state): a job due
+/// now carrying the cancel is enqueued on `conn` (use a transaction).
+pub async fn cancel_job(conn: &mut PgConnection, id: &str, actor: &str) -> Result<Cancelled, sqlx::Error> {
+    let reason = format!("{CANCELLED} ({actor})");
+    let row: Option<(String, Vec<u8>, Option<i32>)> = sqlx::query_as(
+        "UPDATE apalis.jobs SET status = 'Killed', last_result = jsonb_build_object('Err', $2::text), done_at = now(),
+                lock_by = NULL, lock_at = NULL
+         WHERE id = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
+         RETURNING job_type, job, priority",
+    )
+    .bind(id)
+    .bind(&reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((queue, payload, priority)) = row else {
+        let status: Option<JobState> = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Ok(match status {
+            None => Cancelled::NotFound,
+            Some(s) => Cancelled::NotCancellable(s),
+        });
+    };
+    let mut notification = None;
+    if queue == crate::jobs::QUEUE_NOTIFICATIONS
+        && let Ok(job) = serde_json::from_slice::<crate::jobs::DeliverJob>(&payload)
+        && job.cancel.is_none()
+    {
+        let mark = crate::jobs::DeliverJob {
+            notification_id: job.notification_id,
+            cancel: Some(format!("job {id} {reason}")),
+            ..Default::default()
+        };
+        enqueue(conn, &[NewJob::new(&queue, &mark).priority(priority.unwrap_or(0))]).await?;
+        notification = Some(job.notification_id);
+    }
+    Ok(Cancelled::Cancelled { notification })
 }
 
 /// Jobs finished in one minute.

@@ -106,6 +106,7 @@ pub async fn report(conn: &mut PgConnection, r: &Report<'_>) -> Result<Option<i6
             notification_id,
             retry_delivery_id: None,
             receipt_id: Some(receipt_id),
+            cancel: None,
         };
         jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(priority))]).await?;
     }

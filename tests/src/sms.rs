@@ -81,6 +81,9 @@ struct Shared {
     per_recipient: Mutex<HashMap<String, SmsResponse>>,
     received: Mutex<Vec<ReceivedSms>>,
     count: watch::Sender<usize>,
+    /// The next this-many well-formed requests are answered 429 with `Retry-After` of the
+    /// second value, before any scripted answer.
+    limited: Mutex<(usize, u64)>,
 }
 
 /// A Twilio-compatible SMS API on `127.0.0.1`, stopped when dropped.
@@ -107,6 +110,7 @@ impl SmsApi {
             per_recipient: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
             count: watch::channel(0).0,
+            limited: Mutex::new((0, 0)),
         });
         let app = Router::new()
             .route("/2010-04-01/Accounts/{sid}/Messages.json", post(create_message))
@@ -155,6 +159,13 @@ impl SmsApi {
     /// [`set_response`](Self::set_response).
     pub fn set_response_for(&self, to: &str, response: SmsResponse) {
         self.shared.per_recipient.lock().unwrap().insert(to.to_owned(), response);
+    }
+
+    /// Answers the next `n` well-formed requests (whoever sends them) `429` with
+    /// `Retry-After: retry_after_secs`, then goes back to the scripted answers: a provider's quota
+    /// hit once.
+    pub fn rate_limit_next(&self, n: usize, retry_after_secs: u64) {
+        *self.shared.limited.lock().unwrap() = (n, retry_after_secs);
     }
 
     /// Every request so far, in arrival order, including refused ones.
@@ -230,13 +241,22 @@ async fn create_message(State(shared): State<Arc<Shared>>, Path(account_sid): Pa
     } else if text.is_empty() && !form.contains_key("MediaUrl") {
         twilio_error(StatusCode::BAD_REQUEST, 21602, "Message body is required.")
     } else {
-        let scripted = shared
-            .per_recipient
-            .lock()
-            .unwrap()
-            .get(&to)
-            .copied()
-            .unwrap_or_else(|| *shared.response.lock().unwrap());
+        let limited = {
+            let mut l = shared.limited.lock().unwrap();
+            (l.0 > 0).then(|| {
+                l.0 -= 1;
+                SmsResponse::RateLimited { retry_after_secs: l.1 }
+            })
+        };
+        let scripted = limited.unwrap_or_else(|| {
+            shared
+                .per_recipient
+                .lock()
+                .unwrap()
+                .get(&to)
+                .copied()
+                .unwrap_or_else(|| *shared.response.lock().unwrap())
+        });
         match scripted {
             SmsResponse::Ok => {
                 let message_sid = new_message_sid();

@@ -52,6 +52,7 @@ use crate::{
         plan::{self, Decision},
         record::{self, Attempted, Claimed, Decided, Stuck},
     },
+    limits::{Limits, PriorityPermits},
 };
 
 /// How the drain runs.
@@ -74,6 +75,8 @@ pub struct DrainSettings {
     /// `poll_interval` only (a `LISTEN` through the pooler hears nothing once its transaction
     /// ends).
     pub listen: Option<sqlx::PgPool>,
+    /// The channels' send budgets and providers' holds, shared with every worker.
+    pub limits: Limits,
 }
 
 /// Results the recorder gathers before writing, when they come in faster than it writes.
@@ -141,7 +144,8 @@ impl Drain {
         // Jobs fetched and not yet acknowledged: at most two batches, so a crash or a stop has a
         // bounded amount of work in flight.
         let room = Arc::new(Semaphore::new(this.settings.batch_size * 2));
-        let sends = Arc::new(Semaphore::new(this.settings.concurrency));
+        let sends = Arc::new(PriorityPermits::new(this.settings.concurrency));
+        let limits = tokio::spawn(this.settings.limits.clone().run());
         let (tx, rx) = mpsc::unbounded_channel();
         let mut recorder = tokio::spawn(recorder(this.clone(), rx, room.clone()));
         let mut tasks = JoinSet::new();
@@ -177,6 +181,10 @@ impl Drain {
                     p.forget();
                 }
                 metrics::counter!("dashlight_jobs_fetched_total", "queue" => QUEUE_NOTIFICATIONS).increment(got as u64);
+                for job in &fetched {
+                    metrics::histogram!("dashlight_job_wait_seconds", "priority" => job.priority.to_string())
+                        .record(job.waited.as_secs_f64());
+                }
                 dispatch(&this, fetched, &tx, &sends, &held_tx, &mut tasks, stop.clone());
             }
             if got < limit {
@@ -220,6 +228,7 @@ impl Drain {
         }
         recorder.abort();
         heartbeat.abort();
+        limits.abort();
         if let Some(listener) = listener {
             listener.abort();
         }
@@ -231,7 +240,7 @@ impl Drain {
 
     /// One group of jobs due at the same moment: plan, apply chunk by chunk, send, hand the
     /// results to the recorder.
-    async fn handle(self: Arc<Self>, jobs: Vec<FetchedJob>, out: Out, sends: Arc<Semaphore>) {
+    async fn handle(self: Arc<Self>, jobs: Vec<FetchedJob>, out: Out, sends: Arc<PriorityPermits>) {
         let mut candidates = Vec::with_capacity(jobs.len());
         for job in jobs {
             match serde_json::from_slice::<DeliverJob>(&job.payload) {
@@ -294,6 +303,9 @@ impl Drain {
         let mut decided = Vec::with_capacity(candidates.len());
         let mut waiting = Vec::new();
         let mut duplicates = Vec::new();
+        // An operator's cancel wins over another job of the same notification in the group.
+        let mut candidates = candidates;
+        candidates.sort_by_key(|(_, d)| d.cancel.is_none());
         for (job, d) in candidates {
             // Each receipt job applies its own report; other jobs of one notification are one.
             if !seen.insert((d.notification_id, d.receipt_id)) {
@@ -304,10 +316,11 @@ impl Drain {
                 Some(l) if d.receipt_id.is_some() => Some(Arc::new(l.clone())),
                 _ => loaded.remove(&d.notification_id).map(Arc::new),
             };
-            let decision = match (unplannable.get(&d.notification_id), d.receipt_id) {
-                (Some(why), _) => Decision::Kill(why.clone()),
-                (None, Some(r)) => Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&r))),
-                (None, None) => plan::decide(l.as_deref(), d.retry_delivery_id, now, system),
+            let decision = match (unplannable.get(&d.notification_id), d.receipt_id, &d.cancel) {
+                (Some(why), _, _) => Decision::Kill(why.clone()),
+                (None, Some(r), _) => Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&r))),
+                (None, None, Some(why)) => plan::withdraw(l.as_deref(), why),
+                (None, None, None) => plan::decide(l.as_deref(), d.retry_delivery_id, now, system),
             };
             if let Decision::Wait(w) = decision {
                 waiting.push((job, d, w));
@@ -329,7 +342,7 @@ impl Drain {
         self: &Arc<Self>,
         decided: Vec<(FetchedJob, Decided)>,
         out: &Out,
-        sends: &Arc<Semaphore>,
+        sends: &Arc<PriorityPermits>,
         set: &mut JoinSet<()>,
     ) {
         // A chunk is about half the sends the worker may have in flight: small enough that what
@@ -360,11 +373,13 @@ impl Drain {
         chunk: Vec<(FetchedJob, Decided)>,
         need: usize,
         out: &Out,
-        sends: &Arc<Semaphore>,
+        sends: &Arc<PriorityPermits>,
         set: &mut JoinSet<()>,
     ) {
         if need > 0 {
-            sends.acquire_many(need as u32).await.expect("never closed").forget();
+            // Time-critical chunks take the free send slots before the bulk chunks waiting.
+            let priority = chunk.iter().map(|(j, _)| j.priority).max().unwrap_or(0);
+            sends.acquire(need, priority).await;
         }
         // The claim's round trip runs beside the next chunk's wait for room: permits freed
         // meanwhile go to the next chunk at once.
@@ -374,7 +389,7 @@ impl Drain {
 
     /// Applies one chunk (its send permits already taken), sends what it claimed and waits for
     /// those sends.
-    async fn apply_chunk(self: Arc<Self>, chunk: Vec<(FetchedJob, Decided)>, held: usize, out: Out, sends: Arc<Semaphore>) {
+    async fn apply_chunk(self: Arc<Self>, chunk: Vec<(FetchedJob, Decided)>, held: usize, out: Out, sends: Arc<PriorityPermits>) {
         let out = &out;
         let sends = &sends;
         let mut set = JoinSet::new();
@@ -410,7 +425,10 @@ impl Drain {
             let ack = open.get(&claimed.job_id).cloned();
             set.spawn(async move {
                 let job_id = claimed.job_id.clone();
+                // Within the channel's budget and its provider's hold (every worker's).
+                this.settings.limits.acquire(claimed.channel, i32::from(claimed.n.n.priority)).await;
                 let attempted = this.send(claimed).await;
+                this.after_send(&attempted).await;
                 sends.add_permits(1);
                 let _ = out.send(Record::Delivery(Box::new(attempted)));
                 if let Some(c) = ack
@@ -421,6 +439,28 @@ impl Drain {
             });
         }
         while set.join_next().await.is_some() {}
+    }
+
+    /// What a send tells every worker: a provider's `Retry-After` holds its channel; the send's
+    /// lateness by priority is measured.
+    async fn after_send(&self, a: &Attempted) {
+        let n = &a.claimed.n.n;
+        match &a.result {
+            Ok(_) => {
+                let late = (a.finished - n.due_at).num_milliseconds().max(0) as f64 / 1000.0;
+                metrics::histogram!("dashlight_send_lateness_seconds", "priority" => n.priority.to_string()).record(late);
+            }
+            Err(SendError::Transient {
+                retry_after: Some(wait),
+                message,
+            }) => {
+                let wait = (*wait).min(self.pipeline.settings.retry_max);
+                if let Err(e) = self.settings.limits.provider_hold(a.claimed.channel, wait, message).await {
+                    tracing::warn!(channel = a.claimed.channel.as_str(), error = %e, "recording the provider's hold failed");
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     async fn send(&self, claimed: Claimed) -> Attempted {
@@ -465,7 +505,7 @@ fn dispatch(
     this: &Arc<Drain>,
     jobs: Vec<FetchedJob>,
     out: &Out,
-    sends: &Arc<Semaphore>,
+    sends: &Arc<PriorityPermits>,
     held: &mpsc::UnboundedSender<Vec<FetchedJob>>,
     tasks: &mut JoinSet<()>,
     stop: watch::Receiver<bool>,

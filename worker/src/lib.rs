@@ -4,6 +4,8 @@
 //! - [`delivery`]: notification → deliveries → attempts: the planner, the messages, and the one
 //!   recorder of delivery state ([`delivery::record`]: a sent email is recorded there, and so
 //!   is a provider's later report, `delivered` / `undelivered`, through a receipt job).
+//! - [`limits`]: providers' quotas shared by every worker (a token bucket per channel in
+//!   Postgres), a provider's `Retry-After` hold, and send slots handed out by priority.
 //! - [`channels`]: email, SMS, push, outbox — the only code that talks to providers.
 //! - [`render`]: templates, loaded and checked at start-up.
 //! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).
@@ -15,6 +17,7 @@
 pub mod channels;
 pub mod delivery;
 pub mod drain;
+pub mod limits;
 pub mod periodic;
 pub mod render;
 
@@ -184,6 +187,7 @@ pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Fut
             stale_after: drain::HEARTBEAT * 6,
             shutdown_timeout: Duration::from_secs(30),
             listen: listen.clone(),
+            limits: limits::Limits::new(pool.clone(), config.rate_limits),
         },
     );
     let periodic_storage = storage::<serde_json::Value>(&pool, QUEUE_PERIODIC, 4);

@@ -117,6 +117,34 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             metrics::gauge!("dashlight_jobs_scrape_ok").set(0.0);
         }
     }
+    // Paused queues and channels, and providers' holds: one gauge per target, 1 while in force.
+    let levers = tokio::time::timeout(READY_TIMEOUT, async {
+        Ok::<_, sqlx::Error>((
+            dashlight_core::controls::pauses(&state.pool).await?,
+            dashlight_core::controls::provider_holds(&state.pool).await?,
+        ))
+    })
+    .await;
+    if let Ok(Ok((pauses, holds))) = levers {
+        for q in dashlight_core::controls::PAUSABLE_QUEUES {
+            let on = pauses
+                .iter()
+                .any(|p| p.scope == dashlight_core::controls::Scope::Queue && p.name == q);
+            metrics::gauge!("dashlight_paused", "scope" => "queue", "name" => q).set(f64::from(u8::from(on)));
+        }
+        for c in [
+            dashlight_core::kinds::Channel::Email,
+            dashlight_core::kinds::Channel::Sms,
+            dashlight_core::kinds::Channel::Push,
+        ] {
+            let on = pauses
+                .iter()
+                .any(|p| p.scope == dashlight_core::controls::Scope::Channel && p.name == c.as_str());
+            metrics::gauge!("dashlight_paused", "scope" => "channel", "name" => c.as_str()).set(f64::from(u8::from(on)));
+            let held = holds.iter().any(|(h, _, _)| *h == c);
+            metrics::gauge!("dashlight_channel_provider_held", "channel" => c.as_str()).set(f64::from(u8::from(held)));
+        }
+    }
     handle.run_upkeep();
     (
         StatusCode::OK,

@@ -4,6 +4,7 @@
 //! - [`people`]: users, preferences, devices, instructors' availability.
 //! - [`bookings`]: bookings, their cancel/reschedule and timeline, weekly series.
 //! - [`queues`]: queue counts, jobs and job retries (apalis's table).
+//! - [`controls`]: pausing and resuming queues and channels, cancelling jobs.
 //! - [`deliveries`]: notifications, delivery records and delivery retries.
 //! - [`health`]: liveness, readiness and metrics (no token).
 //! - [`lessons`]: completing a booking's lesson (skills, progress, report) and no-shows.
@@ -24,6 +25,7 @@
 
 pub mod bookings;
 pub mod calendar;
+pub mod controls;
 pub mod crm;
 pub mod deliveries;
 pub mod email_hooks;

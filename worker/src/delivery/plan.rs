@@ -43,6 +43,9 @@ pub(crate) enum Decision {
     Kill(String),
     /// Close the open deliveries as `cancelled`: the booking changed first.
     Cancel,
+    /// An operator cancelled the notification's job: record the notification `cancelled` with
+    /// this reason and close its open deliveries ([`withdraw`]).
+    Withdraw(String),
     /// The notification expired (the lesson started) before it could be sent: close it `skipped`.
     Expire,
     /// Not due yet: another job at that time.
@@ -230,6 +233,20 @@ pub(crate) fn receipt(loaded: Option<&Loaded>, r: Option<&Receipt>) -> Option<Re
         at: r.received_at,
         next_stage,
     })
+}
+
+/// What an operator's cancel of a notification's job (`DeliverJob::cancel`) means: the
+/// notification is recorded `cancelled` unless it has already ended.
+pub(crate) fn withdraw(loaded: Option<&Loaded>, reason: &str) -> Decision {
+    match loaded.map(|l| l.n.status) {
+        None => Decision::Kill("the notification does not exist (deleted?)".into()),
+        Some(NotificationStatus::Pending | NotificationStatus::Processing) => Decision::Withdraw(reason.to_owned()),
+        Some(_) => Decision::Deliver {
+            reopen: None,
+            insert: vec![],
+            claim: vec![],
+        },
+    }
 }
 
 /// Under `first`: the index of the next channel to try, when every delivery of the channel

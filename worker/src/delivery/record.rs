@@ -18,7 +18,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use dashlight_core::{
-    analytics,
+    analytics, controls,
     jobs::{DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
     kinds::{Channel, Policy},
     queue::{self, JobOutcome},
@@ -109,6 +109,7 @@ pub(crate) async fn apply(
     let mut kills = Vec::new();
     let mut reopen = Vec::new();
     let mut cancel = Vec::new();
+    let mut withdraw = Vec::new();
     let mut expire = Vec::new();
     let mut later = Vec::new();
     let mut claim = Vec::new();
@@ -133,6 +134,7 @@ pub(crate) async fn apply(
         match (&d.decision, nid) {
             (Decision::Kill(why), _) => kills.push((d.job_id.clone(), JobOutcome::Killed(why.clone()))),
             (Decision::Cancel, Some(id)) => cancel.push(id),
+            (Decision::Withdraw(why), Some(id)) => withdraw.push((id, why.as_str())),
             (Decision::Expire, Some(id)) => expire.push(id),
             (Decision::Later(at), Some(id)) => later.push((id, *at, d.loaded.as_ref().map_or(0, |l| l.n.priority))),
             (
@@ -178,6 +180,67 @@ pub(crate) async fn apply(
     }
 
     let mut tx = pool.begin().await?;
+    // A paused channel's sends wait `pending`, the pause as their reason (its resume wakes them).
+    let mut hold_reasons: Vec<Option<String>> = vec![None; nids.len()];
+    let mut held: Vec<(i64, String)> = Vec::new();
+    if statuses.contains(&DeliveryStatus::Sending) || !claim.is_empty() {
+        let paused = controls::held_channels(&mut tx).await?;
+        let why = |c: Channel| paused.iter().find(|(p, _)| *p == c).map(|(_, w)| w.clone());
+        if !paused.is_empty() {
+            for i in 0..nids.len() {
+                if reasons[i].is_none()
+                    && holds[i].is_none()
+                    && let Some(w) = why(channels[i])
+                {
+                    statuses[i] = DeliveryStatus::Pending;
+                    attempts[i] = 0;
+                    hold_reasons[i] = Some(w);
+                }
+            }
+            let mut kept = (Vec::new(), Vec::new());
+            for (did, nid) in claim.iter().zip(&claim_nids) {
+                let channel = loaded_of
+                    .get(nid)
+                    .and_then(|l| l.deliveries.iter().find(|d| d.id == *did))
+                    .map(|d| d.channel);
+                match channel.and_then(why) {
+                    Some(w) => held.push((*did, w)),
+                    None => {
+                        kept.0.push(*did);
+                        kept.1.push(*nid);
+                    }
+                }
+            }
+            (claim, claim_nids) = kept;
+        }
+    }
+    if !held.is_empty() {
+        let (ids, why): (Vec<i64>, Vec<&str>) = held.iter().map(|(d, w)| (*d, w.as_str())).unzip();
+        sqlx::query(
+            "UPDATE notification_deliveries d SET hold_reason = t.why FROM unnest($1::bigint[], $2::text[]) AS t(id, why)
+             WHERE d.id = t.id AND d.id = ANY($1) AND d.status IN ('pending', 'retrying')",
+        )
+        .bind(&ids)
+        .bind(&why)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let held_sends = hold_reasons.iter().filter(|r| r.is_some()).count() + held.len();
+    if held_sends > 0 {
+        tracing::info!(deliveries = held_sends, "sends held: their channel is paused");
+        metrics::counter!("dashlight_sends_held_total", "reason" => "channel_paused").increment(held_sends as u64);
+    }
+    for (id, why) in &withdraw {
+        close_open(&mut tx, &[*id], DeliveryStatus::Cancelled, why).await?;
+        sqlx::query(
+            "UPDATE notifications SET status = 'cancelled', status_reason = $2 WHERE id = $1 AND status IN ('pending', 'processing')",
+        )
+        .bind(id)
+        .bind(why)
+        .execute(&mut *tx)
+        .await?;
+        tracing::info!(notification = id, reason = why, "notification cancelled: its job was cancelled");
+    }
     if !reopen.is_empty() {
         let reopened: Vec<(i64, i64)> = sqlx::query_as(
             "UPDATE notification_deliveries SET status = 'retrying', next_attempt_at = NULL, max_attempts = GREATEST(max_attempts, attempts + 1)
@@ -222,10 +285,10 @@ pub(crate) async fn apply(
         // so a worker that dies mid-send leaves an attempt to record as `interrupted`.
         let inserted: Vec<Inserted> = sqlx::query_as(
             "WITH ins AS (
-                 INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, skip_reason, attempts, max_attempts, sending_since, next_attempt_at)
-                 SELECT t.nid, t.channel, t.target, t.device, t.status, t.reason, t.attempts, $8, CASE WHEN t.status = 'sending' THEN $9::timestamptz END, t.hold
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $13::timestamptz[])
-                      AS t(nid, channel, target, device, status, reason, attempts, hold)
+                 INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, skip_reason, attempts, max_attempts, sending_since, next_attempt_at, hold_reason)
+                 SELECT t.nid, t.channel, t.target, t.device, t.status, t.reason, t.attempts, $8, CASE WHEN t.status = 'sending' THEN $9::timestamptz END, t.hold, t.held
+                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $13::timestamptz[], $14::text[])
+                      AS t(nid, channel, target, device, status, reason, attempts, hold, held)
                  ON CONFLICT (notification_id, channel, target) DO NOTHING
                  RETURNING id, notification_id, channel, target, device_id, status, next_attempt_at),
              att AS (
@@ -247,6 +310,7 @@ pub(crate) async fn apply(
         .bind(&job_ids)
         .bind(worker)
         .bind(&holds)
+        .bind(&hold_reasons)
         .fetch_all(&mut *tx)
         .await?;
         for r in inserted {
@@ -277,7 +341,7 @@ pub(crate) async fn apply(
         // while it is still due (another worker may have sent and rescheduled it meanwhile).
         let claimed: Vec<ClaimedRow> = sqlx::query_as(
             "WITH c AS (
-                 UPDATE notification_deliveries d SET status = 'sending', attempts = d.attempts + 1, sending_since = $2
+                 UPDATE notification_deliveries d SET status = 'sending', attempts = d.attempts + 1, sending_since = $2, hold_reason = NULL
                  WHERE d.id = ANY($1) AND d.status IN ('pending', 'retrying') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $2)
                  RETURNING d.id, d.notification_id, d.channel, d.target, d.device_id, d.attempts, d.max_attempts),
              att AS (
@@ -353,6 +417,7 @@ async fn enqueue_runs(conn: &mut PgConnection, runs: &[(i64, DateTime<Utc>, i16)
                 notification_id: *id,
                 retry_delivery_id: None,
                 receipt_id: None,
+                cancel: None,
             };
             NewJob::new(QUEUE_NOTIFICATIONS, &job).due(*at, now).priority(i32::from(*priority))
         })

@@ -62,6 +62,7 @@ pub async fn sweep_overdue(pool: &PgPool, now: DateTime<Utc>, grace: Duration) -
                 notification_id: *id,
                 retry_delivery_id: None,
                 receipt_id: None,
+                cancel: None,
             };
             NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(*priority))
         })

@@ -1,4 +1,4 @@
-// Dashlight dashboard: the only script. It makes the Retry buttons work by calling the JSON API
+// Dashlight dashboard: the only script. It makes the Retry, Pause and Resume buttons work by calling the JSON API
 // (the same routes and rules as any client) with the session cookie and the X-Requested-With
 // header the API asks of cookie-authenticated writes. Pages read fine without it.
 (function () {
@@ -37,10 +37,10 @@
     return fetch(path, init);
   }
 
-  function run(button, request, done) {
+  function run(button, request, done, busy) {
     var label = button.textContent;
     button.disabled = true;
-    button.textContent = "Retrying…";
+    button.textContent = busy || "Retrying…";
     request().then(function (res) {
       if (res.ok) {
         return res.json().then(function (body) { reloadWith(done(body)); });
@@ -52,7 +52,7 @@
     }).catch(function (err) {
       button.disabled = false;
       button.textContent = label;
-      flash("Retry failed: " + err.message, true);
+      flash(label + " failed: " + err.message, true);
     });
   }
 
@@ -62,7 +62,7 @@
       if (pending) { sessionStorage.removeItem(FLASH_KEY); flash(pending, false); }
     } catch (e) { /* private mode */ }
 
-    var buttons = document.querySelectorAll("button[data-retry], button[data-retry-all], button[data-lift]");
+    var buttons = document.querySelectorAll("button[data-retry], button[data-retry-all], button[data-lift], button[data-control]");
     for (var i = 0; i < buttons.length; i++) buttons[i].hidden = false;
 
     document.addEventListener("click", function (ev) {
@@ -81,6 +81,23 @@
           lift.disabled = false;
           flash("Lifting failed: " + err.message, true);
         });
+        return;
+      }
+      var control = ev.target.closest("button[data-control]");
+      if (control) {
+        var path = control.getAttribute("data-control");
+        var what = control.getAttribute("data-what");
+        var body = { by: "dashboard" };
+        if (control.getAttribute("data-action") === "pause") {
+          var reason = window.prompt("Pause " + what + ": why? (kept on record; optional)", "");
+          if (reason === null) return;
+          if (reason) body.reason = reason;
+        }
+        run(control, function () { return post(path, body); },
+          function (res) {
+            return res.paused_by ? what + " is paused." :
+              what + " is resumed" + (res.woken ? "; " + res.woken + " held notification(s) on their way." : ".");
+          }, "Working…");
         return;
       }
       var one = ev.target.closest("button[data-retry]");
