@@ -49,7 +49,8 @@ pub struct BurstRun {
     pub wal_bytes_per_notification: f64,
     /// Cluster-wide WAL syncs (fsyncs of commits) in the window.
     pub wal_syncs: i64,
-    /// Per table: inserts, updates, HOT updates, deletes, index scans, seq scans — per notification.
+    /// Per table: inserts, updates, HOT updates, deletes, index scans, seq scans — per notification
+    /// (read after the workers stopped, so every backend has reported its counters).
     pub table_ops_per_notification: BTreeMap<String, [f64; 6]>,
     /// Average number of the database's client sessions in each `state / wait event`.
     pub sessions: BTreeMap<String, f64>,
@@ -90,6 +91,7 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, n: u64, label: &str, perf: Option<PathB
     own += 2;
     let sampler = ActivitySampler::start(&db.name).await?;
     let backends0 = backend_cpu(&db.name).await?;
+    let pooler_cpu0 = ctx.pooler_pid.map(workers::cpu_seconds);
     let (workers_cpu0, self_cpu0, machine0) = (
         workers.cpu_seconds(),
         workers::cpu_seconds(std::process::id()),
@@ -138,6 +140,7 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, n: u64, label: &str, perf: Option<PathB
         workers::machine_cpu(),
     );
     let backends1 = backend_cpu(&db.name).await?;
+    let pooler_cpu = pooler_cpu0.zip(ctx.pooler_pid.map(workers::cpu_seconds)).map(|(a, b)| b - a);
     let peak_rss_mib = workers.peak_rss_kib().iter().map(|k| *k as f64 / 1024.0).collect();
     if let Some(mut c) = perf_child.take()
         && let Some(pid) = c.id()
@@ -146,8 +149,6 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, n: u64, label: &str, perf: Option<PathB
         let _ = tokio::time::timeout(Duration::from_secs(60), c.wait()).await;
     }
     let sessions = sampler.finish().await?;
-    let t1 = pg::table_stats(&mut conn).await?;
-    own += 2;
 
     let (recorded, first_due, last_sent): (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
         "SELECT count(DISTINCT n.id), min(n.due_at), max(d.sent_at)
@@ -169,6 +170,12 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, n: u64, label: &str, perf: Option<PathB
     own += 1;
     conn.close().await?;
     let worker_log_warnings = workers.stop().await?;
+    // Table statistics after the workers stopped: a backend reports its counters at most once a
+    // second while busy and at exit, so read before the stop they miss the last writes.
+    let mut conn = db.connect().await?;
+    let t1 = pg::table_stats(&mut conn).await?;
+    own += 2;
+    conn.close().await?;
     let x1 = pg::xacts(&db.name).await?;
     let wal1 = pg::wal().await?;
 
@@ -200,6 +207,9 @@ async fn run_on(ctx: &Ctx, db: &BenchDb, n: u64, label: &str, perf: Option<PathB
         backends1.iter().map(|(p, c)| c - backends0.get(p).copied().unwrap_or(0.0)).sum(),
     );
     cpu.insert("bench process (sinks)".into(), self_cpu1 - self_cpu0);
+    if let Some(c) = pooler_cpu {
+        cpu.insert("pgbouncer".into(), c);
+    }
     cpu.insert("machine (all processes)".into(), machine1.0 - machine0.0);
     Ok(BurstRun {
         notifications: inserted,
@@ -229,4 +239,31 @@ async fn backend_cpu(db: &str) -> anyhow::Result<BTreeMap<i32, f64>> {
         .fetch_all(&mut conn)
         .await?;
     Ok(pids.into_iter().map(|p| (p, workers::cpu_seconds(p as u32))).collect())
+}
+
+impl BurstRun {
+    /// Row writes (inserts + updates + deletes, every table) per notification.
+    pub fn row_writes_per_notification(&self) -> f64 {
+        self.table_ops_per_notification.values().map(|v| v[0] + v[1] + v[3]).sum()
+    }
+
+    /// CPU milliseconds per notification of one group of `cpu_seconds`.
+    pub fn cpu_ms_per_notification(&self, what: &str) -> f64 {
+        self.cpu_seconds.get(what).copied().unwrap_or(f64::NAN) * 1000.0 / self.recorded.max(1) as f64
+    }
+
+    /// The row writes by table, one line each, and the total.
+    pub fn row_writes_lines(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .table_ops_per_notification
+            .iter()
+            .filter(|(_, v)| v[0] + v[1] + v[3] > 0.0005)
+            .map(|(t, v)| format!("{t}: {:.2} ins + {:.2} upd ({:.2} HOT) + {:.2} del", v[0], v[1], v[2], v[3]))
+            .collect();
+        lines.push(format!(
+            "total: {:.2} row writes per notification",
+            self.row_writes_per_notification()
+        ));
+        lines
+    }
 }

@@ -24,6 +24,7 @@ mod burst;
 mod ceiling;
 mod mixed;
 mod pg;
+mod pooler;
 mod raw;
 mod report;
 mod sinks;
@@ -139,6 +140,14 @@ struct Args {
     /// Record a system-wide `perf` profile (cpu-clock) of the first burst into this file.
     #[arg(long)]
     perf: Option<PathBuf>,
+    /// Scenarios 2-4 with the workers behind PgBouncer in transaction mode (started by the bench
+    /// on a free loopback port, `--pooler-size` server connections): `DATABASE_POOLER=transaction`,
+    /// `DATABASE_DIRECT_URL` the direct connection (issue 17's deployment).
+    #[arg(long)]
+    pooler: bool,
+    /// PgBouncer's `default_pool_size` with `--pooler`.
+    #[arg(long, default_value_t = 20)]
+    pooler_size: u32,
     /// Write BENCHMARKS.md even for a single scenario or --quick.
     #[arg(long)]
     write: bool,
@@ -159,6 +168,8 @@ pub struct Ctx {
     pub settings: WorkerSettings,
     /// `--db-setting`s.
     pub db_settings: Vec<String>,
+    /// With `--pooler`, PgBouncer's process (its CPU time is reported beside the workers').
+    pub pooler_pid: Option<u32>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -208,6 +219,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("bench: warning: {w}");
     }
     pg::drop_stale().await?;
+    let pooler = match args.pooler {
+        true => Some(pooler::PgBouncer::start(&pg::server_url(), args.pooler_size).await?),
+        false => None,
+    };
+    if let Some(p) = &pooler {
+        eprintln!(
+            "bench: workers go through PgBouncer (transaction mode, pool size {}) at {}",
+            args.pooler_size,
+            p.url(&pg::server_url())
+        );
+    }
     let ctx = Ctx {
         worker_bin,
         sinks: Sinks::start().await?,
@@ -223,8 +245,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .as_deref()
                 .map(|w| w.split_whitespace().map(str::to_owned).collect())
                 .unwrap_or_default(),
+            pooler_port: pooler.as_ref().map(|p| p.port),
         },
         db_settings: args.db_setting.clone(),
+        pooler_pid: pooler.as_ref().map(|p| p.pid()),
     };
     let machine = report::Machine::read().await?;
     eprintln!("bench: {}", machine.summary());
@@ -284,6 +308,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 r.peak_rss_mib.iter().map(|m| m.round()).collect::<Vec<_>>(),
                 r.transactions_per_notification
             );
+            eprintln!(
+                "    per notification: CPU worker {:.3} ms + Postgres {:.3} ms = {:.3} ms; row writes (pg_stat_user_tables):",
+                r.cpu_ms_per_notification("worker processes"),
+                r.cpu_ms_per_notification("postgres backends"),
+                r.cpu_ms_per_notification("worker processes") + r.cpu_ms_per_notification("postgres backends"),
+            );
+            for line in r.row_writes_lines() {
+                eprintln!("      {line}");
+            }
             out.push(r);
         }
         let summary = report::BurstSummary::new(&out);
@@ -299,6 +332,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             json!({"scenario": "footprint", "peak_rss_mib": summary.peak_rss_mib, "transactions_per_notification": summary.transactions_per_notification,
                    "wal_bytes_per_notification": summary.wal_bytes_per_notification,
                    "worker_cpu_ms_per_notification": summary.worker_cpu_ms_per_notification,
+                   "row_writes_per_notification": summary.row_writes_per_notification,
+                   "row_writes_by_table": out.last().map(|r| r.table_ops_per_notification.iter()
+                       .map(|(t, v)| (t.clone(), json!({"inserts": v[0], "updates": v[1], "hot": v[2], "deletes": v[3]})))
+                       .collect::<serde_json::Map<_, _>>()),
                    "postgres_cpu_ms_per_notification": summary.postgres_cpu_ms_per_notification})
         );
         results.burst = Some((summary, out));
@@ -396,6 +433,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         && args.db_setting.is_empty()
         && args.sslmode.is_none()
         && args.worker_wrapper.is_none()
+        && !args.pooler
         && (args.write || (s == Scenario::All && !args.quick));
     if write {
         let path = workers::repo_root().join("BENCHMARKS.md");

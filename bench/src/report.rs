@@ -225,6 +225,8 @@ pub struct BurstSummary {
     pub worker_cpu_ms_per_notification: f64,
     /// CPU milliseconds per notification: the bench database's Postgres backends.
     pub postgres_cpu_ms_per_notification: f64,
+    /// Row writes (inserts + updates + deletes, every table) per notification.
+    pub row_writes_per_notification: f64,
 }
 
 impl BurstSummary {
@@ -241,6 +243,7 @@ impl BurstSummary {
             wal_bytes_per_notification: median(runs.iter().map(|r| r.wal_bytes_per_notification).collect()),
             worker_cpu_ms_per_notification: median(runs.iter().map(|r| cpu_ms(r, "worker processes")).collect()),
             postgres_cpu_ms_per_notification: median(runs.iter().map(|r| cpu_ms(r, "postgres backends")).collect()),
+            row_writes_per_notification: median(runs.iter().map(|r| r.row_writes_per_notification()).collect()),
         }
     }
 }
@@ -644,7 +647,9 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
             }
             writeln!(
                 w,
-                "Last run, table activity per delivered notification (`pg_stat_user_tables` deltas):"
+                "Last run, table activity per delivered notification (`pg_stat_user_tables` deltas, read after the workers stopped): \
+                 {:.2} row writes (inserts + updates + deletes) in all.",
+                b.row_writes_per_notification()
             )?;
             writeln!(w)?;
             writeln!(

@@ -30,6 +30,9 @@ pub struct WorkerSettings {
     pub sslmode: Option<String>,
     /// A program (and its arguments) the workers run under, e.g. `valgrind --tool=callgrind`.
     pub wrapper: Vec<String>,
+    /// `--pooler`: the port of the PgBouncer (transaction mode) the workers go through, with
+    /// `DATABASE_POOLER=transaction` and the direct URL as `DATABASE_DIRECT_URL`.
+    pub pooler_port: Option<u16>,
 }
 
 impl WorkerSettings {
@@ -38,6 +41,20 @@ impl WorkerSettings {
         match &self.sslmode {
             Some(mode) => format!("{url}?sslmode={mode}"),
             None => url.to_owned(),
+        }
+    }
+
+    /// The workers' `DATABASE_URL`: through the pooler with `--pooler`, else direct.
+    pub fn worker_database_url(&self, url: &str) -> String {
+        let direct = self.database_url(url);
+        match self.pooler_port {
+            Some(port) => {
+                let mut u = url::Url::parse(&direct).expect("a database URL");
+                u.set_host(Some("127.0.0.1")).expect("host");
+                u.set_port(Some(port)).expect("port");
+                u.to_string()
+            }
+            None => direct,
         }
     }
 }
@@ -128,7 +145,7 @@ impl Workers {
             let child = command
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .env("DATABASE_URL", s.database_url(&db.url))
+                .env("DATABASE_URL", s.worker_database_url(&db.url))
                 .env("SMTP_URL", sinks.smtp_url())
                 .env("SMS_API_BASE_URL", sinks.http_base())
                 .env("SMS_ACCOUNT_SID", "ACbench")
@@ -144,6 +161,17 @@ impl Workers {
                 .env("WORKER_CONCURRENCY", s.concurrency.to_string())
                 .env("WORKER_BATCH_SIZE", s.batch.to_string())
                 .env("POLL_INTERVAL", format!("{}ms", s.poll_ms))
+                .envs(
+                    s.pooler_port
+                        .map(|_| {
+                            [
+                                ("DATABASE_POOLER", "transaction".to_owned()),
+                                ("DATABASE_DIRECT_URL", s.database_url(&db.url)),
+                            ]
+                        })
+                        .into_iter()
+                        .flatten(),
+                )
                 .env("RUST_LOG", std::env::var("BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()))
                 .stdin(Stdio::null())
                 .stdout(file.try_clone()?)

@@ -292,6 +292,17 @@ async fn provider_outages_back_off_then_dead_and_listed() {
     w.push.respond_with("retry-phone", PushResponse::Created);
     let pushes = w.push.wait_for(2, LONG).await.unwrap();
     assert!(pushes.len() >= 2);
+    // An attempt's row is written with its result, a moment after the push service answered.
+    try_wait_until("both push attempts on record", LONG, || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.channel = 'push'",
+        )
+        .fetch_one(w.pool())
+        .await?;
+        Ok((n >= 2).then_some(()))
+    })
+    .await
+    .unwrap();
     let gap: f64 = sqlx::query_scalar(
         "SELECT extract(epoch FROM (max(started_at) - min(started_at)))::float8 FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.channel = 'push'",
     )

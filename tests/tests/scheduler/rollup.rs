@@ -126,6 +126,25 @@ async fn rollup_of_a_day_run_twice_gives_identical_rows() {
     assert_eq!(school["due_to_sent_p50_ms"].as_f64(), Some(1500.0));
     assert_eq!(school["due_to_sent_p95_ms"].as_f64(), Some(1500.0));
     assert!(school["events"].as_i64().unwrap() >= 5, "4 bookings and a cancellation: {school}");
+    // The deliveries' own events are derived, not stored (issue 20): the sent e-mail and the
+    // dead SMS count as one `notification_sent` and one `notification_failed`.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_events")
+        .fetch_one(w.pool())
+        .await
+        .unwrap();
+    let derived: Vec<(String, i64)> = sqlx::query_as("SELECT event_type, count(*) FROM delivery_events GROUP BY 1 ORDER BY 1")
+        .fetch_all(w.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        derived,
+        vec![("notification_failed".to_owned(), 1), ("notification_sent".to_owned(), 1)]
+    );
+    assert_eq!(
+        school["events"],
+        json!(stored + 2),
+        "stored events and the two deliveries' events: {school}"
+    );
     let tara = row(Some(i1.profile_id));
     assert_eq!(
         (

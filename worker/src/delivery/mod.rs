@@ -1,6 +1,6 @@
 //! Deliveries: turning notifications into channel attempts, and recording every one. The one
-//! owner of `notification_deliveries` and `delivery_attempts`, of device use and disabling
-//! (`user_devices.last_used_at`, `active`), and of a notification's status once a worker acts
+//! owner of `notification_deliveries` and `delivery_attempts`, of device disabling
+//! (`user_devices.active`), and of a notification's status once a worker acts
 //! on it. Every job — the common new notification and every uncommon case — takes the same way:
 //!
 //! 1. [`load`]: the batch's notifications with recipients, preferences, devices and existing
@@ -9,16 +9,16 @@
 //!    which deliveries a policy, preferences, addresses, devices and quiet hours give
 //!    (`plan::plan`). No I/O.
 //! 3. `record::apply`: writes the decisions of a chunk of jobs in one transaction. New
-//!    deliveries to send are inserted `sending` with attempt 1 started (the insert is the claim:
-//!    `ON CONFLICT DO NOTHING` lets one worker win); due ones are claimed by a conditional
+//!    deliveries to send are inserted `sending`, naming the worker and job sending attempt 1
+//!    (the insert is the claim: `ON CONFLICT DO NOTHING` lets one worker win); due ones are claimed by a conditional
 //!    UPDATE; skipped, held, cancelled and expired ones are written as such; jobs with nothing
 //!    to send are acknowledged in the same transaction. The drain claims a chunk only when it
 //!    has room to send all of it at once, so what a crash leaves `sending` is what was in flight.
 //! 4. [`message`]: each claimed delivery is rendered and handed to its channel.
 //! 5. `record::record`: the single recorder of send outcomes. One transaction per batch of
-//!    results: delivery states, attempt rows, devices, retry jobs, the next stage of a `first`
-//!    policy (a job the planner turns into that stage), notification states, analytics events,
-//!    and the acknowledgement of the jobs whose deliveries are all recorded.
+//!    results: delivery states, attempt rows (written once, with the result), devices gone, retry
+//!    jobs, the next stage of a `first` policy (a job the planner turns into that stage),
+//!    notification states, and the acknowledgement of the jobs whose deliveries are all recorded.
 //! 6. Provider reports: a job naming a receipt (`DeliverJob::receipt_id`, kept by
 //!    `dashlight_core::receipts` when a status callback or a bounce arrives) is loaded with its
 //!    report (`load::receipts`), planned (`plan::receipt`: only a `sent` delivery moves, to

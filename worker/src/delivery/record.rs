@@ -1,31 +1,33 @@
 //! The writer of delivery state. Every change of `notification_deliveries`, `delivery_attempts`,
-//! the devices' use and a notification's status made by a worker is one of the statements here:
+//! the devices' state and a notification's status made by a worker is one of the statements here:
 //!
 //! - `apply`: the planner's decisions for a chunk of jobs, in one transaction (claims, inserts,
 //!   skips, holds, cancellations, expiries, operator reopens, and the acknowledgement of the jobs
-//!   with nothing to send).
-//! - `record`: send outcomes, in one transaction per batch: delivery states, attempt rows,
-//!   devices, retry jobs, the next stage of a `first` policy, notification states, analytics
-//!   events and job acknowledgements.
-//! - `interrupt`: deliveries left `sending` by a worker that died, recorded `interrupted` and
-//!   put back on their way.
+//!   with nothing to send). A claim marks the delivery `sending` with who sends it for which job
+//!   (`sending_since`, `claimed_by`, `claim_job_id`): that is the in-flight attempt's record.
+//! - `record`: send outcomes, in one transaction per batch: delivery states, the attempt rows
+//!   (each written once, with its result), devices whose subscription is gone, retry jobs, the
+//!   next stage of a `first` policy, notification states and job acknowledgements. No analytics
+//!   event per delivery and no device `last_used_at`: both follow from the deliveries (views
+//!   `delivery_events` and `device_last_use`).
+//! - `interrupt`: deliveries left `sending` by a worker that died: their attempt is recorded
+//!   `interrupted` from the claim's columns, and they are put back on their way.
 //! - providers' reports (`delivered` / `undelivered`) and Twilio's 21610: `super::receipt`,
 //!   called from `apply` and `record` inside their transactions.
 //!
-//! `resolve` decides what one outcome means (status, retry time, event) without I/O.
+//! `resolve` decides what one outcome means (status, retry time) without I/O.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use dashlight_core::{
-    analytics, controls,
+    controls,
     jobs::{DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
     kinds::{Channel, Policy},
     queue::{self, JobOutcome},
     states::{AttemptOutcome, DeliveryStatus},
 };
 use rand::Rng;
-use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
 use super::{DeliverySettings, Loaded, NotificationRow, plan::Decision, receipt};
@@ -55,6 +57,8 @@ pub(crate) struct Claimed {
     pub(crate) max_attempts: i32,
     /// The job that claimed it (acknowledged once its deliveries are recorded).
     pub(crate) job_id: String,
+    /// When it was claimed (`sending_since`, the attempt's `started_at`).
+    pub(crate) started: DateTime<Utc>,
     pub(crate) n: Arc<Loaded>,
 }
 
@@ -279,23 +283,23 @@ pub(crate) async fn apply(
     let mut sends = Vec::new();
     let mut requeue: Vec<(i64, DateTime<Utc>, i16)> = later;
     if !nids.is_empty() {
-        let job_nids: Vec<i64> = job_of.keys().copied().collect();
-        let job_ids: Vec<&str> = job_nids.iter().map(|n| job_of[n]).collect();
-        // The deliveries, and for each one to send its attempt 1 as started (job, worker, time),
-        // so a worker that dies mid-send leaves an attempt to record as `interrupted`.
+        // The job of each delivery to send, so the claim names who sends it for what (the attempt
+        // record is written once, with the result; a worker that dies mid-send leaves these on
+        // the delivery for `interrupt`).
+        let claim_jobs: Vec<Option<&str>> = nids
+            .iter()
+            .zip(&statuses)
+            .map(|(nid, s)| (*s == DeliveryStatus::Sending).then(|| job_of[nid]))
+            .collect();
         let inserted: Vec<Inserted> = sqlx::query_as(
-            "WITH ins AS (
-                 INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, skip_reason, attempts, max_attempts, sending_since, next_attempt_at, hold_reason)
-                 SELECT t.nid, t.channel, t.target, t.device, t.status, t.reason, t.attempts, $8, CASE WHEN t.status = 'sending' THEN $9::timestamptz END, t.hold, t.held
-                 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $13::timestamptz[], $14::text[])
-                      AS t(nid, channel, target, device, status, reason, attempts, hold, held)
-                 ON CONFLICT (notification_id, channel, target) DO NOTHING
-                 RETURNING id, notification_id, channel, target, device_id, status, next_attempt_at),
-             att AS (
-                 INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at)
-                 SELECT ins.id, 1, j.job, $12, $9 FROM ins JOIN unnest($10::bigint[], $11::text[]) AS j(nid, job) ON j.nid = ins.notification_id
-                 WHERE ins.status = 'sending')
-             SELECT id, notification_id, channel, target, device_id, status, next_attempt_at FROM ins",
+            "INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, skip_reason, attempts, max_attempts,
+                                                  sending_since, next_attempt_at, claimed_by, claim_job_id, hold_reason)
+             SELECT t.nid, t.channel, t.target, t.device, t.status, t.reason, t.attempts, $8,
+                    CASE WHEN t.status = 'sending' THEN $9::timestamptz END, t.hold, CASE WHEN t.status = 'sending' THEN $10 END, t.job, t.held
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $11::timestamptz[], $12::text[], $13::text[])
+                  AS t(nid, channel, target, device, status, reason, attempts, hold, job, held)
+             ON CONFLICT (notification_id, channel, target) DO NOTHING
+             RETURNING id, notification_id, channel, target, device_id, status, next_attempt_at",
         )
         .bind(&nids)
         .bind(&channels)
@@ -306,10 +310,9 @@ pub(crate) async fn apply(
         .bind(&attempts)
         .bind(max_attempts)
         .bind(now)
-        .bind(&job_nids)
-        .bind(&job_ids)
         .bind(worker)
         .bind(&holds)
+        .bind(&claim_jobs)
         .bind(&hold_reasons)
         .fetch_all(&mut *tx)
         .await?;
@@ -324,6 +327,7 @@ pub(crate) async fn apply(
                     attempt: 1,
                     max_attempts,
                     job_id: job_of[&r.notification_id].to_owned(),
+                    started: now,
                     n: l.clone(),
                 }),
                 DeliveryStatus::Pending => {
@@ -340,18 +344,14 @@ pub(crate) async fn apply(
         // The claim of due deliveries: only one worker moves a delivery to `sending`, and only
         // while it is still due (another worker may have sent and rescheduled it meanwhile).
         let claimed: Vec<ClaimedRow> = sqlx::query_as(
-            "WITH c AS (
-                 UPDATE notification_deliveries d SET status = 'sending', attempts = d.attempts + 1, sending_since = $2, hold_reason = NULL
-                 WHERE d.id = ANY($1) AND d.status IN ('pending', 'retrying') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $2)
-                 RETURNING d.id, d.notification_id, d.channel, d.target, d.device_id, d.attempts, d.max_attempts),
-             att AS (
-                 INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at)
-                 SELECT c.id, c.attempts, j.job, $5, $2 FROM c JOIN unnest($3::bigint[], $4::text[]) AS j(did, job) ON j.did = c.id)
-             SELECT id, notification_id, channel, target, device_id, attempts, max_attempts FROM c",
+            "UPDATE notification_deliveries d
+             SET status = 'sending', attempts = d.attempts + 1, sending_since = $2, claimed_by = $4, hold_reason = NULL, claim_job_id = j.job
+             FROM unnest($1::bigint[], $3::text[]) AS j(did, job)
+             WHERE d.id = j.did AND d.id = ANY($1) AND d.status IN ('pending', 'retrying') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $2)
+             RETURNING d.id, d.notification_id, d.channel, d.target, d.device_id, d.attempts, d.max_attempts",
         )
         .bind(&claim)
         .bind(now)
-        .bind(&claim)
         .bind(&job_ids)
         .bind(worker)
         .fetch_all(&mut *tx)
@@ -365,6 +365,7 @@ pub(crate) async fn apply(
                 attempt: r.attempts,
                 max_attempts: r.max_attempts,
                 job_id: job_of[&r.notification_id].to_owned(),
+                started: now,
                 n: loaded_of[&r.notification_id].clone(),
             });
         }
@@ -462,8 +463,6 @@ pub(crate) struct Resolution {
     pub(crate) next_attempt_at: Option<DateTime<Utc>>,
     /// The provider's `Retry-After`, in ms, as it gave it (capped to fit).
     pub(crate) retry_after_ms: Option<i64>,
-    /// The analytics event it produces.
-    pub(crate) event: Option<&'static str>,
     /// The push subscription is gone: disable the device.
     pub(crate) disable_device: bool,
     /// The retry delay chosen (`retrying` only).
@@ -488,14 +487,12 @@ pub(crate) fn resolve(
         provider_id: None,
         next_attempt_at: None,
         retry_after_ms: None,
-        event: None,
         disable_device: false,
         retry_in: None,
     };
     match result {
         Ok(sent) => {
             r.provider_id = sent.provider_message_id.clone();
-            r.event = Some("notification_sent");
         }
         Err(e) => {
             r.error = Some(e.to_string());
@@ -515,14 +512,12 @@ pub(crate) fn resolve(
                         );
                     } else {
                         r.status = DeliveryStatus::Dead;
-                        r.event = Some("notification_failed");
                     }
                 }
                 SendError::Permanent { subscription_gone, .. } => {
                     r.outcome = AttemptOutcome::Permanent;
                     r.status = DeliveryStatus::Failed;
                     r.disable_device = *subscription_gone;
-                    r.event = Some("notification_failed");
                 }
             }
         }
@@ -568,7 +563,7 @@ pub(crate) async fn record(
             "UPDATE notification_deliveries d
              SET status = t.status, sent_at = CASE WHEN t.status = 'sent' THEN t.finished ELSE d.sent_at END,
                  provider_message_id = coalesce(t.provider, d.provider_message_id), last_error = t.error,
-                 next_attempt_at = t.next, sending_since = NULL
+                 next_attempt_at = t.next, sending_since = NULL, claimed_by = NULL, claim_job_id = NULL
              FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[])
                   AS t(id, status, finished, provider, error, next)
              WHERE d.id = t.id AND d.id = ANY($1)",
@@ -583,15 +578,20 @@ pub(crate) async fn record(
         .await?;
         let outcomes: Vec<AttemptOutcome> = res.iter().map(|r| r.outcome).collect();
         let retry_after: Vec<Option<i64>> = res.iter().map(|r| r.retry_after_ms).collect();
-        // The claim inserted this attempt as started (so a crash leaves it on record); here it is
-        // finished.
+        let started: Vec<DateTime<Utc>> = deliveries.iter().map(|a| a.claimed.started).collect();
+        let jobs_of: Vec<&str> = deliveries.iter().map(|a| a.claimed.job_id.as_str()).collect();
+        // The attempt record, written once now that its result is known (while it was in flight,
+        // the delivery's `sending_since`, `claimed_by` and `claim_job_id` said the same). A
+        // record that comes after `interrupt` already recorded this attempt (a worker thought
+        // dead) tells what really happened.
         sqlx::query(
-            "UPDATE delivery_attempts a
-             SET finished_at = t.finished, outcome = t.outcome, error = t.error,
-                 provider_message_id = t.provider, retry_after_ms = t.retry_after
-             FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[])
-                  AS t(id, attempt, finished, outcome, error, provider, retry_after)
-             WHERE a.delivery_id = t.id AND a.attempt = t.attempt AND a.delivery_id = ANY($1)",
+            "INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms)
+             SELECT t.id, t.attempt, t.job, $8, t.started, t.finished, t.outcome, t.error, t.provider, t.retry_after
+             FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $9::timestamptz[], $10::text[])
+                  AS t(id, attempt, finished, outcome, error, provider, retry_after, started, job)
+             ON CONFLICT (delivery_id, attempt) DO UPDATE
+             SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, error = EXCLUDED.error,
+                 provider_message_id = EXCLUDED.provider_message_id, retry_after_ms = EXCLUDED.retry_after_ms",
         )
         .bind(&ids)
         .bind(&attempt_no)
@@ -600,25 +600,14 @@ pub(crate) async fn record(
         .bind(&errors)
         .bind(&provider)
         .bind(&retry_after)
+        .bind(worker)
+        .bind(&started)
+        .bind(&jobs_of)
         .execute(&mut *tx)
         .await?;
 
-        // Devices: last use (at most once a minute), subscriptions gone.
-        let used: Vec<i64> = deliveries
-            .iter()
-            .zip(&res)
-            .filter(|(_, r)| r.status == DeliveryStatus::Sent)
-            .filter_map(|(a, _)| a.claimed.device_id)
-            .collect();
-        if !used.is_empty() {
-            sqlx::query(
-                "UPDATE user_devices SET last_used_at = $2 WHERE id = ANY($1) AND (last_used_at IS NULL OR last_used_at < $2 - interval '1 minute')",
-            )
-            .bind(&used)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        // Devices: subscriptions gone. (A device's last use is not written per send: it is the
+        // last `sent_at` of its deliveries, the view `device_last_use`.)
         let (gone, why): (Vec<i64>, Vec<Option<&str>>) = deliveries
             .iter()
             .zip(&res)
@@ -651,20 +640,8 @@ pub(crate) async fn record(
         enqueue_runs(&mut tx, &runs, now).await?;
         receipt::suppress_opted_out(&mut tx, deliveries).await?;
 
-        let events: Vec<analytics::Event> = deliveries
-            .iter()
-            .zip(&res)
-            .filter_map(|(a, r)| {
-                let n = &a.claimed.n.n;
-                r.event.map(|event_type| analytics::Event {
-                    user_id: n.user_id,
-                    event_type,
-                    data: json!({"notification_id": n.id, "delivery_id": a.claimed.id, "kind": n.kind.as_str(), "channel": a.claimed.channel.as_str()}),
-                    at: a.finished,
-                })
-            })
-            .collect();
-        analytics::record_many(&mut tx, &events).await?;
+        // No analytics event per delivery: `notification_sent` / `notification_failed` follow
+        // from the deliveries (the view `delivery_events`; the daily rollup counts them there).
 
         let mut touched: Vec<i64> = deliveries
             .iter()
@@ -701,17 +678,25 @@ pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc
     let mut tx = pool.begin().await?;
     let rows: Vec<(i64, i64, i16)> = sqlx::query_as(
         "WITH s AS (
-            UPDATE notification_deliveries d SET status = 'retrying', next_attempt_at = NULL, sending_since = NULL,
-                   last_error = 'interrupted: ' || $3
+            SELECT d.id, d.notification_id, d.attempts, d.claimed_by, d.claim_job_id, d.sending_since
+            FROM notification_deliveries d
             WHERE d.status = 'sending'
               AND ($1::timestamptz IS NULL OR d.sending_since < $1)
-              AND ($2::text[] IS NULL OR EXISTS (
-                    SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.worker = ANY($2)))
-            RETURNING d.id, d.notification_id, d.attempts)
+              AND ($2::text[] IS NULL OR d.claimed_by = ANY($2) OR (d.claimed_by IS NULL AND EXISTS (
+                    SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.worker = ANY($2))))
+            FOR UPDATE)
+         , u AS (
+            UPDATE notification_deliveries d SET status = 'retrying', next_attempt_at = NULL, sending_since = NULL,
+                   claimed_by = NULL, claim_job_id = NULL, last_error = 'interrupted: ' || $3
+            FROM s WHERE d.id = s.id AND d.status = 'sending'
+            RETURNING d.id)
          , a AS (
-            UPDATE delivery_attempts da SET finished_at = $4, outcome = 'interrupted', error = $3
-            FROM s WHERE da.delivery_id = s.id AND da.attempt = s.attempts AND da.outcome IS NULL)
-         SELECT s.id, s.notification_id, n.priority FROM s JOIN notifications n ON n.id = s.notification_id",
+            INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error)
+            SELECT s.id, s.attempts, s.claim_job_id, s.claimed_by, coalesce(s.sending_since, $4), $4, 'interrupted', $3
+            FROM s JOIN u ON u.id = s.id
+            ON CONFLICT (delivery_id, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, outcome = 'interrupted', error = EXCLUDED.error
+            WHERE delivery_attempts.outcome IS NULL)
+         SELECT s.id, s.notification_id, n.priority FROM s JOIN u ON u.id = s.id JOIN notifications n ON n.id = s.notification_id",
     )
     .bind(cutoff)
     .bind(workers)
@@ -841,10 +826,7 @@ mod tests {
             t0(),
             &s,
         );
-        assert_eq!(
-            (sent.status, sent.outcome, sent.event),
-            (DeliveryStatus::Sent, AttemptOutcome::Sent, Some("notification_sent"))
-        );
+        assert_eq!((sent.status, sent.outcome), (DeliveryStatus::Sent, AttemptOutcome::Sent));
         assert_eq!(sent.provider_id.as_deref(), Some("SM1"));
 
         let transient = resolve(&Err(SendError::transient("reset")), 1, 8, t0(), &s);
@@ -869,10 +851,7 @@ mod tests {
         assert_eq!(with_ra.retry_after_ms, Some(90_000));
 
         let dead = resolve(&Err(SendError::transient("reset")), 8, 8, t0(), &s);
-        assert_eq!(
-            (dead.status, dead.event, dead.next_attempt_at),
-            (DeliveryStatus::Dead, Some("notification_failed"), None)
-        );
+        assert_eq!((dead.status, dead.next_attempt_at), (DeliveryStatus::Dead, None));
 
         let gone = resolve(
             &Err(SendError::Permanent {

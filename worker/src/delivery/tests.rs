@@ -128,14 +128,23 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
                 .await
                 .unwrap();
         assert_eq!((status.as_str(), attempts), ("sending", 1), "claimed by its insert");
-        let started: i64 = scalar(
+        // The in-flight attempt is on record on the delivery (who, for which job, since when);
+        // its attempt row is written once, with its result.
+        let claim: i64 = scalar(
             pool,
-            "SELECT count(*) FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id
-             WHERE d.notification_id = $1 AND a.started_at IS NOT NULL AND a.outcome IS NULL AND a.worker = 'test-worker'",
+            "SELECT count(*) FROM notification_deliveries d WHERE d.notification_id = $1 AND d.sending_since IS NOT NULL
+               AND d.claimed_by = 'test-worker' AND d.claim_job_id IS NOT NULL",
             *id,
         )
         .await;
-        assert_eq!(started, 1, "attempt 1 on record as started");
+        assert_eq!(claim, 1, "attempt 1 on record as started, on the delivery");
+        let rows: i64 = scalar(
+            pool,
+            "SELECT count(*) FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.notification_id = $1",
+            *id,
+        )
+        .await;
+        assert_eq!(rows, 0, "no attempt row until its result is known");
     }
 
     // Outcomes for all but the interrupted one.
@@ -195,7 +204,7 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
     assert_eq!(n_status, "done");
     let events: i64 = scalar(
         pool,
-        "SELECT count(*) FROM analytics_events WHERE event_type = 'notification_sent' AND (event_data->>'notification_id')::bigint = $1",
+        "SELECT count(*) FROM delivery_events WHERE event_type = 'notification_sent' AND (event_data->>'notification_id')::bigint = $1",
         ids[0],
     )
     .await;
@@ -289,6 +298,90 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
     )
     .await;
     assert_eq!(outcome, "interrupted");
+    // The interrupted attempt says who was sending it, for which job, and since when.
+    let (worker, job, started, claimed_by): (Option<String>, Option<String>, DateTime<Utc>, Option<String>) = sqlx::query_as(
+        "SELECT a.worker, a.job_id, a.started_at, d.claimed_by FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id
+         WHERE d.notification_id = $1",
+    )
+    .bind(ids[4])
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(worker.as_deref(), Some(WORKER));
+    assert_eq!(job.as_deref(), Some(by_n(4).job_id.as_str()));
+    assert_eq!(started.timestamp_micros(), by_n(4).started.timestamp_micros());
+    assert_eq!(claimed_by, None, "the claim is cleared once recorded");
+
+    // Every sent attempt's row carries its start, worker and job; nothing else is left open.
+    let open: i64 = scalar(
+        pool,
+        "SELECT count(*) FROM delivery_attempts WHERE $1 = $1 AND (outcome IS NULL OR finished_at IS NULL)",
+        0,
+    )
+    .await;
+    assert_eq!(open, 0);
+    let (worker, job): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT a.worker, a.job_id FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.notification_id = $1",
+    )
+    .bind(ids[0])
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((worker.as_deref(), job), (Some(WORKER), Some(by_n(0).job_id)));
+    // No device use written per send: it is derived.
+    let device_writes: i64 = scalar(
+        pool,
+        "SELECT count(*) FROM user_devices WHERE last_used_at IS NOT NULL AND $1 = $1",
+        0,
+    )
+    .await;
+    assert_eq!(device_writes, 0);
+}
+
+/// A result recorded after the worker was thought dead (its attempt already recorded
+/// `interrupted` by another worker's rescue) tells what really happened: one attempt row, with the
+/// real outcome.
+#[tokio::test]
+async fn a_late_result_after_an_interrupt_replaces_the_interrupted_attempt() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let s = settings();
+    let now = Utc::now();
+    let u = user(pool, "late", false).await;
+    let id = notification(pool, Kind::PackageLow, u, now).await;
+    let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
+    queue.register().await.unwrap();
+    let jobs = queue.fetch(10, Duration::ZERO).await.unwrap();
+    let (mut loaded, _) = load::load(pool, &s, &[id]).await.unwrap();
+    let l = loaded.remove(&id).map(Arc::new);
+    let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
+    let decided = vec![Decided {
+        job_id: jobs[0].id.clone(),
+        loaded: l,
+        decision,
+    }];
+    let applied = record::apply(pool, &s, WORKER, &decided, Utc::now()).await.unwrap();
+    assert_eq!(applied.sends.len(), 1);
+    assert_eq!(
+        record::interrupt(pool, Stuck::Of(&[WORKER.to_owned()]), Utc::now()).await.unwrap(),
+        1
+    );
+    let attempted = vec![Attempted {
+        claimed: applied.sends[0].clone(),
+        finished: Utc::now(),
+        result: Ok(Sent {
+            provider_message_id: Some("<late@test>".into()),
+        }),
+    }];
+    record::record(pool, &s, WORKER, &attempted, &[], Utc::now()).await.unwrap();
+    let rows: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT a.attempt, a.outcome FROM delivery_attempts a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.notification_id = $1",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(1, Some("sent".to_owned()))]);
 }
 
 /// Fetches the queue's due jobs and returns the one of notification `nid` naming a receipt.

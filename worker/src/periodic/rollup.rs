@@ -15,7 +15,7 @@
 //! | `deliveries` | `sent_at` of sent (and later delivered or undelivered), `updated_at` of failed and dead deliveries | the notification's booking |
 //! | `receipts` | `delivered_at` of delivered, `updated_at` of undelivered deliveries (what providers reported), with `delivered_rate` = delivered / (delivered + undelivered) per channel | the notification's booking |
 //! | `due_to_sent_p50/p95_ms` | `sent_at − notifications.due_at` of the day's sent deliveries | the notification's booking |
-//! | `events` | `analytics_events.timestamp` | `event_data.instructor_id` |
+//! | `events` | `analytics_events.timestamp`, plus the day's sent, failed and dead deliveries (the `notification_sent` / `notification_failed` events, view `delivery_events`, derived rather than stored) | `event_data.instructor_id` (delivery events: school only) |
 //! | `slots_offered` | `slot_offers.created_at` (distinct freed slots) | the offer |
 //! | `slots_filled` | `slot_offers.accepted_at` | the offer |
 //! | `fill_minutes_p50` | `accepted_at − freed_at` of the day's fills, in minutes | the offer |
@@ -242,6 +242,10 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
     .fetch_all(&mut *conn)
     .await?;
     for (instructor_id, school, channel, sent, failed, dead) in by_channel {
+        if school {
+            // The deliveries' own events (`delivery_events`): they name no instructor.
+            map.entry(None).or_default().events += sent + failed + dead;
+        }
         if school || instructor_id.is_some() {
             let key = if school { None } else { instructor_id };
             map.entry(key).or_default().deliveries.insert(channel, (sent, failed, dead));
