@@ -5,10 +5,9 @@
 //! (RFC 3464 `multipart/report`) and posted to `/hooks/email/inbound` the way postfix's `pipe`
 //! with curl posts them. What changed is read back from the database.
 //!
-//! The worker side of receipts (the recorder moving the delivery to `undelivered`, the planner
-//! skipping suppressed addresses and opted-out kinds) is another branch's work: these tests check
-//! what the hooks produce (the receipt, the suppression, the opt-out, the job that names the
-//! receipt); the end-to-end assertions are added when both are merged.
+//! Most tests check what the hooks produce (the receipt, the suppression, the opt-out, the job
+//! that names the receipt); `a_bounce_makes_the_email_undelivered_and_the_next_one_skipped`
+//! follows a bounce through the worker's recorder and planner to the next email.
 
 use std::time::Duration;
 
@@ -16,14 +15,17 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::Utc;
 use dashlight_core::{
     Clock,
-    kinds::Kind,
+    kinds::{Channel, Kind},
     notify::{self, NewNotification},
+    people::OptOutSource,
     signing,
+    states::DeliveryStatus,
 };
 use dashlight_tests::{
     api::{Reply, TOKEN},
     db::TestDb,
     smtp::ReceivedMail,
+    wait::wait_until,
     world::{WorkerHandle, World},
 };
 use mail_parser::MessageParser;
@@ -671,4 +673,106 @@ async fn the_hook_is_off_without_its_token() {
         .unwrap();
     assert_eq!(n, 0);
     api.stop().await;
+}
+
+/// Both ends together: a hard bounce posted to the hook is applied by the worker's recorder (the
+/// email becomes `undelivered`, with the bounce's status and code, and is retryable like
+/// `failed`), and the next email to the bounced address is `skipped` as `suppressed`, never sent.
+/// An opted-out kind is `skipped` as `unsubscribed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounce_makes_the_email_undelivered_and_the_next_one_skipped() {
+    let env = Env::start().await;
+    let (sent, student_id, _) = three_emails(&env).await;
+    let reminder = find(&sent, "lesson_reminder");
+    let student_email = reminder.mail.rcpt_to[0].clone();
+    let verp = reminder.mail.mail_from.clone();
+    let bounce = postfix_dsn(
+        &verp,
+        &student_email,
+        "failed",
+        "5.1.1",
+        "550 5.1.1 <amelia@school.test>: Recipient address rejected: User unknown",
+        &reminder.returned_headers(&verp),
+        false,
+    );
+    let out = env.dsn(bounce).await;
+    assert_eq!(out["verdict"], "bounced", "{out}");
+
+    let pool = env.pool().clone();
+    let id = reminder.delivery_id;
+    let error: Option<String> = wait_until("the recorder applies the bounce", LONG, || {
+        let pool = pool.clone();
+        async move {
+            let (status, error): (String, Option<String>) =
+                sqlx::query_as("SELECT status, last_error FROM notification_deliveries WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (status == "undelivered").then_some(error)
+        }
+    })
+    .await
+    .unwrap();
+    let error = error.unwrap_or_default();
+    assert!(error.contains("5.1.1"), "the bounce's status is kept: {error}");
+    assert!(DeliveryStatus::RETRYABLE.contains(&DeliveryStatus::Undelivered));
+
+    // The next email to the bounced address: skipped, suppressed, nothing on the wire.
+    let before = env.w.smtp.messages().len();
+    let now = Utc::now();
+    let mut n = NewNotification::to_user(Kind::PackageLow, student_id, "after-the-bounce".into(), now);
+    n.title = "One lesson left".into();
+    let mut conn = env.pool().acquire().await.expect("conn");
+    let nid = notify::create(&mut conn, n).await.expect("notification").expect("new");
+    drop(conn);
+    let reason: String = wait_until("the next email is planned", LONG, || {
+        let pool = pool.clone();
+        async move {
+            let (status, reason): (String, Option<String>) =
+                sqlx::query_as("SELECT status, skip_reason FROM notification_deliveries WHERE notification_id = $1 AND channel = 'email'")
+                    .bind(nid)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (status == "skipped").then(|| reason.unwrap_or_default())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, "suppressed");
+
+    // Lifting the suppression and opting out of the kind instead: skipped as unsubscribed.
+    let mut conn = env.pool().acquire().await.expect("conn");
+    dashlight_core::suppressions::lift_target(&mut conn, Channel::Email, &student_email)
+        .await
+        .unwrap();
+    dashlight_core::people::set_email_opt_out(&mut conn, student_id, Kind::PackageLow, true, OptOutSource::Api)
+        .await
+        .unwrap();
+    let mut n = NewNotification::to_user(Kind::PackageLow, student_id, "after-the-opt-out".into(), Utc::now());
+    n.title = "One lesson left".into();
+    let nid = notify::create(&mut conn, n).await.expect("notification").expect("new");
+    drop(conn);
+    let reason: String = wait_until("the opted-out email is planned", LONG, || {
+        let pool = pool.clone();
+        async move {
+            let (status, reason): (String, Option<String>) =
+                sqlx::query_as("SELECT status, skip_reason FROM notification_deliveries WHERE notification_id = $1 AND channel = 'email'")
+                    .bind(nid)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (status == "skipped").then(|| reason.unwrap_or_default())
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(reason, "unsubscribed");
+    assert_eq!(
+        env.w.smtp.messages().len(),
+        before,
+        "nothing was sent to the bounced or opted-out address"
+    );
+    env.stop().await;
 }

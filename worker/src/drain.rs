@@ -318,7 +318,7 @@ impl Drain {
             };
             let decision = match (unplannable.get(&d.notification_id), d.receipt_id, &d.cancel) {
                 (Some(why), _, _) => Decision::Kill(why.clone()),
-                (None, Some(r), _) => Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&r))),
+                (None, Some(r), _) => plan::on_receipt(l.as_deref(), receipts.get(&r)),
                 (None, None, Some(why)) => plan::withdraw(l.as_deref(), why),
                 (None, None, None) => plan::decide(l.as_deref(), d.retry_delivery_id, now, system),
             };

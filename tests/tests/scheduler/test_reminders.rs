@@ -32,9 +32,11 @@ async fn test_reminders_are_created_once_and_move_with_the_date() {
     assert_eq!(reminders[0].due_at, t("2026-03-06T09:14:00Z"));
     assert_eq!(reminders[0].expires_at, Some(test));
     assert_eq!(
-        reminders[0].data,
-        json!({"test": {"date": "2026-03-13T09:14:00+00:00", "days_before": 7}})
+        reminders[0].data["test"],
+        json!({"date": "2026-03-13T09:14:00+00:00", "days_before": 7})
     );
+    // Every notification to a person carries the path of their own page (issue 16).
+    assert!(reminders[0].data["page_path"].as_str().is_some_and(|p| p.starts_with("/me/")));
     assert_eq!(reminders[1].dedupe_key, format!("test_reminder:{}:{unix}:1d", student.profile_id));
     assert_eq!(reminders[1].due_at, t("2026-03-12T09:14:00Z"));
     assert!(

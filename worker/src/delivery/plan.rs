@@ -178,6 +178,25 @@ pub(crate) fn decide(loaded: Option<&Loaded>, retry_delivery_id: Option<i64>, no
     }
 }
 
+/// How long a report about a delivery still `sending` waits before it is decided again.
+pub(crate) const RECEIPT_EARLY_WAIT: Duration = Duration::from_millis(250);
+
+/// The decision on a provider's report. A report can overtake the send it is about: a fast
+/// bounce or status callback arriving while the delivery is still `sending` (the provider has
+/// answered, the recorder has not yet written `sent`). Such a report waits
+/// ([`RECEIPT_EARLY_WAIT`]) and is decided again, instead of being dropped as "not `sent`"; the
+/// wait ends once the send is recorded (or recorded `interrupted` by a rescue).
+pub(crate) fn on_receipt(loaded: Option<&Loaded>, r: Option<&Receipt>) -> Decision {
+    if let (Some(l), Some(r)) = (loaded, r)
+        && l.deliveries
+            .iter()
+            .any(|d| d.id == r.delivery_id && d.status == DeliveryStatus::Sending)
+    {
+        return Decision::Wait(RECEIPT_EARLY_WAIT);
+    }
+    Decision::Receipt(receipt(loaded, r))
+}
+
 /// What a provider's report does to its delivery. Only a `sent` delivery moves: to `delivered`
 /// or to `undelivered`, both final. So a report arriving twice, a `delivered` after an
 /// `undelivered` (or the reverse), or a report about a delivery an operator has since put back
@@ -464,6 +483,39 @@ mod tests {
             status,
             next_attempt_at: next.map(t),
         }
+    }
+
+    fn report(delivery_id: i64, status: ReceiptStatus) -> Receipt {
+        Receipt {
+            id: 1,
+            delivery_id,
+            source: dashlight_core::receipts::ReceiptSource::SmsStatus,
+            status,
+            provider_status: None,
+            error_code: None,
+            detail: None,
+            received_at: t("2026-03-03T12:00:05Z"),
+        }
+    }
+
+    #[test]
+    fn a_report_that_overtakes_its_send_waits_for_it() {
+        let r = report(5, ReceiptStatus::Delivered);
+        let sending = loaded(
+            NotificationStatus::Pending,
+            vec![delivery(5, Channel::Sms, DeliveryStatus::Sending, None)],
+        );
+        assert_eq!(on_receipt(Some(&sending), Some(&r)), Decision::Wait(RECEIPT_EARLY_WAIT));
+        let sent = loaded(
+            NotificationStatus::Done,
+            vec![delivery(5, Channel::Sms, DeliveryStatus::Sent, None)],
+        );
+        assert!(matches!(on_receipt(Some(&sent), Some(&r)), Decision::Receipt(Some(m)) if m.to == DeliveryStatus::Delivered));
+        let delivered = loaded(
+            NotificationStatus::Done,
+            vec![delivery(5, Channel::Sms, DeliveryStatus::Delivered, None)],
+        );
+        assert_eq!(on_receipt(Some(&delivered), Some(&r)), Decision::Receipt(None));
     }
 
     #[test]
