@@ -675,6 +675,21 @@ async fn the_hook_is_off_without_its_token() {
     api.stop().await;
 }
 
+/// Why the email of a notification was skipped, once the worker has planned it.
+async fn email_skip_reason(pool: &sqlx::PgPool, nid: i64) -> String {
+    wait_until("the worker plans the email (skipped)", LONG, || async move {
+        let (status, reason): (String, Option<String>) =
+            sqlx::query_as("SELECT status, skip_reason FROM notification_deliveries WHERE notification_id = $1 AND channel = 'email'")
+                .bind(nid)
+                .fetch_one(pool)
+                .await
+                .ok()?;
+        (status == "skipped").then(|| reason.unwrap_or_default())
+    })
+    .await
+    .unwrap()
+}
+
 /// Both ends together: a hard bounce posted to the hook is applied by the worker's recorder (the
 /// email becomes `undelivered`, with the bounce's status and code, and is retryable like
 /// `failed`), and the next email to the bounced address is `skipped` as `suppressed`, never sent.
@@ -726,20 +741,7 @@ async fn a_bounce_makes_the_email_undelivered_and_the_next_one_skipped() {
     let mut conn = env.pool().acquire().await.expect("conn");
     let nid = notify::create(&mut conn, n).await.expect("notification").expect("new");
     drop(conn);
-    let reason: String = wait_until("the next email is planned", LONG, || {
-        let pool = pool.clone();
-        async move {
-            let (status, reason): (String, Option<String>) =
-                sqlx::query_as("SELECT status, skip_reason FROM notification_deliveries WHERE notification_id = $1 AND channel = 'email'")
-                    .bind(nid)
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-            (status == "skipped").then(|| reason.unwrap_or_default())
-        }
-    })
-    .await
-    .unwrap();
+    let reason = email_skip_reason(&pool, nid).await;
     assert_eq!(reason, "suppressed");
 
     // Lifting the suppression and opting out of the kind instead: skipped as unsubscribed.
@@ -754,20 +756,7 @@ async fn a_bounce_makes_the_email_undelivered_and_the_next_one_skipped() {
     n.title = "One lesson left".into();
     let nid = notify::create(&mut conn, n).await.expect("notification").expect("new");
     drop(conn);
-    let reason: String = wait_until("the opted-out email is planned", LONG, || {
-        let pool = pool.clone();
-        async move {
-            let (status, reason): (String, Option<String>) =
-                sqlx::query_as("SELECT status, skip_reason FROM notification_deliveries WHERE notification_id = $1 AND channel = 'email'")
-                    .bind(nid)
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-            (status == "skipped").then(|| reason.unwrap_or_default())
-        }
-    })
-    .await
-    .unwrap();
+    let reason = email_skip_reason(&pool, nid).await;
     assert_eq!(reason, "unsubscribed");
     assert_eq!(
         env.w.smtp.messages().len(),
