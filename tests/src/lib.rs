@@ -11,6 +11,7 @@
 //! - [`smtp`]: an SMTP server (lettre URL `smtp://127.0.0.1:PORT`).
 //! - [`push`]: a Web Push service (VAPID verification, `aes128gcm` decryption).
 //! - [`sms`]: a Twilio-compatible Messages API.
+//! - [`browser`]: Debian's headless Chromium over chromedriver (the browser tests).
 //! - [`bins`]: the workspace's programs, built once per run and started by path.
 //! - [`pgcluster`]: a private PostgreSQL cluster to stop and start (restart tests).
 //! - [`pooler`]: PgBouncer in transaction mode in front of a server, killed on drop.
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod bins;
+pub mod browser;
 pub mod db;
 pub mod pgcluster;
 pub mod pooler;

@@ -13,11 +13,7 @@
 //! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver`: when they are missing the test runs
 //! `.ci/setup-browser` to install them, and fails saying so if that cannot; it never skips.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use chrono::Utc;
@@ -26,13 +22,16 @@ use dashlight_core::{
     kinds::Kind,
     notify::{self, NewNotification},
 };
-use dashlight_tests::{api::spawn_api, smtp::SmtpMode, wait::try_wait_until, world::World};
-use fantoccini::{Client, ClientBuilder, Locator};
+use dashlight_tests::{
+    api::spawn_api,
+    browser::{self, Driver},
+    smtp::SmtpMode,
+    wait::try_wait_until,
+    world::World,
+};
+use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// The ceiling of every wait: generous, since the browser, the worker and the compiler may
 /// share two cores.
 const LONG: Duration = Duration::from_secs(90);
@@ -43,96 +42,11 @@ const XSS_ERROR: &str = "<img src=x onerror=alert(2)> refused";
 
 /// Where screenshots go: `<target dir>/test-artifacts/dashboard`.
 fn artifacts() -> PathBuf {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    tmp.parent().unwrap_or(tmp).join("test-artifacts").join("dashboard")
+    browser::artifacts(env!("CARGO_TARGET_TMPDIR"), "dashboard")
 }
 
-/// chromedriver on a free loopback port, in its own process group so that the browsers it
-/// starts end with it.
-struct Driver {
-    child: tokio::process::Child,
-    url: String,
-    profile: PathBuf,
-}
-
-impl Driver {
-    async fn start() -> anyhow::Result<Driver> {
-        // A fresh machine has no browser: install Debian's (as `.ci/run` does) so the README's
-        // test command works there too. If that fails, the check below says what to do.
-        if ![CHROMIUM, CHROMEDRIVER].iter().all(|b| Path::new(b).exists()) {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/setup-browser");
-            let _ = std::process::Command::new("bash").arg(script).status();
-        }
-        for bin in [CHROMIUM, CHROMEDRIVER] {
-            ensure!(
-                Path::new(bin).exists(),
-                "{bin} is missing: the dashboard's browser tests need Debian's chromium and chromium-driver; run `.ci/setup-browser` (as root) to install them"
-            );
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let mut cmd = Command::new(CHROMEDRIVER);
-        cmd.arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {CHROMEDRIVER}"))?;
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        try_wait_until("chromedriver to answer /status", LONG, || {
-            let (http, url) = (&http, &url);
-            async move {
-                Ok(match http.get(format!("{url}/status")).send().await {
-                    Ok(r) if r.status().is_success() => Some(()),
-                    _ => None,
-                })
-            }
-        })
-        .await?;
-        let profile = std::env::temp_dir().join(format!("dashlight-chromium-{}-{port}", std::process::id()));
-        Ok(Driver { child, url, profile })
-    }
-
-    /// A new headless Chromium session with its own fresh profile.
-    async fn browser(&self) -> anyhow::Result<Client> {
-        let _ = std::fs::remove_dir_all(&self.profile);
-        std::fs::create_dir_all(&self.profile)?;
-        let caps = json!({
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": [
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                    "--disable-dev-shm-usage", "--window-size=1280,1000",
-                    format!("--user-data-dir={}", self.profile.display()),
-                ],
-            },
-        });
-        let serde_json::Value::Object(caps) = caps else { unreachable!() };
-        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let client = ClientBuilder::new(connector)
-            .capabilities(caps)
-            .connect(&self.url)
-            .await
-            .context("starting Chromium through chromedriver")?;
-        Ok(client)
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // The whole group: chromedriver and any Chromium it left behind.
-        if let Some(pid) = self.child.id() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", "--", &format!("-{pid}")])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = std::fs::remove_dir_all(&self.profile);
-    }
-}
+/// The dashboard's browser window: a desktop.
+const DESKTOP: (u32, u32) = (1280, 1000);
 
 /// The browser and where the dashboard is.
 struct Ui<'a> {
@@ -281,7 +195,7 @@ async fn operator_fixes_a_refused_email_in_the_browser() {
     .await
     .unwrap();
 
-    let browser = driver.browser().await.expect("a Chromium session");
+    let browser = driver.browser(DESKTOP).await.expect("a Chromium session");
     let ui = Ui {
         c: &browser,
         base: &server.base,
