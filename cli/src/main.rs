@@ -193,11 +193,29 @@ async fn up_with(database_url: Option<String>, no_demo: bool) -> anyhow::Result<
         let (c, p, k, s) = (config.clone(), pool.clone(), clock.clone(), stop(rx.clone()));
         async move { dashlight_admin_api::run(&c, p, k, s).await }
     });
-    cli::shutdown_signal().await;
+    let (mut worker, mut scheduler, mut api) = (worker, scheduler, api);
+    // Ctrl-C, or one part ending on its own (a broken template directory, a port already taken):
+    // either stops everything, at once, rather than leaving the others running without it.
+    let early = tokio::select! {
+        _ = cli::shutdown_signal() => None,
+        r = &mut worker => Some(("worker", r)),
+        r = &mut scheduler => Some(("scheduler", r)),
+        r = &mut api => Some(("admin API", r)),
+    };
     let _ = tx.send(true);
-    let (w, s, a) = tokio::join!(worker, scheduler, api);
-    for (name, r) in [("worker", w), ("scheduler", s), ("admin API", a)] {
+    let early_name = early.as_ref().map(|(name, _)| *name);
+    if let Some(name) = early_name {
+        eprintln!("dashlight up: the {name} stopped on its own; stopping everything");
+    }
+    let mut results = Vec::from_iter(early);
+    for (name, handle) in [("worker", worker), ("scheduler", scheduler), ("admin API", api)] {
+        if Some(name) != early_name {
+            results.push((name, handle.await));
+        }
+    }
+    for (name, r) in results {
         match r {
+            Ok(Ok(())) if Some(name) == early_name => anyhow::bail!("{name} stopped on its own"),
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e.context(format!("{name} failed"))),
             Err(e) => anyhow::bail!("{name} panicked: {e}"),
