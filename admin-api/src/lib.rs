@@ -194,7 +194,6 @@ pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
     http::health::routes()
         .merge(http::calendar::open_routes())
         .merge(http::gaps::open_routes())
-        .merge(http::email_hooks::open_routes())
         .merge(http::unsubscribe::open_routes())
         .merge(http::own_page::open_routes())
         .merge(http::hooks::open_routes())

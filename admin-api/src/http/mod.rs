@@ -13,14 +13,12 @@
 //! - [`crm`]: leads and staff interactions.
 //! - [`gaps`]: the waitlist, a freed slot's offers, the offer link (no token) and accepting it.
 //! - [`calendar`]: the per-person iCalendar feed (no token) and its secret's rotation.
-//! - [`email_hooks`]: `/hooks/email/inbound`, mail that comes back (bounces, auto-replies, the
-//!   unsubscribe `mailto:`), behind its own bearer token (`INBOUND_EMAIL_TOKEN`).
 //! - [`unsubscribe`]: the `List-Unsubscribe` link (no token: the signed address is the secret);
 //!   GET shows what stops, POST (also RFC 8058 one-click) stops it.
 //! - [`own_page`]: a person's own page `/me/{token}` (no token: the link is the secret), its
 //!   form posts and push subscription, the personal link's API, the VAPID key, `/sw.js`.
-//! - [`hooks`]: routes providers call (no token; each verifies its caller): SMS status
-//!   callbacks and inbound SMS.
+//! - [`hooks`]: routes providers and mail servers call: SMS status callbacks and inbound SMS
+//!   (Twilio's signature), and mail that comes back (its own bearer token).
 //! - [`suppressions`]: suppressed addresses and numbers, listed and lifted by operators.
 
 pub mod bookings;
@@ -28,7 +26,6 @@ pub mod calendar;
 pub mod controls;
 pub mod crm;
 pub mod deliveries;
-pub mod email_hooks;
 pub mod gaps;
 pub mod health;
 pub mod hooks;

@@ -31,7 +31,7 @@ use crate::{
 };
 
 /// The hook (its own bearer token, not the admin one).
-pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
+pub(crate) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(inbound_email))
 }
 
