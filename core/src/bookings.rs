@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, NaiveTime, Utc};
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{AssertSqlSafe, FromRow, PgConnection};
+use sqlx::{FromRow, PgConnection};
 
 use crate::{
     Config, access, analytics,
@@ -25,11 +25,12 @@ use crate::{
     kinds::Kind,
     notify::{self, NewNotification},
     packages,
+    people::Window,
     states::BookingStatus,
 };
 
 /// A booking row.
-#[derive(Debug, Clone, FromRow, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Booking {
     /// Id.
     pub id: i64,
@@ -57,7 +58,23 @@ pub struct Booking {
     pub created_at: DateTime<Utc>,
 }
 
-const BOOKING_COLUMNS: &str = "id, student_id, instructor_id, series_id, start_time, end_time, status, pickup_location, dropoff_location, version, cancel_reason, created_at";
+/// `sqlx::query_as!(Booking, …)` over a statement given as string literals, `;`, then its
+/// arguments; among the literals, `COLUMNS` stands for the columns of a [`Booking`], so every
+/// statement reads the same ones and each is still one literal the macro checks.
+macro_rules! booking_query {
+    ([$($done:literal)*] COLUMNS $($rest:tt)*) => {
+        booking_query!([$($done)* r#"id, student_id, instructor_id, series_id, start_time, end_time, status AS "status: BookingStatus", pickup_location, dropoff_location, version, cancel_reason, created_at"#] $($rest)*)
+    };
+    ([$($done:literal)*] $piece:literal $($rest:tt)*) => {
+        booking_query!([$($done)* $piece] $($rest)*)
+    };
+    ([$first:literal $($done:literal)*]; $($arg:expr),+ $(,)?) => {
+        sqlx::query_as!(Booking, $first $(+ $done)*, $($arg),+)
+    };
+    ($($rest:tt)+) => {
+        booking_query!([] $($rest)+)
+    };
+}
 
 /// What a new booking needs.
 #[derive(Debug, Clone)]
@@ -117,11 +134,12 @@ pub struct Party {
 }
 
 async fn student(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
-    sqlx::query_as(
-        "SELECT s.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
-         FROM students s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+    sqlx::query_as!(
+        Party,
+        r#"SELECT s.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
+         FROM students s JOIN users u ON u.id = s.user_id WHERE s.id = $1"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(conn)
     .await?
     .ok_or(DomainError::NotFound("student"))
@@ -131,12 +149,13 @@ async fn student(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError>
 /// ends: bookings of one instructor are written one at a time, so two concurrent requests for
 /// one slot end in one booking and one clean exclusion violation (409), never a deadlock.
 async fn instructor(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
-    sqlx::query_as(
-        "SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
+    sqlx::query_as!(
+        Party,
+        r#"SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
          FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1 AND i.active
-         FOR NO KEY UPDATE OF i",
+         FOR NO KEY UPDATE OF i"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(conn)
     .await?
     .ok_or(DomainError::NotFound("instructor"))
@@ -150,15 +169,19 @@ pub async fn check_availability(
     start: DateTime<Utc>,
     end: DateTime<Utc>,
 ) -> Result<bool, DomainError> {
-    let windows: Vec<(i16, NaiveTime, NaiveTime)> =
-        sqlx::query_as("SELECT day_of_week, start_time, end_time FROM instructor_availability WHERE instructor_id = $1 AND is_available")
-            .bind(instructor.id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instructor_availability WHERE instructor_id = $1)")
-        .bind(instructor.id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let windows: Vec<Window> = sqlx::query_as!(
+        Window,
+        "SELECT day_of_week, start_time, end_time FROM instructor_availability WHERE instructor_id = $1 AND is_available",
+        instructor.id,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let any: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM instructor_availability WHERE instructor_id = $1) AS "any!""#,
+        instructor.id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if !any {
         return Ok(true);
     }
@@ -173,7 +196,9 @@ pub async fn check_availability(
     } else {
         le.time()
     };
-    Ok(windows.iter().any(|(d, ws, we)| *d == dow && *ws <= ls.time() && end_t <= *we))
+    Ok(windows
+        .iter()
+        .any(|w| w.day_of_week == dow && w.start_time <= ls.time() && end_t <= w.end_time))
 }
 
 fn validate_times(start: DateTime<Utc>, end: DateTime<Utc>) -> Result<(), DomainError> {
@@ -200,26 +225,27 @@ pub fn booking_context(b: &Booking, student: &Party, instructor: &Party) -> serd
 }
 
 async fn load(conn: &mut PgConnection, id: i64, lock: bool) -> Result<Booking, DomainError> {
-    let sql = format!(
-        "SELECT {BOOKING_COLUMNS} FROM bookings WHERE id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
-    sqlx::query_as(AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .ok_or(DomainError::NotFound("booking"))
+    let booking = if lock {
+        booking_query!("SELECT " COLUMNS " FROM bookings WHERE id = $1 FOR UPDATE"; id)
+            .fetch_optional(conn)
+            .await?
+    } else {
+        booking_query!("SELECT " COLUMNS " FROM bookings WHERE id = $1"; id)
+            .fetch_optional(conn)
+            .await?
+    };
+    booking.ok_or(DomainError::NotFound("booking"))
 }
 
 /// Records that the student confirmed the booking (an SMS `C` / `YES` reply to its reminder).
 /// Returns `true` the first time, `false` when it was already confirmed or is no longer a
 /// confirmed booking.
 pub async fn confirm_by_student(conn: &mut PgConnection, id: i64, now: DateTime<Utc>) -> Result<bool, DomainError> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE bookings SET student_confirmed_at = $2 WHERE id = $1 AND status = 'confirmed' AND student_confirmed_at IS NULL",
+        id,
+        now,
     )
-    .bind(id)
-    .bind(now)
     .execute(conn)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -241,46 +267,46 @@ pub async fn create(conn: &mut PgConnection, s: &BookingSettings, nb: NewBooking
         return Err(DomainError::invalid("start_time", "outside the instructor's availability"));
     }
     let booking_date = nb.start_time.with_timezone(&s.school_tz).date_naive();
-    let booking: Booking = sqlx::query_as(AssertSqlSafe(format!(
+    let booking: Booking = booking_query!(
         "INSERT INTO bookings (student_id, instructor_id, series_id, series_occurrence, booking_date, start_time, end_time,
                                status, pickup_location, dropoff_location)
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'confirmed', $8, $9)
-         RETURNING {BOOKING_COLUMNS}"
-    )))
-    .bind(nb.student_id)
-    .bind(nb.instructor_id)
-    .bind(nb.series.map(|x| x.0))
-    .bind(nb.series.map(|x| x.1))
-    .bind(booking_date)
-    .bind(nb.start_time)
-    .bind(nb.end_time)
-    .bind(&nb.pickup_location)
-    .bind(&nb.dropoff_location)
+         RETURNING " COLUMNS;
+        nb.student_id,
+        nb.instructor_id,
+        nb.series.map(|x| x.0),
+        nb.series.map(|x| x.1),
+        booking_date,
+        nb.start_time,
+        nb.end_time,
+        nb.pickup_location.as_deref(),
+        nb.dropoff_location.as_deref(),
+    )
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
 
-    let event_id: i64 = sqlx::query_scalar(
+    let event_id: i64 = sqlx::query_scalar!(
         "INSERT INTO calendar_events (owner_id, booking_id, title, start_time, end_time, event_type, location, uid, organizer)
          VALUES ($1, $2, $3, $4, $5, 'lesson', $6, $7, $8) RETURNING id",
+        instructor.user_id,
+        booking.id,
+        format!("Driving lesson: {} with {}", student.name, instructor.name),
+        booking.start_time,
+        booking.end_time,
+        booking.pickup_location.as_deref(),
+        format!("booking-{}@dashlight", booking.id),
+        &s.organizer,
     )
-    .bind(instructor.user_id)
-    .bind(booking.id)
-    .bind(format!("Driving lesson: {} with {}", student.name, instructor.name))
-    .bind(booking.start_time)
-    .bind(booking.end_time)
-    .bind(&booking.pickup_location)
-    .bind(format!("booking-{}@dashlight", booking.id))
-    .bind(&s.organizer)
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO event_participants (event_id, user_id, participation_status, role)
          VALUES ($1, $2, 'accepted', 'organizer'), ($1, $3, 'accepted', 'attendee')",
+        event_id,
+        instructor.user_id,
+        student.user_id,
     )
-    .bind(event_id)
-    .bind(instructor.user_id)
-    .bind(student.user_id)
     .execute(&mut *conn)
     .await?;
 
@@ -433,19 +459,21 @@ pub async fn cancel(
             b.status
         )));
     }
-    let b: Booking = sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE bookings SET status = 'cancelled', cancel_reason = $2, cancelled_at = $3 WHERE id = $1 RETURNING {BOOKING_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(&reason)
-    .bind(now)
+    let b: Booking = booking_query!(
+        "UPDATE bookings SET status = 'cancelled', cancel_reason = $2, cancelled_at = $3 WHERE id = $1 RETURNING " COLUMNS;
+        id,
+        reason.as_deref(),
+        now,
+    )
     .fetch_one(&mut *conn)
     .await?;
     notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], "booking cancelled").await?;
-    sqlx::query("UPDATE calendar_events SET status = 'cancelled', sequence = sequence + 1 WHERE booking_id = $1")
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE calendar_events SET status = 'cancelled', sequence = sequence + 1 WHERE booking_id = $1",
+        id
+    )
+    .execute(&mut *conn)
+    .await?;
     packages::give_back(conn, id, now).await?;
     let student = student(conn, b.student_id).await?;
     let instructor = instructor_any(conn, b.instructor_id).await?;
@@ -482,12 +510,13 @@ pub async fn cancel(
 
 /// Loads an instructor, active or not, locking the row like [`instructor`].
 async fn instructor_any(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
-    sqlx::query_as(
-        "SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
+    sqlx::query_as!(
+        Party,
+        r#"SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
          FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1
-         FOR NO KEY UPDATE OF i",
+         FOR NO KEY UPDATE OF i"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(conn)
     .await?
     .ok_or(DomainError::NotFound("instructor"))
@@ -515,23 +544,25 @@ pub async fn reschedule(
     if !check_availability(conn, &instructor, start, end).await? {
         return Err(DomainError::invalid("start_time", "outside the instructor's availability"));
     }
-    let b: Booking = sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE bookings SET start_time = $2, end_time = $3, booking_date = $4, version = version + 1 WHERE id = $1 RETURNING {BOOKING_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(start)
-    .bind(end)
-    .bind(start.with_timezone(&s.school_tz).date_naive())
+    let b: Booking = booking_query!(
+        "UPDATE bookings SET start_time = $2, end_time = $3, booking_date = $4, version = version + 1 WHERE id = $1 RETURNING " COLUMNS;
+        id,
+        start,
+        end,
+        start.with_timezone(&s.school_tz).date_naive(),
+    )
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
     notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], "booking rescheduled").await?;
-    sqlx::query("UPDATE calendar_events SET start_time = $2, end_time = $3, sequence = sequence + 1 WHERE booking_id = $1")
-        .bind(id)
-        .bind(start)
-        .bind(end)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE calendar_events SET start_time = $2, end_time = $3, sequence = sequence + 1 WHERE booking_id = $1",
+        id,
+        start,
+        end,
+    )
+    .execute(&mut *conn)
+    .await?;
     let student = student(conn, b.student_id).await?;
     let mut n = NewNotification::to_user(
         Kind::BookingRescheduled,
@@ -610,11 +641,11 @@ pub async fn finish(conn: &mut PgConnection, id: i64, outcome: Outcome) -> Resul
             outcome.status()
         )));
     }
-    let b: Booking = sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE bookings SET status = $2 WHERE id = $1 RETURNING {BOOKING_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(outcome.status())
+    let b: Booking = booking_query!(
+        "UPDATE bookings SET status = $2 WHERE id = $1 RETURNING " COLUMNS;
+        id,
+        outcome.status() as BookingStatus,
+    )
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;

@@ -10,7 +10,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
-use sqlx::{FromRow, PgConnection};
+use sqlx::PgConnection;
 
 use crate::{analytics, error::DomainError};
 
@@ -223,7 +223,7 @@ pub fn feed(name: &str, events: &[Event], dtstamp: DateTime<Utc>) -> String {
     out
 }
 
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct EventRow {
     uid: String,
     sequence: i32,
@@ -237,7 +237,7 @@ struct EventRow {
     student_email: String,
 }
 
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct FeedRow {
     uid: String,
     sequence: i32,
@@ -256,16 +256,17 @@ pub async fn booking_invitation(
     method: Method,
     now: DateTime<Utc>,
 ) -> Result<Option<Value>, sqlx::Error> {
-    let row: Option<EventRow> = sqlx::query_as(
-        "SELECT e.uid, e.sequence, e.start_time, e.end_time, e.title, e.location, e.status, e.organizer,
-                su.first_name || ' ' || su.last_name AS student_name, su.email AS student_email
+    let row: Option<EventRow> = sqlx::query_as!(
+        EventRow,
+        r#"SELECT e.uid, e.sequence, e.start_time, e.end_time, e.title, e.location, e.status, e.organizer,
+                su.first_name || ' ' || su.last_name AS "student_name!", su.email AS student_email
          FROM calendar_events e
          JOIN bookings b ON b.id = e.booking_id
          JOIN students s ON s.id = b.student_id
          JOIN users su ON su.id = s.user_id
-         WHERE e.booking_id = $1",
+         WHERE e.booking_id = $1"#,
+        booking_id,
     )
-    .bind(booking_id)
     .fetch_optional(conn)
     .await?;
     let Some(r) = row else { return Ok(None) };
@@ -290,22 +291,26 @@ pub async fn booking_invitation(
 /// completed, event not cancelled) that ended within [`FEED_HISTORY_DAYS`] or are still to
 /// come, oldest first. `None` for an unknown token or a disabled user.
 pub async fn feed_for_token(conn: &mut PgConnection, token: &str, now: DateTime<Utc>) -> Result<Option<String>, sqlx::Error> {
-    let user: Option<(i64, String)> =
-        sqlx::query_as("SELECT id, first_name || ' ' || last_name FROM users WHERE calendar_token = $1 AND status = 'active'")
-            .bind(token)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some((user_id, name)) = user else { return Ok(None) };
-    let rows: Vec<FeedRow> = sqlx::query_as(
+    let user = sqlx::query!(
+        r#"SELECT id, first_name || ' ' || last_name AS "name!" FROM users WHERE calendar_token = $1 AND status = 'active'"#,
+        token,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((user_id, name)) = user.map(|u| (u.id, u.name)) else {
+        return Ok(None);
+    };
+    let rows: Vec<FeedRow> = sqlx::query_as!(
+        FeedRow,
         "SELECT e.uid, e.sequence, e.start_time, e.end_time, e.title, e.location
          FROM event_participants p
          JOIN calendar_events e ON e.id = p.event_id
          JOIN bookings b ON b.id = e.booking_id
          WHERE p.user_id = $1 AND e.status = 'confirmed' AND b.status IN ('confirmed', 'completed') AND e.end_time > $2
          ORDER BY e.start_time, e.id",
+        user_id,
+        now - Duration::days(FEED_HISTORY_DAYS),
     )
-    .bind(user_id)
-    .bind(now - Duration::days(FEED_HISTORY_DAYS))
     .fetch_all(&mut *conn)
     .await?;
     let events: Vec<Event> = rows
@@ -328,10 +333,10 @@ pub async fn feed_for_token(conn: &mut PgConnection, token: &str, now: DateTime<
 /// Gives the user a new feed secret; the old feed address stops working at once. Returns the
 /// new token.
 pub async fn rotate_token(conn: &mut PgConnection, user_id: i64, now: DateTime<Utc>) -> Result<String, DomainError> {
-    let token: Option<String> = sqlx::query_scalar(
+    let token: Option<String> = sqlx::query_scalar!(
         "UPDATE users SET calendar_token = replace(gen_random_uuid()::text, '-', '') WHERE id = $1 RETURNING calendar_token",
+        user_id,
     )
-    .bind(user_id)
     .fetch_optional(&mut *conn)
     .await?;
     let token = token.ok_or(DomainError::NotFound("user"))?;

@@ -170,11 +170,16 @@ pub async fn ensure_database(url: &str) -> Result<(), DbError> {
         target: target(&admin),
         source,
     })?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS "exists!""#,
+        &name
+    )
+    .fetch_one(&mut conn)
+    .await?;
     if !exists {
+        // Dynamic SQL: a database name is an identifier, which no statement takes as a parameter;
+        // it is quoted here. Covered by `a_postgres_restart_mid_burst_loses_nothing_and_every_program_recovers`
+        // (tests/tests/pooler.rs), whose `dashlight migrate` creates its database in a fresh cluster.
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
             // Another process may have created it meanwhile.
@@ -212,6 +217,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 
 /// True when every migration we ship is applied (readiness).
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, DbError> {
+    // Dynamic SQL: `_sqlx_migrations` is sqlx's own history table, created by the first
+    // migration run, so it is absent from the schema the macros are checked against (and a
+    // missing table is an answer here, `false`). Covered by
+    // `migrations_apply_to_an_empty_database_and_twice_in_a_row` (tests/tests/schema.rs).
     let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
         .fetch_all(pool)
         .await

@@ -35,7 +35,7 @@ use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::{AssertSqlSafe, FromRow, PgConnection};
+use sqlx::PgConnection;
 
 use crate::{
     Config, analytics,
@@ -146,8 +146,7 @@ pub async fn set_waitlist(conn: &mut PgConnection, student_id: i64, w: SetWaitli
     ids.sort_unstable();
     ids.dedup();
     if !ids.is_empty() {
-        let found: Vec<i64> = sqlx::query_scalar("SELECT id FROM instructors WHERE id = ANY($1)")
-            .bind(&ids)
+        let found: Vec<i64> = sqlx::query_scalar!("SELECT id FROM instructors WHERE id = ANY($1)", &ids)
             .fetch_all(&mut *conn)
             .await?;
         if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
@@ -155,16 +154,15 @@ pub async fn set_waitlist(conn: &mut PgConnection, student_id: i64, w: SetWaitli
         }
     }
     // Locking the student serialises concurrent replacements of one entry.
-    let locked: Option<i64> = sqlx::query_scalar("SELECT id FROM students WHERE id = $1 FOR UPDATE")
-        .bind(student_id)
+    let locked: Option<i64> = sqlx::query_scalar!("SELECT id FROM students WHERE id = $1 FOR UPDATE", student_id)
         .fetch_optional(&mut *conn)
         .await?;
     if locked.is_none() {
         return Err(DomainError::NotFound("student"));
     }
-    let entry_id: i64 = sqlx::query_scalar(
+    let entry_id: i64 = sqlx::query_scalar!(
         "INSERT INTO waitlist_entries (student_id, instructor_ids, active, joined_at, closed_at, closed_reason)
-         VALUES ($1, $2, $3, $4, CASE WHEN $3 THEN NULL ELSE $4 END, CASE WHEN $3 THEN NULL ELSE 'left the waitlist' END)
+         VALUES ($1, $2, $3, $4, CASE WHEN $3 THEN NULL ELSE $4::timestamptz END, CASE WHEN $3 THEN NULL ELSE 'left the waitlist' END)
          ON CONFLICT (student_id) DO UPDATE SET
             instructor_ids = EXCLUDED.instructor_ids,
             active = EXCLUDED.active,
@@ -172,29 +170,28 @@ pub async fn set_waitlist(conn: &mut PgConnection, student_id: i64, w: SetWaitli
             closed_at = CASE WHEN EXCLUDED.active THEN NULL WHEN waitlist_entries.active THEN EXCLUDED.closed_at ELSE waitlist_entries.closed_at END,
             closed_reason = CASE WHEN EXCLUDED.active THEN NULL WHEN waitlist_entries.active THEN EXCLUDED.closed_reason ELSE waitlist_entries.closed_reason END
          RETURNING id",
+        student_id,
+        &ids,
+        w.active,
+        now,
     )
-    .bind(student_id)
-    .bind(&ids)
-    .bind(w.active)
-    .bind(now)
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
-    sqlx::query("DELETE FROM waitlist_windows WHERE entry_id = $1")
-        .bind(entry_id)
+    sqlx::query!("DELETE FROM waitlist_windows WHERE entry_id = $1", entry_id)
         .execute(&mut *conn)
         .await?;
     let days: Vec<i16> = w.windows.iter().map(|x| x.day_of_week).collect();
     let starts: Vec<NaiveTime> = w.windows.iter().map(|x| x.start_time).collect();
     let ends: Vec<NaiveTime> = w.windows.iter().map(|x| x.end_time).collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO waitlist_windows (entry_id, day_of_week, start_time, end_time)
          SELECT $1, d, s, e FROM unnest($2::smallint[], $3::time[], $4::time[]) AS t(d, s, e)",
+        entry_id,
+        &days,
+        &starts,
+        &ends,
     )
-    .bind(entry_id)
-    .bind(&days)
-    .bind(&starts)
-    .bind(&ends)
     .execute(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -211,30 +208,24 @@ pub async fn set_waitlist(conn: &mut PgConnection, student_id: i64, w: SetWaitli
 
 /// A student's waitlist entry; an inactive, empty one when they never joined.
 pub async fn get_waitlist(conn: &mut PgConnection, student_id: i64) -> Result<Waitlist, DomainError> {
-    type Row = (
-        String,
-        Option<i64>,
-        Option<Vec<i64>>,
-        Option<bool>,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-    );
-    let row: Option<Row> = sqlx::query_as(
-        "SELECT u.timezone, e.id, e.instructor_ids, e.active, e.joined_at, e.closed_at, e.closed_reason
-         FROM students s JOIN users u ON u.id = s.user_id LEFT JOIN waitlist_entries e ON e.student_id = s.id
-         WHERE s.id = $1",
+    // The entry's columns come through a left join: null when the student never joined.
+    let row = sqlx::query!(
+        r#"SELECT u.timezone, e.id AS "id?", e.instructor_ids AS "instructor_ids?", e.active AS "active?",
+                  e.joined_at AS "joined_at?", e.closed_at, e.closed_reason
+           FROM students s JOIN users u ON u.id = s.user_id LEFT JOIN waitlist_entries e ON e.student_id = s.id
+           WHERE s.id = $1"#,
+        student_id,
     )
-    .bind(student_id)
     .fetch_optional(&mut *conn)
-    .await?;
-    let (timezone, entry_id, instructor_ids, active, joined_at, closed_at, closed_reason) = row.ok_or(DomainError::NotFound("student"))?;
-    let windows: Vec<Window> = match entry_id {
+    .await?
+    .ok_or(DomainError::NotFound("student"))?;
+    let windows: Vec<Window> = match row.id {
         Some(id) => {
-            sqlx::query_as(
+            sqlx::query_as!(
+                Window,
                 "SELECT day_of_week, start_time, end_time FROM waitlist_windows WHERE entry_id = $1 ORDER BY day_of_week, start_time",
+                id,
             )
-            .bind(id)
             .fetch_all(&mut *conn)
             .await?
         }
@@ -242,13 +233,13 @@ pub async fn get_waitlist(conn: &mut PgConnection, student_id: i64) -> Result<Wa
     };
     Ok(Waitlist {
         student_id,
-        instructor_ids: instructor_ids.unwrap_or_default(),
+        instructor_ids: row.instructor_ids.unwrap_or_default(),
         windows,
-        active: active.unwrap_or(false),
-        joined_at: entry_id.and(joined_at),
-        closed_at,
-        closed_reason,
-        timezone,
+        active: row.active.unwrap_or(false),
+        joined_at: row.id.and(row.joined_at),
+        closed_at: row.closed_at,
+        closed_reason: row.closed_reason,
+        timezone: row.timezone,
     })
 }
 
@@ -289,7 +280,6 @@ pub struct FreedSlot<'a> {
     pub end_time: DateTime<Utc>,
 }
 
-#[derive(FromRow)]
 struct Candidate {
     entry_id: i64,
     student_id: i64,
@@ -326,19 +316,20 @@ pub async fn offer_freed_slot(
     if !bookings::check_availability(conn, slot.instructor, slot.start_time, slot.end_time).await? {
         return Ok(Vec::new());
     }
-    let taken: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM bookings WHERE instructor_id = $1 AND status IN ('pending', 'confirmed', 'completed')
-                        AND tstzrange(start_time, end_time, '[)') && tstzrange($2, $3, '[)'))",
+    let taken: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM bookings WHERE instructor_id = $1 AND status IN ('pending', 'confirmed', 'completed')
+                        AND tstzrange(start_time, end_time, '[)') && tstzrange($2, $3, '[)')) AS "taken!""#,
+        slot.instructor.id,
+        slot.start_time,
+        slot.end_time,
     )
-    .bind(slot.instructor.id)
-    .bind(slot.start_time)
-    .bind(slot.end_time)
     .fetch_one(&mut *conn)
     .await?;
     if taken {
         return Ok(Vec::new());
     }
-    let candidates: Vec<Candidate> = sqlx::query_as(
+    let candidates: Vec<Candidate> = sqlx::query_as!(
+        Candidate,
         "SELECT e.id AS entry_id, e.student_id, u.id AS user_id, u.timezone,
                 (SELECT b.pickup_location FROM bookings b WHERE b.student_id = e.student_id AND b.pickup_location IS NOT NULL
                  ORDER BY b.start_time DESC LIMIT 1) AS pickup_location
@@ -348,22 +339,23 @@ pub async fn offer_freed_slot(
            AND NOT EXISTS (SELECT 1 FROM bookings b WHERE b.student_id = e.student_id AND b.status IN ('pending', 'confirmed')
                            AND b.start_time < $4 AND b.end_time > $3)
          ORDER BY e.joined_at, e.id",
+        slot.student_id,
+        slot.instructor.id,
+        slot.start_time,
+        slot.end_time,
     )
-    .bind(slot.student_id)
-    .bind(slot.instructor.id)
-    .bind(slot.start_time)
-    .bind(slot.end_time)
     .fetch_all(&mut *conn)
     .await?;
     if candidates.is_empty() {
         return Ok(Vec::new());
     }
     let entry_ids: Vec<i64> = candidates.iter().map(|c| c.entry_id).collect();
-    let windows: Vec<(i64, i16, NaiveTime, NaiveTime)> =
-        sqlx::query_as("SELECT entry_id, day_of_week, start_time, end_time FROM waitlist_windows WHERE entry_id = ANY($1)")
-            .bind(&entry_ids)
-            .fetch_all(&mut *conn)
-            .await?;
+    let windows = sqlx::query!(
+        "SELECT entry_id, day_of_week, start_time, end_time FROM waitlist_windows WHERE entry_id = ANY($1)",
+        &entry_ids,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     let mut offered = Vec::new();
     for c in candidates {
         if offered.len() >= s.max_offers as usize {
@@ -371,11 +363,11 @@ pub async fn offer_freed_slot(
         }
         let own: Vec<Window> = windows
             .iter()
-            .filter(|w| w.0 == c.entry_id)
+            .filter(|w| w.entry_id == c.entry_id)
             .map(|w| Window {
-                day_of_week: w.1,
-                start_time: w.2,
-                end_time: w.3,
+                day_of_week: w.day_of_week,
+                start_time: w.start_time,
+                end_time: w.end_time,
             })
             .collect();
         let tz: Tz = c.timezone.parse().unwrap_or(chrono_tz::Europe::London);
@@ -383,24 +375,24 @@ pub async fn offer_freed_slot(
             continue;
         }
         let token = new_token();
-        let offer_id: Option<i64> = sqlx::query_scalar(
+        let offer_id: Option<i64> = sqlx::query_scalar!(
             "INSERT INTO slot_offers (booking_id, booking_version, instructor_id, student_id, waitlist_entry_id, start_time, end_time,
                                       pickup_location, token_sha256, freed_at, expires_at, created_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $10)
              ON CONFLICT (booking_id, booking_version, student_id) DO NOTHING
              RETURNING id",
+            slot.booking_id,
+            slot.booking_version,
+            slot.instructor.id,
+            c.student_id,
+            c.entry_id,
+            slot.start_time,
+            slot.end_time,
+            c.pickup_location.as_deref(),
+            token_hash(&token),
+            now,
+            expires_at,
         )
-        .bind(slot.booking_id)
-        .bind(slot.booking_version)
-        .bind(slot.instructor.id)
-        .bind(c.student_id)
-        .bind(c.entry_id)
-        .bind(slot.start_time)
-        .bind(slot.end_time)
-        .bind(&c.pickup_location)
-        .bind(token_hash(&token))
-        .bind(now)
-        .bind(expires_at)
         .fetch_optional(&mut *conn)
         .await
         .map_err(DomainError::from_db)?;
@@ -445,7 +437,7 @@ pub async fn offer_freed_slot(
 
 /// An offer as people and operators see it. `status` is computed at read time: an open offer
 /// past `expires_at` reads `expired`.
-#[derive(Debug, Clone, FromRow, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Offer {
     /// `slot_offers.id`.
     pub id: i64,
@@ -487,25 +479,32 @@ pub struct Offer {
     pub created_at: DateTime<Utc>,
 }
 
-/// `$1` is now.
-const OFFER_SELECT: &str = "
-    SELECT o.id, o.booking_id, o.booking_version, o.instructor_id, iu.first_name || ' ' || iu.last_name AS instructor_name,
-           o.student_id, su.first_name || ' ' || su.last_name AS student_name, su.timezone AS student_timezone,
+/// `sqlx::query_as!(Offer, …)` selecting offers, the statement's own end (`WHERE …`) appended to
+/// the one select list; `$1` is now, the statement's parameters follow.
+macro_rules! select_offers {
+    ($rest:literal, $($arg:expr),+ $(,)?) => {
+        sqlx::query_as!(
+            Offer,
+            r#"
+    SELECT o.id, o.booking_id, o.booking_version, o.instructor_id, iu.first_name || ' ' || iu.last_name AS "instructor_name!",
+           o.student_id, su.first_name || ' ' || su.last_name AS "student_name!", su.timezone AS student_timezone,
            o.start_time, o.end_time, o.pickup_location,
-           CASE WHEN o.status = 'open' AND o.expires_at <= $1 THEN 'expired' ELSE o.status END AS status,
+           CASE WHEN o.status = 'open' AND o.expires_at <= $1 THEN 'expired' ELSE o.status END AS "status!",
            o.freed_at, o.expires_at, o.opened_at, o.accepted_at, o.accepted_booking_id, o.withdrawn_at, o.created_at
     FROM slot_offers o
     JOIN instructors i ON i.id = o.instructor_id JOIN users iu ON iu.id = i.user_id
-    JOIN students s ON s.id = o.student_id JOIN users su ON su.id = s.user_id";
+    JOIN students s ON s.id = o.student_id JOIN users su ON su.id = s.user_id"# + $rest,
+            $($arg),+
+        )
+    };
+}
 
 /// The offer a token names, if any.
 pub async fn find(conn: &mut PgConnection, token: &str, now: DateTime<Utc>) -> Result<Option<Offer>, sqlx::Error> {
     if token.is_empty() || token.len() > 100 {
         return Ok(None);
     }
-    sqlx::query_as(AssertSqlSafe(format!("{OFFER_SELECT} WHERE o.token_sha256 = $2")))
-        .bind(now)
-        .bind(token_hash(token))
+    select_offers!(" WHERE o.token_sha256 = $2", now, token_hash(token))
         .fetch_optional(conn)
         .await
 }
@@ -515,11 +514,11 @@ pub async fn open(conn: &mut PgConnection, token: &str, now: DateTime<Utc>) -> R
     if token.is_empty() || token.len() > 100 {
         return Ok(None);
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE slot_offers SET opened_at = $2 WHERE token_sha256 = $1 AND opened_at IS NULL AND status = 'open' AND expires_at > $2",
+        token_hash(token),
+        now,
     )
-    .bind(token_hash(token))
-    .bind(now)
     .execute(&mut *conn)
     .await?;
     find(conn, token, now).await
@@ -527,13 +526,9 @@ pub async fn open(conn: &mut PgConnection, token: &str, now: DateTime<Utc>) -> R
 
 /// The offers made for the slots a booking freed, oldest first.
 pub async fn for_booking(conn: &mut PgConnection, booking_id: i64, now: DateTime<Utc>) -> Result<Vec<Offer>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "{OFFER_SELECT} WHERE o.booking_id = $2 ORDER BY o.booking_version, o.id"
-    )))
-    .bind(now)
-    .bind(booking_id)
-    .fetch_all(conn)
-    .await
+    select_offers!(" WHERE o.booking_id = $2 ORDER BY o.booking_version, o.id", now, booking_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// What accepting an offer gave.
@@ -556,9 +551,8 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
     // queue here, in one lock order, and each reads its offer again once through (a second click
     // of the same link then finds it accepted; a slower acceptor finds it withdrawn). Whatever
     // else books the instructor meanwhile, the exclusion constraint still has the last word.
-    sqlx::query("SELECT id FROM instructors WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(offer.instructor_id)
-        .execute(&mut *conn)
+    sqlx::query_scalar!("SELECT id FROM instructors WHERE id = $1 FOR NO KEY UPDATE", offer.instructor_id)
+        .fetch_optional(&mut *conn)
         .await?;
     let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
     match offer.status.as_str() {
@@ -579,13 +573,13 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
         _ => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
     }
     // The student may have booked something else at that time since the offer was made.
-    let busy: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM bookings WHERE student_id = $1 AND status IN ('pending', 'confirmed')
-                        AND start_time < $3 AND end_time > $2)",
+    let busy: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM bookings WHERE student_id = $1 AND status IN ('pending', 'confirmed')
+                        AND start_time < $3 AND end_time > $2) AS "busy!""#,
+        offer.student_id,
+        offer.start_time,
+        offer.end_time,
     )
-    .bind(offer.student_id)
-    .bind(offer.start_time)
-    .bind(offer.end_time)
     .fetch_one(&mut *conn)
     .await?;
     if busy {
@@ -608,12 +602,12 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
         }
         Err(e) => return Err(e),
     };
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "UPDATE slot_offers SET status = 'accepted', accepted_at = $2, accepted_booking_id = $3 WHERE id = $1 AND status = 'open'",
+        offer.id,
+        now,
+        booking.id,
     )
-    .bind(offer.id)
-    .bind(now)
-    .bind(booking.id)
     .execute(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -621,22 +615,22 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
         return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into()));
     }
     // The others: withdrawn; those who had looked are told.
-    let withdrawn: Vec<(i64, bool, i64)> = sqlx::query_as(
-        "WITH w AS (
+    let withdrawn = sqlx::query!(
+        r#"WITH w AS (
              UPDATE slot_offers SET status = 'withdrawn', withdrawn_at = $3
              WHERE booking_id = $1 AND booking_version = $2 AND status = 'open'
              RETURNING id, opened_at, student_id)
-         SELECT w.id, w.opened_at IS NOT NULL, s.user_id FROM w JOIN students s ON s.id = w.student_id ORDER BY w.id",
+         SELECT w.id AS "id!", w.opened_at IS NOT NULL AS "opened!", s.user_id FROM w JOIN students s ON s.id = w.student_id ORDER BY w.id"#,
+        offer.booking_id,
+        offer.booking_version,
+        now,
     )
-    .bind(offer.booking_id)
-    .bind(offer.booking_version)
-    .bind(now)
     .fetch_all(&mut *conn)
     .await?;
-    for (id, opened, user_id) in &withdrawn {
-        notify::cancel_by_key(conn, &format!("slot_offer:{id}"), "another student accepted the slot").await?;
-        if *opened {
-            let mut n = NewNotification::to_user(Kind::SlotTaken, *user_id, format!("slot_taken:{id}"), now);
+    for r in &withdrawn {
+        notify::cancel_by_key(conn, &format!("slot_offer:{}", r.id), "another student accepted the slot").await?;
+        if r.opened {
+            let mut n = NewNotification::to_user(Kind::SlotTaken, r.user_id, format!("slot_taken:{}", r.id), now);
             n.title = "Lesson slot taken".into();
             n.content = format!(
                 "The lesson with {} you were offered went to another student.",
@@ -644,7 +638,7 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
             );
             n.data = json!({
                 "offer": {
-                    "id": id,
+                    "id": r.id,
                     "start_time": offer.start_time.to_rfc3339(),
                     "end_time": offer.end_time.to_rfc3339(),
                     "instructor_name": offer.instructor_name,
@@ -654,11 +648,11 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
             notify::create(conn, n).await?;
         }
     }
-    sqlx::query(
+    sqlx::query!(
         "UPDATE waitlist_entries SET active = false, closed_at = $2, closed_reason = 'accepted an offer' WHERE student_id = $1 AND active",
+        offer.student_id,
+        now,
     )
-    .bind(offer.student_id)
-    .bind(now)
     .execute(&mut *conn)
     .await?;
     analytics::record(
@@ -686,10 +680,12 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
 
 /// Marks open offers past their expiry `expired`; returns how many.
 pub async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query("UPDATE slot_offers SET status = 'expired' WHERE status = 'open' AND expires_at <= $1")
-        .bind(now)
-        .execute(conn)
-        .await?;
+    let r = sqlx::query!(
+        "UPDATE slot_offers SET status = 'expired' WHERE status = 'open' AND expires_at <= $1",
+        now
+    )
+    .execute(conn)
+    .await?;
     Ok(r.rows_affected())
 }
 

@@ -161,8 +161,7 @@ pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<Created
             return Err(DomainError::invalid("student.license_type", "expected 1 to 20 characters"));
         }
         if let Some(iid) = s.current_instructor_id {
-            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM instructors WHERE id = $1)")
-                .bind(iid)
+            let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM instructors WHERE id = $1) AS "exists!""#, iid)
                 .fetch_one(&mut *conn)
                 .await?;
             if !exists {
@@ -171,21 +170,21 @@ pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<Created
         }
     }
 
-    let (id, calendar_token, created_at): (i64, String, DateTime<Utc>) = sqlx::query_as(
+    let user = sqlx::query!(
         "INSERT INTO users (email, role, first_name, last_name, phone, timezone) VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, calendar_token, created_at",
+        nu.email.trim(),
+        nu.role.as_str(),
+        nu.first_name.trim(),
+        nu.last_name.trim(),
+        nu.phone.as_deref(),
+        &nu.timezone,
     )
-    .bind(nu.email.trim())
-    .bind(nu.role.as_str())
-    .bind(nu.first_name.trim())
-    .bind(nu.last_name.trim())
-    .bind(&nu.phone)
-    .bind(&nu.timezone)
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
-    sqlx::query("INSERT INTO user_preferences (user_id) VALUES ($1)")
-        .bind(id)
+    let (id, calendar_token, created_at) = (user.id, user.calendar_token, user.created_at);
+    sqlx::query!("INSERT INTO user_preferences (user_id) VALUES ($1)", id)
         .execute(&mut *conn)
         .await?;
 
@@ -198,13 +197,13 @@ pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<Created
         created_at,
     };
     if let Some(s) = student {
-        let sid: i64 = sqlx::query_scalar(
+        let sid: i64 = sqlx::query_scalar!(
             "INSERT INTO students (user_id, license_type, current_instructor_id, test_dates) VALUES ($1, coalesce($2, 'B'), $3, $4) RETURNING id",
+            id,
+            s.license_type.as_deref(),
+            s.current_instructor_id,
+            &s.test_dates,
         )
-        .bind(id)
-        .bind(&s.license_type)
-        .bind(s.current_instructor_id)
-        .bind(&s.test_dates)
         .fetch_one(&mut *conn)
         .await
         .map_err(DomainError::from_db)?;
@@ -212,15 +211,15 @@ pub async fn create_user(conn: &mut PgConnection, nu: NewUser) -> Result<Created
         crm::create_for_student(conn, id).await?;
     }
     if let Some(i) = instructor {
-        let iid: i64 = sqlx::query_scalar(
+        let iid: i64 = sqlx::query_scalar!(
             "INSERT INTO instructors (user_id, license_number, hourly_rate_minor, currency, bio)
-             VALUES ($1, $2, coalesce($3, 0), coalesce($4, 'GBP'), $5) RETURNING id",
+             VALUES ($1, $2, coalesce($3::bigint, 0), coalesce($4, 'GBP'), $5) RETURNING id",
+            id,
+            i.license_number.trim(),
+            i.hourly_rate_minor,
+            i.currency.as_deref(),
+            i.bio.as_deref(),
         )
-        .bind(id)
-        .bind(i.license_number.trim())
-        .bind(i.hourly_rate_minor)
-        .bind(&i.currency)
-        .bind(&i.bio)
         .fetch_one(&mut *conn)
         .await
         .map_err(DomainError::from_db)?;
@@ -256,20 +255,21 @@ pub async fn set_preferences(conn: &mut PgConnection, p: &Preferences) -> Result
         _ => {}
     }
     user_exists(conn, p.user_id).await?;
-    let saved: Preferences = sqlx::query_as(
+    let saved: Preferences = sqlx::query_as!(
+        Preferences,
         "INSERT INTO user_preferences (user_id, email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (user_id) DO UPDATE SET email_notifications = EXCLUDED.email_notifications,
              sms_notifications = EXCLUDED.sms_notifications, push_notifications = EXCLUDED.push_notifications,
              quiet_hours_start = EXCLUDED.quiet_hours_start, quiet_hours_end = EXCLUDED.quiet_hours_end
          RETURNING user_id, email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end",
+        p.user_id,
+        p.email_notifications,
+        p.sms_notifications,
+        p.push_notifications,
+        p.quiet_hours_start,
+        p.quiet_hours_end,
     )
-    .bind(p.user_id)
-    .bind(p.email_notifications)
-    .bind(p.sms_notifications)
-    .bind(p.push_notifications)
-    .bind(p.quiet_hours_start)
-    .bind(p.quiet_hours_end)
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -279,11 +279,12 @@ pub async fn set_preferences(conn: &mut PgConnection, p: &Preferences) -> Result
 /// A user's preferences (the defaults when the row is missing); 404 for an unknown user.
 pub async fn preferences(conn: &mut PgConnection, user_id: i64) -> Result<Preferences, DomainError> {
     user_exists(conn, user_id).await?;
-    let row: Option<Preferences> = sqlx::query_as(
+    let row: Option<Preferences> = sqlx::query_as!(
+        Preferences,
         "SELECT user_id, email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end
          FROM user_preferences WHERE user_id = $1",
+        user_id,
     )
-    .bind(user_id)
     .fetch_optional(&mut *conn)
     .await?;
     Ok(row.unwrap_or(Preferences {
@@ -299,14 +300,14 @@ pub async fn preferences(conn: &mut PgConnection, user_id: i64) -> Result<Prefer
 /// Turns a user's SMS on or off, leaving their other preferences as they are (an SMS `STOP` or
 /// `START`; PRODUCT.md, "Hearing back"). Returns whether it changed.
 pub async fn set_sms_notifications(conn: &mut PgConnection, user_id: i64, on: bool) -> Result<bool, DomainError> {
-    let changed: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO user_preferences (user_id, sms_notifications) VALUES ($1, $2)
+    let changed: Option<bool> = sqlx::query_scalar!(
+        r#"INSERT INTO user_preferences (user_id, sms_notifications) VALUES ($1, $2)
          ON CONFLICT (user_id) DO UPDATE SET sms_notifications = EXCLUDED.sms_notifications
              WHERE user_preferences.sms_notifications IS DISTINCT FROM EXCLUDED.sms_notifications
-         RETURNING true",
+         RETURNING true AS "changed!""#,
+        user_id,
+        on,
     )
-    .bind(user_id)
-    .bind(on)
     .fetch_optional(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -328,8 +329,7 @@ pub enum OptOutSource {
 
 /// The kinds whose emails a user turned off, in kind order.
 pub async fn email_opt_outs(conn: &mut PgConnection, user_id: i64) -> Result<Vec<Kind>, DomainError> {
-    let names: Vec<String> = sqlx::query_scalar("SELECT kind FROM email_opt_outs WHERE user_id = $1")
-        .bind(user_id)
+    let names: Vec<String> = sqlx::query_scalar!("SELECT kind FROM email_opt_outs WHERE user_id = $1", user_id)
         .fetch_all(&mut *conn)
         .await?;
     Ok(Kind::ALL.into_iter().filter(|k| names.iter().any(|n| n == k.as_str())).collect())
@@ -353,25 +353,28 @@ pub async fn set_email_opt_out(
     }
     user_exists(conn, user_id).await?;
     let changed = if off {
-        sqlx::query("INSERT INTO email_opt_outs (user_id, kind, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(user_id)
-            .bind(kind.as_str())
-            .bind(source)
-            .execute(&mut *conn)
-            .await?
+        sqlx::query!(
+            "INSERT INTO email_opt_outs (user_id, kind, source) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            user_id,
+            kind.as_str(),
+            source as OptOutSource,
+        )
+        .execute(&mut *conn)
+        .await?
     } else {
-        sqlx::query("DELETE FROM email_opt_outs WHERE user_id = $1 AND kind = $2")
-            .bind(user_id)
-            .bind(kind.as_str())
-            .execute(&mut *conn)
-            .await?
+        sqlx::query!(
+            "DELETE FROM email_opt_outs WHERE user_id = $1 AND kind = $2",
+            user_id,
+            kind.as_str()
+        )
+        .execute(&mut *conn)
+        .await?
     };
     Ok(changed.rows_affected() > 0)
 }
 
 async fn user_exists(conn: &mut PgConnection, user_id: i64) -> Result<(), DomainError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
-        .bind(user_id)
+    let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, user_id)
         .fetch_one(&mut *conn)
         .await?;
     if exists { Ok(()) } else { Err(DomainError::NotFound("user")) }
@@ -392,7 +395,7 @@ pub struct NewDevice {
 }
 
 /// A registered device (without its keys).
-#[derive(Debug, Clone, FromRow, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Device {
     /// `user_devices.id`.
     pub id: i64,
@@ -423,31 +426,31 @@ pub async fn register_device(conn: &mut PgConnection, user_id: i64, nd: &NewDevi
     }
     user_exists(conn, user_id).await?;
     let (device, inserted): (Device, bool) = {
-        let row: (i64, i64, String, String, bool, DateTime<Utc>, DateTime<Utc>, bool) = sqlx::query_as(
-            "INSERT INTO user_devices (user_id, device_id, push_endpoint, p256dh, auth) VALUES ($1, $2, $3, $4, $5)
+        let row = sqlx::query!(
+            r#"INSERT INTO user_devices (user_id, device_id, push_endpoint, p256dh, auth) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (user_id, device_id) DO UPDATE SET push_endpoint = EXCLUDED.push_endpoint, p256dh = EXCLUDED.p256dh,
                  auth = EXCLUDED.auth, active = true, disabled_reason = NULL
-             RETURNING id, user_id, device_id, push_endpoint, active, created_at, updated_at, (xmax = 0) AS inserted",
+             RETURNING id, user_id, device_id, push_endpoint, active, created_at, updated_at, (xmax = 0) AS "inserted!""#,
+            user_id,
+            &nd.device_id,
+            &nd.push_endpoint,
+            &nd.p256dh,
+            &nd.auth,
         )
-        .bind(user_id)
-        .bind(&nd.device_id)
-        .bind(&nd.push_endpoint)
-        .bind(&nd.p256dh)
-        .bind(&nd.auth)
         .fetch_one(&mut *conn)
         .await
         .map_err(DomainError::from_db)?;
         (
             Device {
-                id: row.0,
-                user_id: row.1,
-                device_id: row.2,
-                push_endpoint: row.3,
-                active: row.4,
-                created_at: row.5,
-                updated_at: row.6,
+                id: row.id,
+                user_id: row.user_id,
+                device_id: row.device_id,
+                push_endpoint: row.push_endpoint,
+                active: row.active,
+                created_at: row.created_at,
+                updated_at: row.updated_at,
             },
-            row.7,
+            row.inserted,
         )
     };
     Ok((device, inserted))
@@ -455,11 +458,12 @@ pub async fn register_device(conn: &mut PgConnection, user_id: i64, nd: &NewDevi
 
 /// The user's active devices (without their keys), newest first.
 pub async fn active_devices(conn: &mut PgConnection, user_id: i64) -> Result<Vec<Device>, DomainError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        Device,
         "SELECT id, user_id, device_id, push_endpoint, active, created_at, updated_at FROM user_devices
          WHERE user_id = $1 AND active ORDER BY created_at DESC, id DESC",
+        user_id,
     )
-    .bind(user_id)
     .fetch_all(conn)
     .await?)
 }
@@ -468,11 +472,13 @@ pub async fn active_devices(conn: &mut PgConnection, user_id: i64) -> Result<Vec
 /// subscription from the same browser makes it active again). `NotFound` when the device is not
 /// this user's.
 pub async fn remove_device(conn: &mut PgConnection, user_id: i64, device_row_id: i64) -> Result<(), DomainError> {
-    let r = sqlx::query("UPDATE user_devices SET active = false, disabled_reason = 'removed by its owner' WHERE id = $1 AND user_id = $2")
-        .bind(device_row_id)
-        .bind(user_id)
-        .execute(conn)
-        .await?;
+    let r = sqlx::query!(
+        "UPDATE user_devices SET active = false, disabled_reason = 'removed by its owner' WHERE id = $1 AND user_id = $2",
+        device_row_id,
+        user_id,
+    )
+    .execute(conn)
+    .await?;
     if r.rows_affected() == 0 {
         return Err(DomainError::NotFound("device"));
     }
@@ -480,7 +486,7 @@ pub async fn remove_device(conn: &mut PgConnection, user_id: i64, device_row_id:
 }
 
 /// A weekly availability window in the instructor's time zone.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Window {
     /// ISO weekday: 1 = Monday … 7 = Sunday.
     pub day_of_week: i16,
@@ -513,31 +519,30 @@ pub async fn set_availability(conn: &mut PgConnection, instructor_id: i64, windo
         }
     }
     // Locking the instructor serialises concurrent replacements of the same week.
-    let locked: Option<i64> = sqlx::query_scalar("SELECT id FROM instructors WHERE id = $1 FOR UPDATE")
-        .bind(instructor_id)
+    let locked: Option<i64> = sqlx::query_scalar!("SELECT id FROM instructors WHERE id = $1 FOR UPDATE", instructor_id)
         .fetch_optional(&mut *conn)
         .await?;
     if locked.is_none() {
         return Err(DomainError::NotFound("instructor"));
     }
-    sqlx::query("DELETE FROM instructor_availability WHERE instructor_id = $1")
-        .bind(instructor_id)
+    sqlx::query!("DELETE FROM instructor_availability WHERE instructor_id = $1", instructor_id)
         .execute(&mut *conn)
         .await?;
     let days: Vec<i16> = windows.iter().map(|w| w.day_of_week).collect();
     let starts: Vec<NaiveTime> = windows.iter().map(|w| w.start_time).collect();
     let ends: Vec<NaiveTime> = windows.iter().map(|w| w.end_time).collect();
-    let saved: Vec<Window> = sqlx::query_as(
-        "WITH ins AS (
+    let saved: Vec<Window> = sqlx::query_as!(
+        Window,
+        r#"WITH ins AS (
              INSERT INTO instructor_availability (instructor_id, day_of_week, start_time, end_time)
              SELECT $1, d, s, e FROM unnest($2::smallint[], $3::time[], $4::time[]) AS t(d, s, e)
              RETURNING day_of_week, start_time, end_time)
-         SELECT day_of_week, start_time, end_time FROM ins ORDER BY day_of_week, start_time",
+         SELECT day_of_week AS "day_of_week!", start_time AS "start_time!", end_time AS "end_time!" FROM ins ORDER BY day_of_week, start_time"#,
+        instructor_id,
+        &days,
+        &starts,
+        &ends,
     )
-    .bind(instructor_id)
-    .bind(&days)
-    .bind(&starts)
-    .bind(&ends)
     .fetch_all(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;

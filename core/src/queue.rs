@@ -40,7 +40,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{AssertSqlSafe, FromRow, PgConnection, PgExecutor, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::jobs::{JOB_MAX_ATTEMPTS, NewJob, QUEUES};
 
@@ -123,15 +123,34 @@ impl ReportedState {
     }
 }
 
-/// SQL deriving the reported state from apalis's columns; `$1` is "now".
-const STATE_SQL: &str = "CASE
+/// `sqlx::query_as!($out, …)` over a statement on `apalis.jobs` given as string literals, `;`,
+/// then its arguments. Among the literals, `STATE` stands for the SQL deriving the reported state
+/// from apalis's columns (`$1` is "now") and `JOB_COLUMNS` for the columns of a [`JobRow`]: one
+/// definition of each for every statement, and each statement still one literal the macro checks.
+macro_rules! jobs_query {
+    ($out:path; [$($done:literal)*] STATE $($rest:tt)*) => {
+        jobs_query!($out; [$($done)* "CASE
         WHEN status = 'Pending' AND run_at <= $1 THEN 'pending'
         WHEN status = 'Pending' THEN 'scheduled'
         WHEN status IN ('Queued', 'Running') THEN 'running'
         WHEN status = 'Done' THEN 'done'
         WHEN status = 'Failed' AND attempts < max_attempts THEN 'failed'
         WHEN status = 'Killed' OR status = 'Failed' THEN 'dead'
-        ELSE lower(status) END";
+        ELSE lower(status) END"] $($rest)*)
+    };
+    ($out:path; [$($done:literal)*] JOB_COLUMNS $($rest:tt)*) => {
+        jobs_query!($out; [$($done)* r#"id, job_type AS queue, status AS "status: JobState", attempts, max_attempts, run_at, priority, lock_by, lock_at, done_at, last_result, job AS raw"#] $($rest)*)
+    };
+    ($out:path; [$($done:literal)*] $piece:literal $($rest:tt)*) => {
+        jobs_query!($out; [$($done)* $piece] $($rest)*)
+    };
+    ($out:path; [$first:literal $($done:literal)*]; $($arg:expr),+ $(,)?) => {
+        sqlx::query_as!($out, $first $(+ $done)*, $($arg),+)
+    };
+    ($out:path; $($rest:tt)+) => {
+        jobs_query!($out; [] $($rest)+)
+    };
+}
 
 // ---------------------------------------------------------------------------------------------
 // Enqueueing
@@ -158,20 +177,20 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob<'_>]) -> Result<u64
         keys.push(j.idempotency_key.clone());
     }
     // Mirrors apalis-postgres's queries/task/sink.sql, with run_at kept to the microsecond.
-    let done = sqlx::query(
+    let done = sqlx::query!(
         r#"
         INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
         SELECT apalis.generate_ulid(), q, p, 'Pending', 0, $6, coalesce(r, now()), pr, ''::hstore, k
         FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::int[], $5::text[]) AS t(q, p, r, pr, k)
         ON CONFLICT (job_type, idempotency_key) DO NOTHING
         "#,
+        &queues,
+        &payloads,
+        &run_ats as &[Option<DateTime<Utc>>],
+        &priorities,
+        &keys as &[Option<String>],
+        JOB_MAX_ATTEMPTS,
     )
-    .bind(&queues)
-    .bind(&payloads)
-    .bind(&run_ats)
-    .bind(&priorities)
-    .bind(&keys)
-    .bind(JOB_MAX_ATTEMPTS)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
@@ -198,10 +217,6 @@ pub struct FetchedJob {
     /// How long it had been due when fetched (zero when not yet due): its wait in the queue.
     pub waited: Duration,
 }
-
-/// A fetched row: id, payload, attempts, max attempts, priority, seconds until due, seconds
-/// waited since due.
-type FetchRow = (String, Vec<u8>, i32, i32, i32, f64, f64);
 
 /// What became of a job.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,13 +272,13 @@ impl JobQueue {
 
     /// Registers the worker in `apalis.workers` (as apalis's own `register.sql` does).
     pub async fn register(&self) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO apalis.workers (id, worker_type, storage_name, layers, last_seen) VALUES ($1, $2, $3, '', now())
              ON CONFLICT (id) DO UPDATE SET worker_type = EXCLUDED.worker_type, storage_name = EXCLUDED.storage_name, last_seen = now()",
+            &self.worker,
+            &self.queue,
+            STORAGE_NAME,
         )
-        .bind(&self.worker)
-        .bind(&self.queue)
-        .bind(STORAGE_NAME)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -275,12 +290,14 @@ impl JobQueue {
     /// those workers left half-done.
     pub async fn heartbeat(&self, stale_after: Duration) -> Result<Vec<String>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE apalis.workers SET last_seen = now() WHERE id = $1 AND worker_type = $2")
-            .bind(&self.worker)
-            .bind(&self.queue)
-            .execute(&mut *tx)
-            .await?;
-        let rescued: Vec<String> = sqlx::query_scalar(
+        sqlx::query!(
+            "UPDATE apalis.workers SET last_seen = now() WHERE id = $1 AND worker_type = $2",
+            &self.worker,
+            &self.queue,
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rescued: Vec<String> = sqlx::query_scalar!(
             r#"WITH stale AS (
                    SELECT jobs.id, jobs.lock_by FROM apalis.jobs INNER JOIN apalis.workers ON jobs.lock_by = workers.id
                    WHERE (jobs.status = 'Running' OR jobs.status = 'Queued')
@@ -289,10 +306,10 @@ impl JobQueue {
                UPDATE apalis.jobs SET status = 'Pending', done_at = NULL, lock_by = NULL, lock_at = NULL,
                       last_result = '{"Err": "Re-enqueued due to worker heartbeat timeout."}'
                FROM stale WHERE apalis.jobs.id = stale.id
-               RETURNING stale.lock_by"#,
+               RETURNING stale.lock_by AS "lock_by!""#,
+            stale_after as Duration,
+            &self.queue,
         )
-        .bind(stale_after)
-        .bind(&self.queue)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -310,8 +327,8 @@ impl JobQueue {
     /// rescued by another worker if this one stops beating).
     pub async fn fetch(&self, limit: usize, lookahead: Duration) -> Result<Vec<FetchedJob>, sqlx::Error> {
         let fair = limit / 8;
-        let rows: Vec<FetchRow> = sqlx::query_as(
-            "UPDATE apalis.jobs j SET status = 'Running', lock_by = $4, lock_at = now(), attempts = j.attempts + 1, done_at = NULL
+        let rows = sqlx::query!(
+            r#"UPDATE apalis.jobs j SET status = 'Running', lock_by = $4, lock_at = now(), attempts = j.attempts + 1, done_at = NULL
              WHERE j.id = ANY(ARRAY(
                  SELECT id FROM apalis.jobs
                  WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
@@ -327,27 +344,27 @@ impl JobQueue {
                  ORDER BY run_at ASC
                  LIMIT $5
                  FOR UPDATE SKIP LOCKED))
-             RETURNING j.id, j.job, j.attempts, j.max_attempts, j.priority,
-                       greatest(extract(epoch FROM j.run_at - now()), 0)::float8,
-                       greatest(extract(epoch FROM now() - j.run_at), 0)::float8",
+             RETURNING j.id, j.job, j.attempts, j.max_attempts, j.priority AS "priority!",
+                       greatest(extract(epoch FROM j.run_at - now()), 0)::float8 AS "due_in!",
+                       greatest(extract(epoch FROM now() - j.run_at), 0)::float8 AS "waited!""#,
+            &self.queue,
+            (limit - fair) as i64,
+            lookahead as Duration,
+            &self.worker,
+            fair as i64,
         )
-        .bind(&self.queue)
-        .bind((limit - fair) as i64)
-        .bind(lookahead)
-        .bind(&self.worker)
-        .bind(fair as i64)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, payload, attempts, max_attempts, priority, due_in, waited)| FetchedJob {
-                id,
-                payload,
-                attempts,
-                max_attempts,
-                priority,
-                due_in: Duration::from_secs_f64(due_in.max(0.0)),
-                waited: Duration::from_secs_f64(waited.max(0.0)),
+            .map(|r| FetchedJob {
+                id: r.id,
+                payload: r.job,
+                attempts: r.attempts,
+                max_attempts: r.max_attempts,
+                priority: r.priority,
+                due_in: Duration::from_secs_f64(r.due_in.max(0.0)),
+                waited: Duration::from_secs_f64(r.waited.max(0.0)),
             })
             .collect())
     }
@@ -373,12 +390,12 @@ impl JobQueue {
             .collect();
         let mut changed = 0;
         if !done_ids.is_empty() {
-            changed += sqlx::query(
+            changed += sqlx::query!(
                 r#"UPDATE apalis.jobs SET status = 'Done', last_result = '{"Ok": null}', done_at = now()
                    WHERE id = ANY($1) AND lock_by IS NOT DISTINCT FROM $2"#,
+                &done_ids as &[&str],
+                worker,
             )
-            .bind(&done_ids)
-            .bind(worker)
             .execute(&mut *conn)
             .await?
             .rows_affected();
@@ -405,18 +422,18 @@ impl JobQueue {
         if ids.is_empty() {
             return Ok(changed);
         }
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "UPDATE apalis.jobs j SET status = t.status, last_result = t.result, done_at = now(),
                     run_at = CASE WHEN t.retry_ms IS NULL THEN j.run_at ELSE now() + t.retry_ms * interval '1 millisecond' END,
                     lock_by = CASE WHEN t.status = 'Failed' THEN NULL ELSE j.lock_by END
              FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bigint[]) AS t(id, status, result, retry_ms)
              WHERE j.id = t.id AND j.id = ANY($1) AND j.lock_by IS NOT DISTINCT FROM $5",
+            &ids as &[&str],
+            &states as &[&str],
+            &results,
+            &retry_ms as &[Option<i64>],
+            worker,
         )
-        .bind(&ids)
-        .bind(&states)
-        .bind(&results)
-        .bind(&retry_ms)
-        .bind(worker)
         .execute(conn)
         .await?;
         Ok(changed + done.rows_affected())
@@ -428,12 +445,12 @@ impl JobQueue {
         if ids.is_empty() {
             return Ok(0);
         }
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "UPDATE apalis.jobs SET status = 'Pending', lock_by = NULL, lock_at = NULL, attempts = greatest(attempts - 1, 0)
              WHERE id = ANY($1) AND lock_by IS NOT DISTINCT FROM $2 AND status = 'Running'",
+            ids as &[String],
+            &self.worker,
         )
-        .bind(ids)
-        .bind(&self.worker)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
@@ -444,13 +461,13 @@ impl JobQueue {
 /// backlog, read through apalis's fetch index; jobs due later are not read). The ids are taken
 /// from the payloads with a pattern that cannot fail on a malformed one.
 pub async fn backlog_notification_ids(conn: &mut PgConnection, queue: &str) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        r#"SELECT DISTINCT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS id
+    sqlx::query_scalar!(
+        r#"SELECT DISTINCT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS "id!"
            FROM apalis.jobs
            WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now()
              AND substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)') IS NOT NULL"#,
+        queue,
     )
-    .bind(queue)
     .fetch_all(conn)
     .await
 }
@@ -477,17 +494,22 @@ pub struct QueueCounts {
     pub dead: i64,
 }
 
+/// Jobs of one queue in one reported state.
+struct StateCount {
+    queue: String,
+    state: String,
+    n: i64,
+}
+
 /// Counts jobs per queue and reported state; every queue of [`QUEUES`] is listed, empty or not,
 /// then any other queue found.
 pub async fn queue_stats<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>) -> Result<Vec<QueueCounts>, sqlx::Error> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT job_type, {STATE_SQL} AS state, count(*) FROM apalis.jobs GROUP BY 1, 2"
-    )))
-    .bind(now)
-    .fetch_all(exec)
-    .await?;
+    let rows: Vec<StateCount> =
+        jobs_query!(StateCount; "SELECT job_type AS queue, " STATE r#" AS "state!", count(*) AS "n!" FROM apalis.jobs GROUP BY 1, 2"#; now)
+            .fetch_all(exec)
+            .await?;
     let mut by_queue: BTreeMap<String, QueueCounts> = BTreeMap::new();
-    for (queue, state, n) in rows {
+    for StateCount { queue, state, n } in rows {
         let s = by_queue.entry(queue.clone()).or_insert_with(|| QueueCounts {
             queue,
             ..Default::default()
@@ -545,7 +567,6 @@ pub struct JobRecord {
     pub payload: serde_json::Value,
 }
 
-#[derive(FromRow)]
 struct JobRow {
     id: String,
     queue: String,
@@ -584,9 +605,6 @@ impl From<JobRow> for JobRecord {
     }
 }
 
-const JOB_COLUMNS: &str =
-    "id, job_type AS queue, status, attempts, max_attempts, run_at, priority, lock_by, lock_at, done_at, last_result, job AS raw";
-
 /// Jobs newest first (apalis ids are ULIDs, so they sort by time), optionally of one queue and
 /// one reported state, older than the id `before`; at most `limit`.
 pub async fn list_jobs<'c>(
@@ -597,16 +615,17 @@ pub async fn list_jobs<'c>(
     before: Option<&str>,
     limit: i64,
 ) -> Result<Vec<JobRecord>, sqlx::Error> {
-    let rows: Vec<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS}, {STATE_SQL} AS state FROM apalis.jobs
-         WHERE ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR {STATE_SQL} = $3) AND ($4::text IS NULL OR id < $4)
-         ORDER BY id DESC LIMIT $5"
-    )))
-    .bind(now)
-    .bind(queue)
-    .bind(state.map(ReportedState::as_str))
-    .bind(before)
-    .bind(limit)
+    let rows: Vec<JobRow> = jobs_query!(
+        JobRow;
+        "SELECT " JOB_COLUMNS ", " STATE r#" AS "state!" FROM apalis.jobs
+         WHERE ($2::text IS NULL OR job_type = $2) AND ($3::text IS NULL OR "# STATE " = $3) AND ($4::text IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5";
+        now,
+        queue,
+        state.map(ReportedState::as_str),
+        before,
+        limit,
+    )
     .fetch_all(exec)
     .await?;
     Ok(rows.into_iter().map(JobRecord::from).collect())
@@ -614,13 +633,10 @@ pub async fn list_jobs<'c>(
 
 /// One job.
 pub async fn get_job<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, id: &str) -> Result<Option<JobRecord>, sqlx::Error> {
-    let row: Option<JobRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS}, {STATE_SQL} AS state FROM apalis.jobs WHERE id = $2"
-    )))
-    .bind(now)
-    .bind(id)
-    .fetch_optional(exec)
-    .await?;
+    let row: Option<JobRow> =
+        jobs_query!(JobRow; "SELECT " JOB_COLUMNS ", " STATE r#" AS "state!" FROM apalis.jobs WHERE id = $2"#; now, id)
+            .fetch_optional(exec)
+            .await?;
     Ok(row.map(JobRecord::from))
 }
 
@@ -628,15 +644,15 @@ pub async fn get_job<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, id: &str
 /// was. The state check and the reset are one statement, so a job a worker just took is never
 /// reset under it. Workers are woken the way apalis's insert trigger wakes them.
 pub async fn retry_job<'c>(exec: impl PgExecutor<'c>, id: &str) -> Result<bool, sqlx::Error> {
-    let reset: Option<String> = sqlx::query_scalar(
-        "WITH reset AS (
+    let reset: Option<String> = sqlx::query_scalar!(
+        r#"WITH reset AS (
              UPDATE apalis.jobs SET status = 'Pending', run_at = now(), attempts = 0, lock_by = NULL, lock_at = NULL, done_at = NULL
              WHERE id = $1 AND status IN ('Failed', 'Killed')
              RETURNING id, job_type, run_at)
-         SELECT id FROM reset,
-             LATERAL (SELECT pg_notify('apalis::job::insert', json_build_object('job_type', job_type, 'id', id, 'run_at', run_at)::text)) AS woken",
+         SELECT id AS "id!" FROM reset,
+             LATERAL (SELECT pg_notify('apalis::job::insert', json_build_object('job_type', job_type, 'id', id, 'run_at', run_at)::text)) AS woken"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(exec)
     .await?;
     Ok(reset.is_some())
@@ -667,19 +683,19 @@ pub enum Cancelled {
 /// now carrying the cancel is enqueued on `conn` (use a transaction).
 pub async fn cancel_job(conn: &mut PgConnection, id: &str, actor: &str) -> Result<Cancelled, sqlx::Error> {
     let reason = format!("{CANCELLED} ({actor})");
-    let row: Option<(String, Vec<u8>, Option<i32>)> = sqlx::query_as(
+    let row = sqlx::query!(
         "UPDATE apalis.jobs SET status = 'Killed', last_result = jsonb_build_object('Err', $2::text), done_at = now(),
                 lock_by = NULL, lock_at = NULL
          WHERE id = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
          RETURNING job_type, job, priority",
+        id,
+        &reason,
     )
-    .bind(id)
-    .bind(&reason)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|r| (r.job_type, r.job, r.priority));
     let Some((queue, payload, priority)) = row else {
-        let status: Option<JobState> = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
-            .bind(id)
+        let status: Option<JobState> = sqlx::query_scalar!(r#"SELECT status AS "status: JobState" FROM apalis.jobs WHERE id = $1"#, id)
             .fetch_optional(&mut *conn)
             .await?;
         return Ok(match status {
@@ -715,24 +731,27 @@ pub struct Minute {
 /// Jobs finished per minute over the `minutes` before `now`, done and failed, from apalis's
 /// `done_at` (stamped on every outcome); oldest first, slot `minutes - 1` ends at `now`.
 pub async fn per_minute<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, minutes: usize) -> Result<Vec<Minute>, sqlx::Error> {
-    let rows: Vec<(i32, i64, i64)> = sqlx::query_as(
-        "SELECT floor(extract(epoch FROM ($1 - done_at)) / 60)::int AS ago,
-                count(*) FILTER (WHERE status = 'Done'),
-                count(*) FILTER (WHERE status IN ('Failed', 'Killed'))
+    let rows = sqlx::query!(
+        r#"SELECT floor(extract(epoch FROM ($1 - done_at)) / 60)::int AS "ago!",
+                count(*) FILTER (WHERE status = 'Done') AS "done!",
+                count(*) FILTER (WHERE status IN ('Failed', 'Killed')) AS "failed!"
          FROM apalis.jobs
          WHERE done_at > $1 - make_interval(mins => $2) AND done_at <= $1
-         GROUP BY 1",
+         GROUP BY 1"#,
+        now,
+        i32::try_from(minutes).unwrap_or(i32::MAX),
     )
-    .bind(now)
-    .bind(i32::try_from(minutes).unwrap_or(i32::MAX))
     .fetch_all(exec)
     .await?;
     let mut out = vec![Minute::default(); minutes];
-    for (ago, done, failed) in rows {
-        if let Ok(ago) = usize::try_from(ago)
+    for r in rows {
+        if let Ok(ago) = usize::try_from(r.ago)
             && ago < minutes
         {
-            out[minutes - 1 - ago] = Minute { done, failed };
+            out[minutes - 1 - ago] = Minute {
+                done: r.done,
+                failed: r.failed,
+            };
         }
     }
     Ok(out)
@@ -742,21 +761,26 @@ pub async fn per_minute<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, minut
 // Pruning
 
 /// The batch delete of [`prune_done`]: `$1` the cutoff, `$2` the batch size. `pub` so tests can
-/// EXPLAIN it (it reads `dashlight_jobs_done_idx`).
+/// EXPLAIN it (it reads `dashlight_jobs_done_idx`); the unit test `delete_done_sql_is_prunes`
+/// keeps it the text of the checked statement in [`delete_done`].
 pub const DELETE_DONE_SQL: &str =
     "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE status = 'Done' AND done_at < $1 LIMIT $2)";
+
+/// [`DELETE_DONE_SQL`], checked.
+fn delete_done(cutoff: DateTime<Utc>, batch: i64) -> sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query!(
+        "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE status = 'Done' AND done_at < $1 LIMIT $2)",
+        cutoff,
+        batch,
+    )
+}
 
 /// Deletes jobs `Done` before `cutoff`, `batch` rows per statement so locks stay short. Failed
 /// and killed jobs are kept for the operator. Returns how many were deleted.
 pub async fn prune_done(pool: &PgPool, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
     let mut deleted = 0u64;
     loop {
-        let n = sqlx::query(DELETE_DONE_SQL)
-            .bind(cutoff)
-            .bind(batch)
-            .execute(pool)
-            .await?
-            .rows_affected();
+        let n = delete_done(cutoff, batch).execute(pool).await?.rows_affected();
         deleted += n;
         if n < batch as u64 {
             return Ok(deleted);
@@ -774,5 +798,11 @@ mod tests {
             assert_eq!(ReportedState::parse(s.as_str()), Some(s));
         }
         assert_eq!(ReportedState::parse("Pending"), None);
+    }
+
+    #[test]
+    fn delete_done_sql_is_prunes() {
+        let sql = sqlx::Execute::sql(delete_done(Utc::now(), 1));
+        assert_eq!(sql.as_str(), DELETE_DONE_SQL);
     }
 }

@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveTime, TimeZone, Utc, 
 use chrono_tz::Tz;
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{Connection, FromRow, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 use crate::{
     bookings::{self, Booking, BookingSettings, NewBooking},
@@ -49,7 +49,7 @@ pub struct NewSeries {
 }
 
 /// A `booking_series` row.
-#[derive(Debug, Clone, FromRow, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Series {
     /// Id.
     pub id: i64,
@@ -81,8 +81,24 @@ pub struct Series {
     pub created_at: DateTime<Utc>,
 }
 
-const SERIES_COLUMNS: &str = "id, student_id, instructor_id, weekdays, local_start_time, duration_minutes, timezone, pickup_location, \
-     starts_on, until_on, occurrence_count, status, expanded_through, created_at";
+/// `sqlx::query_as!(Series, …)` over a statement given as string literals, `;`, then its
+/// arguments; among the literals, `COLUMNS` stands for the columns of a [`Series`], so every
+/// statement reads the same ones and each is still one literal the macro checks.
+macro_rules! series_query {
+    ([$($done:literal)*] COLUMNS $($rest:tt)*) => {
+        series_query!([$($done)* "id, student_id, instructor_id, weekdays, local_start_time, duration_minutes, timezone, pickup_location, \
+     starts_on, until_on, occurrence_count, status, expanded_through, created_at"] $($rest)*)
+    };
+    ([$($done:literal)*] $piece:literal $($rest:tt)*) => {
+        series_query!([$($done)* $piece] $($rest)*)
+    };
+    ([$first:literal $($done:literal)*]; $($arg:expr),+ $(,)?) => {
+        sqlx::query_as!(Series, $first $(+ $done)*, $($arg),+)
+    };
+    ($($rest:tt)+) => {
+        series_query!([] $($rest)+)
+    };
+}
 
 /// An occurrence that was not booked.
 #[derive(Debug, Clone, Serialize)]
@@ -156,38 +172,41 @@ pub async fn create(conn: &mut PgConnection, ns: NewSeries) -> Result<Series, Do
     if ns.pickup_location.as_ref().is_some_and(|p| p.chars().count() > 500) {
         return Err(DomainError::invalid("pickup_location", "at most 500 characters"));
     }
-    let student: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM students WHERE id = $1)")
-        .bind(ns.student_id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let student: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM students WHERE id = $1) AS "exists!""#,
+        ns.student_id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if !student {
         return Err(DomainError::invalid("student_id", "no such student"));
     }
-    let instructor_tz: Option<String> =
-        sqlx::query_scalar("SELECT u.timezone FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1 AND i.active")
-            .bind(ns.instructor_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let instructor_tz: Option<String> = sqlx::query_scalar!(
+        "SELECT u.timezone FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1 AND i.active",
+        ns.instructor_id,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(instructor_tz) = instructor_tz else {
         return Err(DomainError::invalid("instructor_id", "no such instructor"));
     };
     let timezone = ns.timezone.clone().unwrap_or(instructor_tz);
     validate::timezone("timezone", &timezone)?;
-    let series: Series = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let series: Series = series_query!(
         "INSERT INTO booking_series (student_id, instructor_id, weekdays, local_start_time, duration_minutes, timezone,
                                      pickup_location, starts_on, until_on, occurrence_count)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {SERIES_COLUMNS}"
-    )))
-    .bind(ns.student_id)
-    .bind(ns.instructor_id)
-    .bind(&weekdays)
-    .bind(ns.local_start_time)
-    .bind(ns.duration_minutes)
-    .bind(&timezone)
-    .bind(&ns.pickup_location)
-    .bind(ns.starts_on)
-    .bind(ns.until_on)
-    .bind(ns.occurrence_count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING " COLUMNS;
+        ns.student_id,
+        ns.instructor_id,
+        &weekdays,
+        ns.local_start_time,
+        ns.duration_minutes,
+        &timezone,
+        ns.pickup_location.as_deref(),
+        ns.starts_on,
+        ns.until_on,
+        ns.occurrence_count,
+    )
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -196,13 +215,10 @@ pub async fn create(conn: &mut PgConnection, ns: NewSeries) -> Result<Series, Do
 
 /// Reads a series.
 pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Series, DomainError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {SERIES_COLUMNS} FROM booking_series WHERE id = $1"
-    )))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?
-    .ok_or(DomainError::NotFound("booking series"))
+    series_query!("SELECT " COLUMNS " FROM booking_series WHERE id = $1"; id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or(DomainError::NotFound("booking series"))
 }
 
 /// Books the series' occurrences from the day after `expanded_through` (or `starts_on`, but
@@ -220,13 +236,10 @@ pub async fn expand(
     now: DateTime<Utc>,
     horizon_days: u32,
 ) -> Result<ExpandReport, DomainError> {
-    let series: Series = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {SERIES_COLUMNS} FROM booking_series WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(series_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(DomainError::NotFound("booking series"))?;
+    let series: Series = series_query!("SELECT " COLUMNS " FROM booking_series WHERE id = $1 FOR UPDATE"; series_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(DomainError::NotFound("booking series"))?;
     let mut report = ExpandReport {
         series_id,
         created: Vec::new(),
@@ -276,16 +289,16 @@ pub async fn expand(
         exhausted = true;
     }
     let through = series.expanded_through.map_or(last, |d| d.max(last));
-    sqlx::query(
+    sqlx::query!(
         "UPDATE booking_series SET expanded_through = $2,
              status = CASE WHEN $3 THEN 'ended' ELSE status END,
              ended_at = CASE WHEN $3 THEN $4 ELSE ended_at END
          WHERE id = $1",
+        series_id,
+        through,
+        exhausted,
+        now,
     )
-    .bind(series_id)
-    .bind(through)
-    .bind(exhausted)
-    .bind(now)
     .execute(&mut *conn)
     .await?;
     report.expanded_through = Some(through);
@@ -294,13 +307,13 @@ pub async fn expand(
 }
 
 async fn occurrence_booked(conn: &mut PgConnection, series_id: i64, date: NaiveDate) -> Result<bool, DomainError> {
-    Ok(
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM bookings WHERE series_id = $1 AND series_occurrence = $2)")
-            .bind(series_id)
-            .bind(date)
-            .fetch_one(&mut *conn)
-            .await?,
+    Ok(sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM bookings WHERE series_id = $1 AND series_occurrence = $2) AS "booked!""#,
+        series_id,
+        date,
     )
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -390,17 +403,18 @@ pub async fn notify_conflicts(
     if conflicts.is_empty() {
         return Ok(0);
     }
-    let (student_user, student_name, instructor_name): (i64, String, String) = sqlx::query_as(
-        "SELECT su.id, su.first_name || ' ' || su.last_name, iu.first_name || ' ' || iu.last_name
+    let people = sqlx::query!(
+        r#"SELECT su.id, su.first_name || ' ' || su.last_name AS "student_name!", iu.first_name || ' ' || iu.last_name AS "instructor_name!"
          FROM booking_series bs
          JOIN students s ON s.id = bs.student_id JOIN users su ON su.id = s.user_id
          JOIN instructors i ON i.id = bs.instructor_id JOIN users iu ON iu.id = i.user_id
-         WHERE bs.id = $1",
+         WHERE bs.id = $1"#,
+        report.series_id,
     )
-    .bind(report.series_id)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or(DomainError::NotFound("booking series"))?;
+    let (student_user, student_name, instructor_name) = (people.id, people.student_name, people.instructor_name);
     let mut created = 0;
     for s in conflicts {
         let data = json!({
