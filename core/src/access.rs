@@ -70,11 +70,12 @@ pub async fn owner(conn: &mut PgConnection, token: &str) -> Result<Option<Owner>
     if !well_formed(token) {
         return Ok(None);
     }
-    let o: Option<Owner> = sqlx::query_as(
+    let o: Option<Owner> = sqlx::query_as!(
+        Owner,
         "SELECT id AS user_id, role, first_name, last_name, email, timezone, calendar_token, access_token
          FROM users WHERE access_token = $1 AND status = 'active'",
+        token,
     )
-    .bind(token)
     .fetch_optional(conn)
     .await?;
     Ok(o.filter(|o| constant_time_eq(&o.access_token, token)))
@@ -82,8 +83,7 @@ pub async fn owner(conn: &mut PgConnection, token: &str) -> Result<Option<Owner>
 
 /// A user's current token (`NotFound` for no such user).
 pub async fn token_of(conn: &mut PgConnection, user_id: i64) -> Result<String, DomainError> {
-    let t: Option<String> = sqlx::query_scalar("SELECT access_token FROM users WHERE id = $1")
-        .bind(user_id)
+    let t: Option<String> = sqlx::query_scalar!("SELECT access_token FROM users WHERE id = $1", user_id)
         .fetch_optional(conn)
         .await?;
     t.ok_or(DomainError::NotFound("user"))
@@ -91,11 +91,11 @@ pub async fn token_of(conn: &mut PgConnection, user_id: i64) -> Result<String, D
 
 /// Gives the user a new page secret; the old link stops working at once. Returns the new one.
 pub async fn rotate(conn: &mut PgConnection, user_id: i64, now: DateTime<Utc>) -> Result<String, DomainError> {
-    let token: Option<String> = sqlx::query_scalar(
+    let token: Option<String> = sqlx::query_scalar!(
         "UPDATE users SET access_token = replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '')
          WHERE id = $1 RETURNING access_token",
+        user_id,
     )
-    .bind(user_id)
     .fetch_optional(&mut *conn)
     .await?;
     let token = token.ok_or(DomainError::NotFound("user"))?;
@@ -122,18 +122,19 @@ pub struct Lesson {
 
 /// The owner's confirmed lessons that have not ended yet, soonest first (at most 50).
 pub async fn upcoming_lessons(conn: &mut PgConnection, user_id: i64, now: DateTime<Utc>) -> Result<Vec<Lesson>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT b.id AS booking_id, b.start_time, b.end_time,
-                iu.first_name || ' ' || iu.last_name AS instructor_name,
-                su.first_name || ' ' || su.last_name AS student_name, b.pickup_location
+    sqlx::query_as!(
+        Lesson,
+        r#"SELECT b.id AS booking_id, b.start_time, b.end_time,
+                iu.first_name || ' ' || iu.last_name AS "instructor_name!",
+                su.first_name || ' ' || su.last_name AS "student_name!", b.pickup_location
          FROM bookings b
          JOIN students s ON s.id = b.student_id JOIN users su ON su.id = s.user_id
          JOIN instructors i ON i.id = b.instructor_id JOIN users iu ON iu.id = i.user_id
          WHERE (su.id = $1 OR iu.id = $1) AND b.status = 'confirmed' AND b.end_time > $2
-         ORDER BY b.start_time, b.id LIMIT 50",
+         ORDER BY b.start_time, b.id LIMIT 50"#,
+        user_id,
+        now,
     )
-    .bind(user_id)
-    .bind(now)
     .fetch_all(conn)
     .await
 }
@@ -162,16 +163,17 @@ pub struct FeedItem {
 /// ones, and those skipped before any channel was tried (a reminder whose moment had passed
 /// when the lesson was booked, one that expired unsent).
 pub async fn feed(conn: &mut PgConnection, user_id: i64, now: DateTime<Utc>) -> Result<Vec<FeedItem>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        FeedItem,
         "SELECT n.id, n.type AS kind, n.title, n.content, n.due_at, n.read_at, n.booking_id
          FROM notifications n
          WHERE n.user_id = $1 AND n.due_at <= $2 AND n.status <> 'cancelled'
            AND NOT (n.status = 'skipped' AND NOT EXISTS (SELECT 1 FROM notification_deliveries d WHERE d.notification_id = n.id))
          ORDER BY n.due_at DESC, n.id DESC LIMIT $3",
+        user_id,
+        now,
+        FEED_LIMIT,
     )
-    .bind(user_id)
-    .bind(now)
-    .bind(FEED_LIMIT)
     .fetch_all(conn)
     .await
 }
@@ -179,12 +181,14 @@ pub async fn feed(conn: &mut PgConnection, user_id: i64, now: DateTime<Utc>) -> 
 /// Marks one of the owner's notifications read (once: a second call keeps the first time).
 /// `NotFound` when it is not theirs or does not exist: nobody learns about others' rows.
 pub async fn mark_read(conn: &mut PgConnection, user_id: i64, notification_id: i64, now: DateTime<Utc>) -> Result<(), DomainError> {
-    let r = sqlx::query("UPDATE notifications SET read_at = coalesce(read_at, $3) WHERE id = $1 AND user_id = $2")
-        .bind(notification_id)
-        .bind(user_id)
-        .bind(now)
-        .execute(conn)
-        .await?;
+    let r = sqlx::query!(
+        "UPDATE notifications SET read_at = coalesce(read_at, $3) WHERE id = $1 AND user_id = $2",
+        notification_id,
+        user_id,
+        now,
+    )
+    .execute(conn)
+    .await?;
     if r.rows_affected() == 0 {
         return Err(DomainError::NotFound("notification"));
     }

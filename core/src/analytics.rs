@@ -12,13 +12,15 @@ pub async fn record(
     data: Value,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(r#"INSERT INTO analytics_events (user_id, event_type, event_data, "timestamp") VALUES ($1, $2, $3, $4)"#)
-        .bind(user_id)
-        .bind(event_type)
-        .bind(data)
-        .bind(at)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        r#"INSERT INTO analytics_events (user_id, event_type, event_data, "timestamp") VALUES ($1, $2, $3, $4)"#,
+        user_id,
+        event_type,
+        data,
+        at,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -44,14 +46,14 @@ pub async fn record_many(conn: &mut PgConnection, events: &[Event]) -> Result<()
     let types: Vec<&str> = events.iter().map(|e| e.event_type).collect();
     let data: Vec<&Value> = events.iter().map(|e| &e.data).collect();
     let at: Vec<chrono::DateTime<chrono::Utc>> = events.iter().map(|e| e.at).collect();
-    sqlx::query(
+    sqlx::query!(
         r#"INSERT INTO analytics_events (user_id, event_type, event_data, "timestamp")
            SELECT * FROM unnest($1::bigint[], $2::text[], $3::jsonb[], $4::timestamptz[])"#,
+        &users as &[Option<i64>],
+        &types as &[&str],
+        &data as &[&Value],
+        &at,
     )
-    .bind(&users)
-    .bind(&types)
-    .bind(&data)
-    .bind(&at)
     .execute(conn)
     .await?;
     Ok(())

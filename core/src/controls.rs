@@ -99,15 +99,16 @@ pub struct ControlEvent {
 /// Pauses a queue or channel (checked with [`check_target`] first) as `actor`. Returns the pause
 /// in force: a second pause keeps the first one's author and time, and is not recorded again.
 pub async fn pause(conn: &mut PgConnection, scope: Scope, name: &str, actor: &str, reason: Option<&str>) -> Result<Pause, sqlx::Error> {
-    let inserted: Option<Pause> = sqlx::query_as(
-        "INSERT INTO queue_pauses (scope, name, paused_by, reason) VALUES ($1, $2, $3, $4)
+    let inserted: Option<Pause> = sqlx::query_as!(
+        Pause,
+        r#"INSERT INTO queue_pauses (scope, name, paused_by, reason) VALUES ($1, $2, $3, $4)
          ON CONFLICT (scope, name) DO NOTHING
-         RETURNING scope, name, paused_by, paused_at, reason",
+         RETURNING scope AS "scope: Scope", name, paused_by, paused_at, reason"#,
+        scope as Scope,
+        name,
+        actor,
+        reason,
     )
-    .bind(scope)
-    .bind(name)
-    .bind(actor)
-    .bind(reason)
     .fetch_optional(&mut *conn)
     .await?;
     match inserted {
@@ -117,11 +118,14 @@ pub async fn pause(conn: &mut PgConnection, scope: Scope, name: &str, actor: &st
             Ok(p)
         }
         None => {
-            sqlx::query_as("SELECT scope, name, paused_by, paused_at, reason FROM queue_pauses WHERE scope = $1 AND name = $2")
-                .bind(scope)
-                .bind(name)
-                .fetch_one(conn)
-                .await
+            sqlx::query_as!(
+                Pause,
+                r#"SELECT scope AS "scope: Scope", name, paused_by, paused_at, reason FROM queue_pauses WHERE scope = $1 AND name = $2"#,
+                scope as Scope,
+                name,
+            )
+            .fetch_one(conn)
+            .await
         }
     }
 }
@@ -140,9 +144,7 @@ pub struct Resumed {
 /// insert notification, the held sends of a channel through a job per notification, due now,
 /// oldest due first.
 pub async fn resume(conn: &mut PgConnection, scope: Scope, name: &str, actor: &str) -> Result<Resumed, sqlx::Error> {
-    let gone = sqlx::query("DELETE FROM queue_pauses WHERE scope = $1 AND name = $2")
-        .bind(scope)
-        .bind(name)
+    let gone = sqlx::query!("DELETE FROM queue_pauses WHERE scope = $1 AND name = $2", scope as Scope, name)
         .execute(&mut *conn)
         .await?
         .rows_affected();
@@ -152,11 +154,11 @@ pub async fn resume(conn: &mut PgConnection, scope: Scope, name: &str, actor: &s
     record_event(&mut *conn, scope, name, "resume", actor, None).await?;
     let woken = match scope {
         Scope::Queue => {
-            sqlx::query(
+            sqlx::query!(
                 "SELECT pg_notify('apalis::job::insert', json_build_object('job_type', $1::text, 'id', '', 'run_at', now())::text)",
+                name,
             )
-            .bind(name)
-            .execute(&mut *conn)
+            .fetch_one(&mut *conn)
             .await?;
             0
         }
@@ -169,15 +171,18 @@ pub async fn resume(conn: &mut PgConnection, scope: Scope, name: &str, actor: &s
 /// One job per notification whose sends on `channel` a pause held, oldest due first (each a
 /// microsecond after the one before, so the fetch's `run_at` order is the due order).
 async fn wake_held(conn: &mut PgConnection, channel: &str) -> Result<u64, sqlx::Error> {
-    let held: Vec<(i64, i16)> = sqlx::query_as(
+    let held: Vec<(i64, i16)> = sqlx::query!(
         "SELECT n.id, n.priority FROM notifications n
          WHERE n.id IN (SELECT notification_id FROM notification_deliveries
                         WHERE channel = $1 AND hold_reason IS NOT NULL AND status IN ('pending', 'retrying'))
          ORDER BY n.due_at, n.id",
+        channel,
     )
-    .bind(channel)
     .fetch_all(&mut *conn)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.id, r.priority))
+    .collect();
     let base = Utc::now();
     let payloads: Vec<DeliverJob> = held
         .iter()
@@ -210,43 +215,52 @@ async fn record_event(
     actor: &str,
     reason: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO queue_control_events (scope, name, action, actor, reason) VALUES ($1, $2, $3, $4, $5)")
-        .bind(scope)
-        .bind(name)
-        .bind(action)
-        .bind(actor)
-        .bind(reason)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO queue_control_events (scope, name, action, actor, reason) VALUES ($1, $2, $3, $4, $5)",
+        scope as Scope,
+        name,
+        action,
+        actor,
+        reason,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
 /// The pauses in force, queues first.
 pub async fn pauses<'c>(exec: impl PgExecutor<'c>) -> Result<Vec<Pause>, sqlx::Error> {
-    sqlx::query_as("SELECT scope, name, paused_by, paused_at, reason FROM queue_pauses ORDER BY scope DESC, name")
-        .fetch_all(exec)
-        .await
+    sqlx::query_as!(
+        Pause,
+        r#"SELECT scope AS "scope: Scope", name, paused_by, paused_at, reason FROM queue_pauses ORDER BY scope DESC, name"#
+    )
+    .fetch_all(exec)
+    .await
 }
 
 /// The latest pauses and resumes, newest first.
 pub async fn events<'c>(exec: impl PgExecutor<'c>, limit: i64) -> Result<Vec<ControlEvent>, sqlx::Error> {
-    sqlx::query_as("SELECT scope, name, action, actor, reason, at FROM queue_control_events ORDER BY at DESC, id DESC LIMIT $1")
-        .bind(limit)
-        .fetch_all(exec)
-        .await
+    sqlx::query_as!(
+        ControlEvent,
+        r#"SELECT scope AS "scope: Scope", name, action, actor, reason, at FROM queue_control_events ORDER BY at DESC, id DESC LIMIT $1"#,
+        limit,
+    )
+    .fetch_all(exec)
+    .await
 }
 
 /// The paused channels with the reason their sends wait, read in the caller's transaction with a
 /// share lock, so a resume committing meanwhile is either seen (the row is gone) or waits for
 /// this transaction (and then wakes what it held). Used by the delivery recorder's claim.
 pub async fn held_channels(conn: &mut PgConnection) -> Result<Vec<(Channel, String)>, sqlx::Error> {
-    let rows: Vec<(Channel, String, DateTime<Utc>, Option<String>)> =
-        sqlx::query_as("SELECT name, paused_by, paused_at, reason FROM queue_pauses WHERE scope = 'channel' FOR SHARE")
+    let rows =
+        sqlx::query!(r#"SELECT name AS "name: Channel", paused_by, paused_at, reason FROM queue_pauses WHERE scope = 'channel' FOR SHARE"#)
             .fetch_all(conn)
             .await?;
     Ok(rows
         .into_iter()
-        .map(|(channel, by, at, reason)| {
+        .map(|r| {
+            let (channel, by, at, reason) = (r.name, r.paused_by, r.paused_at, r.reason);
             let why = match reason {
                 Some(r) => format!("{} paused by {by} at {}: {r}", channel.as_str(), at.format("%Y-%m-%d %H:%M:%S UTC")),
                 None => format!("{} paused by {by} at {}", channel.as_str(), at.format("%Y-%m-%d %H:%M:%S UTC")),
@@ -259,7 +273,13 @@ pub async fn held_channels(conn: &mut PgConnection) -> Result<Vec<(Channel, Stri
 /// Providers' holds in force: channel, until when, why (written by the worker's limiter on a
 /// 429 with `Retry-After`).
 pub async fn provider_holds<'c>(exec: impl PgExecutor<'c>) -> Result<Vec<(Channel, DateTime<Utc>, Option<String>)>, sqlx::Error> {
-    sqlx::query_as("SELECT channel, held_until, held_reason FROM channel_budgets WHERE held_until > now() ORDER BY channel")
-        .fetch_all(exec)
-        .await
+    Ok(sqlx::query!(
+        r#"SELECT channel AS "channel: Channel", held_until AS "held_until!", held_reason FROM channel_budgets
+           WHERE held_until > now() ORDER BY channel"#
+    )
+    .fetch_all(exec)
+    .await?
+    .into_iter()
+    .map(|r| (r.channel, r.held_until, r.held_reason))
+    .collect())
 }

@@ -43,18 +43,16 @@ pub struct Contact {
     pub created_at: DateTime<Utc>,
 }
 
-const CONTACT_COLUMNS: &str = "id, user_id, name, email, phone, contact_type, lead_status, lifetime_value_minor, currency::text AS currency, source, last_interaction_at, created_at";
-
 /// Creates the contact of a new student user (`contact_type` student, `lead_status` lead until
 /// they book). Does nothing when the user already has one. Returns its id, if created.
 pub async fn create_for_student(conn: &mut PgConnection, user_id: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO crm_contacts (user_id, name, email, phone, contact_type, lead_status, source)
          SELECT id, first_name || ' ' || last_name, email, phone, 'student', 'lead', 'signup' FROM users WHERE id = $1
          ON CONFLICT (user_id) DO NOTHING
          RETURNING id",
+        user_id,
     )
-    .bind(user_id)
     .fetch_optional(conn)
     .await
 }
@@ -62,10 +60,12 @@ pub async fn create_for_student(conn: &mut PgConnection, user_id: i64) -> Result
 /// A booking or a completed lesson makes the user's contact `active` (from `lead`, or back from
 /// `lapsed`). Contacts that passed or were lost stay as they are.
 pub async fn mark_active(conn: &mut PgConnection, user_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE crm_contacts SET lead_status = 'active' WHERE user_id = $1 AND lead_status IN ('lead', 'lapsed')")
-        .bind(user_id)
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE crm_contacts SET lead_status = 'active' WHERE user_id = $1 AND lead_status IN ('lead', 'lapsed')",
+        user_id,
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -98,15 +98,18 @@ pub async fn create_lead(conn: &mut PgConnection, nc: NewContact, now: DateTime<
     if nc.source.as_ref().is_some_and(|s| s.chars().count() > 200) {
         return Err(DomainError::invalid("source", "at most 200 characters"));
     }
-    let c: Contact = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO crm_contacts (name, email, phone, contact_type, lead_status, source, created_at)
-         VALUES ($1, $2, $3, 'lead', 'lead', $4, $5) RETURNING {CONTACT_COLUMNS}"
-    )))
-    .bind(name)
-    .bind(nc.email.as_deref().map(str::trim))
-    .bind(&nc.phone)
-    .bind(&nc.source)
-    .bind(now)
+    let c: Contact = sqlx::query_as!(
+        Contact,
+        r#"INSERT INTO crm_contacts (name, email, phone, contact_type, lead_status, source, created_at)
+         VALUES ($1, $2, $3, 'lead', 'lead', $4, $5)
+         RETURNING id, user_id, name, email, phone, contact_type, lead_status, lifetime_value_minor,
+                   currency::text AS "currency!", source, last_interaction_at, created_at"#,
+        name,
+        nc.email.as_deref().map(str::trim),
+        nc.phone.as_deref(),
+        nc.source.as_deref(),
+        now,
+    )
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -172,41 +175,42 @@ pub async fn record_interaction(conn: &mut PgConnection, ni: NewInteraction, now
         return Err(DomainError::invalid("interaction_date", "must not be in the future"));
     }
     // Locks the contact: concurrent interactions move last_interaction_at one at a time.
-    let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM crm_contacts WHERE id = $1 FOR UPDATE")
-        .bind(ni.contact_id)
+    let exists: Option<i64> = sqlx::query_scalar!("SELECT id FROM crm_contacts WHERE id = $1 FOR UPDATE", ni.contact_id)
         .fetch_optional(&mut *conn)
         .await?;
     if exists.is_none() {
         return Err(DomainError::invalid("contact_id", "no such contact"));
     }
     if let Some(staff) = ni.staff_user_id {
-        let ok: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
-            .bind(staff)
+        let ok: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, staff)
             .fetch_one(&mut *conn)
             .await?;
         if !ok {
             return Err(DomainError::invalid("staff_user_id", "no such user"));
         }
     }
-    let i: Interaction = sqlx::query_as(
+    let i: Interaction = sqlx::query_as!(
+        Interaction,
         "INSERT INTO crm_interactions (contact_id, staff_user_id, interaction_type, interaction_date, notes, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, contact_id, staff_user_id, interaction_type, interaction_date, notes, created_at",
+        ni.contact_id,
+        ni.staff_user_id,
+        ni.interaction_type,
+        when,
+        ni.notes,
+        now,
     )
-    .bind(ni.contact_id)
-    .bind(ni.staff_user_id)
-    .bind(&ni.interaction_type)
-    .bind(when)
-    .bind(&ni.notes)
-    .bind(now)
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
-    sqlx::query("UPDATE crm_contacts SET last_interaction_at = GREATEST(last_interaction_at, $2) WHERE id = $1")
-        .bind(ni.contact_id)
-        .bind(when)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE crm_contacts SET last_interaction_at = GREATEST(last_interaction_at, $2) WHERE id = $1",
+        ni.contact_id,
+        when,
+    )
+    .execute(&mut *conn)
+    .await?;
     analytics::record(
         conn,
         ni.staff_user_id,
@@ -220,10 +224,13 @@ pub async fn record_interaction(conn: &mut PgConnection, ni: NewInteraction, now
 
 /// Reads a contact.
 pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Contact, DomainError> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {CONTACT_COLUMNS} FROM crm_contacts WHERE id = $1"
-    )))
-    .bind(id)
+    sqlx::query_as!(
+        Contact,
+        r#"SELECT id, user_id, name, email, phone, contact_type, lead_status, lifetime_value_minor,
+                  currency::text AS "currency!", source, last_interaction_at, created_at
+           FROM crm_contacts WHERE id = $1"#,
+        id,
+    )
     .fetch_optional(conn)
     .await?
     .ok_or(DomainError::NotFound("contact"))

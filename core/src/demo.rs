@@ -84,22 +84,22 @@ fn hour(h: u32) -> NaiveTime {
 /// One student's and one instructor's page link (the first of each role, by id), as
 /// `(role, full name, PUBLIC_BASE_URL/me/{token})`: what `dashlight up` prints.
 pub async fn page_links(pool: &PgPool, public_base_url: &str) -> Result<Vec<(String, String, String)>, DomainError> {
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT DISTINCT ON (role) role, first_name || ' ' || last_name, access_token FROM users
-         WHERE role IN ('student', 'instructor') AND status = 'active' ORDER BY role DESC, id",
+    let rows = sqlx::query!(
+        r#"SELECT DISTINCT ON (role) role, first_name || ' ' || last_name AS "name!", access_token FROM users
+         WHERE role IN ('student', 'instructor') AND status = 'active' ORDER BY role DESC, id"#
     )
     .fetch_all(pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(role, name, token)| (role, name, crate::access::page_url(public_base_url, &token)))
+        .map(|r| (r.role, r.name, crate::access::page_url(public_base_url, &r.access_token)))
         .collect())
 }
 
 /// Loads the demo school. `now` anchors the bookings ("the coming days").
 pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>) -> Result<DemoSummary, DomainError> {
     let mut summary = DemoSummary::default();
-    let present: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE email LIKE '%@demo.dashlight.test')")
+    let present: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE email LIKE '%@demo.dashlight.test') AS "exists!""#)
         .fetch_one(pool)
         .await?;
     if present {
@@ -264,10 +264,10 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
         }
     }
     // Payments: a few lessons paid by card.
-    let paid: Vec<(i64, i64)> = sqlx::query_as("SELECT id, student_id FROM bookings ORDER BY id LIMIT 4")
+    let paid = sqlx::query!("SELECT id, student_id FROM bookings ORDER BY id LIMIT 4")
         .fetch_all(&mut *tx)
         .await?;
-    for (bid, sid) in paid {
+    for (bid, sid) in paid.into_iter().map(|r| (r.id, r.student_id)) {
         payments::record(
             &mut tx,
             NewPayment {
@@ -349,8 +349,7 @@ async fn package(conn: &mut PgConnection, np: NewPackage) -> Result<i64, DomainE
         }
         Err(DomainError::Conflict(_)) => {
             sp.rollback().await?;
-            Ok(sqlx::query_scalar("SELECT id FROM lesson_packages WHERE name = $1")
-                .bind(name)
+            Ok(sqlx::query_scalar!("SELECT id FROM lesson_packages WHERE name = $1", name)
                 .fetch_one(&mut *conn)
                 .await?)
         }
@@ -369,10 +368,6 @@ async fn flows(
     summary: &mut DemoSummary,
 ) -> Result<(), DomainError> {
     let tz = settings.school_tz;
-    let user_of = |table: &'static str, id: i64| {
-        sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT user_id FROM {table} WHERE id = $1"))).bind(id)
-    };
-
     // A lesson yesterday (or the last working day), completed with three skills rated.
     let day = last_working_day(now, tz);
     let start = at(tz, day, 9);
@@ -387,7 +382,7 @@ async fn flows(
     };
     let booking = bookings::create(conn, settings, past, now).await?;
     summary.bookings += 1;
-    let skills: Vec<i64> = sqlx::query_scalar("SELECT id FROM skill_categories WHERE active ORDER BY skill_order LIMIT 3")
+    let skills: Vec<i64> = sqlx::query_scalar!("SELECT id FROM skill_categories WHERE active ORDER BY skill_order LIMIT 3")
         .fetch_all(&mut *conn)
         .await?;
     let ratings = [4i16, 3, 2];
@@ -473,8 +468,12 @@ async fn flows(
 
     // A thread between the first instructor and the first student: the student read the
     // instructor's message; the instructor has not read the reply yet (its email is pending).
-    let instructor_user = user_of("instructors", instructors[0]).fetch_one(&mut *conn).await?;
-    let student_user = user_of("students", students[0]).fetch_one(&mut *conn).await?;
+    let instructor_user = sqlx::query_scalar!("SELECT user_id FROM instructors WHERE id = $1", instructors[0])
+        .fetch_one(&mut *conn)
+        .await?;
+    let student_user = sqlx::query_scalar!("SELECT user_id FROM students WHERE id = $1", students[0])
+        .fetch_one(&mut *conn)
+        .await?;
     let first = messages::send(
         conn,
         NewMessage {

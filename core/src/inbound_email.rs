@@ -417,25 +417,40 @@ fn head(raw: &[u8]) -> String {
 }
 
 async fn record(conn: &mut PgConnection, raw: &[u8], sha: &[u8], d: &Decision) -> Result<Option<i64>, sqlx::Error> {
-    let sql = if d.verdict.acts() {
-        "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id, user_id, detail)
+    let size = i32::try_from(raw.len()).unwrap_or(i32::MAX);
+    let first_kb = head(raw);
+    let detail = d.detail.as_deref().map(|s| s.chars().take(2000).collect::<String>());
+    if d.verdict.acts() {
+        sqlx::query_scalar!(
+            "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id, user_id, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (sha256) WHERE verdict IN ('bounced', 'failed', 'delayed', 'dsn_other', 'unsubscribed') DO NOTHING
-         RETURNING id"
-    } else {
-        "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id, user_id, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id"
-    };
-    sqlx::query_scalar(sql)
-        .bind(d.verdict)
-        .bind(i32::try_from(raw.len()).unwrap_or(i32::MAX))
-        .bind(sha)
-        .bind(head(raw))
-        .bind(d.delivery_id)
-        .bind(d.user_id)
-        .bind(d.detail.as_deref().map(|s| s.chars().take(2000).collect::<String>()))
+         RETURNING id",
+            d.verdict as Verdict,
+            size,
+            sha,
+            first_kb,
+            d.delivery_id,
+            d.user_id,
+            detail,
+        )
         .fetch_optional(&mut *conn)
         .await
+    } else {
+        sqlx::query_scalar!(
+            "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id, user_id, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            d.verdict as Verdict,
+            size,
+            sha,
+            first_kb,
+            d.delivery_id,
+            d.user_id,
+            detail,
+        )
+        .fetch_optional(&mut *conn)
+        .await
+    }
 }
 
 /// Keeps a record of a received message and acts on it (see the module's documentation). Run
@@ -450,10 +465,13 @@ pub async fn receive(conn: &mut PgConnection, key: &Key, raw: &[u8]) -> Result<O
     // referred to by the record.
     let mut target_address = None;
     if let Some(id) = d.delivery_id {
-        let row: Option<(Channel, String)> = sqlx::query_as("SELECT channel, target FROM notification_deliveries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let row: Option<(Channel, String)> = sqlx::query!(
+            r#"SELECT channel AS "channel: Channel", target FROM notification_deliveries WHERE id = $1"#,
+            id
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| (r.channel, r.target));
         match row {
             Some((Channel::Email, target)) => target_address = Some(target),
             _ => {
@@ -466,8 +484,7 @@ pub async fn receive(conn: &mut PgConnection, key: &Key, raw: &[u8]) -> Result<O
         }
     }
     if let Some(user) = d.user_id {
-        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
-            .bind(user)
+        let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, user)
             .fetch_one(&mut *conn)
             .await?;
         if !exists {
@@ -549,11 +566,13 @@ pub async fn receive(conn: &mut PgConnection, key: &Key, raw: &[u8]) -> Result<O
                 Err(DomainError::Db(e)) => return Err(e),
                 Err(e) => {
                     // A kind that cannot be turned off (never signed by us), a vanished user.
-                    sqlx::query("UPDATE inbound_emails SET verdict = 'other', detail = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(e.to_string())
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx::query!(
+                        "UPDATE inbound_emails SET verdict = 'other', detail = $2 WHERE id = $1",
+                        id,
+                        e.to_string(),
+                    )
+                    .execute(&mut *conn)
+                    .await?;
                     out.verdict = Verdict::Other;
                     out.detail = Some(e.to_string());
                 }

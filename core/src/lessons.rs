@@ -158,14 +158,14 @@ pub async fn complete(
 ) -> Result<CompletedLesson, DomainError> {
     validate(&input)?;
     let ids: Vec<i64> = input.skills.iter().map(|s| s.skill_category_id).collect();
-    let categories: HashMap<i64, (String, i32)> = sqlx::query_as::<_, (i64, String, i32)>(
+    let categories: HashMap<i64, (String, i32)> = sqlx::query!(
         "SELECT id, category_name, skill_order FROM skill_categories WHERE id = ANY($1) AND active",
+        &ids,
     )
-    .bind(&ids)
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
-    .map(|(id, name, order)| (id, (name, order)))
+    .map(|r| (r.id, (r.category_name, r.skill_order)))
     .collect();
     if let Some(i) = ids.iter().position(|id| !categories.contains_key(id)) {
         return Err(DomainError::invalid(
@@ -183,17 +183,18 @@ pub async fn complete(
             "notes": s.notes,
         })).collect::<Vec<_>>(),
     });
-    let lesson: Lesson = sqlx::query_as(
+    let lesson: Lesson = sqlx::query_as!(
+        Lesson,
         "INSERT INTO lessons (booking_id, instructor_id, student_id, lesson_notes, progress_data, completed_at)
          VALUES ($1, $2, $3, $4, $5, $6)
          RETURNING id, booking_id, instructor_id, student_id, lesson_notes, completed_at",
+        booking.id,
+        booking.instructor_id,
+        booking.student_id,
+        input.notes,
+        progress_data,
+        now,
     )
-    .bind(booking.id)
-    .bind(booking.instructor_id)
-    .bind(booking.student_id)
-    .bind(&input.notes)
-    .bind(&progress_data)
-    .bind(now)
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -204,30 +205,31 @@ pub async fn complete(
     let cat_ids: Vec<i64> = skills.iter().map(|s| s.skill_category_id).collect();
     let ratings: Vec<i16> = skills.iter().map(|s| s.rating).collect();
     let notes: Vec<Option<String>> = skills.iter().map(|s| s.notes.clone()).collect();
-    let ids: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+    let ids: HashMap<String, i64> = sqlx::query!(
         "INSERT INTO lesson_progress (lesson_id, skill_category, progress_rating, notes, created_at)
          SELECT $1, n, r, t, $5 FROM unnest($2::text[], $3::smallint[], $4::text[]) AS x(n, r, t)
          RETURNING skill_category, id",
+        lesson.id,
+        &names,
+        &ratings,
+        &notes as &[Option<String>],
+        now,
     )
-    .bind(lesson.id)
-    .bind(&names)
-    .bind(&ratings)
-    .bind(&notes)
-    .bind(now)
     .fetch_all(&mut *conn)
     .await
     .map_err(DomainError::from_db)?
     .into_iter()
+    .map(|r| (r.skill_category, r.id))
     .collect();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO lesson_skill_progress (lesson_id, skill_category_id, skill_rating, instructor_notes, created_at)
          SELECT $1, c, r, t, $5 FROM unnest($2::bigint[], $3::smallint[], $4::text[]) AS x(c, r, t)",
+        lesson.id,
+        &cat_ids,
+        &ratings,
+        &notes as &[Option<String>],
+        now,
     )
-    .bind(lesson.id)
-    .bind(&cat_ids)
-    .bind(&ratings)
-    .bind(&notes)
-    .bind(now)
     .execute(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -243,7 +245,7 @@ pub async fn complete(
     }
 
     // Each rated category: the rounded mean of the student's last three ratings in it.
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO student_progress (student_id, skill_category_id, current_level, progress_percentage, last_assessed, updated_at)
          SELECT $1, c.id, x.level, (x.level * 20)::smallint, $3, $3
          FROM unnest($2::bigint[]) AS c(id)
@@ -254,11 +256,11 @@ pub async fn complete(
                  ORDER BY l.completed_at DESC, l.id DESC LIMIT $4) last) x
          ON CONFLICT (student_id, skill_category_id) DO UPDATE SET current_level = EXCLUDED.current_level,
              progress_percentage = EXCLUDED.progress_percentage, last_assessed = EXCLUDED.last_assessed, updated_at = EXCLUDED.updated_at",
+        booking.student_id,
+        &cat_ids,
+        now,
+        LEVEL_WINDOW,
     )
-    .bind(booking.student_id)
-    .bind(&cat_ids)
-    .bind(now)
-    .bind(LEVEL_WINDOW)
     .execute(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -302,12 +304,13 @@ pub async fn complete(
 
 /// A student's progress in every category assessed so far, in syllabus order.
 pub async fn student_progress(conn: &mut PgConnection, student_id: i64) -> Result<Vec<SkillProgress>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        SkillProgress,
         "SELECT sp.skill_category_id, sc.category_name, sp.current_level, sp.progress_percentage, sp.last_assessed
          FROM student_progress sp JOIN skill_categories sc ON sc.id = sp.skill_category_id
          WHERE sp.student_id = $1 ORDER BY sc.skill_order",
+        student_id,
     )
-    .bind(student_id)
     .fetch_all(conn)
     .await
 }

@@ -121,12 +121,13 @@ pub async fn send(conn: &mut PgConnection, nm: NewMessage, now: DateTime<Utc>) -
     }
     let mut ids = others.clone();
     ids.push(nm.sender_id);
-    let found: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, first_name || ' ' || last_name FROM users WHERE id = ANY($1) AND status = 'active'")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
-    let names: HashMap<i64, String> = found.into_iter().collect();
+    let found = sqlx::query!(
+        r#"SELECT id, first_name || ' ' || last_name AS "name!" FROM users WHERE id = ANY($1) AND status = 'active'"#,
+        &ids,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let names: HashMap<i64, String> = found.into_iter().map(|r| (r.id, r.name)).collect();
     let Some(sender_name) = names.get(&nm.sender_id).cloned() else {
         return Err(DomainError::invalid("sender_id", "no such active user"));
     };
@@ -134,24 +135,27 @@ pub async fn send(conn: &mut PgConnection, nm: NewMessage, now: DateTime<Utc>) -
         return Err(DomainError::invalid(format!("participant_ids[{i}]"), "no such active user"));
     }
     let thread_id = nm.thread_id.unwrap_or_else(Uuid::new_v4);
-    let (id, created_at): (i64, DateTime<Utc>) =
-        sqlx::query_as("INSERT INTO messages (sender_id, thread_id, content, created_at) VALUES ($1, $2, $3, $4) RETURNING id, created_at")
-            .bind(nm.sender_id)
-            .bind(thread_id)
-            .bind(&nm.content)
-            .bind(now)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(DomainError::from_db)?;
-    let participants: Vec<Participant> = sqlx::query_as(
+    let inserted = sqlx::query!(
+        "INSERT INTO messages (sender_id, thread_id, content, created_at) VALUES ($1, $2, $3, $4) RETURNING id, created_at",
+        nm.sender_id,
+        thread_id,
+        nm.content,
+        now,
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    let (id, created_at) = (inserted.id, inserted.created_at);
+    let participants: Vec<Participant> = sqlx::query_as!(
+        Participant,
         "INSERT INTO message_participants (message_id, user_id, is_read, read_at)
          SELECT $1, u, u = $2, CASE WHEN u = $2 THEN $3::timestamptz END FROM unnest($4::bigint[]) AS t(u)
          RETURNING user_id, is_read, read_at",
+        id,
+        nm.sender_id,
+        now,
+        &ids,
     )
-    .bind(id)
-    .bind(nm.sender_id)
-    .bind(now)
-    .bind(&ids)
     .fetch_all(&mut *conn)
     .await?;
 
@@ -209,20 +213,20 @@ pub struct ReadReceipt {
 /// again changes nothing. An unknown message is `NotFound`; a user not on it is an invalid
 /// `user_id`.
 pub async fn mark_read(conn: &mut PgConnection, message_id: i64, user_id: i64, now: DateTime<Utc>) -> Result<ReadReceipt, DomainError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1)")
-        .bind(message_id)
+    let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM messages WHERE id = $1) AS "exists!""#, message_id)
         .fetch_one(&mut *conn)
         .await?;
     if !exists {
         return Err(DomainError::NotFound("message"));
     }
-    let read_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "UPDATE message_participants SET is_read = true, read_at = coalesce(read_at, $3)
-         WHERE message_id = $1 AND user_id = $2 RETURNING read_at",
+    // `read_at` is never NULL once set here (coalesce with `now`).
+    let read_at: Option<DateTime<Utc>> = sqlx::query_scalar!(
+        r#"UPDATE message_participants SET is_read = true, read_at = coalesce(read_at, $3)
+         WHERE message_id = $1 AND user_id = $2 RETURNING read_at AS "read_at!""#,
+        message_id,
+        user_id,
+        now,
     )
-    .bind(message_id)
-    .bind(user_id)
-    .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
     let read_at = read_at.ok_or_else(|| DomainError::invalid("user_id", "not a participant of this message"))?;
@@ -265,7 +269,7 @@ pub struct LastMessage {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct ThreadRow {
     thread_id: Uuid,
     messages: i64,
@@ -282,31 +286,31 @@ struct ThreadRow {
 /// last message id of the previous page. At most `limit` threads. An unknown user is
 /// `NotFound`.
 pub async fn threads(conn: &mut PgConnection, user_id: i64, limit: i64, before: Option<i64>) -> Result<Vec<ThreadSummary>, DomainError> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
-        .bind(user_id)
+    let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, user_id)
         .fetch_one(&mut *conn)
         .await?;
     if !exists {
         return Err(DomainError::NotFound("user"));
     }
-    let rows: Vec<ThreadRow> = sqlx::query_as(
-        "WITH mine AS (
+    let rows: Vec<ThreadRow> = sqlx::query_as!(
+        ThreadRow,
+        r#"WITH mine AS (
              SELECT m.thread_id, count(*) AS messages, count(*) FILTER (WHERE NOT mp.is_read) AS unread, max(m.id) AS last_id
              FROM message_participants mp JOIN messages m ON m.id = mp.message_id
              WHERE mp.user_id = $1
              GROUP BY m.thread_id)
-         SELECT mine.thread_id, mine.messages, mine.unread,
+         SELECT mine.thread_id AS "thread_id!", mine.messages AS "messages!", mine.unread AS "unread!",
                 (SELECT array_agg(DISTINCT p.user_id ORDER BY p.user_id) FROM messages tm JOIN message_participants p ON p.message_id = tm.id
-                 WHERE tm.thread_id = mine.thread_id) AS participant_ids,
-                m.id, m.sender_id, u.first_name || ' ' || u.last_name AS sender_name, m.content, m.created_at
+                 WHERE tm.thread_id = mine.thread_id) AS "participant_ids!",
+                m.id, m.sender_id, u.first_name || ' ' || u.last_name AS "sender_name!", m.content, m.created_at
          FROM mine JOIN messages m ON m.id = mine.last_id JOIN users u ON u.id = m.sender_id
          WHERE ($2::bigint IS NULL OR mine.last_id < $2)
          ORDER BY mine.last_id DESC
-         LIMIT $3",
+         LIMIT $3"#,
+        user_id,
+        before,
+        limit,
     )
-    .bind(user_id)
-    .bind(before)
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows

@@ -82,7 +82,7 @@ pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Optio
     let channels = n.channels.as_deref().filter(|c| !c.is_empty()).unwrap_or(routed);
     let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
     let status = if n.skip_reason.is_some() { "skipped" } else { "pending" };
-    let id: Option<i64> = sqlx::query_scalar(
+    let id: Option<i64> = sqlx::query_scalar!(
         r#"
         INSERT INTO notifications (user_id, recipient_email, type, title, content, channels, policy, data,
                                    booking_id, payment_id, message_id, dedupe_key, due_at, expires_at,
@@ -96,24 +96,24 @@ pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Optio
         ON CONFLICT (dedupe_key) DO NOTHING
         RETURNING id
         "#,
+        n.user_id,
+        n.recipient_email,
+        n.kind.as_str(),
+        n.title,
+        n.content,
+        &channels as &[&str],
+        policy.as_str(),
+        n.data,
+        n.booking_id,
+        n.payment_id,
+        n.message_id,
+        n.dedupe_key,
+        n.due_at,
+        n.expires_at,
+        status,
+        n.skip_reason,
+        n.kind.priority() as i16,
     )
-    .bind(n.user_id)
-    .bind(&n.recipient_email)
-    .bind(n.kind.as_str())
-    .bind(&n.title)
-    .bind(&n.content)
-    .bind(&channels)
-    .bind(policy.as_str())
-    .bind(&n.data)
-    .bind(n.booking_id)
-    .bind(n.payment_id)
-    .bind(n.message_id)
-    .bind(&n.dedupe_key)
-    .bind(n.due_at)
-    .bind(n.expires_at)
-    .bind(status)
-    .bind(&n.skip_reason)
-    .bind(n.kind.priority() as i16)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(id) = id {
@@ -145,13 +145,13 @@ fn metrics_created(kind: Kind) {
 /// The worker, meeting a cancelled notification, cancels its open deliveries. Returns how many.
 pub async fn cancel_for_booking(conn: &mut PgConnection, booking_id: i64, kinds: &[Kind], reason: &str) -> Result<u64, sqlx::Error> {
     let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE notifications SET status = 'cancelled', status_reason = $3
          WHERE booking_id = $1 AND type = ANY($2) AND status IN ('pending', 'processing')",
+        booking_id,
+        &kinds as &[&str],
+        reason,
     )
-    .bind(booking_id)
-    .bind(&kinds)
-    .bind(reason)
     .execute(conn)
     .await?;
     Ok(r.rows_affected())
@@ -160,12 +160,12 @@ pub async fn cancel_for_booking(conn: &mut PgConnection, booking_id: i64, kinds:
 /// Cancels one open notification by its dedupe key (e.g. the delayed email of a message that was
 /// read). Returns whether one was cancelled.
 pub async fn cancel_by_key(conn: &mut PgConnection, dedupe_key: &str, reason: &str) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE notifications SET status = 'cancelled', status_reason = $2
          WHERE dedupe_key = $1 AND status IN ('pending', 'processing')",
+        dedupe_key,
+        reason,
     )
-    .bind(dedupe_key)
-    .bind(reason)
     .execute(conn)
     .await?;
     Ok(r.rows_affected() > 0)
@@ -177,24 +177,24 @@ pub async fn enqueue_delivery_retries(conn: &mut PgConnection, delivery_ids: &[i
     if delivery_ids.is_empty() {
         return Ok(0);
     }
-    let rows: Vec<(i64, i64, i16)> = sqlx::query_as(
-        "SELECT d.id, n.id, n.priority FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+    let rows = sqlx::query!(
+        "SELECT d.id AS delivery_id, n.id AS notification_id, n.priority FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
          WHERE d.id = ANY($1) ORDER BY d.id",
+        delivery_ids,
     )
-    .bind(delivery_ids)
     .fetch_all(&mut *conn)
     .await?;
     let payloads: Vec<(DeliverJob, i16)> = rows
         .into_iter()
-        .map(|(delivery_id, notification_id, priority)| {
+        .map(|r| {
             (
                 DeliverJob {
-                    notification_id,
-                    retry_delivery_id: Some(delivery_id),
+                    notification_id: r.notification_id,
+                    retry_delivery_id: Some(r.delivery_id),
                     receipt_id: None,
                     cancel: None,
                 },
-                priority,
+                r.priority,
             )
         })
         .collect();
@@ -209,12 +209,13 @@ pub async fn enqueue_delivery_retries(conn: &mut PgConnection, delivery_ids: &[i
 /// Puts a delivery back on its way: enqueues a job that retries it now (operator action).
 /// Returns false when the delivery does not exist.
 pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -> Result<bool, sqlx::Error> {
-    let row: Option<(i64, i16)> = sqlx::query_as(
+    let row: Option<(i64, i16)> = sqlx::query!(
         "SELECT n.id, n.priority FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id WHERE d.id = $1",
+        delivery_id,
     )
-    .bind(delivery_id)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|r| (r.id, r.priority));
     let Some((notification_id, priority)) = row else { return Ok(false) };
     let job = DeliverJob {
         notification_id,

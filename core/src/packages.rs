@@ -39,8 +39,6 @@ pub struct Package {
     pub created_at: DateTime<Utc>,
 }
 
-const PACKAGE_COLUMNS: &str = "id, name, lessons_included, price_minor, currency::text AS currency, validity_days, active, created_at";
-
 /// A package to define.
 #[derive(Debug, Clone)]
 pub struct NewPackage {
@@ -74,15 +72,17 @@ pub async fn define(conn: &mut PgConnection, np: NewPackage) -> Result<Package, 
     if !(1..=3660).contains(&np.validity_days) {
         return Err(DomainError::invalid("validity_days", "expected 1 to 3660 days"));
     }
-    sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO lesson_packages (name, lessons_included, price_minor, currency, validity_days)
-         VALUES ($1, $2, $3, coalesce($4, 'GBP'), $5) RETURNING {PACKAGE_COLUMNS}"
-    )))
-    .bind(name)
-    .bind(np.lessons_included)
-    .bind(np.price_minor)
-    .bind(&np.currency)
-    .bind(np.validity_days)
+    sqlx::query_as!(
+        Package,
+        r#"INSERT INTO lesson_packages (name, lessons_included, price_minor, currency, validity_days)
+         VALUES ($1, $2, $3, coalesce($4, 'GBP'), $5)
+         RETURNING id, name, lessons_included, price_minor, currency::text AS "currency!", validity_days, active, created_at"#,
+        name,
+        np.lessons_included,
+        np.price_minor,
+        np.currency,
+        np.validity_days,
+    )
     .fetch_one(conn)
     .await
     .map_err(|e| match DomainError::from_db(e) {
@@ -118,29 +118,31 @@ pub struct Purchase {
 /// `validity_days` from `now`. An unknown student is `NotFound("student")`; an unknown or retired
 /// package is an invalid `package_id`.
 pub async fn purchase(conn: &mut PgConnection, student_id: i64, package_id: i64, now: DateTime<Utc>) -> Result<Purchase, DomainError> {
-    let student_user: Option<i64> = sqlx::query_scalar("SELECT user_id FROM students WHERE id = $1")
-        .bind(student_id)
+    let student_user: Option<i64> = sqlx::query_scalar!("SELECT user_id FROM students WHERE id = $1", student_id)
         .fetch_optional(&mut *conn)
         .await?;
     let student_user = student_user.ok_or(DomainError::NotFound("student"))?;
-    let package: Option<(String, i32, i32)> =
-        sqlx::query_as("SELECT name, lessons_included, validity_days FROM lesson_packages WHERE id = $1 AND active")
-            .bind(package_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let package: Option<(String, i32, i32)> = sqlx::query!(
+        "SELECT name, lessons_included, validity_days FROM lesson_packages WHERE id = $1 AND active",
+        package_id,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| (r.name, r.lessons_included, r.validity_days));
     let (name, lessons, days) = package.ok_or_else(|| DomainError::invalid("package_id", "no such package on sale"))?;
-    let (id, status): (i64, String) = sqlx::query_as(
+    let inserted = sqlx::query!(
         "INSERT INTO package_purchases (student_id, package_id, lessons_total, lessons_remaining, purchased_at, expires_at)
          VALUES ($1, $2, $3, $3, $4, $5) RETURNING id, status",
+        student_id,
+        package_id,
+        lessons,
+        now,
+        now + Duration::days(days as i64),
     )
-    .bind(student_id)
-    .bind(package_id)
-    .bind(lessons)
-    .bind(now)
-    .bind(now + Duration::days(days as i64))
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
+    let (id, status) = (inserted.id, inserted.status);
     analytics::record(
         conn,
         Some(student_user),
@@ -176,37 +178,40 @@ pub async fn consume(
 ) -> Result<Option<i64>, DomainError> {
     // One consumption per student at a time: a concurrent booking of the same student waits here
     // and then sees the purchase as this one left it (oldest first stays true under load).
-    sqlx::query("SELECT 1 FROM students WHERE id = $1 FOR NO KEY UPDATE")
-        .bind(student_id)
-        .execute(&mut *conn)
+    sqlx::query!("SELECT id FROM students WHERE id = $1 FOR NO KEY UPDATE", student_id)
+        .fetch_optional(&mut *conn)
         .await?;
-    let found: Option<(i64, String, i32)> = sqlx::query_as(
+    let found: Option<(i64, String, i32)> = sqlx::query!(
         "SELECT pp.id, lp.name, pp.lessons_total FROM package_purchases pp JOIN lesson_packages lp ON lp.id = pp.package_id
          WHERE pp.student_id = $1 AND pp.status = 'active' AND pp.lessons_remaining > 0 AND pp.expires_at > $2
          ORDER BY pp.purchased_at, pp.id LIMIT 1
          FOR UPDATE OF pp",
+        student_id,
+        now,
     )
-    .bind(student_id)
-    .bind(now)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|r| (r.id, r.name, r.lessons_total));
     let Some((purchase_id, name, total)) = found else { return Ok(None) };
-    sqlx::query("INSERT INTO booking_packages (booking_id, purchase_id, package_type, lessons_included) VALUES ($1, $2, $3, $4)")
-        .bind(booking_id)
-        .bind(purchase_id)
-        .bind(&name)
-        .bind(total)
-        .execute(&mut *conn)
-        .await
-        .map_err(DomainError::from_db)?;
-    let (remaining, expires_at): (i32, DateTime<Utc>) = sqlx::query_as(
+    sqlx::query!(
+        "INSERT INTO booking_packages (booking_id, purchase_id, package_type, lessons_included) VALUES ($1, $2, $3, $4)",
+        booking_id,
+        purchase_id,
+        name,
+        total,
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(DomainError::from_db)?;
+    let left = sqlx::query!(
         "UPDATE package_purchases SET lessons_remaining = lessons_remaining - 1,
                 status = CASE WHEN lessons_remaining - 1 = 0 THEN 'used_up' ELSE status END
          WHERE id = $1 RETURNING lessons_remaining, expires_at",
+        purchase_id,
     )
-    .bind(purchase_id)
     .fetch_one(&mut *conn)
     .await?;
+    let (remaining, expires_at): (i32, DateTime<Utc>) = (left.lessons_remaining, left.expires_at);
     if remaining == 1 {
         let mut n = NewNotification::to_user(Kind::PackageLow, student_user_id, format!("package_low:{purchase_id}"), now);
         n.title = "One lesson left".into();
@@ -224,20 +229,20 @@ pub async fn consume(
 /// `used_up` back to `active`). Returns the purchase, or `None` when the booking used none or
 /// already gave it back.
 pub async fn give_back(conn: &mut PgConnection, booking_id: i64, now: DateTime<Utc>) -> Result<Option<i64>, DomainError> {
-    let purchase: Option<i64> = sqlx::query_scalar(
+    let purchase: Option<i64> = sqlx::query_scalar!(
         "UPDATE booking_packages SET returned_at = $2 WHERE booking_id = $1 AND returned_at IS NULL RETURNING purchase_id",
+        booking_id,
+        now,
     )
-    .bind(booking_id)
-    .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(purchase_id) = purchase else { return Ok(None) };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE package_purchases SET lessons_remaining = lessons_remaining + 1,
                 status = CASE WHEN status = 'used_up' THEN 'active' ELSE status END
          WHERE id = $1",
+        purchase_id,
     )
-    .bind(purchase_id)
     .execute(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
@@ -246,12 +251,13 @@ pub async fn give_back(conn: &mut PgConnection, booking_id: i64, now: DateTime<U
 
 /// Reads a purchase.
 pub async fn get_purchase(conn: &mut PgConnection, id: i64) -> Result<Purchase, DomainError> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        Purchase,
         "SELECT pp.id, pp.student_id, pp.package_id, lp.name AS package_name, pp.lessons_total, pp.lessons_remaining,
                 pp.purchased_at, pp.expires_at, pp.status
          FROM package_purchases pp JOIN lesson_packages lp ON lp.id = pp.package_id WHERE pp.id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(conn)
     .await?
     .ok_or(DomainError::NotFound("purchase"))

@@ -80,14 +80,12 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
     if np.provider_ref.as_ref().is_some_and(|r| r.chars().count() > 200) {
         return Err(DomainError::invalid("provider_ref", "at most 200 characters"));
     }
-    let student_user: Option<i64> = sqlx::query_scalar("SELECT user_id FROM students WHERE id = $1")
-        .bind(np.student_id)
+    let student_user: Option<i64> = sqlx::query_scalar!("SELECT user_id FROM students WHERE id = $1", np.student_id)
         .fetch_optional(&mut *conn)
         .await?;
     let student_user = student_user.ok_or_else(|| DomainError::invalid("student_id", "no such student"))?;
     if let Some(b) = np.booking_id {
-        let owner: Option<i64> = sqlx::query_scalar("SELECT student_id FROM bookings WHERE id = $1")
-            .bind(b)
+        let owner: Option<i64> = sqlx::query_scalar!("SELECT student_id FROM bookings WHERE id = $1", b)
             .fetch_optional(&mut *conn)
             .await?;
         match owner {
@@ -99,8 +97,7 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
     let purchase_id = match np.package_id {
         Some(p) if matches!(np.status.as_str(), "pending" | "succeeded") => Some(packages::purchase(conn, np.student_id, p, now).await?.id),
         Some(p) => {
-            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM lesson_packages WHERE id = $1)")
-                .bind(p)
+            let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM lesson_packages WHERE id = $1) AS "exists!""#, p)
                 .fetch_one(&mut *conn)
                 .await?;
             if !exists {
@@ -111,21 +108,22 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
         None => None,
     };
     let paid_at = (np.status == "succeeded").then_some(now);
-    let p: Payment = sqlx::query_as(
-        "INSERT INTO payments (booking_id, student_id, purchase_id, amount_minor, currency, method, status, provider_ref, paid_at, created_at)
+    let p: Payment = sqlx::query_as!(
+        Payment,
+        r#"INSERT INTO payments (booking_id, student_id, purchase_id, amount_minor, currency, method, status, provider_ref, paid_at, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         RETURNING id, student_id, booking_id, purchase_id, amount_minor, currency::text AS currency, method, status, provider_ref, paid_at, created_at",
+         RETURNING id, student_id, booking_id, purchase_id, amount_minor, currency::text AS "currency!", method, status, provider_ref, paid_at, created_at"#,
+        np.booking_id,
+        np.student_id,
+        purchase_id,
+        np.amount_minor,
+        np.currency,
+        np.method,
+        np.status,
+        np.provider_ref,
+        paid_at,
+        now,
     )
-    .bind(np.booking_id)
-    .bind(np.student_id)
-    .bind(purchase_id)
-    .bind(np.amount_minor)
-    .bind(&np.currency)
-    .bind(&np.method)
-    .bind(&np.status)
-    .bind(&np.provider_ref)
-    .bind(paid_at)
-    .bind(now)
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;

@@ -83,21 +83,22 @@ fn cut(s: Option<&str>, max: usize) -> Option<String> {
 /// receipt's id, or `None` when the delivery does not exist. Reports arriving twice or out of
 /// order are all kept; applying them is idempotent (the recorder never moves a delivery back).
 pub async fn report(conn: &mut PgConnection, r: &Report<'_>) -> Result<Option<i64>, sqlx::Error> {
-    let row: Option<(i64, i64, i16)> = sqlx::query_as(
+    let row: Option<(i64, i64, i16)> = sqlx::query!(
         "WITH d AS (SELECT d.id, d.notification_id, n.priority FROM notification_deliveries d
                     JOIN notifications n ON n.id = d.notification_id WHERE d.id = $1),
               ins AS (INSERT INTO delivery_receipts (delivery_id, source, status, provider_status, error_code, detail)
                       SELECT id, $2, $3, $4, $5, $6 FROM d RETURNING id)
          SELECT ins.id, d.notification_id, d.priority FROM ins, d",
+        r.delivery_id,
+        r.source as ReceiptSource,
+        r.status as ReceiptStatus,
+        cut(r.provider_status, 100),
+        cut(r.error_code, 100),
+        cut(r.detail, 2000),
     )
-    .bind(r.delivery_id)
-    .bind(r.source)
-    .bind(r.status)
-    .bind(cut(r.provider_status, 100))
-    .bind(cut(r.error_code, 100))
-    .bind(cut(r.detail, 2000))
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|row| (row.id, row.notification_id, row.priority));
     let Some((receipt_id, notification_id, priority)) = row else {
         return Ok(None);
     };
@@ -119,30 +120,35 @@ pub async fn delivery_by_provider_id(
     channel: Channel,
     provider_message_id: &str,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM notification_deliveries WHERE provider_message_id = $1 AND channel = $2 ORDER BY id LIMIT 1")
-        .bind(provider_message_id)
-        .bind(channel)
-        .fetch_optional(&mut *conn)
-        .await
+    sqlx::query_scalar!(
+        "SELECT id FROM notification_deliveries WHERE provider_message_id = $1 AND channel = $2 ORDER BY id LIMIT 1",
+        provider_message_id,
+        channel as Channel,
+    )
+    .fetch_optional(&mut *conn)
+    .await
 }
 
 /// A receipt by id (the worker loads the one its job names).
 pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Option<Receipt>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, delivery_id, source, status, provider_status, error_code, detail, received_at FROM delivery_receipts WHERE id = $1",
+    sqlx::query_as!(
+        Receipt,
+        r#"SELECT id, delivery_id, source AS "source: ReceiptSource", status AS "status: ReceiptStatus", provider_status, error_code, detail, received_at
+           FROM delivery_receipts WHERE id = $1"#,
+        id,
     )
-    .bind(id)
     .fetch_optional(&mut *conn)
     .await
 }
 
 /// Every receipt of a delivery, oldest first (the operator's history and the timeline).
 pub async fn of_delivery(conn: &mut PgConnection, delivery_id: i64) -> Result<Vec<Receipt>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, delivery_id, source, status, provider_status, error_code, detail, received_at
-         FROM delivery_receipts WHERE delivery_id = $1 ORDER BY received_at, id",
+    sqlx::query_as!(
+        Receipt,
+        r#"SELECT id, delivery_id, source AS "source: ReceiptSource", status AS "status: ReceiptStatus", provider_status, error_code, detail, received_at
+         FROM delivery_receipts WHERE delivery_id = $1 ORDER BY received_at, id"#,
+        delivery_id,
     )
-    .bind(delivery_id)
     .fetch_all(&mut *conn)
     .await
 }

@@ -125,7 +125,6 @@ pub struct Handled {
     pub replayed: bool,
 }
 
-#[derive(FromRow)]
 struct Sender {
     id: i64,
     first_name: String,
@@ -133,7 +132,6 @@ struct Sender {
     timezone: String,
 }
 
-#[derive(FromRow)]
 struct Lesson {
     id: i64,
     version: i32,
@@ -146,28 +144,29 @@ pub async fn handle(conn: &mut PgConnection, school: &School, msg: &Inbound<'_>,
     let body: String = msg.body.chars().take(1600).collect();
     let keyword = classify(&body);
     // A student's number first: replies are mostly about lessons.
-    let sender: Option<Sender> = sqlx::query_as(
+    let sender: Option<Sender> = sqlx::query_as!(
+        Sender,
         "SELECT u.id, u.first_name, u.last_name, u.timezone FROM users u
          WHERE u.phone = $1 ORDER BY (u.role = 'student') DESC, u.id LIMIT 1",
+        from,
     )
-    .bind(from)
     .fetch_optional(&mut *conn)
     .await?;
     let lesson = match keyword {
         Keyword::Confirm | Keyword::Rearrange | Keyword::Other => next_reminded_lesson(conn, from, now).await?,
         _ => None,
     };
-    let reply_id: Option<i64> = sqlx::query_scalar(
+    let reply_id: Option<i64> = sqlx::query_scalar!(
         "INSERT INTO sms_replies (from_number, user_id, booking_id, body, keyword, provider_message_id, received_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (provider_message_id) DO NOTHING RETURNING id",
+        from.chars().take(40).collect::<String>(),
+        sender.as_ref().map(|s| s.id),
+        lesson.as_ref().map(|l| l.id),
+        body,
+        keyword as Keyword,
+        msg.provider_message_id.map(|m| m.chars().take(100).collect::<String>()),
+        now,
     )
-    .bind(from.chars().take(40).collect::<String>())
-    .bind(sender.as_ref().map(|s| s.id))
-    .bind(lesson.as_ref().map(|l| l.id))
-    .bind(&body)
-    .bind(keyword)
-    .bind(msg.provider_message_id.map(|m| m.chars().take(100).collect::<String>()))
-    .bind(now)
     .fetch_optional(&mut *conn)
     .await?;
     let replayed = reply_id.is_none();
@@ -371,16 +370,16 @@ pub struct Reply {
 /// What the student said by SMS about a booking: when they confirmed it (C/YES), and every text
 /// kept against it, oldest first (the booking's timeline).
 pub async fn for_booking(conn: &mut PgConnection, booking_id: i64) -> Result<(Option<DateTime<Utc>>, Vec<Reply>), DomainError> {
-    let confirmed: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT student_confirmed_at FROM bookings WHERE id = $1")
-        .bind(booking_id)
+    let confirmed: Option<DateTime<Utc>> = sqlx::query_scalar!("SELECT student_confirmed_at FROM bookings WHERE id = $1", booking_id)
         .fetch_optional(&mut *conn)
         .await?
         .flatten();
-    let replies = sqlx::query_as(
-        "SELECT id, from_number, user_id, booking_id, body, keyword, received_at FROM sms_replies
-         WHERE booking_id = $1 ORDER BY received_at, id",
+    let replies = sqlx::query_as!(
+        Reply,
+        r#"SELECT id, from_number, user_id, booking_id, body, keyword AS "keyword: Keyword", received_at FROM sms_replies
+         WHERE booking_id = $1 ORDER BY received_at, id"#,
+        booking_id,
     )
-    .bind(booking_id)
     .fetch_all(&mut *conn)
     .await?;
     Ok((confirmed, replies))
@@ -388,16 +387,17 @@ pub async fn for_booking(conn: &mut PgConnection, booking_id: i64) -> Result<(Op
 
 /// The sender's next reminded lesson (see the module's documentation).
 async fn next_reminded_lesson(conn: &mut PgConnection, from: &str, now: DateTime<Utc>) -> Result<Option<Lesson>, DomainError> {
-    Ok(sqlx::query_as(
+    Ok(sqlx::query_as!(
+        Lesson,
         "SELECT b.id, b.version, b.start_time FROM bookings b
          JOIN students s ON s.id = b.student_id JOIN users u ON u.id = s.user_id
          WHERE u.phone = $1 AND b.status = 'confirmed' AND b.end_time > $2
            AND EXISTS (SELECT 1 FROM notifications n JOIN notification_deliveries d ON d.notification_id = n.id
                        WHERE n.booking_id = b.id AND n.type = 'lesson_reminder' AND d.status IN ('sent', 'delivered'))
          ORDER BY b.start_time, b.id LIMIT 1",
+        from,
+        now,
     )
-    .bind(from)
-    .bind(now)
     .fetch_optional(&mut *conn)
     .await?)
 }
@@ -405,20 +405,22 @@ async fn next_reminded_lesson(conn: &mut PgConnection, from: &str, now: DateTime
 /// A booking's template context and its instructor's user id.
 async fn lesson_context(conn: &mut PgConnection, booking_id: i64) -> Result<(serde_json::Value, i64), DomainError> {
     let b = bookings::get(conn, booking_id).await?;
-    let party = |table: &'static str| {
-        format!(
-            "SELECT x.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS name, u.timezone
-             FROM {table} x JOIN users u ON u.id = x.user_id WHERE x.id = $1"
-        )
-    };
-    let student: Party = sqlx::query_as(sqlx::AssertSqlSafe(party("students")))
-        .bind(b.student_id)
-        .fetch_one(&mut *conn)
-        .await?;
-    let instructor: Party = sqlx::query_as(sqlx::AssertSqlSafe(party("instructors")))
-        .bind(b.instructor_id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let student: Party = sqlx::query_as!(
+        Party,
+        r#"SELECT x.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
+             FROM students x JOIN users u ON u.id = x.user_id WHERE x.id = $1"#,
+        b.student_id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let instructor: Party = sqlx::query_as!(
+        Party,
+        r#"SELECT x.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
+             FROM instructors x JOIN users u ON u.id = x.user_id WHERE x.id = $1"#,
+        b.instructor_id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     Ok((bookings::booking_context(&b, &student, &instructor), instructor.user_id))
 }
 

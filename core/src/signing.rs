@@ -148,7 +148,7 @@ pub fn unsubscribe_address(key: &Key, user_id: i64, kind: Kind, domain: &str) ->
 /// Loads the key (`signing_keys`, row `links`) at start-up. Fails when the migrations have not
 /// been applied.
 pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Key> {
-    let secret: Option<Vec<u8>> = sqlx::query_scalar("SELECT secret FROM signing_keys WHERE name = 'links'")
+    let secret: Option<Vec<u8>> = sqlx::query_scalar!("SELECT secret FROM signing_keys WHERE name = 'links'")
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| anyhow::anyhow!("reading the signing key (are the migrations applied?): {e}"))?;

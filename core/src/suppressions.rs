@@ -67,15 +67,15 @@ pub async fn suppress(
     delivery_id: Option<i64>,
     detail: Option<&str>,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "INSERT INTO suppressions (channel, target, reason, delivery_id, detail) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (channel, target) DO NOTHING",
+        channel as Channel,
+        normalise(channel, target),
+        reason as Reason,
+        delivery_id,
+        detail.map(|d| d.chars().take(2000).collect::<String>()),
     )
-    .bind(channel)
-    .bind(normalise(channel, target))
-    .bind(reason)
-    .bind(delivery_id)
-    .bind(detail.map(|d| d.chars().take(2000).collect::<String>()))
     .execute(&mut *conn)
     .await?;
     Ok(r.rows_affected() > 0)
@@ -83,18 +83,19 @@ pub async fn suppress(
 
 /// Lifts the suppression of a target (START/UNSTOP). Returns whether there was one.
 pub async fn lift_target(conn: &mut PgConnection, channel: Channel, target: &str) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("DELETE FROM suppressions WHERE channel = $1 AND target = $2")
-        .bind(channel)
-        .bind(normalise(channel, target))
-        .execute(&mut *conn)
-        .await?;
+    let r = sqlx::query!(
+        "DELETE FROM suppressions WHERE channel = $1 AND target = $2",
+        channel as Channel,
+        normalise(channel, target),
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(r.rows_affected() > 0)
 }
 
 /// Lifts a suppression by id (an operator's `DELETE /api/suppressions/{id}`).
 pub async fn lift(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query("DELETE FROM suppressions WHERE id = $1")
-        .bind(id)
+    let r = sqlx::query!("DELETE FROM suppressions WHERE id = $1", id)
         .execute(&mut *conn)
         .await?;
     Ok(r.rows_affected() > 0)
@@ -102,12 +103,13 @@ pub async fn lift(conn: &mut PgConnection, id: i64) -> Result<bool, sqlx::Error>
 
 /// Suppressions, newest first.
 pub async fn list(conn: &mut PgConnection, limit: i64, offset: i64) -> Result<Vec<Suppression>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, channel, target, reason, delivery_id, detail, created_at FROM suppressions
-         ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2",
+    sqlx::query_as!(
+        Suppression,
+        r#"SELECT id, channel AS "channel: Channel", target, reason AS "reason: Reason", delivery_id, detail, created_at FROM suppressions
+         ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2"#,
+        limit,
+        offset,
     )
-    .bind(limit)
-    .bind(offset)
     .fetch_all(&mut *conn)
     .await
 }
@@ -121,15 +123,16 @@ pub async fn page(
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<Suppression>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, channel, target, reason, delivery_id, detail, created_at FROM suppressions
+    sqlx::query_as!(
+        Suppression,
+        r#"SELECT id, channel AS "channel: Channel", target, reason AS "reason: Reason", delivery_id, detail, created_at FROM suppressions
          WHERE ($1::text IS NULL OR channel = $1) AND ($2::text IS NULL OR reason = $2) AND ($3::bigint IS NULL OR id < $3)
-         ORDER BY id DESC LIMIT $4",
+         ORDER BY id DESC LIMIT $4"#,
+        channel as Option<Channel>,
+        reason as Option<Reason>,
+        before,
+        limit,
     )
-    .bind(channel)
-    .bind(reason)
-    .bind(before)
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await
 }
@@ -137,9 +140,14 @@ pub async fn page(
 /// Which of these targets of one channel are suppressed, and why (the planner's batch read).
 pub async fn among(conn: &mut PgConnection, channel: Channel, targets: &[String]) -> Result<Vec<(String, Reason)>, sqlx::Error> {
     let normalised: Vec<String> = targets.iter().map(|t| normalise(channel, t)).collect();
-    sqlx::query_as("SELECT target, reason FROM suppressions WHERE channel = $1 AND target = ANY($2)")
-        .bind(channel)
-        .bind(&normalised)
-        .fetch_all(&mut *conn)
-        .await
+    Ok(sqlx::query!(
+        r#"SELECT target, reason AS "reason: Reason" FROM suppressions WHERE channel = $1 AND target = ANY($2)"#,
+        channel as Channel,
+        &normalised,
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| (r.target, r.reason))
+    .collect())
 }
