@@ -59,13 +59,15 @@ pub fn schedules_from_env() -> anyhow::Result<Vec<(PeriodicTask, Schedule)>> {
 /// replica won the tick.
 pub async fn fire(pool: &PgPool, task: PeriodicTask, tick: DateTime<Utc>, replica: &str) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let won = sqlx::query("INSERT INTO scheduler_ticks (job, tick_at, claimed_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(task.as_str())
-        .bind(tick)
-        .bind(replica)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
+    let won = sqlx::query!(
+        "INSERT INTO scheduler_ticks (job, tick_at, claimed_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        task.as_str(),
+        tick,
+        replica,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
         == 1;
     if won {
         let job = PeriodicJob { task, tick };
@@ -116,10 +118,10 @@ pub async fn catch_up(
     let mut fired = Vec::new();
     for (task, schedule) in schedules {
         let Some(latest) = latest_tick(schedule, now) else { continue };
-        let last_claimed: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT max(tick_at) FROM scheduler_ticks WHERE job = $1")
-            .bind(task.as_str())
-            .fetch_one(pool)
-            .await?;
+        let last_claimed: Option<DateTime<Utc>> =
+            sqlx::query_scalar!("SELECT max(tick_at) FROM scheduler_ticks WHERE job = $1", task.as_str())
+                .fetch_one(pool)
+                .await?;
         if last_claimed.is_none_or(|l| l < latest) && fire(pool, *task, latest, replica).await? {
             fired.push(*task);
         }
@@ -129,8 +131,7 @@ pub async fn catch_up(
 
 /// Deletes claimed ticks older than `keep` (they only guard against double firing).
 pub async fn prune_ticks(pool: &PgPool, now: DateTime<Utc>, keep: chrono::Duration) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM scheduler_ticks WHERE tick_at < $1")
-        .bind(now - keep)
+    Ok(sqlx::query!("DELETE FROM scheduler_ticks WHERE tick_at < $1", now - keep)
         .execute(pool)
         .await?
         .rows_affected())

@@ -137,12 +137,12 @@ impl Limits {
     /// in every worker until then (a longer hold already in force stays). `reason` is kept with
     /// it for operators.
     pub async fn provider_hold(&self, channel: Channel, retry_after: Duration, reason: &str) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE channel_budgets SET held_until = greatest(held_until, clock_timestamp() + $2), held_reason = $3 WHERE channel = $1",
+            channel.as_str(),
+            retry_after as _,
+            reason,
         )
-        .bind(channel.as_str())
-        .bind(retry_after)
-        .bind(reason)
         .execute(&self.pool)
         .await?;
         tracing::warn!(
@@ -182,14 +182,16 @@ impl Limits {
                 gate.wake.notified().await;
                 continue;
             }
-            let taken: Result<(i32, f64), sqlx::Error> = sqlx::query_as("SELECT granted, wait_s FROM take_send_tokens($1, $2, $3, $4)")
-                .bind(channel)
-                .bind(gate.rate)
-                .bind(gate.rate.map_or(1.0, burst))
-                .bind(i32::try_from(want).unwrap_or(i32::MAX))
-                .fetch_one(&self.pool)
-                .await;
-            let (granted, wait) = match taken {
+            let taken = sqlx::query!(
+                r#"SELECT granted AS "granted!", wait_s AS "wait_s!" FROM take_send_tokens($1, $2, $3, $4)"#,
+                channel,
+                gate.rate,
+                gate.rate.map_or(1.0, burst),
+                i32::try_from(want).unwrap_or(i32::MAX),
+            )
+            .fetch_one(&self.pool)
+            .await;
+            let (granted, wait) = match taken.map(|r| (r.granted, r.wait_s)) {
                 Ok((g, w)) => (usize::try_from(g).unwrap_or(0), Duration::from_secs_f64(w.clamp(0.0, 3600.0))),
                 Err(e) => {
                     // No budget can be known: nothing is sent until the database answers.

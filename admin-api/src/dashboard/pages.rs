@@ -276,16 +276,16 @@ const SUPPRESSIONS_SHOWN: i64 = 20;
 
 /// Names and titles for people: per notification id, `(title, booking, recipient)`.
 async fn notification_labels(state: &AppState, ids: &[i64]) -> Result<HashMap<i64, (String, Option<i64>, Option<String>)>, ApiError> {
-    let rows: Vec<(i64, String, Option<i64>, Option<String>)> = sqlx::query_as(
-        "SELECT n.id, n.title, n.booking_id,
-                COALESCE(NULLIF(trim(concat_ws(' ', u.first_name, u.last_name)), ''), n.recipient_email)
+    let rows = sqlx::query!(
+        r#"SELECT n.id AS "id!", n.title AS "title!", n.booking_id,
+                COALESCE(NULLIF(trim(concat_ws(' ', u.first_name, u.last_name)), ''), n.recipient_email) AS "recipient?"
          FROM notifications n LEFT JOIN users u ON u.id = n.user_id
-         WHERE n.id = ANY($1)",
+         WHERE n.id = ANY($1)"#,
+        ids,
     )
-    .bind(ids)
     .fetch_all(&state.pool)
     .await?;
-    Ok(rows.into_iter().map(|(id, t, b, r)| (id, (t, b, r))).collect())
+    Ok(rows.into_iter().map(|r| (r.id, (r.title, r.booking_id, r.recipient))).collect())
 }
 
 /// One call of the JSON API's `GET /api/deliveries`.
@@ -430,13 +430,13 @@ pub struct TimelineQuery {
     pub booking: Option<String>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 struct Found {
     id: i64,
     status: String,
-    #[sqlx(skip)]
+    /// Filled in for the page.
     status_class: &'static str,
-    #[sqlx(skip)]
+    /// Filled in for the page.
     start: Option<Time>,
     start_time: chrono::DateTime<chrono::Utc>,
     student: String,
@@ -543,14 +543,13 @@ struct OfferView {
 }
 
 /// One student on the waitlist.
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 struct WaitingView {
     student_id: i64,
     student: String,
     instructors: String,
     windows: String,
     timezone: String,
-    #[sqlx(skip)]
     joined: Option<Time>,
     joined_at: chrono::DateTime<chrono::Utc>,
 }
@@ -558,23 +557,31 @@ struct WaitingView {
 /// The active waitlist, oldest first (at most 50).
 async fn waitlist(state: &AppState) -> Result<Vec<WaitingView>, ApiError> {
     let tz = state.config.school_timezone;
-    let mut rows: Vec<WaitingView> = sqlx::query_as(
-        "SELECT e.student_id, concat_ws(' ', u.first_name, u.last_name) AS student, u.timezone, e.joined_at,
+    let rows = sqlx::query!(
+        r#"SELECT e.student_id, concat_ws(' ', u.first_name, u.last_name) AS "student!", u.timezone, e.joined_at,
                 coalesce((SELECT string_agg(concat_ws(' ', iu.first_name, iu.last_name), ', ' ORDER BY iu.last_name)
-                          FROM instructors i JOIN users iu ON iu.id = i.user_id WHERE i.id = ANY(e.instructor_ids)), 'any') AS instructors,
+                          FROM instructors i JOIN users iu ON iu.id = i.user_id WHERE i.id = ANY(e.instructor_ids)), 'any') AS "instructors!",
                 coalesce((SELECT string_agg((ARRAY['Mon','Tue','Wed','Thu','Fri','Sat','Sun'])[w.day_of_week] || ' '
                                             || to_char(w.start_time, 'HH24:MI') || '–' || to_char(w.end_time, 'HH24:MI'), ', '
                                             ORDER BY w.day_of_week, w.start_time)
-                          FROM waitlist_windows w WHERE w.entry_id = e.id), 'any time') AS windows
+                          FROM waitlist_windows w WHERE w.entry_id = e.id), 'any time') AS "windows!"
          FROM waitlist_entries e JOIN students s ON s.id = e.student_id JOIN users u ON u.id = s.user_id
-         WHERE e.active ORDER BY e.joined_at, e.id LIMIT 50",
+         WHERE e.active ORDER BY e.joined_at, e.id LIMIT 50"#
     )
     .fetch_all(&state.pool)
     .await?;
-    for r in &mut rows {
-        r.joined = Some(view::time(r.joined_at, tz));
-    }
-    Ok(rows)
+    Ok(rows
+        .into_iter()
+        .map(|r| WaitingView {
+            student_id: r.student_id,
+            student: r.student,
+            instructors: r.instructors,
+            windows: r.windows,
+            timezone: r.timezone,
+            joined: Some(view::time(r.joined_at, tz)),
+            joined_at: r.joined_at,
+        })
+        .collect())
 }
 
 fn like_pattern(q: &str) -> String {
@@ -589,19 +596,40 @@ fn like_pattern(q: &str) -> String {
     p
 }
 
-const FOUND_SQL: &str = "SELECT b.id, b.status, b.start_time, concat_ws(' ', su.first_name, su.last_name) AS student, su.email,
-        concat_ws(' ', iu.first_name, iu.last_name) AS instructor
-     FROM bookings b
-     JOIN students s ON s.id = b.student_id JOIN users su ON su.id = s.user_id
-     JOIN instructors i ON i.id = b.instructor_id JOIN users iu ON iu.id = i.user_id";
+/// Bookings with their people's names ([`Found`]), those the `WHERE …` literal `$where` picks
+/// with its one parameter `$arg`: the search and the booking page share the select, and each
+/// statement stays one literal the compiler checks.
+macro_rules! found {
+    ($where:literal, $arg:expr) => {
+        sqlx::query!(
+            r#"SELECT b.id, b.status, b.start_time, concat_ws(' ', su.first_name, su.last_name) AS "student!", su.email,
+                      concat_ws(' ', iu.first_name, iu.last_name) AS "instructor!"
+               FROM bookings b
+               JOIN students s ON s.id = b.student_id JOIN users su ON su.id = s.user_id
+               JOIN instructors i ON i.id = b.instructor_id JOIN users iu ON iu.id = i.user_id
+               "#
+                + $where,
+            $arg
+        )
+        .map(|r| Found {
+            id: r.id,
+            status: r.status,
+            status_class: "",
+            start: None,
+            start_time: r.start_time,
+            student: r.student,
+            email: r.email,
+            instructor: r.instructor,
+        })
+    };
+}
 
 async fn search(state: &AppState, q: &str) -> Result<Vec<Found>, ApiError> {
-    let rows: Vec<Found> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "{FOUND_SQL}
-         WHERE su.email ILIKE $1 ESCAPE '\\' OR concat_ws(' ', su.first_name, su.last_name) ILIKE $1 ESCAPE '\\'
-         ORDER BY b.start_time DESC, b.id DESC LIMIT 50"
-    )))
-    .bind(like_pattern(q))
+    let rows: Vec<Found> = found!(
+        r"WHERE su.email ILIKE $1 ESCAPE '\' OR concat_ws(' ', su.first_name, su.last_name) ILIKE $1 ESCAPE '\'
+          ORDER BY b.start_time DESC, b.id DESC LIMIT 50",
+        like_pattern(q)
+    )
     .fetch_all(&state.pool)
     .await?;
     Ok(rows)
@@ -731,10 +759,7 @@ pub async fn timeline(State(state): State<AppState>, _: Operator, Query(query): 
                 }
                 Err(e) => return Err(e),
             };
-            let names: Option<Found> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{FOUND_SQL} WHERE b.id = $1")))
-                .bind(id)
-                .fetch_optional(&state.pool)
-                .await?;
+            let names: Option<Found> = found!("WHERE b.id = $1", id).fetch_optional(&state.pool).await?;
             page.offers = offers_view(&t, tz);
             page.student_confirmed = view::time_opt(t.student_confirmed_at, tz);
             page.replies = t

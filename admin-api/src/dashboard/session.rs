@@ -97,10 +97,12 @@ pub async fn active(pool: &PgPool, token: Option<&str>, headers: &HeaderMap, now
     if valid.is_empty() {
         return false;
     }
-    match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dashboard_revoked_sessions WHERE session_digest = ANY($1)")
-        .bind(&valid)
-        .fetch_one(pool)
-        .await
+    match sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM dashboard_revoked_sessions WHERE session_digest = ANY($1)"#,
+        &valid,
+    )
+    .fetch_one(pool)
+    .await
     {
         Ok(revoked) => (revoked as usize) < valid.len(),
         Err(e) => {
@@ -116,18 +118,17 @@ pub async fn revoke(pool: &PgPool, token: Option<&str>, headers: &HeaderMap, now
     let mut tx = pool.begin().await?;
     for value in cookies(headers, COOKIE_NAME).filter(|v| verify(token, v, now)) {
         let Some(expires) = expiry_of(value) else { continue };
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO dashboard_revoked_sessions (session_digest, expires_at, revoked_at) VALUES ($1, $2, $3)
              ON CONFLICT (session_digest) DO NOTHING",
+            digest(value),
+            expires,
+            now,
         )
-        .bind(digest(value))
-        .bind(expires)
-        .bind(now)
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("DELETE FROM dashboard_revoked_sessions WHERE expires_at < $1")
-        .bind(now)
+    sqlx::query!("DELETE FROM dashboard_revoked_sessions WHERE expires_at < $1", now)
         .execute(&mut *tx)
         .await?;
     tx.commit().await

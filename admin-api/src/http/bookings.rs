@@ -288,7 +288,7 @@ pub struct ReplyOut {
 pub async fn booking_timeline(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Timeline>, ApiError> {
     // One snapshot for the booking and its messages.
     let mut tx = state.pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
     let booking = bookings::get(&mut tx, id).await?;

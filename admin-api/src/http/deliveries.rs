@@ -10,7 +10,7 @@ use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use dashlight_core::{kinds::Kind, notify, states::DeliveryStatus};
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, PgConnection};
+use sqlx::PgConnection;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -39,7 +39,7 @@ pub const RETRYABLE: [&str; 3] = [
 ];
 
 /// One attempt at a delivery.
-#[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AttemptOut {
     /// `delivery_attempts.id`.
     pub id: i64,
@@ -66,7 +66,7 @@ pub struct AttemptOut {
 }
 
 /// A delivery record: one channel path of a notification.
-#[derive(Debug, Clone, Serialize, Deserialize, FromRow, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryOut {
     /// `notification_deliveries.id`.
     pub id: i64,
@@ -151,7 +151,6 @@ pub struct NotificationOut {
     pub deliveries: Vec<DeliveryWithAttempts>,
 }
 
-#[derive(FromRow)]
 struct NotificationRow {
     id: i64,
     user_id: Option<i64>,
@@ -169,27 +168,49 @@ struct NotificationRow {
     created_at: DateTime<Utc>,
 }
 
-const NOTIFICATION_COLUMNS: &str = "id, user_id, recipient_email, type AS kind, title, content, channels, policy, status, status_reason, booking_id, due_at, expires_at, created_at";
+/// [`NotificationRow`]s: `SELECT <its columns> FROM notifications` and then the literal `$rest`
+/// (`WHERE …`) with its arguments. One column list for the statements that read notifications,
+/// each still one literal the compiler checks.
+macro_rules! select_notifications {
+    ($rest:literal, $($arg:expr),+ $(,)?) => {
+        sqlx::query_as!(
+            NotificationRow,
+            "SELECT id, user_id, recipient_email, type AS kind, title, content, channels, policy, status, status_reason, booking_id,
+                    due_at, expires_at, created_at
+             FROM notifications " + $rest,
+            $($arg),+
+        )
+    };
+}
 
-const DELIVERY_COLUMNS: &str = "d.id, d.notification_id, n.type AS kind, n.user_id, d.channel, d.target, d.device_id, d.status, d.attempts, \
-     d.max_attempts, d.last_error, d.skip_reason, d.provider_message_id, d.next_attempt_at, d.sent_at, d.delivered_at, d.created_at, d.updated_at";
+/// [`DeliveryOut`]s: `SELECT <its columns> FROM notification_deliveries d JOIN notifications n`
+/// and then the literal `$rest` (`WHERE …`) with its arguments, as `select_notifications!`.
+macro_rules! select_deliveries {
+    ($rest:literal, $($arg:expr),+ $(,)?) => {
+        sqlx::query_as!(
+            DeliveryOut,
+            "SELECT d.id, d.notification_id, n.type AS kind, n.user_id, d.channel, d.target, d.device_id, d.status, d.attempts,
+                    d.max_attempts, d.last_error, d.skip_reason, d.provider_message_id, d.next_attempt_at, d.sent_at, d.delivered_at,
+                    d.created_at, d.updated_at
+             FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id " + $rest,
+            $($arg),+
+        )
+    };
+}
 
 /// Attaches deliveries (oldest first) and their attempts to notification rows.
 async fn with_deliveries(conn: &mut PgConnection, rows: Vec<NotificationRow>) -> Result<Vec<NotificationOut>, ApiError> {
     let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-    let deliveries: Vec<DeliveryOut> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DELIVERY_COLUMNS} FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
-         WHERE d.notification_id = ANY($1) ORDER BY d.created_at, d.id"
-    )))
-    .bind(&ids)
-    .fetch_all(&mut *conn)
-    .await?;
+    let deliveries: Vec<DeliveryOut> = select_deliveries!("WHERE d.notification_id = ANY($1) ORDER BY d.created_at, d.id", &ids)
+        .fetch_all(&mut *conn)
+        .await?;
     let delivery_ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
-    let attempts: Vec<AttemptOut> = sqlx::query_as(
+    let attempts: Vec<AttemptOut> = sqlx::query_as!(
+        AttemptOut,
         "SELECT id, delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms
          FROM delivery_attempts WHERE delivery_id = ANY($1) ORDER BY attempt, id",
+        &delivery_ids,
     )
-    .bind(&delivery_ids)
     .fetch_all(&mut *conn)
     .await?;
     let mut attempts_by: HashMap<i64, Vec<AttemptOut>> = HashMap::new();
@@ -228,12 +249,9 @@ async fn with_deliveries(conn: &mut PgConnection, rows: Vec<NotificationRow>) ->
 
 /// A booking's notifications, oldest first, each with its deliveries and their attempts.
 pub(crate) async fn for_booking(conn: &mut PgConnection, booking_id: i64) -> Result<Vec<NotificationOut>, ApiError> {
-    let rows: Vec<NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {NOTIFICATION_COLUMNS} FROM notifications WHERE booking_id = $1 ORDER BY created_at, id"
-    )))
-    .bind(booking_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows: Vec<NotificationRow> = select_notifications!("WHERE booking_id = $1 ORDER BY created_at, id", booking_id)
+        .fetch_all(&mut *conn)
+        .await?;
     with_deliveries(conn, rows).await
 }
 
@@ -295,15 +313,14 @@ pub async fn list_notifications(
     let cursor = pagination::id_cursor(q.cursor.as_deref())?;
     check_kind(q.kind.as_deref())?;
     let mut conn = state.pool.acquire().await?;
-    let rows: Vec<NotificationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {NOTIFICATION_COLUMNS} FROM notifications
-         WHERE ($1::bigint IS NULL OR user_id = $1) AND ($2::text IS NULL OR type = $2) AND ($3::bigint IS NULL OR id < $3)
-         ORDER BY id DESC LIMIT $4"
-    )))
-    .bind(q.user_id)
-    .bind(&q.kind)
-    .bind(cursor)
-    .bind(limit + 1)
+    let rows: Vec<NotificationRow> = select_notifications!(
+        "WHERE ($1::bigint IS NULL OR user_id = $1) AND ($2::text IS NULL OR type = $2) AND ($3::bigint IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4",
+        q.user_id,
+        q.kind.as_deref(),
+        cursor,
+        limit + 1,
+    )
     .fetch_all(&mut *conn)
     .await?;
     let (rows, next_cursor) = pagination::finish(rows, limit, |r| r.id.to_string());
@@ -392,20 +409,19 @@ async fn matching_deliveries<'c, E: sqlx::PgExecutor<'c>>(
     before_id: Option<i64>,
     limit: Option<i64>,
 ) -> Result<Vec<DeliveryOut>, ApiError> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {DELIVERY_COLUMNS} FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
-         WHERE ($1::text[] IS NULL OR d.status = ANY($1)) AND ($2::text IS NULL OR d.channel = $2)
+    Ok(select_deliveries!(
+        "WHERE ($1::text[] IS NULL OR d.status = ANY($1)) AND ($2::text IS NULL OR d.channel = $2)
            AND ($3::bigint IS NULL OR n.user_id = $3) AND ($4::text IS NULL OR n.type = $4)
            AND ($5::timestamptz IS NULL OR d.updated_at >= $5) AND ($6::bigint IS NULL OR d.id < $6)
-         ORDER BY d.id DESC LIMIT $7"
-    )))
-    .bind(statuses)
-    .bind(channel)
-    .bind(user_id)
-    .bind(kind)
-    .bind(since)
-    .bind(before_id)
-    .bind(limit)
+         ORDER BY d.id DESC LIMIT $7",
+        statuses as Option<&[String]>,
+        channel,
+        user_id,
+        kind,
+        since,
+        before_id,
+        limit,
+    )
     .fetch_all(exec)
     .await?)
 }
@@ -432,8 +448,7 @@ pub struct RetryQueued {
     security(("bearer" = [])))]
 pub async fn retry_delivery(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<(StatusCode, Json<RetryQueued>), ApiError> {
     let mut tx = state.pool.begin().await?;
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM notification_deliveries WHERE id = $1")
-        .bind(id)
+    let status: Option<String> = sqlx::query_scalar!("SELECT status FROM notification_deliveries WHERE id = $1", id)
         .fetch_optional(&mut *tx)
         .await?;
     let Some(status) = status else {
@@ -532,21 +547,21 @@ pub async fn retry_deliveries(
         let mut tx = state.pool.begin().await?;
         // Newest first by id, from below the last batch: each delivery is looked at once even
         // though a retried one keeps its status until a worker picks it up.
-        let batch: Vec<i64> = sqlx::query_scalar(
+        let batch: Vec<i64> = sqlx::query_scalar!(
             "SELECT d.id FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
              WHERE d.status = ANY($1) AND ($2::text IS NULL OR d.channel = $2) AND ($3::text IS NULL OR n.type = $3)
                AND ($4::timestamptz IS NULL OR d.updated_at >= $4) AND ($5::bigint[] IS NULL OR d.id = ANY($5))
                AND ($6::bigint IS NULL OR d.id < $6)
              ORDER BY d.id DESC LIMIT $7
              FOR UPDATE OF d SKIP LOCKED",
+            &statuses,
+            body.channel.as_deref(),
+            body.kind.as_deref(),
+            body.since,
+            body.ids.as_deref() as Option<&[i64]>,
+            before,
+            RETRY_BATCH,
         )
-        .bind(&statuses)
-        .bind(body.channel.as_deref())
-        .bind(body.kind.as_deref())
-        .bind(body.since)
-        .bind(body.ids.as_deref())
-        .bind(before)
-        .bind(RETRY_BATCH)
         .fetch_all(&mut *tx)
         .await?;
         let Some(&last) = batch.last() else { break };

@@ -53,8 +53,8 @@ pub async fn healthz() -> Json<Health> {
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     let check = async {
-        sqlx::query("SELECT 1")
-            .execute(&state.pool)
+        sqlx::query!("SELECT 1 AS one")
+            .fetch_one(&state.pool)
             .await
             .map_err(|e| format!("the database does not answer: {e}"))?;
         dashlight_core::db::migrations_applied(&state.pool)

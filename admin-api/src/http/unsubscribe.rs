@@ -127,8 +127,7 @@ async fn target(state: &AppState, token: &str) -> Result<Option<(i64, Kind, bool
         return Ok(None);
     };
     let mut conn = state.pool.acquire().await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
-        .bind(user_id)
+    let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1) AS "exists!""#, user_id)
         .fetch_one(&mut *conn)
         .await?;
     if !exists {

@@ -11,20 +11,18 @@ use std::collections::HashMap;
 use chrono::{DateTime, NaiveTime, Utc};
 use dashlight_core::{
     kinds::{Channel, Kind, Policy},
-    receipts::Receipt,
+    receipts::{Receipt, ReceiptSource, ReceiptStatus},
     states::{DeliveryStatus, NotificationStatus},
     suppressions,
 };
-use sqlx::{FromRow, PgPool};
+use sqlx::PgPool;
 
 use super::{DeliveryRow, Device, Loaded, NotificationRow, Recipient, Settings};
 
-#[derive(FromRow)]
 struct Row {
     id: i64,
     user_id: Option<i64>,
     recipient_email: Option<String>,
-    #[sqlx(rename = "type")]
     kind: String,
     channels: Vec<String>,
     policy: String,
@@ -47,7 +45,6 @@ struct Row {
     email_opted_out: bool,
 }
 
-#[derive(FromRow)]
 struct DeviceRow {
     user_id: i64,
     id: i64,
@@ -56,7 +53,6 @@ struct DeviceRow {
     auth: String,
 }
 
-#[derive(FromRow)]
 struct ExistingRow {
     notification_id: i64,
     id: i64,
@@ -70,29 +66,31 @@ pub(crate) type Unplannable = HashMap<i64, String>;
 
 /// Loads the notifications `ids`. Those missing from both maps no longer exist.
 pub(crate) async fn load(pool: &PgPool, settings: &Settings, ids: &[i64]) -> Result<(HashMap<i64, Loaded>, Unplannable), sqlx::Error> {
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT n.id, n.user_id, n.recipient_email, n.type, n.channels, n.policy, n.data, n.booking_id, n.due_at, n.expires_at,
-                n.status, n.priority,
-                u.email AS u_email, u.phone AS u_phone, u.first_name AS u_first_name, u.last_name AS u_last_name, u.timezone AS u_timezone,
-                coalesce(p.email_notifications, true) AS email_on, coalesce(p.sms_notifications, true) AS sms_on,
-                coalesce(p.push_notifications, true) AS push_on, p.quiet_hours_start AS quiet_start, p.quiet_hours_end AS quiet_end,
-                EXISTS (SELECT 1 FROM email_opt_outs o WHERE o.user_id = n.user_id AND o.kind = n.type) AS email_opted_out
+    let rows: Vec<Row> = sqlx::query_as!(
+        Row,
+        r#"SELECT n.id, n.user_id, n.recipient_email, n.type AS kind, n.channels, n.policy, n.data, n.booking_id, n.due_at, n.expires_at,
+                n.status AS "status: NotificationStatus", n.priority,
+                u.email AS "u_email?", u.phone AS "u_phone?", u.first_name AS "u_first_name?", u.last_name AS "u_last_name?", u.timezone AS "u_timezone?",
+                coalesce(p.email_notifications, true) AS "email_on!", coalesce(p.sms_notifications, true) AS "sms_on!",
+                coalesce(p.push_notifications, true) AS "push_on!", p.quiet_hours_start AS "quiet_start?", p.quiet_hours_end AS "quiet_end?",
+                EXISTS (SELECT 1 FROM email_opt_outs o WHERE o.user_id = n.user_id AND o.kind = n.type) AS "email_opted_out!"
          FROM notifications n
          LEFT JOIN LATERAL (SELECT email, phone, first_name, last_name, timezone FROM users WHERE id = n.user_id OFFSET 0) u ON true
          LEFT JOIN LATERAL (SELECT email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end
                             FROM user_preferences WHERE user_id = n.user_id OFFSET 0) p ON true
-         WHERE n.id = ANY($1)",
+         WHERE n.id = ANY($1)"#,
+        ids,
     )
-    .bind(ids)
     .fetch_all(pool)
     .await?;
     let users: Vec<i64> = rows.iter().filter_map(|r| r.user_id).collect();
     let mut devices: HashMap<i64, Vec<Device>> = HashMap::new();
     if !users.is_empty() {
-        let found: Vec<DeviceRow> = sqlx::query_as(
+        let found: Vec<DeviceRow> = sqlx::query_as!(
+            DeviceRow,
             "SELECT user_id, id, push_endpoint, p256dh, auth FROM user_devices WHERE user_id = ANY($1) AND active ORDER BY user_id, id",
+            &users,
         )
-        .bind(&users)
         .fetch_all(pool)
         .await?;
         for d in found {
@@ -104,14 +102,16 @@ pub(crate) async fn load(pool: &PgPool, settings: &Settings, ids: &[i64]) -> Res
             });
         }
     }
-    let existing: Vec<ExistingRow> = sqlx::query_as(
-        "SELECT d.notification_id, d.id, d.channel, d.status, d.next_attempt_at
+    let existing: Vec<ExistingRow> = sqlx::query_as!(
+        ExistingRow,
+        r#"SELECT d.notification_id AS "notification_id!", d.id AS "id!", d.channel AS "channel!: Channel",
+                  d.status AS "status!: DeliveryStatus", d.next_attempt_at AS "next_attempt_at?"
          FROM unnest($1::bigint[]) AS t(nid), LATERAL (
              SELECT notification_id, id, channel, status, next_attempt_at
              FROM notification_deliveries WHERE notification_id = t.nid OFFSET 0) d
-         ORDER BY d.id",
+         ORDER BY d.id"#,
+        ids,
     )
-    .bind(ids)
     .fetch_all(pool)
     .await?;
     let mut deliveries: HashMap<i64, Vec<DeliveryRow>> = HashMap::new();
@@ -225,11 +225,13 @@ pub(crate) async fn receipts(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, 
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows: Vec<Receipt> = sqlx::query_as(
-        "SELECT id, delivery_id, source, status, provider_status, error_code, detail, received_at
-         FROM delivery_receipts WHERE id = ANY($1)",
+    let rows: Vec<Receipt> = sqlx::query_as!(
+        Receipt,
+        r#"SELECT id, delivery_id, source AS "source: ReceiptSource", status AS "status: ReceiptStatus", provider_status,
+                  error_code, detail, received_at
+         FROM delivery_receipts WHERE id = ANY($1)"#,
+        ids,
     )
-    .bind(ids)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().map(|r| (r.id, r)).collect())

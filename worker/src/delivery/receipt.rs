@@ -26,7 +26,6 @@ use super::{plan::ReceiptMove, record::Attempted};
 /// Twilio's "the recipient has opted out" (at send time or in a status callback).
 pub(crate) const TWILIO_OPTED_OUT: &str = "21610";
 
-#[derive(sqlx::FromRow)]
 struct Moved {
     id: i64,
     notification_id: i64,
@@ -54,8 +53,9 @@ pub(crate) async fn apply(
     let statuses: Vec<DeliveryStatus> = moves.iter().map(|m| m.to).collect();
     let at: Vec<DateTime<Utc>> = moves.iter().map(|m| m.at).collect();
     let errors: Vec<Option<&str>> = moves.iter().map(|m| m.error.as_deref()).collect();
-    let moved: Vec<Moved> = sqlx::query_as(
-        "WITH m AS (
+    let moved: Vec<Moved> = sqlx::query_as!(
+        Moved,
+        r#"WITH m AS (
              UPDATE notification_deliveries d
              SET status = t.status,
                  delivered_at = CASE WHEN t.status = 'delivered' THEN t.at ELSE d.delivered_at END,
@@ -63,13 +63,13 @@ pub(crate) async fn apply(
              FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[]) AS t(id, status, at, error)
              WHERE d.id = t.id AND d.id = ANY($1) AND d.status = 'sent'
              RETURNING d.id, d.notification_id, d.target)
-         SELECT m.id, m.notification_id, m.target, n.user_id, n.type AS kind, n.priority
-         FROM m JOIN notifications n ON n.id = m.notification_id",
+         SELECT m.id AS "id!", m.notification_id AS "notification_id!", m.target AS "target!", n.user_id, n.type AS kind, n.priority
+         FROM m JOIN notifications n ON n.id = m.notification_id"#,
+        &ids,
+        &statuses as &[DeliveryStatus],
+        &at,
+        &errors as &[Option<&str>],
     )
-    .bind(&ids)
-    .bind(&statuses)
-    .bind(&at)
-    .bind(&errors)
     .fetch_all(&mut *conn)
     .await?;
 
@@ -110,11 +110,11 @@ pub(crate) async fn apply(
     if !reopen.is_empty() {
         // The notification was settled `done` when the send was accepted; it is open again
         // until its next channel is recorded.
-        sqlx::query(
+        sqlx::query!(
             "UPDATE notifications SET status = 'processing', status_reason = 'undelivered: trying the next channel'
              WHERE id = ANY($1) AND status = 'done'",
+            &reopen,
         )
-        .bind(&reopen)
         .execute(&mut *conn)
         .await?;
     }

@@ -78,7 +78,6 @@ pub(crate) struct Applied {
     pub(crate) open_jobs: Vec<String>,
 }
 
-#[derive(sqlx::FromRow)]
 struct Inserted {
     id: i64,
     notification_id: i64,
@@ -89,7 +88,6 @@ struct Inserted {
     next_attempt_at: Option<DateTime<Utc>>,
 }
 
-#[derive(sqlx::FromRow)]
 struct ClaimedRow {
     id: i64,
     notification_id: i64,
@@ -220,12 +218,12 @@ pub(crate) async fn apply(
     }
     if !held.is_empty() {
         let (ids, why): (Vec<i64>, Vec<&str>) = held.iter().map(|(d, w)| (*d, w.as_str())).unzip();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE notification_deliveries d SET hold_reason = t.why FROM unnest($1::bigint[], $2::text[]) AS t(id, why)
              WHERE d.id = t.id AND d.id = ANY($1) AND d.status IN ('pending', 'retrying')",
+            &ids,
+            &why as &[&str],
         )
-        .bind(&ids)
-        .bind(&why)
         .execute(&mut *tx)
         .await?;
     }
@@ -236,30 +234,36 @@ pub(crate) async fn apply(
     }
     for (id, why) in &withdraw {
         close_open(&mut tx, &[*id], DeliveryStatus::Cancelled, why).await?;
-        sqlx::query(
+        sqlx::query!(
             "UPDATE notifications SET status = 'cancelled', status_reason = $2 WHERE id = $1 AND status IN ('pending', 'processing')",
+            *id,
+            *why,
         )
-        .bind(id)
-        .bind(why)
         .execute(&mut *tx)
         .await?;
         tracing::info!(notification = id, reason = why, "notification cancelled: its job was cancelled");
     }
     if !reopen.is_empty() {
-        let reopened: Vec<(i64, i64)> = sqlx::query_as(
+        let reopened = sqlx::query!(
             "UPDATE notification_deliveries SET status = 'retrying', next_attempt_at = NULL, max_attempts = GREATEST(max_attempts, attempts + 1)
              WHERE id = ANY($1) AND status IN ('failed', 'dead', 'undelivered') RETURNING id, notification_id",
+            &reopen,
         )
-        .bind(&reopen)
         .fetch_all(&mut *tx)
         .await?;
-        let nids: Vec<i64> = reopened.iter().map(|r| r.1).collect();
-        sqlx::query("UPDATE notifications SET status = 'processing', status_reason = 'retried by operator' WHERE id = ANY($1) AND status <> 'cancelled'")
-            .bind(&nids)
-            .execute(&mut *tx)
-            .await?;
-        for (delivery, notification) in reopened {
-            tracing::info!(notification, delivery, "delivery reopened by operator retry");
+        let nids: Vec<i64> = reopened.iter().map(|r| r.notification_id).collect();
+        sqlx::query!(
+            "UPDATE notifications SET status = 'processing', status_reason = 'retried by operator' WHERE id = ANY($1) AND status <> 'cancelled'",
+            &nids,
+        )
+        .execute(&mut *tx)
+        .await?;
+        for r in reopened {
+            tracing::info!(
+                notification = r.notification_id,
+                delivery = r.id,
+                "delivery reopened by operator retry"
+            );
         }
     }
     if !cancel.is_empty() {
@@ -268,11 +272,11 @@ pub(crate) async fn apply(
     if !expire.is_empty() {
         let reason = "the lesson had started before it could be sent";
         close_open(&mut tx, &expire, DeliveryStatus::Skipped, reason).await?;
-        sqlx::query(
+        sqlx::query!(
             "UPDATE notifications SET status = 'skipped', status_reason = $2 WHERE id = ANY($1) AND status IN ('pending', 'processing')",
+            &expire,
+            reason,
         )
-        .bind(&expire)
-        .bind(reason)
         .execute(&mut *tx)
         .await?;
         for id in &expire {
@@ -291,29 +295,30 @@ pub(crate) async fn apply(
             .zip(&statuses)
             .map(|(nid, s)| (*s == DeliveryStatus::Sending).then(|| job_of[nid]))
             .collect();
-        let inserted: Vec<Inserted> = sqlx::query_as(
-            "INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, skip_reason, attempts, max_attempts,
+        let inserted: Vec<Inserted> = sqlx::query_as!(
+            Inserted,
+            r#"INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, skip_reason, attempts, max_attempts,
                                                   sending_since, next_attempt_at, claimed_by, claim_job_id, hold_reason)
              SELECT t.nid, t.channel, t.target, t.device, t.status, t.reason, t.attempts, $8,
                     CASE WHEN t.status = 'sending' THEN $9::timestamptz END, t.hold, CASE WHEN t.status = 'sending' THEN $10 END, t.job, t.held
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[], $7::int[], $11::timestamptz[], $12::text[], $13::text[])
                   AS t(nid, channel, target, device, status, reason, attempts, hold, job, held)
              ON CONFLICT (notification_id, channel, target) DO NOTHING
-             RETURNING id, notification_id, channel, target, device_id, status, next_attempt_at",
+             RETURNING id, notification_id, channel AS "channel: Channel", target, device_id, status AS "status: DeliveryStatus", next_attempt_at"#,
+            &nids,
+            &channels as &[Channel],
+            &targets as &[&str],
+            &devices as &[Option<i64>],
+            &statuses as &[DeliveryStatus],
+            &reasons as &[Option<&str>],
+            &attempts,
+            max_attempts,
+            now,
+            worker,
+            &holds as &[Option<DateTime<Utc>>],
+            &claim_jobs as &[Option<&str>],
+            &hold_reasons as &[Option<String>],
         )
-        .bind(&nids)
-        .bind(&channels)
-        .bind(&targets)
-        .bind(&devices)
-        .bind(&statuses)
-        .bind(&reasons)
-        .bind(&attempts)
-        .bind(max_attempts)
-        .bind(now)
-        .bind(worker)
-        .bind(&holds)
-        .bind(&claim_jobs)
-        .bind(&hold_reasons)
         .fetch_all(&mut *tx)
         .await?;
         for r in inserted {
@@ -343,17 +348,18 @@ pub(crate) async fn apply(
         let job_ids: Vec<&str> = claim_nids.iter().map(|n| job_of[n]).collect();
         // The claim of due deliveries: only one worker moves a delivery to `sending`, and only
         // while it is still due (another worker may have sent and rescheduled it meanwhile).
-        let claimed: Vec<ClaimedRow> = sqlx::query_as(
-            "UPDATE notification_deliveries d
+        let claimed: Vec<ClaimedRow> = sqlx::query_as!(
+            ClaimedRow,
+            r#"UPDATE notification_deliveries d
              SET status = 'sending', attempts = d.attempts + 1, sending_since = $2, claimed_by = $4, hold_reason = NULL, claim_job_id = j.job
              FROM unnest($1::bigint[], $3::text[]) AS j(did, job)
              WHERE d.id = j.did AND d.id = ANY($1) AND d.status IN ('pending', 'retrying') AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $2)
-             RETURNING d.id, d.notification_id, d.channel, d.target, d.device_id, d.attempts, d.max_attempts",
+             RETURNING d.id, d.notification_id, d.channel AS "channel: Channel", d.target, d.device_id, d.attempts, d.max_attempts"#,
+            &claim,
+            now,
+            &job_ids as &[&str],
+            worker,
         )
-        .bind(&claim)
-        .bind(now)
-        .bind(&job_ids)
-        .bind(worker)
         .fetch_all(&mut *tx)
         .await?;
         for r in claimed {
@@ -397,13 +403,13 @@ pub(crate) async fn apply(
 
 /// Closes the open (not in-flight) deliveries of notifications `ids`.
 async fn close_open(conn: &mut PgConnection, ids: &[i64], status: DeliveryStatus, reason: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE notification_deliveries SET status = $2, skip_reason = $3, next_attempt_at = NULL
          WHERE notification_id = ANY($1) AND status IN ('pending', 'retrying')",
+        ids,
+        status as DeliveryStatus,
+        reason,
     )
-    .bind(ids)
-    .bind(status)
-    .bind(reason)
     .execute(conn)
     .await?;
     Ok(())
@@ -428,15 +434,8 @@ async fn enqueue_runs(conn: &mut PgConnection, runs: &[(i64, DateTime<Utc>, i16)
 }
 
 /// The statement of `settle_notifications`: `$1` the notification ids, `$2` now. Public for the
-/// benchmark, which explains it.
-pub const SETTLE_SQL: &str = "WITH t AS (SELECT unnest($1::bigint[]) AS id),
-      o AS (SELECT d.notification_id AS id, min(coalesce(d.next_attempt_at, $2)) AS next
-            FROM notification_deliveries d
-            WHERE d.notification_id = ANY($1) AND d.status IN ('pending', 'retrying', 'sending') GROUP BY 1)
- UPDATE notifications n
- SET status = CASE WHEN o.id IS NULL THEN 'done' ELSE n.status END, next_check_at = coalesce(o.next, n.next_check_at)
- FROM t LEFT JOIN o ON o.id = t.id
- WHERE n.id = t.id AND n.id = ANY($1) AND n.status IN ('pending', 'processing')";
+/// benchmark, which explains it; the function runs the same file through `query_file!`.
+pub const SETTLE_SQL: &str = include_str!("../../queries/settle_notifications.sql");
 
 /// Notifications done when nothing is open any more; else checked again when the earliest open
 /// delivery is due.
@@ -444,7 +443,9 @@ async fn settle_notifications(conn: &mut PgConnection, ids: &[i64], now: DateTim
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(SETTLE_SQL).bind(ids).bind(now).execute(conn).await?;
+    sqlx::query_file!("queries/settle_notifications.sql", ids, now)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -559,7 +560,7 @@ pub(crate) async fn record(
         let provider: Vec<Option<&str>> = res.iter().map(|r| r.provider_id.as_deref()).collect();
         let errors: Vec<Option<&str>> = res.iter().map(|r| r.error.as_deref()).collect();
         let next: Vec<Option<DateTime<Utc>>> = res.iter().map(|r| r.next_attempt_at).collect();
-        sqlx::query(
+        sqlx::query!(
             "UPDATE notification_deliveries d
              SET status = t.status, sent_at = CASE WHEN t.status = 'sent' THEN t.finished ELSE d.sent_at END,
                  provider_message_id = coalesce(t.provider, d.provider_message_id), last_error = t.error,
@@ -567,13 +568,13 @@ pub(crate) async fn record(
              FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[])
                   AS t(id, status, finished, provider, error, next)
              WHERE d.id = t.id AND d.id = ANY($1)",
+            &ids,
+            &statuses as &[DeliveryStatus],
+            &finished,
+            &provider as &[Option<&str>],
+            &errors as &[Option<&str>],
+            &next as &[Option<DateTime<Utc>>],
         )
-        .bind(&ids)
-        .bind(&statuses)
-        .bind(&finished)
-        .bind(&provider)
-        .bind(&errors)
-        .bind(&next)
         .execute(&mut *tx)
         .await?;
         let outcomes: Vec<AttemptOutcome> = res.iter().map(|r| r.outcome).collect();
@@ -584,7 +585,7 @@ pub(crate) async fn record(
         // the delivery's `sending_since`, `claimed_by` and `claim_job_id` said the same). A
         // record that comes after `interrupt` already recorded this attempt (a worker thought
         // dead) tells what really happened.
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms)
              SELECT t.id, t.attempt, t.job, $8, t.started, t.finished, t.outcome, t.error, t.provider, t.retry_after
              FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $9::timestamptz[], $10::text[])
@@ -592,17 +593,17 @@ pub(crate) async fn record(
              ON CONFLICT (delivery_id, attempt) DO UPDATE
              SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, error = EXCLUDED.error,
                  provider_message_id = EXCLUDED.provider_message_id, retry_after_ms = EXCLUDED.retry_after_ms",
+            &ids,
+            &attempt_no,
+            &finished,
+            &outcomes as &[AttemptOutcome],
+            &errors as &[Option<&str>],
+            &provider as &[Option<&str>],
+            &retry_after as &[Option<i64>],
+            worker,
+            &started,
+            &jobs_of as &[&str],
         )
-        .bind(&ids)
-        .bind(&attempt_no)
-        .bind(&finished)
-        .bind(&outcomes)
-        .bind(&errors)
-        .bind(&provider)
-        .bind(&retry_after)
-        .bind(worker)
-        .bind(&started)
-        .bind(&jobs_of)
         .execute(&mut *tx)
         .await?;
 
@@ -615,12 +616,12 @@ pub(crate) async fn record(
             .filter_map(|(a, r)| a.claimed.device_id.map(|d| (d, r.error.as_deref())))
             .unzip();
         if !gone.is_empty() {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE user_devices u SET active = false, disabled_reason = t.why
                  FROM unnest($1::bigint[], $2::text[]) AS t(id, why) WHERE u.id = t.id",
+                &gone,
+                &why as &[Option<&str>],
             )
-            .bind(&gone)
-            .bind(&why)
             .execute(&mut *tx)
             .await?;
         }
@@ -676,8 +677,8 @@ pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc
         Stuck::Of(w) => (None, Some(w)),
     };
     let mut tx = pool.begin().await?;
-    let rows: Vec<(i64, i64, i16)> = sqlx::query_as(
-        "WITH s AS (
+    let rows = sqlx::query!(
+        r#"WITH s AS (
             SELECT d.id, d.notification_id, d.attempts, d.claimed_by, d.claim_job_id, d.sending_since
             FROM notification_deliveries d
             WHERE d.status = 'sending'
@@ -696,18 +697,23 @@ pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc
             FROM s JOIN u ON u.id = s.id
             ON CONFLICT (delivery_id, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, outcome = 'interrupted', error = EXCLUDED.error
             WHERE delivery_attempts.outcome IS NULL)
-         SELECT s.id, s.notification_id, n.priority FROM s JOIN u ON u.id = s.id JOIN notifications n ON n.id = s.notification_id",
+         SELECT s.id AS "id!", s.notification_id AS "notification_id!", n.priority
+         FROM s JOIN u ON u.id = s.id JOIN notifications n ON n.id = s.notification_id"#,
+        cutoff,
+        workers as Option<&[String]>,
+        INTERRUPTED,
+        now,
     )
-    .bind(cutoff)
-    .bind(workers)
-    .bind(INTERRUPTED)
-    .bind(now)
     .fetch_all(&mut *tx)
     .await?;
     let mut runs = Vec::new();
-    for (delivery, notification, priority) in &rows {
-        tracing::warn!(delivery, notification, "recovered a delivery a stopped worker left in sending");
-        runs.push((*notification, now, *priority));
+    for r in &rows {
+        tracing::warn!(
+            delivery = r.id,
+            notification = r.notification_id,
+            "recovered a delivery a stopped worker left in sending"
+        );
+        runs.push((r.notification_id, now, r.priority));
     }
     runs.sort_unstable_by_key(|r| r.0);
     runs.dedup_by_key(|r| r.0);

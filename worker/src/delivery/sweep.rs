@@ -28,13 +28,8 @@ pub async fn recover_stuck(pool: &PgPool, now: DateTime<Utc>) -> Result<u64, sql
 
 /// The statement of [`sweep_overdue`]: `$1` the overdue cutoff, `$2` the next check it sets,
 /// `$3` the ids of notifications whose job waits in the queue's backlog. Public for the
-/// benchmark, which explains it.
-pub const SWEEP_OVERDUE_SQL: &str = r#"UPDATE notifications SET next_check_at = $2
-           WHERE id IN (SELECT n.id FROM notifications n
-                        WHERE n.status IN ('pending', 'processing') AND n.next_check_at < $1
-                          AND n.id <> ALL($3::bigint[])
-                        ORDER BY n.next_check_at LIMIT 5000 FOR UPDATE OF n SKIP LOCKED)
-           RETURNING id, priority"#;
+/// benchmark, which explains it; the function runs the same file through `query_file!`.
+pub const SWEEP_OVERDUE_SQL: &str = include_str!("../../queries/sweep_overdue.sql");
 
 /// The sweep's safety net: open notifications whose worker should have acted on them more than
 /// `grace` ago, and whose job is not still waiting in the queue, get a new job. Returns how many.
@@ -49,22 +44,19 @@ pub async fn sweep_overdue(pool: &PgPool, now: DateTime<Utc>, grace: Duration) -
     let cutoff = now - chrono::Duration::from_std(grace).expect("fits");
     let mut tx = pool.begin().await?;
     let queued = queue::backlog_notification_ids(&mut tx, QUEUE_NOTIFICATIONS).await?;
-    let rows: Vec<(i64, i16)> = sqlx::query_as(SWEEP_OVERDUE_SQL)
-        .bind(cutoff)
-        .bind(now + chrono::Duration::minutes(1))
-        .bind(&queued)
+    let rows = sqlx::query_file!("queries/sweep_overdue.sql", cutoff, now + chrono::Duration::minutes(1), &queued)
         .fetch_all(&mut *tx)
         .await?;
     let jobs: Vec<NewJob> = rows
         .iter()
-        .map(|(id, priority)| {
+        .map(|r| {
             let job = DeliverJob {
-                notification_id: *id,
+                notification_id: r.id,
                 retry_delivery_id: None,
                 receipt_id: None,
                 cancel: None,
             };
-            NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(*priority))
+            NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(r.priority))
         })
         .collect();
     queue::enqueue(&mut tx, &jobs).await?;

@@ -16,7 +16,6 @@ use dashlight_core::{
     notify::{self, NewNotification},
 };
 use serde_json::json;
-use sqlx::FromRow;
 
 use super::{Context, PeriodicError, day_bounds, existing_keys, tz_or};
 
@@ -25,7 +24,7 @@ pub fn send_from() -> NaiveTime {
     NaiveTime::from_hms_opt(7, 0, 0).expect("valid time")
 }
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone)]
 struct LessonRow {
     instructor_id: i64,
     instructor_user: i64,
@@ -42,19 +41,15 @@ pub fn dedupe_key(instructor_id: i64, day: NaiveDate) -> String {
 }
 
 /// The candidate scan: confirmed lessons of active instructors starting within 26 hours of
-/// `$1` either way (a local day is at most 25 hours long). `pub` so tests can EXPLAIN it.
-pub const SCAN_SQL: &str = "SELECT b.instructor_id, iu.id AS instructor_user, iu.timezone, b.start_time, b.end_time, b.pickup_location,
-            su.first_name || ' ' || su.last_name AS student_name
-     FROM bookings b
-     JOIN instructors i ON i.id = b.instructor_id AND i.active
-     JOIN users iu ON iu.id = i.user_id AND iu.status = 'active'
-     JOIN students s ON s.id = b.student_id JOIN users su ON su.id = s.user_id
-     WHERE b.status = 'confirmed' AND b.start_time >= $1 - interval '26 hours' AND b.start_time < $1 + interval '26 hours'
-     ORDER BY b.instructor_id, b.start_time";
+/// `$1` either way (a local day is at most 25 hours long). `pub` so tests can EXPLAIN it; [`run`]
+/// runs the same file through `query_file_as!`.
+pub const SCAN_SQL: &str = include_str!("../../queries/agenda_scan.sql");
 
 /// Sends the agendas that are due; returns the summary line.
 pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
-    let rows: Vec<LessonRow> = sqlx::query_as(SCAN_SQL).bind(now).fetch_all(&ctx.pool).await?;
+    let rows: Vec<LessonRow> = sqlx::query_file_as!(LessonRow, "queries/agenda_scan.sql", now)
+        .fetch_all(&ctx.pool)
+        .await?;
 
     // Per instructor: their local day, if it is 07:00 or later there, and that day's lessons.
     let mut due: BTreeMap<i64, (i64, Tz, NaiveDate, Vec<LessonRow>)> = BTreeMap::new();

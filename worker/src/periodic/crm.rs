@@ -12,24 +12,17 @@ use dashlight_core::{
     notify::{self, NewNotification},
 };
 use serde_json::json;
-use sqlx::FromRow;
 
 use super::{Context, PeriodicError, existing_keys};
 
 /// How long a lead may go without contact.
 pub const QUIET_DAYS: i64 = 7;
 
-/// The candidate scan: leads silent since `$1` or earlier. `pub` so tests can EXPLAIN it.
-pub const SCAN_SQL: &str =
-    "SELECT c.id, c.name, c.email, c.phone, c.created_at, greatest(c.last_interaction_at, li.last) AS last_interaction_at
-     FROM crm_contacts c
-     LEFT JOIN LATERAL (SELECT max(interaction_date) AS last FROM crm_interactions WHERE contact_id = c.id) li ON true
-     WHERE c.lead_status = 'lead'
-       AND (c.last_interaction_at <= $1 OR (c.last_interaction_at IS NULL AND c.created_at <= $1))
-       AND coalesce(greatest(c.last_interaction_at, li.last), c.created_at) <= $1
-     ORDER BY c.id";
+/// The candidate scan: leads silent since `$1` or earlier. `pub` so tests can EXPLAIN it; [`run`]
+/// runs the same file through `query_file_as!`.
+pub const SCAN_SQL: &str = include_str!("../../queries/crm_scan.sql");
 
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct Lead {
     id: i64,
     name: String,
@@ -48,7 +41,9 @@ pub fn dedupe_key(contact_id: i64, since: DateTime<Utc>, tz: chrono_tz::Tz) -> S
 pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
     let tz = ctx.config.school_timezone;
     let cutoff = now - Duration::days(QUIET_DAYS);
-    let leads: Vec<Lead> = sqlx::query_as(SCAN_SQL).bind(cutoff).fetch_all(&ctx.pool).await?;
+    let leads: Vec<Lead> = sqlx::query_file_as!(Lead, "queries/crm_scan.sql", cutoff)
+        .fetch_all(&ctx.pool)
+        .await?;
     let keys: Vec<String> = leads
         .iter()
         .map(|l| dedupe_key(l.id, l.last_interaction_at.unwrap_or(l.created_at), tz))

@@ -27,7 +27,7 @@ use dashlight_core::{
     notify::{self, NewNotification},
 };
 use serde_json::json;
-use sqlx::{FromRow, PgConnection};
+use sqlx::PgConnection;
 
 use super::{
     Context, PeriodicError,
@@ -52,7 +52,7 @@ pub fn invoice_number(year: i32, seq: i32) -> String {
     format!("INV-{year}-{seq:06}")
 }
 
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct Payment {
     id: i64,
     amount_minor: i64,
@@ -66,7 +66,7 @@ struct Payment {
     student_email: String,
 }
 
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct Lesson {
     start_time: DateTime<Utc>,
     end_time: DateTime<Utc>,
@@ -76,13 +76,8 @@ struct Lesson {
 
 /// The scan: the next succeeded payment without an invoice (`payments_uninvoiced_idx`), locked,
 /// skipping those other issuers hold and those in `$1` (failed in this run). `pub` so tests can
-/// EXPLAIN it.
-pub const SCAN_SQL: &str = "SELECT p.id, p.amount_minor, p.currency, p.method, p.paid_at, p.booking_id, p.purchase_id,
-            u.id AS student_user_id, u.first_name || ' ' || u.last_name AS student_name, u.email AS student_email
-     FROM payments p JOIN students s ON s.id = p.student_id JOIN users u ON u.id = s.user_id
-     WHERE p.id IN (SELECT id FROM payments
-                    WHERE status = 'succeeded' AND invoiced_at IS NULL AND id <> ALL($1)
-                    ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)";
+/// EXPLAIN it; [`issue_all`] runs the same file through `query_file_as!`.
+pub const SCAN_SQL: &str = include_str!("../../queries/invoices_scan.sql");
 
 /// What one run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -111,7 +106,9 @@ pub async fn issue_all(ctx: &Context, now: DateTime<Utc>) -> Result<Outcome, Per
     while out.issued + out.already < MAX_PER_RUN {
         let mut tx = ctx.pool.begin().await?;
         let skip: Vec<i64> = failed.iter().copied().collect();
-        let payment: Option<Payment> = sqlx::query_as(SCAN_SQL).bind(&skip).fetch_optional(&mut *tx).await?;
+        let payment: Option<Payment> = sqlx::query_file_as!(Payment, "queries/invoices_scan.sql", &skip)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(p) = payment else { break };
         match issue(ctx, &mut tx, &p, now).await {
             Ok(Issued::Already) => {
@@ -126,11 +123,11 @@ pub async fn issue_all(ctx: &Context, now: DateTime<Utc>) -> Result<Outcome, Per
                 Err(e) => {
                     // Remove the file unless the commit went through after all (a connection
                     // lost after the server committed): the email needs it then.
-                    let committed: Option<bool> = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM invoices WHERE id = $1)")
-                        .bind(invoice_id)
-                        .fetch_one(&ctx.pool)
-                        .await
-                        .ok();
+                    let committed: Option<bool> =
+                        sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM invoices WHERE id = $1) AS "exists!""#, invoice_id)
+                            .fetch_one(&ctx.pool)
+                            .await
+                            .ok();
                     if committed != Some(true) {
                         let _ = tokio::fs::remove_file(&file).await;
                     }
@@ -157,26 +154,23 @@ enum Issued {
 
 async fn issue(ctx: &Context, conn: &mut PgConnection, p: &Payment, now: DateTime<Utc>) -> Result<Issued, PeriodicError> {
     // Invoiced through another path (or before `invoiced_at` existed): just mark it.
-    let existing: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT issued_at FROM invoices WHERE payment_id = $1")
-        .bind(p.id)
+    let existing: Option<DateTime<Utc>> = sqlx::query_scalar!("SELECT issued_at FROM invoices WHERE payment_id = $1", p.id)
         .fetch_optional(&mut *conn)
         .await?;
     if let Some(issued_at) = existing {
-        sqlx::query("UPDATE payments SET invoiced_at = $2 WHERE id = $1")
-            .bind(p.id)
-            .bind(issued_at)
+        sqlx::query!("UPDATE payments SET invoiced_at = $2 WHERE id = $1", p.id, issued_at)
             .execute(&mut *conn)
             .await?;
         return Ok(Issued::Already);
     }
     let tz = ctx.config.school_timezone;
     let year = now.with_timezone(&tz).year();
-    let seq: i32 = sqlx::query_scalar(
+    let seq: i32 = sqlx::query_scalar!(
         "INSERT INTO invoice_counters (year, last_seq) VALUES ($1, 1)
          ON CONFLICT (year) DO UPDATE SET last_seq = invoice_counters.last_seq + 1
          RETURNING last_seq",
+        year,
     )
-    .bind(year)
     .fetch_one(&mut *conn)
     .await?;
     let number = invoice_number(year, seq);
@@ -185,25 +179,23 @@ async fn issue(ctx: &Context, conn: &mut PgConnection, p: &Payment, now: DateTim
     let file = dir.join(format!("{number}.pdf"));
     let path_text = file.to_string_lossy().into_owned();
 
-    let invoice_id: i64 = sqlx::query_scalar(
+    let invoice_id: i64 = sqlx::query_scalar!(
         "INSERT INTO invoices (payment_id, invoice_number, year, seq, net_minor, tax_minor, total_minor, currency, pdf_path, issued_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        p.id,
+        &number,
+        year,
+        seq,
+        net,
+        tax,
+        p.amount_minor,
+        &p.currency,
+        &path_text,
+        now,
     )
-    .bind(p.id)
-    .bind(&number)
-    .bind(year)
-    .bind(seq)
-    .bind(net)
-    .bind(tax)
-    .bind(p.amount_minor)
-    .bind(&p.currency)
-    .bind(&path_text)
-    .bind(now)
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query("UPDATE payments SET invoiced_at = $2 WHERE id = $1")
-        .bind(p.id)
-        .bind(now)
+    sqlx::query!("UPDATE payments SET invoiced_at = $2 WHERE id = $1", p.id, now)
         .execute(&mut *conn)
         .await?;
 
@@ -251,11 +243,12 @@ async fn issue(ctx: &Context, conn: &mut PgConnection, p: &Payment, now: DateTim
 async fn lines(conn: &mut PgConnection, p: &Payment, tz: Tz) -> Result<Vec<Line>, sqlx::Error> {
     let mut out = Vec::new();
     if let Some(bid) = p.booking_id {
-        let lesson: Option<Lesson> = sqlx::query_as(
-            "SELECT b.start_time, b.end_time, u.first_name || ' ' || u.last_name AS instructor, b.pickup_location
-             FROM bookings b JOIN instructors i ON i.id = b.instructor_id JOIN users u ON u.id = i.user_id WHERE b.id = $1",
+        let lesson: Option<Lesson> = sqlx::query_as!(
+            Lesson,
+            r#"SELECT b.start_time, b.end_time, u.first_name || ' ' || u.last_name AS "instructor!", b.pickup_location
+             FROM bookings b JOIN instructors i ON i.id = b.instructor_id JOIN users u ON u.id = i.user_id WHERE b.id = $1"#,
+            bid,
         )
-        .bind(bid)
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(l) = lesson {
@@ -271,13 +264,14 @@ async fn lines(conn: &mut PgConnection, p: &Payment, tz: Tz) -> Result<Vec<Line>
         }
     }
     if let Some(purchase) = p.purchase_id {
-        let package: Option<(String, i32, DateTime<Utc>)> = sqlx::query_as(
+        let package = sqlx::query!(
             "SELECT lp.name, pp.lessons_total, pp.expires_at FROM package_purchases pp JOIN lesson_packages lp ON lp.id = pp.package_id WHERE pp.id = $1",
+            purchase,
         )
-        .bind(purchase)
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some((name, lessons, expires)) = package {
+        if let Some(pkg) = package {
+            let (name, lessons, expires) = (pkg.name, pkg.lessons_total, pkg.expires_at);
             let plural = if lessons == 1 { "lesson" } else { "lessons" };
             let detail = format!("{lessons} {plural}, valid until {}", expires.with_timezone(&tz).format("%-d %B %Y"));
             out.push(Line {

@@ -137,8 +137,7 @@ pub(crate) async fn existing_keys(
     if keys.is_empty() {
         return Ok(Default::default());
     }
-    let found: Vec<String> = sqlx::query_scalar("SELECT dedupe_key FROM notifications WHERE dedupe_key = ANY($1)")
-        .bind(keys)
+    let found: Vec<String> = sqlx::query_scalar!("SELECT dedupe_key FROM notifications WHERE dedupe_key = ANY($1)", keys)
         .fetch_all(conn)
         .await?;
     Ok(found.into_iter().collect())

@@ -20,8 +20,7 @@ pub use dashlight_core::queue::DELETE_DONE_SQL;
 pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
     let cutoff = now - Duration::days(RETENTION_DAYS);
     let jobs = dashlight_core::queue::prune_done(&ctx.pool, cutoff, BATCH).await?;
-    let ticks = sqlx::query("DELETE FROM scheduler_ticks WHERE tick_at < $1")
-        .bind(cutoff)
+    let ticks = sqlx::query!("DELETE FROM scheduler_ticks WHERE tick_at < $1", cutoff)
         .execute(&ctx.pool)
         .await?
         .rows_affected();

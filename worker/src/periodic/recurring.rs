@@ -53,14 +53,14 @@ pub async fn expand_all(ctx: &Context, now: DateTime<Utc>) -> Result<Outcome, Pe
     // booking_series_active_idx. The horizon check spares series already booked far enough; it
     // reads the UTC date plus a day (no local date is later), so a series whose time zone is
     // broken still reaches `expand` and fails alone instead of failing the scan.
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let ids: Vec<i64> = sqlx::query_scalar!(
         "SELECT id FROM booking_series
          WHERE status = 'active'
            AND (expanded_through IS NULL OR expanded_through < (($1 AT TIME ZONE 'UTC')::date + $2::int + 1))
          ORDER BY id",
+        now,
+        horizon as i32,
     )
-    .bind(now)
-    .bind(horizon as i32)
     .fetch_all(&ctx.pool)
     .await?;
 

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde_json::{Map, Value, json};
-use sqlx::{FromRow, PgConnection};
+use sqlx::PgConnection;
 
 use super::{Context, PeriodicError, day_bounds};
 
@@ -112,19 +112,10 @@ impl Rollup {
 /// Key of a row: `None` is the school.
 type Key = Option<i64>;
 
-#[derive(FromRow)]
 struct Count {
     instructor_id: Option<i64>,
     school: bool,
     n: i64,
-}
-
-#[derive(FromRow)]
-struct Lateness {
-    instructor_id: Option<i64>,
-    school: bool,
-    p50: Option<f64>,
-    p95: Option<f64>,
 }
 
 /// Recomputes the last [`DAYS`] days and the CRM figures; returns the summary line.
@@ -162,86 +153,110 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
     let mut map: BTreeMap<Key, Rollup> = BTreeMap::new();
     map.insert(None, Rollup::default());
 
-    // (sql, setter): every query groups by instructor and adds the school's total (grouping set ()).
+    // (rows, setter): every query groups by instructor and adds the school's total (grouping set ()).
     type Setter = fn(&mut Rollup, i64);
-    let counts: [(&str, Setter); 8] = [
+    macro_rules! count {
+        ($sql:literal) => {
+            sqlx::query_as!(Count, $sql, start, end).fetch_all(&mut *conn).await?
+        };
+    }
+    let counts: [(Vec<Count>, Setter); 8] = [
         (
-            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM bookings
-             WHERE created_at >= $1 AND created_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            count!(
+                r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", count(*) AS "n!" FROM bookings
+             WHERE created_at >= $1 AND created_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())"#
+            ),
             |r, n| r.bookings_made = n,
         ),
         (
-            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM lessons
-             WHERE completed_at >= $1 AND completed_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            count!(
+                r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", count(*) AS "n!" FROM lessons
+             WHERE completed_at >= $1 AND completed_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())"#
+            ),
             |r, n| r.lessons_completed = n,
         ),
         (
-            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM bookings
-             WHERE cancelled_at >= $1 AND cancelled_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            count!(
+                r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", count(*) AS "n!" FROM bookings
+             WHERE cancelled_at >= $1 AND cancelled_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())"#
+            ),
             |r, n| r.cancellations = n,
         ),
         (
-            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM bookings
-             WHERE status = 'no_show' AND start_time >= $1 AND start_time < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            count!(
+                r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", count(*) AS "n!" FROM bookings
+             WHERE status = 'no_show' AND start_time >= $1 AND start_time < $2 GROUP BY GROUPING SETS ((instructor_id), ())"#
+            ),
             |r, n| r.no_shows = n,
         ),
         (
-            "SELECT b.instructor_id, grouping(b.instructor_id) = 1 AS school, coalesce(sum(p.amount_minor), 0)::bigint AS n
+            count!(
+                r#"SELECT b.instructor_id AS "instructor_id?", grouping(b.instructor_id) = 1 AS "school!", coalesce(sum(p.amount_minor), 0)::bigint AS "n!"
              FROM payments p LEFT JOIN bookings b ON b.id = p.booking_id
-             WHERE p.status = 'succeeded' AND p.paid_at >= $1 AND p.paid_at < $2 GROUP BY GROUPING SETS ((b.instructor_id), ())",
+             WHERE p.status = 'succeeded' AND p.paid_at >= $1 AND p.paid_at < $2 GROUP BY GROUPING SETS ((b.instructor_id), ())"#
+            ),
             |r, n| r.revenue_minor = n,
         ),
         (
-            r#"SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n
+            count!(
+                r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", count(*) AS "n!"
                FROM (SELECT CASE WHEN event_data->>'instructor_id' ~ '^[0-9]{1,18}$' THEN (event_data->>'instructor_id')::bigint END AS instructor_id
                      FROM analytics_events WHERE "timestamp" >= $1 AND "timestamp" < $2) e
-               GROUP BY GROUPING SETS ((instructor_id), ())"#,
+               GROUP BY GROUPING SETS ((instructor_id), ())"#
+            ),
             |r, n| r.events = n,
         ),
         (
-            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(DISTINCT (booking_id, booking_version)) AS n FROM slot_offers
-             WHERE created_at >= $1 AND created_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            count!(
+                r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", count(DISTINCT (booking_id, booking_version)) AS "n!" FROM slot_offers
+             WHERE created_at >= $1 AND created_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())"#
+            ),
             |r, n| r.slots_offered = n,
         ),
         (
-            "SELECT instructor_id, grouping(instructor_id) = 1 AS school, count(*) AS n FROM slot_offers
-             WHERE accepted_at >= $1 AND accepted_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+            count!(
+                r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", count(*) AS "n!" FROM slot_offers
+             WHERE accepted_at >= $1 AND accepted_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())"#
+            ),
             |r, n| r.slots_filled = n,
         ),
     ];
-    for (sql, set) in counts {
-        let rows: Vec<Count> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(start)
-            .bind(end)
-            .fetch_all(&mut *conn)
-            .await?;
+    for (rows, set) in counts {
         for c in &rows {
             add(&mut map, c, set);
         }
     }
 
-    // Deliveries of the day by channel and outcome, and how late the sends were.
-    const DAY_DELIVERIES: &str = "
-        day_deliveries AS (
-            SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
-            FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
-            WHERE d.status IN ('sent', 'delivered', 'undelivered') AND d.sent_at >= $1 AND d.sent_at < $2
-            UNION ALL
-            SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
-            FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
-            WHERE d.status IN ('failed', 'dead') AND d.updated_at >= $1 AND d.updated_at < $2)";
-    let by_channel: Vec<(Option<i64>, bool, String, i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH {DAY_DELIVERIES}
-         SELECT instructor_id, grouping(instructor_id) = 1, channel,
-                count(*) FILTER (WHERE status IN ('sent', 'delivered', 'undelivered')), count(*) FILTER (WHERE status = 'failed'),
-                count(*) FILTER (WHERE status = 'dead')
-         FROM day_deliveries GROUP BY GROUPING SETS ((instructor_id, channel), (channel))"
-    )))
-    .bind(start)
-    .bind(end)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (instructor_id, school, channel, sent, failed, dead) in by_channel {
+    // Deliveries of the day by channel and outcome, and how late the sends were. Both statements
+    // start from `day_deliveries` (the day's sent and failed deliveries with their instructor):
+    // a macro, so that each stays one literal the compiler checks.
+    macro_rules! with_day_deliveries {
+        ($select:literal) => {
+            sqlx::query!(
+                "WITH day_deliveries AS (
+                     SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
+                     FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
+                     WHERE d.status IN ('sent', 'delivered', 'undelivered') AND d.sent_at >= $1 AND d.sent_at < $2
+                     UNION ALL
+                     SELECT d.channel, d.status, d.sent_at, n.due_at, b.instructor_id
+                     FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
+                     WHERE d.status IN ('failed', 'dead') AND d.updated_at >= $1 AND d.updated_at < $2)
+                 " + $select,
+                start,
+                end
+            )
+            .fetch_all(&mut *conn)
+            .await?
+        };
+    }
+    let by_channel = with_day_deliveries!(
+        r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!", channel AS "channel!",
+                  count(*) FILTER (WHERE status IN ('sent', 'delivered', 'undelivered')) AS "sent!",
+                  count(*) FILTER (WHERE status = 'failed') AS "failed!", count(*) FILTER (WHERE status = 'dead') AS "dead!"
+           FROM day_deliveries GROUP BY GROUPING SETS ((instructor_id, channel), (channel))"#
+    );
+    for r in by_channel {
+        let (instructor_id, school, channel, sent, failed, dead) = (r.instructor_id, r.school, r.channel, r.sent, r.failed, r.dead);
         if school {
             // The deliveries' own events (`delivery_events`): they name no instructor.
             map.entry(None).or_default().events += sent + failed + dead;
@@ -252,35 +267,31 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
         }
     }
     // What providers reported that day, by channel.
-    let reported: Vec<(Option<i64>, bool, String, i64, i64)> = sqlx::query_as(
-        "SELECT b.instructor_id, grouping(b.instructor_id) = 1, d.channel,
-                count(*) FILTER (WHERE d.status = 'delivered'), count(*) FILTER (WHERE d.status = 'undelivered')
+    let reported = sqlx::query!(
+        r#"SELECT b.instructor_id AS "instructor_id?", grouping(b.instructor_id) = 1 AS "school!", d.channel AS "channel!",
+                count(*) FILTER (WHERE d.status = 'delivered') AS "delivered!", count(*) FILTER (WHERE d.status = 'undelivered') AS "undelivered!"
          FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id LEFT JOIN bookings b ON b.id = n.booking_id
          WHERE (d.status = 'delivered' AND d.delivered_at >= $1 AND d.delivered_at < $2)
             OR (d.status = 'undelivered' AND d.updated_at >= $1 AND d.updated_at < $2)
-         GROUP BY GROUPING SETS ((b.instructor_id, d.channel), (d.channel))",
+         GROUP BY GROUPING SETS ((b.instructor_id, d.channel), (d.channel))"#,
+        start,
+        end,
     )
-    .bind(start)
-    .bind(end)
     .fetch_all(&mut *conn)
     .await?;
-    for (instructor_id, school, channel, delivered, undelivered) in reported {
+    for r in reported {
+        let (instructor_id, school, channel, delivered, undelivered) = (r.instructor_id, r.school, r.channel, r.delivered, r.undelivered);
         if school || instructor_id.is_some() {
             let key = if school { None } else { instructor_id };
             map.entry(key).or_default().receipts.insert(channel, (delivered, undelivered));
         }
     }
-    let lateness: Vec<Lateness> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "WITH {DAY_DELIVERIES}
-         SELECT instructor_id, grouping(instructor_id) = 1 AS school,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p50,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p95
-         FROM day_deliveries WHERE status IN ('sent', 'delivered', 'undelivered') GROUP BY GROUPING SETS ((instructor_id), ())"
-    )))
-    .bind(start)
-    .bind(end)
-    .fetch_all(&mut *conn)
-    .await?;
+    let lateness = with_day_deliveries!(
+        r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!",
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p50,
+                  percentile_cont(0.95) WITHIN GROUP (ORDER BY (extract(epoch FROM sent_at - due_at) * 1000)::float8) AS p95
+           FROM day_deliveries WHERE status IN ('sent', 'delivered', 'undelivered') GROUP BY GROUPING SETS ((instructor_id), ())"#
+    );
     for l in lateness {
         if l.school || l.instructor_id.is_some() {
             let r = map.entry(if l.school { None } else { l.instructor_id }).or_default();
@@ -288,16 +299,17 @@ pub async fn compute_day(conn: &mut PgConnection, start: DateTime<Utc>, end: Dat
             r.p95_ms = l.p95;
         }
     }
-    let fills: Vec<(Option<i64>, bool, Option<f64>)> = sqlx::query_as(
-        "SELECT instructor_id, grouping(instructor_id) = 1,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY (extract(epoch FROM accepted_at - freed_at) / 60)::float8)
-         FROM slot_offers WHERE accepted_at >= $1 AND accepted_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())",
+    let fills = sqlx::query!(
+        r#"SELECT instructor_id AS "instructor_id?", grouping(instructor_id) = 1 AS "school!",
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY (extract(epoch FROM accepted_at - freed_at) / 60)::float8) AS p50
+         FROM slot_offers WHERE accepted_at >= $1 AND accepted_at < $2 GROUP BY GROUPING SETS ((instructor_id), ())"#,
+        start,
+        end,
     )
-    .bind(start)
-    .bind(end)
     .fetch_all(&mut *conn)
     .await?;
-    for (instructor_id, school, p50) in fills {
+    for r in fills {
+        let (instructor_id, school, p50) = (r.instructor_id, r.school, r.p50);
         if school || instructor_id.is_some() {
             map.entry(if school { None } else { instructor_id }).or_default().fill_minutes_p50 = p50;
         }
@@ -316,7 +328,7 @@ async fn store_day(
     now: DateTime<Utc>,
 ) -> Result<usize, sqlx::Error> {
     for (instructor, r) in rows {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO daily_rollups (day, instructor_id, bookings_made, lessons_completed, cancellations, no_shows, revenue_minor,
                                         deliveries, delivery_success_rate, due_to_sent_p50_ms, due_to_sent_p95_ms, events, computed_at,
                                         slots_offered, slots_filled, fill_minutes_p50, receipts)
@@ -329,33 +341,35 @@ async fn store_day(
                 events = EXCLUDED.events, computed_at = EXCLUDED.computed_at,
                 slots_offered = EXCLUDED.slots_offered, slots_filled = EXCLUDED.slots_filled,
                 fill_minutes_p50 = EXCLUDED.fill_minutes_p50, receipts = EXCLUDED.receipts",
+            day,
+            *instructor,
+            r.bookings_made as i32,
+            r.lessons_completed as i32,
+            r.cancellations as i32,
+            r.no_shows as i32,
+            r.revenue_minor,
+            r.deliveries_json(),
+            r.success_rate(),
+            r.p50_ms,
+            r.p95_ms,
+            r.events as i32,
+            now,
+            r.slots_offered as i32,
+            r.slots_filled as i32,
+            r.fill_minutes_p50,
+            r.receipts_json(),
         )
-        .bind(day)
-        .bind(instructor)
-        .bind(r.bookings_made as i32)
-        .bind(r.lessons_completed as i32)
-        .bind(r.cancellations as i32)
-        .bind(r.no_shows as i32)
-        .bind(r.revenue_minor)
-        .bind(r.deliveries_json())
-        .bind(r.success_rate())
-        .bind(r.p50_ms)
-        .bind(r.p95_ms)
-        .bind(r.events as i32)
-        .bind(now)
-        .bind(r.slots_offered as i32)
-        .bind(r.slots_filled as i32)
-        .bind(r.fill_minutes_p50)
-        .bind(r.receipts_json())
         .execute(&mut *conn)
         .await?;
     }
     let keep: Vec<i64> = rows.keys().flatten().copied().collect();
-    sqlx::query("DELETE FROM daily_rollups WHERE day = $1 AND instructor_id IS NOT NULL AND instructor_id <> ALL($2)")
-        .bind(day)
-        .bind(&keep)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM daily_rollups WHERE day = $1 AND instructor_id IS NOT NULL AND instructor_id <> ALL($2)",
+        day,
+        &keep,
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(rows.len())
 }
 
@@ -363,8 +377,8 @@ async fn store_day(
 /// currency), and leads whose user has booked become `active`. Only rows that change are
 /// written. Returns (revalued, activated).
 async fn crm(conn: &mut PgConnection) -> Result<(u64, u64), sqlx::Error> {
-    let rows: Vec<(i64, bool)> = sqlx::query_as(
-        "WITH v AS (
+    let rows = sqlx::query!(
+        r#"WITH v AS (
             SELECT c.id, c.lead_status AS old_status,
                    coalesce((SELECT sum(p.amount_minor) FROM students s JOIN payments p ON p.student_id = s.id
                              WHERE s.user_id = c.user_id AND p.status = 'succeeded' AND p.currency = c.currency), 0)::bigint AS ltv,
@@ -375,13 +389,13 @@ async fn crm(conn: &mut PgConnection) -> Result<(u64, u64), sqlx::Error> {
              lead_status = CASE WHEN c.lead_status = 'lead' AND v.booked THEN 'active' ELSE c.lead_status END
          FROM v
          WHERE v.id = c.id AND (c.lifetime_value_minor <> v.ltv OR (c.lead_status = 'lead' AND v.booked))
-         RETURNING c.id, (v.old_status = 'lead' AND v.booked) AS activated",
+         RETURNING c.id, (v.old_status = 'lead' AND v.booked) AS "activated!""#
     )
     .fetch_all(&mut *conn)
     .await?;
-    let activated = rows.iter().filter(|(_, a)| *a).count() as u64;
-    for (id, a) in &rows {
-        tracing::info!(contact = id, activated = a, "crm contact figures updated");
+    let activated = rows.iter().filter(|r| r.activated).count() as u64;
+    for r in &rows {
+        tracing::info!(contact = r.id, activated = r.activated, "crm contact figures updated");
     }
     Ok((rows.len() as u64, activated))
 }

@@ -16,7 +16,6 @@ use dashlight_core::{
     notify::{self, NewNotification},
 };
 use serde_json::json;
-use sqlx::FromRow;
 
 use super::{Context, PeriodicError, existing_keys};
 
@@ -29,13 +28,10 @@ pub fn dedupe_key(student_id: i64, test: DateTime<Utc>, label: &str) -> String {
 }
 
 /// The candidate scan: students with a test ahead of `$1`, and students with open reminders.
-/// `pub` so tests can EXPLAIN it.
-pub const SCAN_SQL: &str = "SELECT s.id, s.user_id, s.test_dates FROM students s WHERE latest_test_date(s.test_dates) > $1
-     UNION
-     SELECT s.id, s.user_id, s.test_dates FROM students s
-     WHERE s.user_id IN (SELECT user_id FROM notifications WHERE type = 'test_reminder' AND status IN ('pending', 'processing'))";
+/// `pub` so tests can EXPLAIN it; [`run`] runs the same file through `query_file_as!`.
+pub const SCAN_SQL: &str = include_str!("../../queries/test_reminders_scan.sql");
 
-#[derive(Debug, FromRow)]
+#[derive(Debug)]
 struct StudentRow {
     id: i64,
     user_id: i64,
@@ -52,7 +48,9 @@ struct Wanted {
 
 /// Creates the reminders that are missing and cancels stale ones; returns the summary line.
 pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
-    let students: Vec<StudentRow> = sqlx::query_as(SCAN_SQL).bind(now).fetch_all(&ctx.pool).await?;
+    let students: Vec<StudentRow> = sqlx::query_file_as!(StudentRow, "queries/test_reminders_scan.sql", now)
+        .fetch_all(&ctx.pool)
+        .await?;
     // Per student, the reminders of every test still ahead.
     let wanted: Vec<Vec<Wanted>> = students
         .iter()
@@ -77,17 +75,17 @@ pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicEr
     let users: Vec<i64> = students.iter().map(|s| s.user_id).collect();
     let mut conn = ctx.pool.acquire().await?;
     let exists = existing_keys(&mut conn, &keys).await?;
-    let open_rows: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT user_id, dedupe_key FROM notifications
-         WHERE type = 'test_reminder' AND status IN ('pending', 'processing') AND user_id = ANY($1)",
+    let open_rows = sqlx::query!(
+        r#"SELECT user_id AS "user_id!", dedupe_key FROM notifications
+         WHERE type = 'test_reminder' AND status IN ('pending', 'processing') AND user_id = ANY($1)"#,
+        &users,
     )
-    .bind(&users)
     .fetch_all(&mut *conn)
     .await?;
     drop(conn);
     let mut open: HashMap<i64, Vec<String>> = HashMap::new();
-    for (user, key) in open_rows {
-        open.entry(user).or_default().push(key);
+    for r in open_rows {
+        open.entry(r.user_id).or_default().push(r.dedupe_key);
     }
 
     let (mut created, mut skipped, mut cancelled) = (0usize, 0usize, 0usize);

@@ -483,11 +483,12 @@ async fn page_view(
     let mut conn = state.pool.acquire().await?;
     let lessons = access::upcoming_lessons(&mut conn, o.user_id, now).await?;
     let feed = access::feed(&mut conn, o.user_id, now).await?;
-    let prefs: Option<Preferences> = sqlx::query_as(
+    let prefs: Option<Preferences> = sqlx::query_as!(
+        Preferences,
         "SELECT user_id, email_notifications, sms_notifications, push_notifications, quiet_hours_start, quiet_hours_end
          FROM user_preferences WHERE user_id = $1",
+        o.user_id,
     )
-    .bind(o.user_id)
     .fetch_optional(&mut *conn)
     .await?;
     let opted_out = people::email_opt_outs(&mut conn, o.user_id).await?;
