@@ -2,8 +2,11 @@
 //! queue or a channel, with who did it and when on record. The one writer of `queue_pauses` and
 //! `queue_control_events`.
 //!
-//! - A paused **queue** is not fetched by any worker: [`crate::queue::JobQueue::fetch`] skips it;
-//!   jobs already held finish. [`resume`] wakes the workers the way apalis's insert trigger does.
+//! - A paused **queue** is not fetched by any worker: the notification queue's
+//!   [`crate::queue::JobQueue::fetch`] has the pause in its statement, and the periodic queue's
+//!   stock apalis worker fetches through a storage that asks [`queue_paused`] first
+//!   (worker/src/periodic/storage.rs). Jobs already held finish. [`resume`] wakes the workers the
+//!   way apalis's insert trigger does.
 //! - A paused **channel** leaves its sends `pending` with the pause as their `hold_reason`: the
 //!   worker's recorder reads [`held_channels`] in the transaction that claims sends (so a resume
 //!   that commits first is always seen) and holds those sends instead of claiming them. Other
@@ -45,23 +48,25 @@ impl Scope {
     }
 }
 
-/// Queues that can be paused: those drained by Dashlight's own fetch loop. The periodic queue
-/// runs on a stock apalis worker whose fetch cannot be told to skip it.
-pub const PAUSABLE_QUEUES: [&str; 1] = [QUEUE_NOTIFICATIONS];
-
-/// Checks a pause target: a queue of [`PAUSABLE_QUEUES`] or a channel name. Returns the message
-/// for a bad one.
+/// Checks a pause target: a queue of [`QUEUES`] or a channel name. Returns the message for a
+/// bad one.
 pub fn check_target(scope: Scope, name: &str) -> Result<(), String> {
     match scope {
-        Scope::Queue if PAUSABLE_QUEUES.contains(&name) => Ok(()),
-        Scope::Queue if QUEUES.contains(&name) => Err(format!(
-            "{name} runs on a stock apalis worker and cannot be paused; pausable: {}",
-            PAUSABLE_QUEUES.join(", ")
-        )),
-        Scope::Queue => Err(format!("expected one of {}", PAUSABLE_QUEUES.join(", "))),
+        Scope::Queue if QUEUES.contains(&name) => Ok(()),
+        Scope::Queue => Err(format!("expected one of {}", QUEUES.join(", "))),
         Scope::Channel if Channel::parse(name).is_some() => Ok(()),
         Scope::Channel => Err("expected one of email, sms, push".into()),
     }
+}
+
+/// Whether `queue` is paused: asked by the periodic queue's fetch, in its transaction, just
+/// before it claims jobs (the notification queue's fetch has the same condition in its own
+/// statement).
+pub async fn queue_paused<'c>(exec: impl PgExecutor<'c>, queue: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_pauses WHERE scope = 'queue' AND name = $1)")
+        .bind(queue)
+        .fetch_one(exec)
+        .await
 }
 
 /// A pause in force.

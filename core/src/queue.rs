@@ -23,7 +23,8 @@
 //! 1.0's `Backend` trait cannot express that: its poll yields a stream of single tasks and its ack
 //! layer writes `apalis.jobs` on its own connection, so implementing the trait for the batched
 //! path would bring back the per-job acknowledgement it exists to remove. The periodic queue has
-//! no such need and runs on a stock apalis worker.
+//! no such need and runs on a stock apalis worker (over apalis-postgres's own statements, with a
+//! fetch that honours a pause: worker/src/periodic/storage.rs).
 //!
 //! ## What apalis guarantees still hold, and how the two kinds of worker coexist
 //!

@@ -432,6 +432,177 @@ async fn scenario(ui: &Ui<'_>, w: &World, token: &str, booking: i64, refused: i6
     Ok(())
 }
 
+/// The Pause and Resume buttons of the Queues page, pressed in the browser: a channel paused
+/// with a reason typed into the prompt, a queue paused without one, each on record (who, when,
+/// why) and shown on the page; each resumed, and the pause lifted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_pauses_and_resumes_a_channel_and_a_queue_in_the_browser() {
+    let driver = Driver::start()
+        .await
+        .expect("chromedriver (run `.ci/setup-browser` if it is missing)");
+    let w = World::start().await;
+    let server = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
+    let token = w.config.admin_api_token.clone().expect("the test configuration has a token");
+    let browser = driver.browser(DESKTOP).await.expect("a Chromium session");
+    let ui = Ui {
+        c: &browser,
+        base: &server.base,
+    };
+    let outcome = pause_and_resume(&ui, &server, &token).await;
+    let _ = ui.shot("controls-last.png").await;
+    browser.close().await.expect("closing the browser");
+    outcome.unwrap();
+    server.stop().await;
+    drop(driver);
+}
+
+/// The pauses in force through the API: (scope, name) → (by, at, reason).
+async fn pauses_on_record(
+    api: &dashlight_tests::api::RunningApi,
+) -> anyhow::Result<Vec<(String, String, String, chrono::DateTime<Utc>, Option<String>)>> {
+    let body = api.get("/api/pauses").await.expect(200);
+    let mut out = Vec::new();
+    for p in body["pauses"].as_array().context("pauses")? {
+        out.push((
+            p["scope"].as_str().context("scope")?.to_owned(),
+            p["name"].as_str().context("name")?.to_owned(),
+            p["paused_by"].as_str().context("paused_by")?.to_owned(),
+            p["paused_at"].as_str().context("paused_at")?.parse()?,
+            p["reason"].as_str().map(str::to_owned),
+        ));
+    }
+    Ok(out)
+}
+
+/// Presses the button of `action` (`pause` or `resume`) on the row `row` (`channel:sms`), answers
+/// a pause's prompt with `reason`, and waits for the reloaded page to offer the other button.
+async fn press(ui: &Ui<'_>, row: &str, action: &str, reason: Option<&str>) -> anyhow::Result<String> {
+    let other = if action == "pause" { "resume" } else { "pause" };
+    // The page reloads itself every few seconds; hold that while the test reads and presses.
+    ui.js("window.stop()").await?;
+    ui.wait_for(&format!("tr[data-control-row=\"{row}\"] button[data-action={action}]"))
+        .await?
+        .click()
+        .await?;
+    if action == "pause" {
+        let asked = try_wait_until("the pause's prompt", LONG, || async { Ok(ui.c.get_alert_text().await.ok()) }).await?;
+        ensure!(asked.contains("why?"), "the prompt asks why: {asked}");
+        if let Some(reason) = reason {
+            ui.c.send_alert_text(reason).await?;
+        }
+        ui.c.accept_alert().await?;
+    }
+    ui.wait_for(&format!("tr[data-control-row=\"{row}\"] button[data-action={other}]"))
+        .await?;
+    let flash = try_wait_until("the page's message", LONG, || async {
+        let text = ui
+            .js("var f = document.getElementById('flash'); return f ? f.textContent : ''")
+            .await?;
+        Ok(text.as_str().filter(|t| !t.is_empty()).map(str::to_owned))
+    })
+    .await?;
+    ui.js("window.stop()").await?;
+    Ok(flash)
+}
+
+async fn pause_and_resume(ui: &Ui<'_>, api: &dashlight_tests::api::RunningApi, token: &str) -> anyhow::Result<()> {
+    ui.goto("/").await?;
+    ui.sign_in(token).await?;
+    ui.wait_for("#controls").await?;
+    let rows = ui
+        .js("return Array.from(document.querySelectorAll('tr[data-control-row]')).map(r => r.getAttribute('data-control-row'))")
+        .await?;
+    let rows: Vec<String> = serde_json::from_value(rows)?;
+    ensure!(
+        rows == [
+            "queue:dashlight.notifications",
+            "queue:dashlight.periodic",
+            "channel:email",
+            "channel:sms",
+            "channel:push"
+        ],
+        "every queue and channel has its buttons: {rows:?}"
+    );
+    ensure!(pauses_on_record(api).await?.is_empty(), "nothing paused yet");
+
+    // Pause SMS, with a reason.
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let flash = press(ui, "channel:sms", "pause", Some("Twilio incident 1234")).await?;
+    ensure!(flash == "channel sms is paused.", "{flash}");
+    let on_record = pauses_on_record(api).await?;
+    ensure!(on_record.len() == 1, "{on_record:?}");
+    let (scope, name, by, at, reason) = &on_record[0];
+    ensure!(
+        (scope.as_str(), name.as_str(), by.as_str(), reason.as_deref()) == ("channel", "sms", "dashboard", Some("Twilio incident 1234")),
+        "{on_record:?}"
+    );
+    ensure!(*at >= before && *at <= Utc::now(), "paused at {at}");
+    let shown = ui.text("tr[data-control-row=\"channel:sms\"]").await?;
+    ensure!(
+        shown.contains("paused by dashboard at") && shown.contains("Twilio incident 1234"),
+        "{shown}"
+    );
+    ui.shot("controls-sms-paused.png").await?;
+
+    // Pause the periodic queue, no reason given.
+    let flash = press(ui, "queue:dashlight.periodic", "pause", None).await?;
+    ensure!(flash == "queue dashlight.periodic is paused.", "{flash}");
+    let on_record = pauses_on_record(api).await?;
+    let queue = on_record.iter().find(|p| p.0 == "queue").context("the queue's pause on record")?;
+    ensure!(
+        (queue.1.as_str(), queue.2.as_str(), queue.4.as_deref()) == ("dashlight.periodic", "dashboard", None),
+        "{on_record:?}"
+    );
+    let shown = ui.text("tr[data-control-row=\"queue:dashlight.periodic\"]").await?;
+    ensure!(shown.contains("paused by dashboard at"), "{shown}");
+    let events = ui.text("#control-events").await?;
+    ensure!(
+        events.contains("dashboard paused queue dashlight.periodic")
+            && events.contains("dashboard paused channel sms (Twilio incident 1234)"),
+        "{events}"
+    );
+    ui.shot("controls-both-paused.png").await?;
+
+    // Resume both: the pauses are lifted, the resumes on record.
+    let flash = press(ui, "channel:sms", "resume", None).await?;
+    ensure!(flash == "channel sms is resumed.", "{flash}");
+    ensure!(
+        ui.text("tr[data-control-row=\"channel:sms\"]").await?.contains("running"),
+        "sms shows running"
+    );
+    let flash = press(ui, "queue:dashlight.periodic", "resume", None).await?;
+    ensure!(flash == "queue dashlight.periodic is resumed.", "{flash}");
+    ensure!(pauses_on_record(api).await?.is_empty(), "both pauses lifted");
+    let shown = ui.text("tr[data-control-row=\"queue:dashlight.periodic\"]").await?;
+    ensure!(shown.contains("running") && !shown.contains("paused"), "{shown}");
+    let record = api.get("/api/pauses").await.expect(200);
+    let record: Vec<(String, String, String)> = record["events"]
+        .as_array()
+        .context("events")?
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap_or_default().to_owned(),
+                e["name"].as_str().unwrap_or_default().to_owned(),
+                e["actor"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected: Vec<(String, String, String)> = [
+        ("resume", "dashlight.periodic"),
+        ("resume", "sms"),
+        ("pause", "dashlight.periodic"),
+        ("pause", "sms"),
+    ]
+    .iter()
+    .map(|(a, n)| (a.to_string(), n.to_string(), "dashboard".to_owned()))
+    .collect();
+    ensure!(record == expected, "on record, newest first: {record:?}");
+    ui.no_script_ran().await?;
+    ui.shot("controls-resumed.png").await?;
+    Ok(())
+}
+
 const EMAIL_OF_DELIVERY: &str = "SELECT id, status FROM notification_deliveries WHERE id = $1";
 
 /// The rules around the session, over plain HTTP (no browser needed): redirects, the cookie's

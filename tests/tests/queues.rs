@@ -94,9 +94,6 @@ async fn a_paused_queue_sends_nothing_while_other_queues_go_on_and_everything_af
     api.post("/api/queues/nope/pause", json!({}))
         .await
         .expect_error(422, "invalid_value", Some("queue"));
-    api.post("/api/queues/dashlight.periodic/pause", json!({}))
-        .await
-        .expect_error(422, "invalid_value", Some("queue"));
     api.post("/api/channels/fax/pause", json!({}))
         .await
         .expect_error(422, "invalid_value", Some("channel"));
@@ -163,6 +160,114 @@ async fn a_paused_queue_sends_nothing_while_other_queues_go_on_and_everything_af
     // A resume of what is not paused changes nothing.
     let again = api.post("/api/queues/dashlight.notifications/resume", json!({})).await.expect(200);
     assert_eq!(again["was_paused"], false);
+    worker.stop().await.unwrap();
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_paused_periodic_queue_runs_no_tick_until_resumed_while_notifications_go_on() {
+    let w = World::start().await;
+    let api = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
+    let student = w.person("student", "Tamsin", None).await;
+    // Paused before the worker starts: the pause is a row every worker reads, not a worker's state.
+    let paused = api
+        .post(
+            "/api/queues/dashlight.periodic/pause",
+            json!({"by": "ops-erin", "reason": "bad invoice run"}),
+        )
+        .await
+        .expect(200);
+    assert_eq!(
+        (paused["paused_by"].as_str(), paused["name"].as_str()),
+        (Some("ops-erin"), Some(QUEUE_PERIODIC))
+    );
+    let worker = w.spawn_worker(Clock::system());
+
+    // A due tick, fired the way the scheduler fires it.
+    assert!(
+        dashlight_scheduler::fire(w.pool(), PeriodicTask::PruneJobs, Utc::now(), "scheduler-test")
+            .await
+            .unwrap()
+    );
+    let fired_at: chrono::DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(w.pool()).await.unwrap();
+    let job: String = sqlx::query_scalar("SELECT id FROM apalis.jobs WHERE job_type = $1")
+        .bind(QUEUE_PERIODIC)
+        .fetch_one(w.pool())
+        .await
+        .unwrap();
+    // The other queue goes on.
+    let mut conn = w.pool().acquire().await.unwrap();
+    invoice(&mut conn, &student, "while-periodic-paused").await;
+    drop(conn);
+    w.smtp.wait_for_messages(1, LONG).await.unwrap();
+    // The periodic worker is alive and going round its loop (a heartbeat after the tick, and ten
+    // of its 100 ms poll intervals gone by), yet has not fetched the due job.
+    try_wait_until("the periodic worker to beat after the tick", LONG, || async {
+        let beat: Option<bool> = sqlx::query_scalar("SELECT bool_or(last_seen > $2) FROM apalis.workers WHERE worker_type = $1")
+            .bind(QUEUE_PERIODIC)
+            .bind(fired_at)
+            .fetch_one(w.pool())
+            .await?;
+        Ok(beat.unwrap_or(false).then_some(()))
+    })
+    .await
+    .unwrap();
+    wait_until("ten poll intervals after the tick", LONG, || async {
+        (Utc::now() > fired_at + chrono::Duration::from_std(w.config.poll_interval * 10).unwrap()).then_some(())
+    })
+    .await
+    .unwrap();
+    let row: (String, i32, Option<String>) = sqlx::query_as("SELECT status, attempts, lock_by FROM apalis.jobs WHERE id = $1")
+        .bind(&job)
+        .fetch_one(w.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        row,
+        ("Pending".to_owned(), 0, None),
+        "nothing fetched from the paused periodic queue"
+    );
+
+    let resumed_at = Instant::now();
+    let resumed = api
+        .post("/api/queues/dashlight.periodic/resume", json!({"by": "ops-frank"}))
+        .await
+        .expect(200);
+    assert_eq!(resumed["was_paused"], true);
+    try_wait_until("the tick's job to run after the resume", LONG, || async {
+        let status: String = sqlx::query_scalar("SELECT status FROM apalis.jobs WHERE id = $1")
+            .bind(&job)
+            .fetch_one(w.pool())
+            .await?;
+        Ok((status == "Done").then_some(()))
+    })
+    .await
+    .unwrap();
+    tracing::info!(
+        after_ms = resumed_at.elapsed().as_millis() as u64,
+        "periodic job ran after the resume"
+    );
+    let pauses = api.get("/api/pauses").await.expect(200);
+    assert!(pauses["pauses"].as_array().unwrap().is_empty());
+    let events: Vec<(String, String, String)> = pauses["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+                e["actor"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (QUEUE_PERIODIC.to_owned(), "resume".to_owned(), "ops-frank".to_owned()),
+            (QUEUE_PERIODIC.to_owned(), "pause".to_owned(), "ops-erin".to_owned()),
+        ]
+    );
     worker.stop().await.unwrap();
     api.stop().await;
 }

@@ -11,8 +11,9 @@
 //! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).
 //!
 //! The queue tables belong to `dashlight_core::queue`. [`run`] starts the notification drain
-//! and a stock apalis worker for the periodic queue, and stops cleanly when `shutdown`
-//! resolves: in-flight sends finish, nothing new is fetched.
+//! and a stock apalis worker for the periodic queue (on [`periodic::storage`], apalis-postgres's
+//! statements with a fetch that honours a pause), and stops cleanly when `shutdown` resolves:
+//! in-flight sends finish, nothing new is fetched.
 
 pub mod channels;
 pub mod delivery;
@@ -25,7 +26,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use apalis::prelude::*;
-use apalis_postgres::{Config as PgConfig, PostgresStorage};
+use apalis_postgres::Config as PgConfig;
 use dashlight_core::{
     Clock, Config, db,
     jobs::{PeriodicJob, QUEUE_PERIODIC},
@@ -36,6 +37,7 @@ use sqlx::PgPool;
 use crate::{
     channels::{email, outbox::Outbox, push::PushSender, sms::SmsSender},
     delivery::{DeliverySettings, Pipeline},
+    periodic::storage::PausableStorage,
     render::Renderer,
 };
 
@@ -141,8 +143,10 @@ async fn periodic(payload: serde_json::Value, ctx: Data<periodic::Context>, id: 
     }
 }
 
-fn storage<T>(pool: &PgPool, queue: &str, batch: usize) -> PostgresStorage<T> {
-    PostgresStorage::new(pool).with_config(
+/// apalis's storage of `queue`, fetching nothing while the queue is paused.
+fn storage<T>(pool: &PgPool, queue: &str, batch: usize) -> PausableStorage<T> {
+    PausableStorage::new(
+        pool,
         PgConfig::default()
             .queue(queue)
             .batch_size(batch)
@@ -154,7 +158,7 @@ fn storage<T>(pool: &PgPool, queue: &str, batch: usize) -> PostgresStorage<T> {
 
 /// Runs the workers until `shutdown` resolves, then lets in-flight jobs finish (up to 30 s):
 /// the notification queue through the batched [`drain::Drain`], the periodic queue through a
-/// stock apalis worker.
+/// stock apalis worker on [`PausableStorage`]. Both honour a pause of their queue.
 pub async fn run(config: &Config, pool: PgPool, clock: Clock, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let name = worker_name("worker");
     let key = dashlight_core::signing::load_from(&pool).await?;

@@ -13,6 +13,10 @@
 //! - A provider's 429 (any transient refusal with `Retry-After`) holds the channel in every worker
 //!   until then ([`Limits::provider_hold`]): the gates of all workers see `held_until` at their
 //!   next take and wait it out.
+//! - A channel without a rate limit has no budget to take: its sends pass at once, with no round
+//!   trip and no wait, unless its provider asked to wait. That hold is known without a round
+//!   trip per send: this worker's own at once, another worker's within [`HOLD_REFRESH`] (each
+//!   worker reads the holds in force that often).
 //! - [`PriorityPermits`]: the drain's send slots, handed out highest priority first (a reminder's
 //!   chunk goes before the bulk chunks already waiting).
 //!
@@ -22,13 +26,20 @@
 use std::{
     cmp::Ordering,
     collections::BinaryHeap,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{
+        Arc, Mutex,
+        atomic::{self, AtomicI64},
+    },
+    time::{Duration, Instant},
 };
 
+use chrono::Utc;
 use dashlight_core::{config::RateLimits, kinds::Channel};
 use sqlx::PgPool;
 use tokio::sync::{Notify, oneshot};
+
+/// How often each worker reads the providers' holds for its channels without a rate limit.
+pub const HOLD_REFRESH: Duration = Duration::from_millis(100);
 
 /// The bucket size for `rate` messages per second: a tenth of a second's worth, at least one.
 pub fn burst(rate: f64) -> f64 {
@@ -54,6 +65,36 @@ struct Gate {
     rate: Option<f64>,
     waiting: Mutex<Queue>,
     wake: Notify,
+    /// Until when (Unix ms) its provider asked it to wait, as last known: the hold of a channel
+    /// without a rate limit, checked without a round trip.
+    held_until_ms: AtomicI64,
+}
+
+impl Gate {
+    /// Holds the gate until `until_ms` (Unix ms) unless it is held longer already.
+    fn hold_until(&self, until_ms: i64) {
+        self.held_until_ms.fetch_max(until_ms, atomic::Ordering::AcqRel);
+    }
+
+    /// Waits out the provider's hold as known (a channel without a rate limit). Returns at
+    /// once, without yielding, when there is none.
+    async fn wait_out_hold(&self) -> Duration {
+        let mut started: Option<Instant> = None;
+        loop {
+            let left = self.held_until_ms.load(atomic::Ordering::Acquire) - Utc::now().timestamp_millis();
+            if left <= 0 {
+                break;
+            }
+            started.get_or_insert_with(Instant::now);
+            tokio::time::sleep(Duration::from_millis(left.unsigned_abs())).await;
+        }
+        let Some(started) = started else {
+            return Duration::ZERO;
+        };
+        let waited = started.elapsed();
+        metrics::histogram!("dashlight_send_budget_wait_seconds", "channel" => self.channel.as_str()).record(waited.as_secs_f64());
+        waited
+    }
 }
 
 /// Waiters, highest priority first, then first come.
@@ -105,6 +146,7 @@ impl Limits {
                 seq: 0,
             }),
             wake: Notify::new(),
+            held_until_ms: AtomicI64::new(0),
         };
         Limits {
             pool,
@@ -115,8 +157,11 @@ impl Limits {
     /// Waits until `channel` may send one message: within its budget and not held by its
     /// provider. Higher `priority` goes first. Returns how long it waited.
     pub async fn acquire(&self, channel: Channel, priority: i32) -> Duration {
-        let started = std::time::Instant::now();
         let gate = &self.gates[index(channel)];
+        if gate.rate.is_none() {
+            return gate.wait_out_hold().await;
+        }
+        let started = Instant::now();
         let (tx, rx) = oneshot::channel();
         {
             let mut q = gate.waiting.lock().expect("not poisoned");
@@ -137,6 +182,9 @@ impl Limits {
     /// in every worker until then (a longer hold already in force stays). `reason` is kept with
     /// it for operators.
     pub async fn provider_hold(&self, channel: Channel, retry_after: Duration, reason: &str) -> Result<(), sqlx::Error> {
+        // This worker holds at once, whatever becomes of the write.
+        let wait_ms = i64::try_from(retry_after.as_millis()).unwrap_or(i64::MAX / 2);
+        self.gates[index(channel)].hold_until(Utc::now().timestamp_millis().saturating_add(wait_ms));
         sqlx::query!(
             "UPDATE channel_budgets SET held_until = greatest(held_until, clock_timestamp() + $2), held_reason = $3 WHERE channel = $1",
             channel.as_str(),
@@ -155,16 +203,45 @@ impl Limits {
         Ok(())
     }
 
-    /// Runs every channel's gate until the process ends.
+    /// Runs every rate-limited channel's gate, and the reading of the holds of the others,
+    /// until the process ends.
     pub async fn run(self) {
-        let tasks: Vec<_> = (0..3)
+        let mut tasks: Vec<_> = (0..3)
+            .filter(|&i| self.gates[i].rate.is_some())
             .map(|i| {
                 let this = self.clone();
                 tokio::spawn(async move { this.gate_loop(i).await })
             })
             .collect();
+        if self.gates.iter().any(|g| g.rate.is_none()) {
+            let this = self.clone();
+            tasks.push(tokio::spawn(async move { this.holds_loop().await }));
+        }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// Reads the providers' holds in force every [`HOLD_REFRESH`], for the channels without a
+    /// rate limit (the others read theirs with every take).
+    async fn holds_loop(&self) {
+        let mut failing = false;
+        loop {
+            match dashlight_core::controls::provider_holds(&self.pool).await {
+                Ok(holds) => {
+                    failing = false;
+                    for (channel, until, _) in holds {
+                        self.gates[index(channel)].hold_until(until.timestamp_millis());
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "reading providers' holds failed; the last known ones stay in force");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(HOLD_REFRESH).await;
         }
     }
 
@@ -306,6 +383,34 @@ mod tests {
             t.await.unwrap();
         }
         assert_eq!(*order.lock().unwrap(), vec![1, 3, 0, 2]);
+    }
+
+    #[tokio::test]
+    async fn a_channel_without_a_rate_limit_sends_at_once_and_waits_out_a_known_hold() {
+        // No database behind the pool and no gate task: an unlimited channel needs neither.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let limits = Limits::new(
+            pool,
+            RateLimits {
+                sms: Some(4.0),
+                ..RateLimits::default()
+            },
+        );
+        use futures::FutureExt as _;
+        assert_eq!(
+            limits.acquire(Channel::Email, 10).now_or_never(),
+            Some(Duration::ZERO),
+            "done on its first poll: no round trip, no yield"
+        );
+        limits.gates[index(Channel::Email)].hold_until(Utc::now().timestamp_millis() + 150);
+        assert!(limits.acquire(Channel::Email, 20).now_or_never().is_none(), "held");
+        let waited = limits.acquire(Channel::Email, 20).await;
+        assert!(waited >= Duration::from_millis(100), "waited out the hold: {waited:?}");
+        assert_eq!(limits.acquire(Channel::Push, 10).now_or_never(), Some(Duration::ZERO));
+        // A rate-limited channel goes through its gate (which is not running here).
+        assert!(limits.acquire(Channel::Sms, 10).now_or_never().is_none());
     }
 
     #[test]

@@ -102,7 +102,7 @@ async fn queues_page(state: &AppState) -> Result<QueuesPage, ApiError> {
     let minutes = chart::per_minute(&state.pool, now).await?;
     let pauses = dashlight_core::controls::pauses(&state.pool).await?;
     let holds = dashlight_core::controls::provider_holds(&state.pool).await?;
-    let targets = dashlight_core::controls::PAUSABLE_QUEUES
+    let targets = dashlight_core::jobs::QUEUES
         .iter()
         .map(|q| (dashlight_core::controls::Scope::Queue, q.to_string()))
         .chain(CHANNELS.iter().map(|c| (dashlight_core::controls::Scope::Channel, c.to_string())));

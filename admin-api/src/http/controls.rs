@@ -164,12 +164,12 @@ async fn resume(state: &AppState, scope: Scope, field: &str, name: &str, body: &
 
 /// Pauses a queue: no worker fetches from it (jobs already held finish); survives restarts.
 #[utoipa::path(post, path = "/api/queues/{queue}/pause", tag = "queues",
-    params(("queue" = String, Path, description = "`dashlight.notifications`")),
+    params(("queue" = String, Path, description = "`dashlight.notifications` or `dashlight.periodic`")),
     request_body(content = Option<ControlRequest>, description = "who and why (optional)"),
     responses(
         (status = 200, description = "Paused (a second pause keeps the first one's author and time)", body = PauseOut),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 422, description = "Not a pausable queue, or a bad `by`/`reason`", body = ErrorBody),
+        (status = 422, description = "Not a queue, or a bad `by`/`reason`", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -183,12 +183,12 @@ pub async fn pause_queue(
 
 /// Resumes a queue: workers fetch from it again at once.
 #[utoipa::path(post, path = "/api/queues/{queue}/resume", tag = "queues",
-    params(("queue" = String, Path, description = "`dashlight.notifications`")),
+    params(("queue" = String, Path, description = "`dashlight.notifications` or `dashlight.periodic`")),
     request_body(content = Option<ControlRequest>, description = "who (optional)"),
     responses(
         (status = 200, description = "Resumed (or was not paused)", body = ResumeOut),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
-        (status = 422, description = "Not a pausable queue, or a bad `by`", body = ErrorBody),
+        (status = 422, description = "Not a queue, or a bad `by`", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("bearer" = [])))]

@@ -126,7 +126,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     })
     .await;
     if let Ok(Ok((pauses, holds))) = levers {
-        for q in dashlight_core::controls::PAUSABLE_QUEUES {
+        for q in dashlight_core::jobs::QUEUES {
             let on = pauses
                 .iter()
                 .any(|p| p.scope == dashlight_core::controls::Scope::Queue && p.name == q);

@@ -11,6 +11,8 @@
 //! - [`crm`]: follow-ups for leads left alone for 7 days.
 //! - [`prune`]: finished jobs and old scheduler ticks.
 //! - [`offers`]: slot offers past their expiry marked `expired` (run with the reminder sweep).
+//! - [`storage`]: the periodic queue's apalis backend, which fetches nothing while the queue is
+//!   paused.
 //!
 //! Notifications are only ever produced through [`dashlight_core::notify::create`]; deliveries
 //! belong to [`crate::delivery`]. This module owns `invoices`, `invoice_counters`,
@@ -24,6 +26,7 @@ pub mod offers;
 pub mod prune;
 pub mod recurring;
 pub mod rollup;
+pub mod storage;
 pub mod test_reminders;
 
 use std::{path::PathBuf, time::Duration};

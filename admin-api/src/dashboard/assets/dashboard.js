@@ -88,9 +88,12 @@
         var path = control.getAttribute("data-control");
         var what = control.getAttribute("data-what");
         var body = { by: "dashboard" };
+        // The Queues page reloads itself every few seconds: stop that, so it neither reloads
+        // under the prompt nor cancels the request (the page reloads once the answer is in).
+        window.stop();
         if (control.getAttribute("data-action") === "pause") {
           var reason = window.prompt("Pause " + what + ": why? (kept on record; optional)", "");
-          if (reason === null) return;
+          if (reason === null) { window.location.reload(); return; }
           if (reason) body.reason = reason;
         }
         run(control, function () { return post(path, body); },
