@@ -12,7 +12,8 @@
 //! `dashlight-worker` processes; and the sinks of [`sinks`]. Each scenario prints one JSON line
 //! on stdout (progress goes to stderr).
 //!
-//! - [`raw`]: scenario 1, raw queue drain (in-process apalis, project vs default configuration).
+//! - [`raw`]: scenario 1, raw queue drain (in-process apalis, project vs default configuration);
+//!   [`graphile`]: the same drain by graphile-worker, when `node` and `npm` are on PATH.
 //! - [`burst`]: scenario 2, end-to-end burst, and scenario 5, footprint.
 //! - [`steady`]: scenario 3, steady lateness, and scenario 4, history.
 //! - [`mixed`]: issue #18, reminders' lateness while a bulk of invoice emails drains.
@@ -22,6 +23,7 @@
 
 mod burst;
 mod ceiling;
+mod graphile;
 mod mixed;
 mod pg;
 mod pooler;
@@ -148,6 +150,10 @@ struct Args {
     /// PgBouncer's `default_pool_size` with `--pooler`.
     #[arg(long, default_value_t = 20)]
     pooler_size: u32,
+    /// Scenario 1 without the graphile-worker comparison (which runs whenever `node` and `npm`
+    /// are on PATH).
+    #[arg(long)]
+    no_graphile: bool,
     /// Write BENCHMARKS.md even for a single scenario or --quick.
     #[arg(long)]
     write: bool,
@@ -170,6 +176,39 @@ pub struct Ctx {
     pub db_settings: Vec<String>,
     /// With `--pooler`, PgBouncer's process (its CPU time is reported beside the workers').
     pub pooler_pid: Option<u32>,
+}
+
+/// Run `k` of graphile-worker's drain, reported on stderr.
+async fn graphile_drain(g: &graphile::Graphile, jobs: u64, k: usize) -> anyhow::Result<graphile::GraphileDrain> {
+    let d = g.drain(jobs).await?;
+    let best = d.best.as_ref().expect("checked by Graphile::drain");
+    eprintln!(
+        "  graphile-worker {} run {}: {:.0} jobs/s (best: concurrency {}; {})",
+        d.version,
+        k + 1,
+        best.per_second,
+        best.concurrency,
+        d.runs
+            .iter()
+            .map(|r| format!(
+                "{}: {:.0}{}",
+                r.concurrency,
+                r.per_second,
+                if r.all_completed { "" } else { " NOT ALL COMPLETED" }
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(d)
+}
+
+/// The target directory the bench and worker binaries were built into (`<target>/release/bench`).
+fn target_dir(worker_bin: &std::path::Path) -> anyhow::Result<PathBuf> {
+    worker_bin
+        .parent()
+        .and_then(|release| release.parent())
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("{} has no target directory", worker_bin.display()))
 }
 
 fn main() -> std::process::ExitCode {
@@ -260,11 +299,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     if matches!(s, Scenario::Raw | Scenario::All) {
         eprintln!("== 1. raw queue drain: {} no-op jobs, {} run(s) per variant", sizes.raw_jobs, runs);
+        let graphile = match args.no_graphile {
+            true => Err("--no-graphile".to_owned()),
+            false => graphile::Graphile::find(&target_dir(&ctx.worker_bin)?).await?,
+        };
+        if let Err(why) = &graphile {
+            eprintln!("bench: {why}");
+        }
         let db = pg::BenchDb::create("raw", &ctx.db_settings).await?;
         db.pool.close().await;
         let url = ctx.settings.database_url(&db.url);
         let mut out: Vec<(raw::Variant, raw::DrainResult)> = vec![];
+        let mut graphile_out = vec![];
         for k in 0..runs {
+            // The project's drain and graphile's back to back, in alternating order (this
+            // machine's speed drifts within minutes), then the apalis references.
+            if k % 2 == 1
+                && let Ok(g) = &graphile
+            {
+                graphile_out.push(graphile_drain(g, sizes.raw_jobs, k).await?);
+            }
             for v in raw::Variant::ALL {
                 let queue = format!("bench.noop.{}.{k}", v.as_str());
                 let r = raw::drain(&db, &url, v, &queue, sizes.raw_jobs, &ctx.settings).await?;
@@ -278,10 +332,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     r.transactions_per_job
                 );
                 out.push((v, r));
+                if v == raw::Variant::Project
+                    && k % 2 == 0
+                    && let Ok(g) = &graphile
+                {
+                    graphile_out.push(graphile_drain(g, sizes.raw_jobs, k).await?);
+                }
             }
         }
         db.drop_db().await?;
-        let raw = report::RawSummary::new(&out);
+        let raw = report::RawSummary::new(&out, graphile.as_ref().map(|_| graphile_out.as_slice()).map_err(String::as_str));
+        if let report::GraphileSummary::Measured {
+            version,
+            jobs_per_second,
+            ratio_project_to_graphile,
+            ratio_per_run,
+            ..
+        } = &raw.graphile
+        {
+            eprintln!(
+                "  project {:.0} jobs/s vs graphile-worker {version} {:.0} jobs/s (medians): ratio {:.2} (per run: {})",
+                raw.jobs_per_second.get("project").copied().unwrap_or(f64::NAN),
+                jobs_per_second,
+                ratio_project_to_graphile,
+                ratio_per_run.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+            );
+        }
         println!(
             "{}",
             json!({"scenario": "raw_drain", "jobs": sizes.raw_jobs, "runs": runs, "summary": raw})
@@ -428,6 +504,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     results.elapsed_seconds = started.elapsed().as_secs_f64();
+    if s == Scenario::All {
+        let summary = report::summary(&results);
+        for line in summary.lines() {
+            eprintln!("bench: {line}");
+        }
+        println!("{}", json!({"scenario": "summary", "summary": results.summary_json()}));
+    }
     eprintln!("bench: done in {:.0} s", results.elapsed_seconds);
     let write = !args.no_write
         && args.db_setting.is_empty()

@@ -76,6 +76,18 @@ impl BenchDb {
     /// Creates `dashlight_bench_<pid>_<label>`, migrates it (apalis's schema and ours) and applies
     /// `settings` (`name=value`, as `ALTER DATABASE … SET`) to the sessions opened afterwards.
     pub async fn create(label: &str, settings: &[String]) -> anyhow::Result<BenchDb> {
+        let db = BenchDb::create_unmigrated(label, settings).await?;
+        dashlight_core::db::migrate(&db.pool).await?;
+        Ok(db)
+    }
+
+    /// Creates `dashlight_bench_<pid>_<label>` empty: no schema of ours (graphile-worker's
+    /// comparison migrates its own).
+    pub async fn create_empty(label: &str) -> anyhow::Result<BenchDb> {
+        BenchDb::create_unmigrated(label, &[]).await
+    }
+
+    async fn create_unmigrated(label: &str, settings: &[String]) -> anyhow::Result<BenchDb> {
         let name = format!("{PREFIX}{}_{label}", std::process::id());
         let mut conn = admin().await?;
         sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")))
@@ -101,7 +113,6 @@ impl BenchDb {
         conn.close().await.ok();
         let url = with_db(&server_url(), &name);
         let pool = PgPoolOptions::new().max_connections(20).connect(&url).await?;
-        dashlight_core::db::migrate(&pool).await?;
         Ok(BenchDb { name, url, pool })
     }
 

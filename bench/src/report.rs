@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::{
     burst::BurstRun,
+    graphile::{GraphileDrain, GraphileRun},
     raw::{DrainResult, Variant},
     steady::{SteadyRun, SteadySuite},
 };
@@ -180,11 +181,63 @@ pub struct RawSummary {
     pub ratio_project_to_default: f64,
     /// Every job of every run ended Done.
     pub all_done: bool,
+    /// The same drain run by graphile-worker (issue 20), or why it was not.
+    pub graphile: GraphileSummary,
+}
+
+/// graphile-worker's side of scenario 1.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphileSummary {
+    /// Not run, and why (no `node`/`npm`, or `--no-graphile`).
+    Skipped(String),
+    /// Run once per bench run, beside the project's drain.
+    Measured {
+        /// graphile-worker's version.
+        version: String,
+        /// Jobs/s of each bench run: the best of its concurrencies.
+        per_run: Vec<f64>,
+        /// The concurrency of each run's best.
+        best_concurrency: Vec<u32>,
+        /// Every run, every concurrency: (concurrency, jobs/s).
+        every: Vec<Vec<(u32, f64)>>,
+        /// Median of `per_run`.
+        jobs_per_second: f64,
+        /// The project's median / graphile's median.
+        ratio_project_to_graphile: f64,
+        /// The project's jobs/s over graphile's best, run by run (the figure that survives a
+        /// machine whose speed moves between runs).
+        ratio_per_run: Vec<f64>,
+    },
+}
+
+impl GraphileSummary {
+    /// From the drains of each run, beside the project's runs (`project_per_run`, in the same order).
+    pub fn new(drains: &[GraphileDrain], project_per_run: &[f64], project_median: f64) -> GraphileSummary {
+        let Some(first) = drains.first() else {
+            return GraphileSummary::Skipped("no run".into());
+        };
+        let best: Vec<&GraphileRun> = drains.iter().filter_map(|d| d.best.as_ref()).collect();
+        let per_run: Vec<f64> = best.iter().map(|b| b.per_second).collect();
+        let jobs_per_second = median(per_run.clone());
+        GraphileSummary::Measured {
+            version: first.version.clone(),
+            best_concurrency: best.iter().map(|b| b.concurrency).collect(),
+            every: drains
+                .iter()
+                .map(|d| d.runs.iter().map(|r| (r.concurrency, r.per_second)).collect())
+                .collect(),
+            ratio_per_run: project_per_run.iter().zip(&per_run).map(|(p, g)| p / g).collect(),
+            ratio_project_to_graphile: project_median / jobs_per_second,
+            per_run,
+            jobs_per_second,
+        }
+    }
 }
 
 impl RawSummary {
     /// From the runs.
-    pub fn new(runs: &[(Variant, DrainResult)]) -> RawSummary {
+    pub fn new(runs: &[(Variant, DrainResult)], graphile: Result<&[GraphileDrain], &str>) -> RawSummary {
         let mut per_run: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut tx: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut sessions = BTreeMap::new();
@@ -197,7 +250,16 @@ impl RawSummary {
         let jobs_per_second: BTreeMap<String, f64> = per_run.iter().map(|(k, v)| (k.clone(), median(v.clone()))).collect();
         let ratio =
             jobs_per_second.get("project").copied().unwrap_or(f64::NAN) / jobs_per_second.get("default").copied().unwrap_or(f64::NAN);
+        let graphile = match graphile {
+            Ok(drains) => GraphileSummary::new(
+                drains,
+                per_run.get("project").map(Vec::as_slice).unwrap_or_default(),
+                jobs_per_second.get("project").copied().unwrap_or(f64::NAN),
+            ),
+            Err(why) => GraphileSummary::Skipped(why.to_owned()),
+        };
         RawSummary {
+            graphile,
             jobs_per_second,
             per_run,
             transactions_per_job,
@@ -365,6 +427,87 @@ pub struct Results {
     pub elapsed_seconds: f64,
 }
 
+impl Results {
+    /// The headline figures of `bench all` (issue 20's table), as JSON.
+    pub fn summary_json(&self) -> serde_json::Value {
+        let mut o = serde_json::Map::new();
+        if let Some(raw) = &self.raw {
+            o.insert(
+                "raw_project_jobs_per_second".into(),
+                raw.jobs_per_second.get("project").copied().into(),
+            );
+            if let GraphileSummary::Measured {
+                version,
+                jobs_per_second,
+                ratio_project_to_graphile,
+                ..
+            } = &raw.graphile
+            {
+                o.insert("graphile_version".into(), version.clone().into());
+                o.insert("raw_graphile_jobs_per_second".into(), (*jobs_per_second).into());
+                o.insert("raw_ratio_project_to_graphile".into(), (*ratio_project_to_graphile).into());
+            }
+        }
+        if let Some((b, _)) = &self.burst {
+            o.insert("burst_per_second".into(), b.per_second.into());
+            o.insert("burst_all_recorded".into(), b.all_recorded.into());
+            o.insert("row_writes_per_notification".into(), b.row_writes_per_notification.into());
+            o.insert("worker_cpu_ms_per_notification".into(), b.worker_cpu_ms_per_notification.into());
+            o.insert("postgres_cpu_ms_per_notification".into(), b.postgres_cpu_ms_per_notification.into());
+            o.insert("peak_rss_mib".into(), b.peak_rss_mib.into());
+        }
+        if let Some((st, _)) = &self.steady {
+            o.insert("steady_p99_ms".into(), st.empty.p99_ms.into());
+            if st.history.is_some() {
+                o.insert("history_p99_ratio".into(), st.p99_ratio.into());
+            }
+        }
+        serde_json::Value::Object(o)
+    }
+}
+
+/// The headline figures of `bench all` (issue 20's table), a line each.
+pub fn summary(r: &Results) -> String {
+    let mut o = String::new();
+    if let Some(raw) = &r.raw {
+        let p = raw.jobs_per_second.get("project").copied().unwrap_or(f64::NAN);
+        match &raw.graphile {
+            GraphileSummary::Measured {
+                version,
+                jobs_per_second,
+                ratio_project_to_graphile,
+                ..
+            } => o.push_str(&format!(
+                "raw drain: project {} jobs/s, graphile-worker {version} {} jobs/s: ratio {:.2}× (target ≥ 1.5×)\n",
+                n0(p),
+                n0(*jobs_per_second),
+                ratio_project_to_graphile
+            )),
+            GraphileSummary::Skipped(why) => o.push_str(&format!("raw drain: project {} jobs/s; graphile-worker not run: {why}\n", n0(p))),
+        }
+    }
+    if let Some((b, _)) = &r.burst {
+        o.push_str(&format!(
+            "burst: {} notifications/s{}; {:.2} row writes per notification (target ≤ 5); CPU worker {:.3} + Postgres {:.3} = {:.3} ms per notification (target ≤ 0.2); peak RSS {:.1} MiB\n",
+            n0(b.per_second),
+            if b.all_recorded { ", every one recorded" } else { ", NOT all recorded" },
+            b.row_writes_per_notification,
+            b.worker_cpu_ms_per_notification,
+            b.postgres_cpu_ms_per_notification,
+            b.worker_cpu_ms_per_notification + b.postgres_cpu_ms_per_notification,
+            b.peak_rss_mib
+        ));
+    }
+    if let Some((st, _)) = &r.steady {
+        o.push_str(&format!("steady: p99 {} ms", n0(st.empty.p99_ms)));
+        if st.history.is_some() {
+            o.push_str(&format!(", history ratio {:.2}", st.p99_ratio));
+        }
+        o.push('\n');
+    }
+    o
+}
+
 fn n0(x: f64) -> String {
     if x.is_nan() {
         return "–".into();
@@ -478,6 +621,23 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
             "| 1 | reference: default `Config` + `batch_size(1000)` + `lock_tasks(false)` | (≈ 17,000 in the notes) | {} jobs/s | |",
             n0(t)
         )?;
+        match &raw.graphile {
+            GraphileSummary::Measured {
+                version,
+                jobs_per_second,
+                ratio_project_to_graphile,
+                ..
+            } => writeln!(
+                w,
+                "| 1 | against graphile-worker {version} (same jobs and Postgres, `localQueue` 500, best of concurrency 10/24): ratio project / graphile \
+                 | ≥ 1.5× | {:.2}× ({} vs {} jobs/s) | {} |",
+                ratio_project_to_graphile,
+                n0(p),
+                n0(*jobs_per_second),
+                verdict(*ratio_project_to_graphile >= 1.5)
+            )?,
+            GraphileSummary::Skipped(why) => writeln!(w, "| 1 | against graphile-worker | ≥ 1.5× | not run: {why} | |")?,
+        }
     }
     if let Some((b, _)) = &r.burst {
         writeln!(
@@ -491,6 +651,23 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
                 "**not all recorded**"
             },
             verdict(b.per_second >= 10_000.0 && b.all_recorded)
+        )?;
+    }
+    if let Some((b, _)) = &r.burst {
+        writeln!(
+            w,
+            "| 2 | Postgres row writes (inserts + updates + deletes, every table) per sent notification | ≤ 5 | {:.2} | {} |",
+            b.row_writes_per_notification,
+            verdict(b.row_writes_per_notification <= 5.0)
+        )?;
+        let cpu = b.worker_cpu_ms_per_notification + b.postgres_cpu_ms_per_notification;
+        writeln!(
+            w,
+            "| 2 | CPU per notification, worker + Postgres backends | ≤ 0.2 ms | {:.3} + {:.3} = {:.3} ms | {} |",
+            b.worker_cpu_ms_per_notification,
+            b.postgres_cpu_ms_per_notification,
+            cpu,
+            verdict(cpu <= 0.2)
         )?;
     }
     if let Some((st, suite)) = &r.steady {
@@ -577,6 +754,28 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
                     .collect::<Vec<_>>()
                     .join(", ")
             )?;
+        }
+        match &raw.graphile {
+            GraphileSummary::Measured {
+                version,
+                every,
+                ratio_per_run,
+                ..
+            } => {
+                writeln!(
+                    w,
+                    "- graphile-worker {version} (`bench/graphile/drain.js`, its own database, the same jobs queued with one `add_jobs`, a worker with \
+                     `localQueue: {{ size: 500 }}`, `completeJobBatchDelay: 0`, prepared statements; from just before the worker starts to no job \
+                     left, on the database clock), per run, jobs/s by concurrency: {}; project / graphile's best, per run: {}",
+                    every
+                        .iter()
+                        .map(|r| r.iter().map(|(c, x)| format!("{c}: {}", n0(*x))).collect::<Vec<_>>().join(" / "))
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    ratio_per_run.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(", ")
+                )?;
+            }
+            GraphileSummary::Skipped(why) => writeln!(w, "- graphile-worker: not run ({why})")?,
         }
         writeln!(w)?;
     }

@@ -6,6 +6,7 @@
 pub mod email;
 pub mod outbox;
 pub mod push;
+pub mod push_encrypt;
 pub mod sms;
 
 use std::time::Duration;

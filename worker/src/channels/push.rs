@@ -1,6 +1,6 @@
-//! Web Push: VAPID (RFC 8292) signed, aes128gcm (RFC 8291) encrypted, sent with our own reqwest
-//! client (web-push builds the request; we read status and `Retry-After` ourselves, since
-//! web-push 0.11 hides 429s). 404/410 end a subscription for good.
+//! Web Push: VAPID (RFC 8292) signed with web-push, aes128gcm (RFC 8291) encrypted by
+//! [`push_encrypt`](super::push_encrypt), sent with our own reqwest client (we build the request
+//! and read status and `Retry-After` ourselves, since web-push 0.11 hides 429s). 404/410 end a subscription for good.
 //!
 //! The endpoint comes from whoever registered the device, so the push client is guarded
 //! against server-side request forgery ([`dashlight_core::endpoints`]): unless
@@ -22,11 +22,9 @@ use std::{
 
 use base64::Engine as _;
 use dashlight_core::config::PushConfig;
-use web_push::{
-    ContentEncoding, PartialVapidSignatureBuilder, SubscriptionInfo, Urgency, VapidSignature, VapidSignatureBuilder, WebPushMessageBuilder,
-};
+use web_push::{PartialVapidSignatureBuilder, SubscriptionInfo, VapidSignature, VapidSignatureBuilder};
 
-use super::{SendError, Sent, error_chain, outbox::Outbox, parse_retry_after};
+use super::{SendError, Sent, error_chain, outbox::Outbox, parse_retry_after, push_encrypt};
 
 /// Largest plaintext web-push accepts (it refuses more than 3052 bytes).
 pub const MAX_PAYLOAD: usize = 3052;
@@ -141,25 +139,31 @@ impl PushSender {
                     .origin()
                     .ascii_serialization();
                 let sig = signer.signature_for(&sub, &origin)?;
-                let mut b = WebPushMessageBuilder::new(&sub);
-                b.set_payload(ContentEncoding::Aes128Gcm, &m.payload);
-                b.set_ttl(m.ttl);
-                b.set_urgency(match m.urgency {
-                    "very-low" => Urgency::VeryLow,
-                    "low" => Urgency::Low,
-                    "high" => Urgency::High,
-                    _ => Urgency::Normal,
-                });
-                b.set_vapid_signature(sig);
-                let msg = b
-                    .build()
-                    .map_err(|e| SendError::permanent(format!("invalid subscription or payload: {e}")))?;
-                let req = web_push::request_builder::build_request::<Vec<u8>>(msg);
-                let mut rb = client.post(req.uri().to_string()).timeout(Duration::from_secs(15));
-                for (name, value) in req.headers() {
-                    rb = rb.header(name.as_str(), value.as_bytes());
-                }
-                let resp = rb.body(req.into_body()).send().await.map_err(|e| {
+                let invalid = |e: String| SendError::permanent(format!("invalid subscription or payload: {e}"));
+                let body = push_encrypt::encrypt(
+                    &decode_key(m.p256dh).map_err(|e| invalid(format!("p256dh: {e}")))?,
+                    &decode_key(m.auth).map_err(|e| invalid(format!("auth: {e}")))?,
+                    &m.payload,
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+                let urgency = match m.urgency {
+                    "very-low" | "low" | "high" => m.urgency,
+                    _ => "normal",
+                };
+                let authorization = format!(
+                    "vapid t={}, k={}",
+                    sig.auth_t,
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&sig.auth_k)
+                );
+                let rb = client
+                    .post(m.endpoint)
+                    .timeout(Duration::from_secs(15))
+                    .header("TTL", m.ttl.to_string())
+                    .header("Urgency", urgency)
+                    .header(reqwest::header::CONTENT_ENCODING, "aes128gcm")
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .header(reqwest::header::AUTHORIZATION, authorization);
+                let resp = rb.body(body).send().await.map_err(|e| {
                     if let Some(f) = forbidden_in(&e) {
                         SendError::permanent(format!("push endpoint refused: {f}"))
                     } else {
@@ -189,6 +193,16 @@ impl PushSender {
             }
         }
     }
+}
+
+/// A subscription key as browsers give it: base64url, padded or not (the standard alphabet
+/// accepted too, as web-push accepts it).
+fn decode_key(text: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let text = text.trim().trim_end_matches('=');
+    URL_SAFE_NO_PAD
+        .decode(text)
+        .or_else(|e| STANDARD_NO_PAD.decode(text).map_err(|_| e))
 }
 
 /// The push HTTP client: [`GuardedResolver`] (unless `allow_private`), no redirects, no proxy
