@@ -5,7 +5,7 @@
 //! - A paused **queue** is not fetched by any worker: the notification queue's
 //!   [`crate::queue::JobQueue::fetch`] has the pause in its statement, and the periodic queue's
 //!   stock apalis worker fetches through a storage that asks [`queue_paused`] first
-//!   (worker/src/periodic/storage.rs). Jobs already held finish. [`resume`] wakes the workers the
+//!   (`core/src/queue/stock.rs`). Jobs already held finish. [`resume`] wakes the workers the
 //!   way apalis's insert trigger does.
 //! - A paused **channel** leaves its sends `pending` with the pause as their `hold_reason`: the
 //!   worker's recorder reads [`held_channels`] in the transaction that claims sends (so a resume
@@ -63,10 +63,12 @@ pub fn check_target(scope: Scope, name: &str) -> Result<(), String> {
 /// before it claims jobs (the notification queue's fetch has the same condition in its own
 /// statement).
 pub async fn queue_paused<'c>(exec: impl PgExecutor<'c>, queue: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM queue_pauses WHERE scope = 'queue' AND name = $1)")
-        .bind(queue)
-        .fetch_one(exec)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM queue_pauses WHERE scope = 'queue' AND name = $1) AS "paused!""#,
+        queue
+    )
+    .fetch_one(exec)
+    .await
 }
 
 /// A pause in force.

@@ -10,7 +10,8 @@
 //! - [`kinds`]: notification kinds, channels, policies (PRODUCT.md's table).
 //! - [`jobs`]: the queue contract: queue names, job payloads, [`jobs::NewJob`].
 //! - [`queue`]: the queue driver, the one owner of apalis's tables: enqueueing, the notification
-//!   queue's fetch/ack/heartbeat, operators' views and levers, pruning.
+//!   queue's fetch/ack/heartbeat, the periodic queue's pausable apalis storage, operators' views
+//!   and levers, pruning.
 //! - [`controls`]: operators' levers: pausing and resuming a queue or a channel, on record.
 //! - [`receipts`]: what providers report after accepting a message (status callbacks,
 //!   bounces), kept and handed to the worker's recorder.

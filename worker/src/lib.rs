@@ -11,8 +11,8 @@
 //! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).
 //!
 //! The queue tables belong to `dashlight_core::queue`. [`run`] starts the notification drain
-//! and a stock apalis worker for the periodic queue (on [`periodic::storage`], apalis-postgres's
-//! statements with a fetch that honours a pause), and stops cleanly when `shutdown` resolves:
+//! and a stock apalis worker for the periodic queue (on `dashlight_core::queue::PausableStorage`,
+//! apalis-postgres's statements with a fetch that honours a pause), and stops cleanly when `shutdown` resolves:
 //! in-flight sends finish, nothing new is fetched.
 
 pub mod channels;
@@ -30,6 +30,7 @@ use apalis_postgres::Config as PgConfig;
 use dashlight_core::{
     Clock, Config, db,
     jobs::{PeriodicJob, QUEUE_PERIODIC},
+    queue::PausableStorage,
 };
 use futures::FutureExt as _;
 use sqlx::PgPool;
@@ -37,7 +38,6 @@ use sqlx::PgPool;
 use crate::{
     channels::{email, outbox::Outbox, push::PushSender, sms::SmsSender},
     delivery::{DeliverySettings, Pipeline},
-    periodic::storage::PausableStorage,
     render::Renderer,
 };
 

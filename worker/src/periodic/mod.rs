@@ -26,7 +26,6 @@ pub mod offers;
 pub mod prune;
 pub mod recurring;
 pub mod rollup;
-pub mod storage;
 pub mod test_reminders;
 
 use std::{path::PathBuf, time::Duration};

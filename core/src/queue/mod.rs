@@ -13,6 +13,8 @@
 //! - **Operators' views and levers** ([`queue_stats`], [`list_jobs`], [`get_job`], [`retry_job`],
 //!   [`per_minute`]) and **pruning** ([`prune_done`]).
 //! - **The sweep's view of the backlog** ([`backlog_notification_ids`]).
+//! - **The periodic queue's backend** ([`stock`], [`PausableStorage`]): a stock apalis worker's
+//!   storage, apalis-postgres's own statements with a fetch that honours a pause.
 //!
 //! ## Why the notification queue is drained by our own loop
 //!
@@ -24,7 +26,7 @@
 //! layer writes `apalis.jobs` on its own connection, so implementing the trait for the batched
 //! path would bring back the per-job acknowledgement it exists to remove. The periodic queue has
 //! no such need and runs on a stock apalis worker (over apalis-postgres's own statements, with a
-//! fetch that honours a pause: worker/src/periodic/storage.rs).
+//! fetch that honours a pause: [`stock`]).
 //!
 //! ## What apalis guarantees still hold, and how the two kinds of worker coexist
 //!
@@ -44,6 +46,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgExecutor, PgPool};
 
 use crate::jobs::{JOB_MAX_ATTEMPTS, NewJob, QUEUES};
+
+pub mod stock;
+pub use stock::PausableStorage;
 
 /// apalis's job states, as stored in `apalis.jobs.status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]

@@ -2,7 +2,7 @@
 //! (`apalis_postgres::queries`: register, heartbeat and orphan rescue, fetch, acknowledgements,
 //! release on shutdown), driven by apalis-core's own [`Persisted`] state machine, with one
 //! difference: its fetch claims nothing while the queue is paused
-//! ([`dashlight_core::controls::queue_paused`], read in the fetch's transaction just before
+//! ([`crate::controls::queue_paused`], read in the fetch's transaction just before
 //! apalis's `get_jobs`).
 //!
 //! Why not apalis's worker-level pause ([`WorkerContext::pause`]): it stops the worker from asking
@@ -10,11 +10,11 @@
 //! open and its jobs locked) until the resume, and it is per process, not shared. A paused fetch
 //! here simply finds nothing: held jobs finish, heartbeats and acknowledgements go on, and the
 //! worker keeps waking at its poll interval and on apalis's insert notifications, so the
-//! resume's notification ([`dashlight_core::controls::resume`]) has it fetch at once. Nothing is
+//! resume's notification ([`crate::controls::resume`]) has it fetch at once. Nothing is
 //! fetched and given back.
 //!
-//! Owns nothing: the rows are apalis's (written by apalis's statements) and the pauses are
-//! [`dashlight_core::controls`]'s.
+//! Part of [`crate::queue`], the one owner of apalis's tables: the statements are apalis's own
+//! (`apalis_postgres::queries`), the pauses [`crate::controls`]'s.
 
 use std::{
     marker::PhantomData,
@@ -78,7 +78,7 @@ impl Persistence for PausableQueries {
     /// next wake-up (poll interval, insert notification, the resume's notification).
     async fn fetch_next(&mut self, worker: &WorkerContext) -> Result<Vec<PgTask>, Error> {
         let mut tx = self.pool.begin().await?;
-        if dashlight_core::controls::queue_paused(&mut *tx, self.config.queue.as_ref()).await? {
+        if crate::controls::queue_paused(&mut *tx, self.config.queue.as_ref()).await? {
             tx.commit().await?;
             return Ok(Vec::new());
         }
