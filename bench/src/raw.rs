@@ -61,7 +61,7 @@ async fn noop(_job: NoopJob, drain: Data<Arc<Drain>>) -> Result<(), BoxDynError>
 /// Which apalis setup drains the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// The project's batched queue path (core/src/queue.rs, worker/src/drain.rs).
+    /// The project's batched queue path (core/src/queue/mod.rs, worker/src/drain.rs).
     Project,
     /// apalis-postgres's default `Config`, one worker.
     Default,
