@@ -133,7 +133,8 @@ pub struct Party {
     pub timezone: String,
 }
 
-async fn student(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
+/// Loads a student with what messages about their bookings need.
+pub(crate) async fn student(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
     sqlx::query_as!(
         Party,
         r#"SELECT s.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone

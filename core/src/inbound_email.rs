@@ -420,37 +420,23 @@ async fn record(conn: &mut PgConnection, raw: &[u8], sha: &[u8], d: &Decision) -
     let size = i32::try_from(raw.len()).unwrap_or(i32::MAX);
     let first_kb = head(raw);
     let detail = d.detail.as_deref().map(|s| s.chars().take(2000).collect::<String>());
-    if d.verdict.acts() {
-        sqlx::query_scalar!(
-            "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id, user_id, detail)
+    // Only messages that act are unique by their bytes (the partial index): for the others the
+    // conflict clause never applies, and every copy is kept.
+    sqlx::query_scalar!(
+        "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id, user_id, detail)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (sha256) WHERE verdict IN ('bounced', 'failed', 'delayed', 'dsn_other', 'unsubscribed') DO NOTHING
          RETURNING id",
-            d.verdict as Verdict,
-            size,
-            sha,
-            first_kb,
-            d.delivery_id,
-            d.user_id,
-            detail,
-        )
-        .fetch_optional(&mut *conn)
-        .await
-    } else {
-        sqlx::query_scalar!(
-            "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id, user_id, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            d.verdict as Verdict,
-            size,
-            sha,
-            first_kb,
-            d.delivery_id,
-            d.user_id,
-            detail,
-        )
-        .fetch_optional(&mut *conn)
-        .await
-    }
+        d.verdict as Verdict,
+        size,
+        sha,
+        first_kb,
+        d.delivery_id,
+        d.user_id,
+        detail,
+    )
+    .fetch_optional(&mut *conn)
+    .await
 }
 
 /// Keeps a record of a received message and acts on it (see the module's documentation). Run

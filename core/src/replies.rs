@@ -405,14 +405,7 @@ async fn next_reminded_lesson(conn: &mut PgConnection, from: &str, now: DateTime
 /// A booking's template context and its instructor's user id.
 async fn lesson_context(conn: &mut PgConnection, booking_id: i64) -> Result<(serde_json::Value, i64), DomainError> {
     let b = bookings::get(conn, booking_id).await?;
-    let student: Party = sqlx::query_as!(
-        Party,
-        r#"SELECT x.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
-             FROM students x JOIN users u ON u.id = x.user_id WHERE x.id = $1"#,
-        b.student_id,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
+    let student = bookings::student(conn, b.student_id).await?;
     let instructor: Party = sqlx::query_as!(
         Party,
         r#"SELECT x.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
