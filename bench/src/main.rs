@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Everything runs on loopback: fresh databases on the local PostgreSQL (`BENCH_DATABASE_URL`,
-//! default `postgres://root@127.0.0.1:5432/postgres`), dropped afterwards; the release
+//! default `postgres://root@127.0.0.1:5432/postgres`), dropped afterwards (kept, and named on
+//! stderr, when `BENCH_KEEP_DB` is set, to look into a run with psql); the release
 //! `dashlight-worker` processes; and the sinks of [`sinks`]. Each scenario prints one JSON line
 //! on stdout (progress goes to stderr).
 //!

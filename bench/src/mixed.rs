@@ -38,6 +38,17 @@ pub struct MixedRun {
     pub max_ms: f64,
     /// Reminders later than 1 s.
     pub late_over_1s: u64,
+    /// How late the reminders' jobs were fetched (`lock_at − run_at`, 0 when fetched early and
+    /// held): p50 / p99, ms. The rest of a reminder's lateness came after the fetch (plan, claim,
+    /// send permit, send).
+    pub fetch_late_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub fetch_late_p99_ms: f64,
+    /// How late the reminders' sends were claimed (the attempt's `started_at − due_at`: fetch,
+    /// hold, load, plan and the wait for a send slot), p99, ms.
+    pub claim_late_p99_ms: f64,
+    /// From claim to sent (the claim's transaction, the channel's budget, the send), p99, ms.
+    pub claim_to_sent_p99_ms: f64,
     /// When the latest reminder was due, seconds after the first one (is the worst at the start,
     /// while the whole bulk is fetched, or later?).
     pub latest_due_offset_s: f64,
@@ -144,6 +155,24 @@ async fn one(
     .bind(first_due)
     .fetch_one(pool)
     .await?;
+    let (fetch_p50, fetch_p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l), percentile_cont(0.99) WITHIN GROUP (ORDER BY l)
+         FROM (SELECT greatest(extract(epoch FROM lock_at - run_at)::float8, 0) * 1000 AS l
+               FROM apalis.jobs WHERE job_type = $1 AND priority = $2 AND lock_at IS NOT NULL) x",
+    )
+    .bind(QUEUE_NOTIFICATIONS)
+    .bind(Kind::LessonReminder.priority())
+    .fetch_one(pool)
+    .await?;
+    let (claim_p99, send_p99): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM a.started_at - n.due_at)::float8 * 1000),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM a.finished_at - a.started_at)::float8 * 1000)
+         FROM notifications n JOIN notification_deliveries d ON d.notification_id = n.id
+              JOIN delivery_attempts a ON a.delivery_id = d.id AND a.attempt = 1
+         WHERE n.type = 'lesson_reminder'",
+    )
+    .fetch_one(pool)
+    .await?;
     let bulk_at_cutoff: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
          WHERE n.type = 'invoice_issued' AND d.status = 'sent' AND d.sent_at <= $1",
@@ -176,6 +205,10 @@ async fn one(
         p99_ms: p99.unwrap_or(f64::NAN),
         max_ms: max.unwrap_or(f64::NAN),
         late_over_1s: over_1s as u64,
+        fetch_late_p50_ms: fetch_p50.unwrap_or(f64::NAN),
+        fetch_late_p99_ms: fetch_p99.unwrap_or(f64::NAN),
+        claim_late_p99_ms: claim_p99.unwrap_or(f64::NAN),
+        claim_to_sent_p99_ms: send_p99.unwrap_or(f64::NAN),
         latest_due_offset_s: latest_offset.unwrap_or(f64::NAN),
         resume_lead_ms: resume_lead.num_milliseconds() as f64,
         bulk: queued,

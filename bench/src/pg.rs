@@ -125,6 +125,10 @@ impl BenchDb {
     /// Closes the pool and drops the database.
     pub async fn drop_db(self) -> anyhow::Result<()> {
         self.pool.close().await;
+        if std::env::var_os("BENCH_KEEP_DB").is_some() {
+            eprintln!("  BENCH_KEEP_DB: kept database {}", self.name);
+            return Ok(());
+        }
         let mut conn = admin().await?;
         sqlx::query(AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name)))
             .execute(&mut conn)

@@ -257,7 +257,7 @@ async fn batched(queue: JobQueue, batch: usize, poll: Duration, drain: Arc<Drain
         }
         drop(room.acquire().await?);
         let limit = room.available_permits().min(batch);
-        let jobs = queue.fetch(limit, poll).await?;
+        let jobs = queue.fetch(limit, poll, None).await?;
         let got = jobs.len();
         if got > 0 {
             room.try_acquire_many(got as u32)?.forget();

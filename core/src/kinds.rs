@@ -66,6 +66,11 @@ impl Policy {
     }
 }
 
+/// The lowest queue priority of a time-critical kind ([`Kind::priority`]): reminders, alerts and
+/// booking changes. Bulk kinds (reports, invoices, agendas, follow-ups) are below it; the drain
+/// keeps part of its room for jobs at or above it.
+pub const TIME_CRITICAL: i32 = 15;
+
 /// Every notification kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -187,7 +192,8 @@ impl Kind {
         }
     }
 
-    /// Queue priority: higher runs first. Time-critical messages outrank reports.
+    /// Queue priority: higher runs first. Time-critical messages (at least [`TIME_CRITICAL`])
+    /// outrank reports.
     pub fn priority(self) -> i32 {
         match self {
             Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer | Kind::RearrangeRequest => 20,
@@ -230,6 +236,17 @@ impl Kind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_critical_kinds_are_at_or_above_the_reserve_and_bulk_kinds_below() {
+        use Kind::*;
+        for k in [LessonReminder, BookingAlert, SlotOffer, BookingCancelled, BookingRescheduled] {
+            assert!(k.priority() >= TIME_CRITICAL, "{k:?}");
+        }
+        for k in [DailyAgenda, InvoiceIssued, LessonReport, CrmFollowUp, PackageLow] {
+            assert!(k.priority() < TIME_CRITICAL, "{k:?}");
+        }
+    }
 
     #[test]
     fn sms_only_ever_falls_back() {

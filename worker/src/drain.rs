@@ -4,7 +4,10 @@
 //!
 //! One loop per worker process fetches batches of jobs ([`JobQueue::fetch`], due now or within
 //! the look-ahead; those are held in memory until their due time, so reminders leave on time)
-//! and hands each group of jobs due together to a task, which:
+//! and hands each group of jobs due together to a task. At most two batches are held
+//! unacknowledged, and the last half batch of that room only time-critical jobs may take
+//! ([`dashlight_core::kinds::TIME_CRITICAL`]): a reminder falling due is not kept waiting for room by held bulk
+//! jobs. Each task:
 //!
 //! 1. loads and plans the group ([`delivery::load`], [`delivery::plan::decide`]);
 //! 2. applies the decisions chunk by chunk ([`delivery::record::apply`]), a chunk being about
@@ -37,6 +40,7 @@ use std::{
 use anyhow::anyhow;
 use dashlight_core::{
     jobs::{DeliverJob, QUEUE_NOTIFICATIONS},
+    kinds::TIME_CRITICAL,
     queue::{FetchedJob, JobOutcome, JobQueue},
 };
 use futures::FutureExt as _;
@@ -142,8 +146,11 @@ impl Drain {
             .clone()
             .map(|pool| tokio::spawn(listen(pool, this.queue.queue().to_owned(), wake.clone(), stop.clone())));
         // Jobs fetched and not yet acknowledged: at most two batches, so a crash or a stop has a
-        // bounded amount of work in flight.
+        // bounded amount of work in flight. The last half batch of that room is kept for
+        // time-critical jobs: a reminder falling due while bulk jobs fill the room is fetched at
+        // once instead of waiting for a bulk job to finish.
         let room = Arc::new(Semaphore::new(this.settings.batch_size * 2));
+        let reserve = reserved_room(this.settings.batch_size);
         let sends = Arc::new(PriorityPermits::new(this.settings.concurrency));
         let limits = tokio::spawn(this.settings.limits.clone().run());
         let (tx, rx) = mpsc::unbounded_channel();
@@ -161,9 +168,15 @@ impl Drain {
                 r = &mut heartbeat => { died = Some(task_died("heartbeat", r)); break }
                 permit = room.acquire() => drop(permit),
             }
-            let limit = room.available_permits().min(this.settings.batch_size);
+            // Above the reserve, any job (highest priority first); within it, time-critical only.
+            let free = room.available_permits();
+            let (limit, min_priority) = if free > reserve {
+                ((free - reserve).min(this.settings.batch_size), None)
+            } else {
+                (free, Some(TIME_CRITICAL))
+            };
             let t0 = std::time::Instant::now();
-            let fetched = match this.queue.fetch(limit, this.settings.poll_interval).await {
+            let fetched = match this.queue.fetch(limit, this.settings.poll_interval, min_priority).await {
                 Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(queue = this.queue.queue(), error = %e, "fetching jobs failed; retrying in 1 s");
@@ -188,10 +201,19 @@ impl Drain {
                 dispatch(&this, fetched, &tx, &sends, &held_tx, &mut tasks, stop.clone());
             }
             if got < limit {
+                // Nothing more due: wait for a new job, the next poll, or (when only the reserve
+                // was free) room for bulk jobs again.
+                let unreserved = async {
+                    match min_priority {
+                        Some(_) => drop(room.acquire_many(reserve as u32 + 1).await),
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     _ = &mut shutdown => break,
                     _ = wake.notified() => {}
+                    _ = unreserved => {}
                     _ = tokio::time::sleep(this.settings.poll_interval) => {}
                 }
             }
@@ -420,16 +442,19 @@ impl Drain {
                 n.fetch_add(1, Ordering::Relaxed);
             }
         }
-        for claimed in applied.sends {
+        for (i, claimed) in applied.sends.into_iter().enumerate() {
             let (this, out, sends) = (self.clone(), out.clone(), sends.clone());
             let ack = open.get(&claimed.job_id).cloned();
+            // One slot per send, as many as were taken (one notification may have more deliveries
+            // than the drain's concurrency: those beyond it run without a slot).
+            let slot = usize::from(i < held);
             set.spawn(async move {
                 let job_id = claimed.job_id.clone();
                 // Within the channel's budget and its provider's hold (every worker's).
                 this.settings.limits.acquire(claimed.channel, i32::from(claimed.n.n.priority)).await;
                 let attempted = this.send(claimed).await;
                 this.after_send(&attempted).await;
-                sends.add_permits(1);
+                sends.add_permits(slot);
                 let _ = out.send(Record::Delivery(Box::new(attempted)));
                 if let Some(c) = ack
                     && c.fetch_sub(1, Ordering::AcqRel) == 1
@@ -475,6 +500,11 @@ impl Drain {
             result,
         }
     }
+}
+
+/// The part of a drain's room (two batches) only time-critical jobs may take: half a batch.
+fn reserved_room(batch_size: usize) -> usize {
+    batch_size / 2
 }
 
 /// Jobs that could not be handled go back to the queue after a backoff.

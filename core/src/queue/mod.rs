@@ -188,7 +188,7 @@ pub async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob<'_>]) -> Result<u64
         INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
         SELECT apalis.generate_ulid(), q, p, 'Pending', 0, $6, coalesce(r, now()), pr, ''::hstore, k
         FROM unnest($1::text[], $2::bytea[], $3::timestamptz[], $4::int[], $5::text[]) AS t(q, p, r, pr, k)
-        ON CONFLICT (job_type, idempotency_key) DO NOTHING
+        ON CONFLICT (job_type, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
         "#,
         &queues,
         &payloads,
@@ -331,8 +331,12 @@ impl JobQueue {
     /// hash the whole table on every fetch of a large batch, a cost that grew with the finished
     /// jobs kept. They are `Running` under this worker's name until [`Self::complete`] (or
     /// rescued by another worker if this one stops beating).
-    pub async fn fetch(&self, limit: usize, lookahead: Duration) -> Result<Vec<FetchedJob>, sqlx::Error> {
-        let fair = limit / 8;
+    ///
+    /// With `min_priority`, only jobs of at least that priority are claimed (and no eighth
+    /// earliest first): the drain's room kept for time-critical jobs
+    /// ([`crate::kinds::TIME_CRITICAL`]) while bulk work fills the rest.
+    pub async fn fetch(&self, limit: usize, lookahead: Duration, min_priority: Option<i32>) -> Result<Vec<FetchedJob>, sqlx::Error> {
+        let fair = if min_priority.is_some() { 0 } else { limit / 8 };
         let rows = sqlx::query!(
             r#"UPDATE apalis.jobs j SET status = 'Running', lock_by = $4, lock_at = now(), attempts = j.attempts + 1, done_at = NULL
              WHERE j.id = ANY(ARRAY(
@@ -340,6 +344,7 @@ impl JobQueue {
                  WHERE (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts))
                    AND job_type = $1 AND run_at <= now() + $3
                    AND NOT EXISTS (SELECT 1 FROM queue_pauses WHERE scope = 'queue' AND name = $1)
+                   AND ($6::int4 IS NULL OR priority >= $6)
                  ORDER BY priority DESC, run_at ASC
                  LIMIT $2
                  FOR UPDATE SKIP LOCKED) || ARRAY(
@@ -358,6 +363,7 @@ impl JobQueue {
             lookahead as Duration,
             &self.worker,
             fair as i64,
+            min_priority,
         )
         .fetch_all(&self.pool)
         .await?;
@@ -380,8 +386,8 @@ impl JobQueue {
     /// primary key; the holder is checked with `IS NOT DISTINCT FROM`, which no index serves,
     /// because the planner, with statistics from when `lock_by` was empty, otherwise walks
     /// `idx_apalis_jobs_lock_by` through every job this worker ever finished (finished jobs keep
-    /// their `lock_by`): a cost that grew with the queue's history, measured at 30 ms per batch
-    /// after 8,000 jobs. Returns how many rows changed; jobs no longer held by `worker` (rescued
+    /// their `lock_by`; the index holds only held jobs since migration 20261202000900): a cost that
+    /// grew with the queue's history, measured at 30 ms per batch after 8,000 jobs. Returns how many rows changed; jobs no longer held by `worker` (rescued
     /// meanwhile) are left alone.
     pub async fn complete(conn: &mut PgConnection, worker: &str, outcomes: &[(String, JobOutcome)]) -> Result<u64, sqlx::Error> {
         if outcomes.is_empty() {

@@ -97,7 +97,7 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
     }
     let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
     queue.register().await.unwrap();
-    let jobs = queue.fetch(100, Duration::ZERO).await.unwrap();
+    let jobs = queue.fetch(100, Duration::ZERO, None).await.unwrap();
     assert_eq!(jobs.len(), ids.len());
 
     // Load and decide, as the drain does.
@@ -351,7 +351,7 @@ async fn a_late_result_after_an_interrupt_replaces_the_interrupted_attempt() {
     let id = notification(pool, Kind::PackageLow, u, now).await;
     let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
     queue.register().await.unwrap();
-    let jobs = queue.fetch(10, Duration::ZERO).await.unwrap();
+    let jobs = queue.fetch(10, Duration::ZERO, None).await.unwrap();
     let (mut loaded, _) = load::load(pool, &s, &[id]).await.unwrap();
     let l = loaded.remove(&id).map(Arc::new);
     let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
@@ -386,7 +386,7 @@ async fn a_late_result_after_an_interrupt_replaces_the_interrupted_attempt() {
 
 /// Fetches the queue's due jobs and returns the one of notification `nid` naming a receipt.
 async fn receipt_job(queue: &JobQueue, nid: i64) -> (String, dashlight_core::jobs::DeliverJob) {
-    let jobs = queue.fetch(100, Duration::ZERO).await.unwrap();
+    let jobs = queue.fetch(100, Duration::ZERO, None).await.unwrap();
     jobs.iter()
         .filter_map(|j| {
             let job: dashlight_core::jobs::DeliverJob = serde_json::from_slice(&j.payload).unwrap();
@@ -399,7 +399,7 @@ async fn receipt_job(queue: &JobQueue, nid: i64) -> (String, dashlight_core::job
 /// Sends notification `nid`'s first stage and records it `sent` with `provider_id`; returns
 /// the delivery id.
 async fn send_first_stage(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64, result: Result<Sent, SendError>) -> i64 {
-    let jobs = queue.fetch(100, Duration::ZERO).await.unwrap();
+    let jobs = queue.fetch(100, Duration::ZERO, None).await.unwrap();
     let (loaded, _) = load::load(pool, s, &[nid]).await.unwrap();
     let l = loaded.get(&nid).cloned().map(Arc::new);
     let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
@@ -612,4 +612,47 @@ async fn opted_out_numbers_suppressed_and_skipped_and_email_opt_outs_honoured() 
         insert.last().map(|p| (p.channel, p.skip.as_deref())),
         Some((Channel::Email, Some("unsubscribed")))
     );
+}
+
+/// The drain's reserved room: a fetch with a minimum priority claims only time-critical jobs and
+/// leaves the bulk ones for a fetch without.
+#[tokio::test]
+async fn a_fetch_for_the_reserve_claims_only_time_critical_jobs() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let now = Utc::now();
+    let mut urgent = Vec::new();
+    for (i, kind) in [
+        Kind::PackageLow,
+        Kind::LessonReminder,
+        Kind::PackageLow,
+        Kind::BookingCancelled,
+        Kind::PackageLow,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let u = user(pool, &format!("reserve{i}"), false).await;
+        let id = notification(pool, kind, u, now).await;
+        if kind.priority() >= dashlight_core::kinds::TIME_CRITICAL {
+            urgent.push(id);
+        }
+    }
+    let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
+    queue.register().await.unwrap();
+    let notification_of = |j: &dashlight_core::queue::FetchedJob| {
+        serde_json::from_slice::<dashlight_core::jobs::DeliverJob>(&j.payload)
+            .unwrap()
+            .notification_id
+    };
+    let reserve = queue
+        .fetch(10, Duration::ZERO, Some(dashlight_core::kinds::TIME_CRITICAL))
+        .await
+        .unwrap();
+    let mut got: Vec<i64> = reserve.iter().map(notification_of).collect();
+    got.sort_unstable();
+    assert_eq!(got, urgent, "only the reminder and the cancellation");
+    let rest = queue.fetch(10, Duration::ZERO, None).await.unwrap();
+    assert_eq!(rest.len(), 3, "the bulk jobs are left for a fetch without a minimum");
+    assert!(rest.iter().all(|j| j.priority < dashlight_core::kinds::TIME_CRITICAL));
 }
