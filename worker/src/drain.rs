@@ -6,8 +6,8 @@
 //! the look-ahead; those are held in memory until their due time, so reminders leave on time)
 //! and hands each group of jobs due together to a task. At most two batches are held
 //! unacknowledged, and the last half batch of that room only time-critical jobs may take
-//! ([`dashlight_core::kinds::TIME_CRITICAL`]): a reminder falling due is not kept waiting for room by held bulk
-//! jobs. Each task:
+//! ([`dashlight_core::kinds::TIME_CRITICAL`]): a reminder falling due is not kept waiting for
+//! room by held bulk jobs. Each task:
 //!
 //! 1. loads and plans the group ([`delivery::load`], [`delivery::plan::decide`]);
 //! 2. applies the decisions chunk by chunk, highest priority first ([`delivery::record::apply`]),

@@ -386,9 +386,9 @@ impl JobQueue {
     /// primary key; the holder is checked with `IS NOT DISTINCT FROM`, which no index serves,
     /// because the planner, with statistics from when `lock_by` was empty, otherwise walks
     /// `idx_apalis_jobs_lock_by` through every job this worker ever finished (finished jobs keep
-    /// their `lock_by`; the index holds only held jobs since migration 20261202000900): a cost that
-    /// grew with the queue's history, measured at 30 ms per batch after 8,000 jobs. Returns how many rows changed; jobs no longer held by `worker` (rescued
-    /// meanwhile) are left alone.
+    /// their `lock_by`; the index holds only held jobs since migration 20261202000900): a cost
+    /// that grew with the queue's history, measured at 30 ms per batch after 8,000 jobs. Returns
+    /// how many rows changed; jobs no longer held by `worker` (rescued meanwhile) are left alone.
     pub async fn complete(conn: &mut PgConnection, worker: &str, outcomes: &[(String, JobOutcome)]) -> Result<u64, sqlx::Error> {
         if outcomes.is_empty() {
             return Ok(0);
