@@ -671,6 +671,11 @@ pub(crate) enum Stuck<'a> {
 
 /// Deliveries left `sending` by a worker that died: their attempt is recorded `interrupted`,
 /// they go back to `retrying`, and their notifications get a job now. Returns how many.
+///
+/// A delivery another transaction has locked is being recorded by a live worker at this moment:
+/// it is skipped (`SKIP LOCKED`), not waited for. Waiting deadlocked with a recorder locking the
+/// same deliveries in another order (seen when a sweep ran with a clock far ahead of the worker's
+/// sends); a delivery that is really stuck is taken by the next sweep.
 pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc>) -> Result<u64, sqlx::Error> {
     let (cutoff, workers): (Option<DateTime<Utc>>, Option<&[String]>) = match which {
         Stuck::Since(t) => (Some(t), None),
@@ -685,7 +690,7 @@ pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc
               AND ($1::timestamptz IS NULL OR d.sending_since < $1)
               AND ($2::text[] IS NULL OR d.claimed_by = ANY($2) OR (d.claimed_by IS NULL AND EXISTS (
                     SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.worker = ANY($2))))
-            FOR UPDATE)
+            FOR UPDATE SKIP LOCKED)
          , u AS (
             UPDATE notification_deliveries d SET status = 'retrying', next_attempt_at = NULL, sending_since = NULL,
                    claimed_by = NULL, claim_job_id = NULL, last_error = 'interrupted: ' || $3
