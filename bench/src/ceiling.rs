@@ -67,7 +67,7 @@ WITH j AS (
     WHERE ch.o <= c.chosen
     RETURNING id, notification_id, device_id, status
 ), attempt AS (
-    INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at)
+    INSERT INTO delivery_attempt_log (delivery_id, attempt, job_id, worker, started_at)
     SELECT id, 1, 'ceiling', 'ceiling', now() FROM planned WHERE status = 'sending'
     RETURNING delivery_id
 )
@@ -82,7 +82,7 @@ WITH s AS (
     UPDATE notification_deliveries SET status = 'sent', sent_at = now(), provider_message_id = 'ceiling-' || id, sending_since = NULL
     WHERE id = ANY($1) RETURNING id, notification_id, channel, device_id
 ), a AS (
-    UPDATE delivery_attempts SET finished_at = now(), outcome = 'sent', provider_message_id = 'ceiling'
+    UPDATE delivery_attempt_log SET finished_at = now(), outcome = 'sent', provider_message_id = 'ceiling'
     WHERE delivery_id = ANY($1) AND attempt = 1
 ), dev AS (
     UPDATE user_devices SET last_used_at = now() WHERE id IN (SELECT device_id FROM s WHERE device_id IS NOT NULL)

@@ -72,7 +72,7 @@ pub async fn run(ctx: &Ctx, rate: u64, duration: Duration, grace: Duration, bulk
     let result = async {
         let n = (rate as f64 * duration.as_secs_f64()).round() as i64;
         let pop = world::populate(&db.pool, n, 200, &ctx.sinks.http_base(), &ctx.keys).await?;
-        sqlx::query("VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempts, apalis.jobs")
+        sqlx::query("VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempt_log, apalis.jobs")
             .execute(&db.pool)
             .await?;
         let mut conn = db.connect().await?;

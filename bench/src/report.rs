@@ -883,8 +883,8 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
         writeln!(
             w,
             "One database and one set of worker processes: {} run(s) of {} reminders due one every {:.1} ms over {} s (inserted ahead of time), \
-             then the history load ({:.0} s: past bookings, one past reminder each, up to three deliveries per reminder and an attempt record per \
-             sent one, loaded with foreign-key triggers off, then `VACUUM (ANALYZE)`), then {} more run(s). Lateness = `sent_at − due_at`. A run \
+             then the history load ({:.0} s: past bookings, one past reminder each, up to three deliveries per reminder, the sent one with its attempt \
+             on its row, loaded with foreign-key triggers off, then `VACUUM (ANALYZE)`), then {} more run(s). Lateness = `sent_at − due_at`. A run \
              is cut off {} s after its last reminder was due; reminders not sent by then count with their lateness at the cut-off (figures marked \
              ≥ are lower bounds) and are cancelled. After each run its rows are deleted and the tables vacuumed and analysed (autovacuum is off \
              on this server), and the first run starts from the same state: statistics taken while no notification was open.",

@@ -127,7 +127,7 @@ async fn suite(
     let pop = world::populate(&db.pool, n, 200, &ctx.sinks.http_base(), &ctx.keys).await?;
     // Every run starts from the state each run leaves behind: the pipeline's tables vacuumed and
     // analysed while nothing is open (as autovacuum leaves them after a quiet period).
-    sqlx::query("VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempts, apalis.jobs")
+    sqlx::query("VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempt_log, apalis.jobs")
         .execute(&db.pool)
         .await?;
     let mut conn = db.connect().await?;
@@ -286,9 +286,11 @@ async fn one(db: &BenchDb, pop: &Population, rate: u64, duration: Duration, grac
         .bind(queue)
         .execute(pool)
         .await?;
-    sqlx::query("VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempts, apalis.jobs, user_devices, analytics_events")
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempt_log, apalis.jobs, user_devices, analytics_events",
+    )
+    .execute(pool)
+    .await?;
     Ok(SteadyRun {
         notifications: inserted,
         delivered: delivered as u64,

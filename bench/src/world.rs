@@ -208,7 +208,7 @@ pub async fn insert_reminders(
 /// Inserts `bookings` past bookings of the population's students and instructors (90 %
 /// completed, 5 % cancelled, 5 % no-show; hourly slots going back from yesterday), one `done`
 /// lesson reminder per booking and `deliveries_per` (≤ 3) deliveries per reminder (push, SMS,
-/// email: the one of the student's channel `sent` with its attempt record, the others
+/// email: the one of the student's channel `sent` with its attempt kept on its row, the others
 /// `skipped`). Loaded with `session_replication_role = replica` (foreign-key triggers off, as
 /// `pg_restore` does; the rows are consistent by construction), then `VACUUM (ANALYZE)`.
 pub async fn insert_history(pool: &PgPool, pop: &Population, bookings: i64, deliveries_per: i64) -> anyhow::Result<()> {
@@ -250,7 +250,8 @@ pub async fn insert_history(pool: &PgPool, pop: &Population, bookings: i64, deli
     sqlx::query(
         r#"
         INSERT INTO notification_deliveries (notification_id, channel, target, device_id, status, attempts, skip_reason,
-                                             provider_message_id, sent_at, created_at, updated_at)
+                                             provider_message_id, sent_at, created_at, updated_at,
+                                             attempt_id, sending_since, claimed_by, claim_job_id)
         SELECT n.id, c.ch,
                CASE WHEN c.ch = x.ch THEN CASE c.ch WHEN 'email' THEN u.email WHEN 'sms' THEN coalesce(u.phone, '') ELSE 'http://127.0.0.1/push/u' || u.id END ELSE '' END,
                NULL,
@@ -259,7 +260,11 @@ pub async fn insert_history(pool: &PgPool, pop: &Population, bookings: i64, deli
                CASE WHEN c.ch = x.ch THEN NULL ELSE 'no usable ' || c.ch END,
                CASE WHEN c.ch = x.ch THEN 'history-' || n.id END,
                CASE WHEN c.ch = x.ch THEN n.due_at + interval '150 milliseconds' END,
-               n.due_at, n.due_at + interval '150 milliseconds'
+               n.due_at, n.due_at + interval '150 milliseconds',
+               CASE WHEN c.ch = x.ch THEN nextval('delivery_attempt_log_id_seq') END,
+               CASE WHEN c.ch = x.ch THEN n.due_at + interval '50 milliseconds' END,
+               CASE WHEN c.ch = x.ch THEN 'history' END,
+               CASE WHEN c.ch = x.ch THEN 'history' END
         FROM notifications n
         JOIN users u ON u.id = n.user_id
         CROSS JOIN LATERAL (SELECT CASE WHEN substring(u.last_name FROM 8)::bigint % 10 BETWEEN 0 AND 5 THEN 'push'
@@ -271,15 +276,8 @@ pub async fn insert_history(pool: &PgPool, pop: &Population, bookings: i64, deli
     .bind(deliveries_per)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, provider_message_id)
-         SELECT id, 1, 'history', 'history', sent_at - interval '100 milliseconds', sent_at, 'sent', provider_message_id
-         FROM notification_deliveries WHERE status = 'sent' AND provider_message_id LIKE 'history-%'",
-    )
-    .execute(&mut *conn)
-    .await?;
     sqlx::query("RESET session_replication_role").execute(&mut *conn).await?;
-    sqlx::query("VACUUM (ANALYZE) bookings, notifications, notification_deliveries, delivery_attempts")
+    sqlx::query("VACUUM (ANALYZE) bookings, notifications, notification_deliveries")
         .execute(&mut *conn)
         .await?;
     Ok(())

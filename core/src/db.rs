@@ -101,7 +101,7 @@ impl Pooler {
 /// change. A plan cached while a table was empty is a sequential scan, and it stays one as the
 /// table grows: the benchmark measured a queue fetch of 1,000 jobs at 700 ms, seq-scanning 60,000
 /// jobs once per picked id, because its plan was cached while the queue was idle, and each
-/// `delivery_attempts` insert seq-scanning `notification_deliveries` for its foreign key
+/// attempt insert seq-scanning `notification_deliveries` for its foreign key
 /// (BENCHMARKS.md, "What limits us"). Autovacuum's `ANALYZE` ends such a plan eventually; with it
 /// off, or before it runs, it does not. Planning every execution costs about 4 µs per
 /// foreign-key check and one plan per batched statement.

@@ -207,8 +207,9 @@ async fn with_deliveries(conn: &mut PgConnection, rows: Vec<NotificationRow>) ->
     let delivery_ids: Vec<i64> = deliveries.iter().map(|d| d.id).collect();
     let attempts: Vec<AttemptOut> = sqlx::query_as!(
         AttemptOut,
-        "SELECT id, delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms
-         FROM delivery_attempts WHERE delivery_id = ANY($1) ORDER BY attempt, id",
+        r#"SELECT id AS "id!", delivery_id AS "delivery_id!", attempt AS "attempt!", job_id, worker, started_at AS "started_at!",
+                finished_at, outcome, error, provider_message_id, retry_after_ms
+         FROM delivery_attempts WHERE delivery_id = ANY($1) ORDER BY attempt, id"#,
         &delivery_ids,
     )
     .fetch_all(&mut *conn)

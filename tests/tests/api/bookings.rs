@@ -153,7 +153,7 @@ async fn create_reschedule_cancel_and_timeline() {
     .await
     .unwrap();
     sqlx::query(
-        "INSERT INTO delivery_attempts (delivery_id, attempt, outcome, error, finished_at) VALUES ($1, 1, 'transient', 'SMTP 451', now()), ($1, 2, 'sent', NULL, now())",
+        "INSERT INTO delivery_attempt_log (delivery_id, attempt, outcome, error, finished_at) VALUES ($1, 1, 'transient', 'SMTP 451', now()), ($1, 2, 'sent', NULL, now())",
     )
     .bind(delivery)
     .execute(api.pool())

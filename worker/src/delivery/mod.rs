@@ -1,7 +1,7 @@
 //! Deliveries: turning notifications into channel attempts, and recording every one. The one
-//! owner of `notification_deliveries` and `delivery_attempts`, of device disabling
-//! (`user_devices.active`), and of a notification's status once a worker acts
-//! on it. Every job — the common new notification and every uncommon case — takes the same way:
+//! owner of `notification_deliveries` and `delivery_attempt_log` (with the successful attempts
+//! kept on their deliveries, every attempt: the view `delivery_attempts`), of device disabling
+//! (`user_devices.active`), and of a notification's status once a worker acts on it. Every job — the common new notification and every uncommon case — takes the same way:
 //!
 //! 1. [`load`]: the batch's notifications with recipients, preferences, devices and existing
 //!    deliveries, in three statements.
@@ -16,7 +16,8 @@
 //!    has room to send all of it at once, so what a crash leaves `sending` is what was in flight.
 //! 4. [`message`]: each claimed delivery is rendered and handed to its channel.
 //! 5. `record::record`: the single recorder of send outcomes. One transaction per batch of
-//!    results: delivery states, attempt rows (written once, with the result), devices gone, retry
+//!    results: delivery states, attempts (written once, with the result; a success stays on its
+//!    delivery's row, any other outcome is a row of the attempt log), devices gone, retry
 //!    jobs, the next stage of a `first` policy (a job the planner turns into that stage),
 //!    notification states, and the acknowledgement of the jobs whose deliveries are all recorded.
 //! 6. Provider reports: a job naming a receipt (`DeliverJob::receipt_id`, kept by

@@ -1,12 +1,14 @@
-//! The writer of delivery state. Every change of `notification_deliveries`, `delivery_attempts`,
+//! The writer of delivery state. Every change of `notification_deliveries`, `delivery_attempt_log`,
 //! the devices' state and a notification's status made by a worker is one of the statements here:
 //!
 //! - `apply`: the planner's decisions for a chunk of jobs, in one transaction (claims, inserts,
 //!   skips, holds, cancellations, expiries, operator reopens, and the acknowledgement of the jobs
 //!   with nothing to send). A claim marks the delivery `sending` with who sends it for which job
 //!   (`sending_since`, `claimed_by`, `claim_job_id`): that is the in-flight attempt's record.
-//! - `record`: send outcomes, in one transaction per batch: delivery states, the attempt rows
-//!   (each written once, with its result), devices whose subscription is gone, retry jobs, the
+//! - `record`: send outcomes, in one transaction per batch: delivery states, the attempts (each
+//!   written once, with its result: a success on the delivery's own row, `attempt_id`, anything
+//!   else in `delivery_attempt_log`; the view `delivery_attempts` is all of them), devices whose
+//!   subscription is gone, retry jobs, the
 //!   next stage of a `first` policy, notification states and job acknowledgements. No analytics
 //!   event per delivery and no device `last_used_at`: both follow from the deliveries (views
 //!   `delivery_events` and `device_last_use`).
@@ -244,9 +246,21 @@ pub(crate) async fn apply(
         tracing::info!(notification = id, reason = why, "notification cancelled: its job was cancelled");
     }
     if !reopen.is_empty() {
+        // An `undelivered` delivery's successful attempt moves off its row into the attempt log
+        // before the row is claimed again.
         let reopened = sqlx::query!(
-            "UPDATE notification_deliveries SET status = 'retrying', next_attempt_at = NULL, max_attempts = GREATEST(max_attempts, attempts + 1)
-             WHERE id = ANY($1) AND status IN ('failed', 'dead', 'undelivered') RETURNING id, notification_id",
+            r#"WITH o AS (
+                SELECT id FROM notification_deliveries WHERE id = ANY($1) AND status IN ('failed', 'dead', 'undelivered') FOR UPDATE)
+             , moved AS (
+                INSERT INTO delivery_attempt_log (id, delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, provider_message_id)
+                OVERRIDING SYSTEM VALUE
+                SELECT d.attempt_id, d.id, d.attempts, d.claim_job_id, d.claimed_by, d.sending_since, d.sent_at, 'sent', d.provider_message_id
+                FROM notification_deliveries d JOIN o ON o.id = d.id WHERE d.attempt_id IS NOT NULL
+                ON CONFLICT DO NOTHING)
+             UPDATE notification_deliveries d
+             SET status = 'retrying', next_attempt_at = NULL, max_attempts = GREATEST(d.max_attempts, d.attempts + 1),
+                 attempt_id = NULL, sending_since = NULL, claimed_by = NULL, claim_job_id = NULL
+             FROM o WHERE d.id = o.id RETURNING d.id, d.notification_id"#,
             &reopen,
         )
         .fetch_all(&mut *tx)
@@ -560,52 +574,76 @@ pub(crate) async fn record(
         let provider: Vec<Option<&str>> = res.iter().map(|r| r.provider_id.as_deref()).collect();
         let errors: Vec<Option<&str>> = res.iter().map(|r| r.error.as_deref()).collect();
         let next: Vec<Option<DateTime<Utc>>> = res.iter().map(|r| r.next_attempt_at).collect();
-        sqlx::query!(
-            "UPDATE notification_deliveries d
+        // A success recorded while the delivery is still `sending` this attempt keeps its attempt
+        // on the delivery row (`attempt_id`; the claim's columns stay as the attempt's worker, job
+        // and start). Any other result, and a success that comes after `interrupt` recorded the
+        // attempt, goes to the attempt log. A result for an attempt older than the delivery's
+        // current one (recorded `interrupted`, and the delivery claimed again since) changes only
+        // its attempt's record, not the delivery.
+        let kept: std::collections::HashSet<i64> = sqlx::query_scalar!(
+            r#"UPDATE notification_deliveries d
              SET status = t.status, sent_at = CASE WHEN t.status = 'sent' THEN t.finished ELSE d.sent_at END,
                  provider_message_id = coalesce(t.provider, d.provider_message_id), last_error = t.error,
-                 next_attempt_at = t.next, sending_since = NULL, claimed_by = NULL, claim_job_id = NULL
-             FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[])
-                  AS t(id, status, finished, provider, error, next)
-             WHERE d.id = t.id AND d.id = ANY($1)",
+                 next_attempt_at = t.next,
+                 attempt_id = CASE WHEN t.status = 'sent' AND d.status = 'sending'
+                                   THEN nextval('delivery_attempt_log_id_seq') END,
+                 sending_since = CASE WHEN t.status = 'sent' AND d.status = 'sending' THEN d.sending_since END,
+                 claimed_by = CASE WHEN t.status = 'sent' AND d.status = 'sending' THEN d.claimed_by END,
+                 claim_job_id = CASE WHEN t.status = 'sent' AND d.status = 'sending' THEN d.claim_job_id END
+             FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::timestamptz[], $7::int[])
+                  AS t(id, status, finished, provider, error, next, attempt)
+             WHERE d.id = t.id AND d.id = ANY($1) AND d.attempts = t.attempt
+             RETURNING CASE WHEN d.attempt_id IS NOT NULL THEN d.id END AS "id?""#,
             &ids,
             &statuses as &[DeliveryStatus],
             &finished,
             &provider as &[Option<&str>],
             &errors as &[Option<&str>],
             &next as &[Option<DateTime<Utc>>],
-        )
-        .execute(&mut *tx)
-        .await?;
-        let outcomes: Vec<AttemptOutcome> = res.iter().map(|r| r.outcome).collect();
-        let retry_after: Vec<Option<i64>> = res.iter().map(|r| r.retry_after_ms).collect();
-        let started: Vec<DateTime<Utc>> = deliveries.iter().map(|a| a.claimed.started).collect();
-        let jobs_of: Vec<&str> = deliveries.iter().map(|a| a.claimed.job_id.as_str()).collect();
-        // The attempt record, written once now that its result is known (while it was in flight,
-        // the delivery's `sending_since`, `claimed_by` and `claim_job_id` said the same). A
-        // record that comes after `interrupt` already recorded this attempt (a worker thought
-        // dead) tells what really happened.
-        sqlx::query!(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms)
-             SELECT t.id, t.attempt, t.job, $8, t.started, t.finished, t.outcome, t.error, t.provider, t.retry_after
-             FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $9::timestamptz[], $10::text[])
-                  AS t(id, attempt, finished, outcome, error, provider, retry_after, started, job)
-             ON CONFLICT (delivery_id, attempt) DO UPDATE
-             SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, error = EXCLUDED.error,
-                 provider_message_id = EXCLUDED.provider_message_id, retry_after_ms = EXCLUDED.retry_after_ms",
-            &ids,
             &attempt_no,
-            &finished,
-            &outcomes as &[AttemptOutcome],
-            &errors as &[Option<&str>],
-            &provider as &[Option<&str>],
-            &retry_after as &[Option<i64>],
-            worker,
-            &started,
-            &jobs_of as &[&str],
         )
-        .execute(&mut *tx)
-        .await?;
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+        let logged: Vec<usize> = (0..deliveries.len()).filter(|&i| !kept.contains(&ids[i])).collect();
+        if !logged.is_empty() {
+            let ids: Vec<i64> = logged.iter().map(|&i| ids[i]).collect();
+            let attempt_no: Vec<i32> = logged.iter().map(|&i| attempt_no[i]).collect();
+            let finished: Vec<DateTime<Utc>> = logged.iter().map(|&i| finished[i]).collect();
+            let outcomes: Vec<AttemptOutcome> = logged.iter().map(|&i| res[i].outcome).collect();
+            let errors: Vec<Option<&str>> = logged.iter().map(|&i| errors[i]).collect();
+            let provider: Vec<Option<&str>> = logged.iter().map(|&i| provider[i]).collect();
+            let retry_after: Vec<Option<i64>> = logged.iter().map(|&i| res[i].retry_after_ms).collect();
+            let started: Vec<DateTime<Utc>> = logged.iter().map(|&i| deliveries[i].claimed.started).collect();
+            let jobs_of: Vec<&str> = logged.iter().map(|&i| deliveries[i].claimed.job_id.as_str()).collect();
+            // The attempt record, written once now that its result is known (while it was in
+            // flight, the delivery's `sending_since`, `claimed_by` and `claim_job_id` said the
+            // same). A record that comes after `interrupt` already recorded this attempt (a
+            // worker thought dead) tells what really happened.
+            sqlx::query!(
+                "INSERT INTO delivery_attempt_log (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error, provider_message_id, retry_after_ms)
+                 SELECT t.id, t.attempt, t.job, $8, t.started, t.finished, t.outcome, t.error, t.provider, t.retry_after
+                 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::bigint[], $9::timestamptz[], $10::text[])
+                      AS t(id, attempt, finished, outcome, error, provider, retry_after, started, job)
+                 ON CONFLICT (delivery_id, attempt) DO UPDATE
+                 SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome, error = EXCLUDED.error,
+                     provider_message_id = EXCLUDED.provider_message_id, retry_after_ms = EXCLUDED.retry_after_ms",
+                &ids,
+                &attempt_no,
+                &finished,
+                &outcomes as &[AttemptOutcome],
+                &errors as &[Option<&str>],
+                &provider as &[Option<&str>],
+                &retry_after as &[Option<i64>],
+                worker,
+                &started,
+                &jobs_of as &[&str],
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
 
         // Devices: subscriptions gone. (A device's last use is not written per send: it is the
         // last `sent_at` of its deliveries, the view `device_last_use`.)
@@ -689,7 +727,7 @@ pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc
             WHERE d.status = 'sending'
               AND ($1::timestamptz IS NULL OR d.sending_since < $1)
               AND ($2::text[] IS NULL OR d.claimed_by = ANY($2) OR (d.claimed_by IS NULL AND EXISTS (
-                    SELECT 1 FROM delivery_attempts a WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.worker = ANY($2))))
+                    SELECT 1 FROM delivery_attempt_log a WHERE a.delivery_id = d.id AND a.attempt = d.attempts AND a.worker = ANY($2))))
             FOR UPDATE SKIP LOCKED)
          , u AS (
             UPDATE notification_deliveries d SET status = 'retrying', next_attempt_at = NULL, sending_since = NULL,
@@ -697,11 +735,11 @@ pub(crate) async fn interrupt(pool: &PgPool, which: Stuck<'_>, now: DateTime<Utc
             FROM s WHERE d.id = s.id AND d.status = 'sending'
             RETURNING d.id)
          , a AS (
-            INSERT INTO delivery_attempts (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error)
+            INSERT INTO delivery_attempt_log (delivery_id, attempt, job_id, worker, started_at, finished_at, outcome, error)
             SELECT s.id, s.attempts, s.claim_job_id, s.claimed_by, coalesce(s.sending_since, $4), $4, 'interrupted', $3
             FROM s JOIN u ON u.id = s.id
             ON CONFLICT (delivery_id, attempt) DO UPDATE SET finished_at = EXCLUDED.finished_at, outcome = 'interrupted', error = EXCLUDED.error
-            WHERE delivery_attempts.outcome IS NULL)
+            WHERE delivery_attempt_log.outcome IS NULL)
          SELECT s.id AS "id!", s.notification_id AS "notification_id!", n.priority
          FROM s JOIN u ON u.id = s.id JOIN notifications n ON n.id = s.notification_id"#,
         cutoff,

@@ -200,6 +200,16 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
     )
     .await;
     assert_eq!(outcome, "sent");
+    // ... kept on the delivery's own row: the attempt log holds only the attempts that did not
+    // succeed.
+    let logged = |i: usize| {
+        scalar::<i64>(
+            pool,
+            "SELECT count(*) FROM delivery_attempt_log a JOIN notification_deliveries d ON d.id = a.delivery_id WHERE d.notification_id = $1",
+            ids[i],
+        )
+    };
+    assert_eq!((logged(0).await, logged(1).await, logged(3).await), (0, 1, 1));
     let n_status: String = scalar(pool, "SELECT status FROM notifications WHERE id = $1", ids[0]).await;
     assert_eq!(n_status, "done");
     let events: i64 = scalar(
@@ -548,10 +558,65 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
         other => panic!("{other:?}"),
     }
     // An operator may retry it like a failed one.
-    match plan::decide(loaded.get(&nid), Some(sms), Utc::now(), false) {
-        Decision::Deliver { reopen, .. } => assert_eq!(reopen, Some(sms)),
+    let decision = plan::decide(loaded.get(&nid), Some(sms), Utc::now(), false);
+    match &decision {
+        Decision::Deliver { reopen, .. } => assert_eq!(*reopen, Some(sms)),
         other => panic!("{other:?}"),
     }
+
+    // The sent attempt was kept on the delivery's row; the retry moves it into the attempt log
+    // (same id) before the delivery is claimed again, and the second success is kept on the row.
+    let attempts = |pool: &PgPool| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_as::<_, (i64, i32, Option<String>, Option<String>)>(
+                "SELECT id, attempt, outcome, provider_message_id FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+            )
+            .bind(sms)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let before = attempts(pool).await;
+    assert_eq!(before.len(), 1);
+    assert_eq!((before[0].1, before[0].2.as_deref()), (1, Some("sent")));
+    let logged: i64 = scalar(pool, "SELECT count(*) FROM delivery_attempt_log WHERE delivery_id = $1", sms).await;
+    assert_eq!(logged, 0, "a first-attempt success writes no attempt row");
+    let decided = vec![Decided {
+        job_id: "operator-retry".into(),
+        loaded: loaded.get(&nid).cloned().map(Arc::new),
+        decision,
+    }];
+    let applied = record::apply(pool, &s, WORKER, &decided, Utc::now()).await.unwrap();
+    let again = applied
+        .sends
+        .iter()
+        .find(|c| c.id == sms)
+        .expect("the retried delivery is claimed")
+        .clone();
+    assert_eq!(again.attempt, 2);
+    let moved: Vec<(i64, i32, String)> = sqlx::query_as("SELECT id, attempt, outcome FROM delivery_attempt_log WHERE delivery_id = $1")
+        .bind(sms)
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(moved, vec![(before[0].0, 1, "sent".to_owned())]);
+    let attempted = vec![Attempted {
+        claimed: again,
+        finished: Utc::now(),
+        result: Ok(Sent {
+            provider_message_id: Some("SM3".into()),
+        }),
+    }];
+    record::record(pool, &s, WORKER, &attempted, &[], Utc::now()).await.unwrap();
+    let after = attempts(pool).await;
+    assert_eq!(
+        after.iter().map(|a| (a.1, a.2.as_deref(), a.3.as_deref())).collect::<Vec<_>>(),
+        vec![(1, Some("sent"), Some("SM2")), (2, Some("sent"), Some("SM3"))]
+    );
+    assert_eq!(after[0].0, before[0].0, "an attempt keeps its id when it moves");
+    assert_ne!(after[1].0, after[0].0);
 }
 
 #[tokio::test]
