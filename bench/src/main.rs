@@ -81,11 +81,11 @@ struct Args {
     /// Worker processes for scenarios 2-5.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// `WORKER_CONCURRENCY` (the project's default is 128).
-    #[arg(long, default_value_t = 128)]
+    /// `WORKER_CONCURRENCY` (the project's default).
+    #[arg(long, default_value_t = dashlight_core::config::DEFAULT_WORKER_CONCURRENCY)]
     concurrency: usize,
-    /// `WORKER_BATCH_SIZE` (the project's default is 1000).
-    #[arg(long, default_value_t = 1000)]
+    /// `WORKER_BATCH_SIZE` (the project's default).
+    #[arg(long, default_value_t = dashlight_core::config::DEFAULT_WORKER_BATCH_SIZE)]
     batch: usize,
     /// `POLL_INTERVAL` in ms (the project's default is 250).
     #[arg(long, default_value_t = 250)]

@@ -128,7 +128,7 @@ pub struct Config {
     pub templates_dir: PathBuf,
     /// `REMINDER_OFFSETS`, largest first.
     pub reminder_offsets: Vec<Duration>,
-    /// `WORKER_CONCURRENCY`: jobs in flight per worker process.
+    /// `WORKER_CONCURRENCY`: sends in flight per worker process.
     pub worker_concurrency: usize,
     /// `WORKER_BATCH_SIZE`: notification jobs a worker fetches, claims and records at once.
     pub worker_batch_size: usize,
@@ -325,6 +325,15 @@ pub fn check_admin_token(token: &str) -> Result<(), ConfigError> {
 
 /// The default of `SMS_MAX_SEGMENTS`.
 pub const DEFAULT_SMS_MAX_SEGMENTS: u32 = 3;
+
+/// `WORKER_CONCURRENCY` when unset: sends in flight per worker process. A send's slot is taken
+/// when its chunk is claimed and freed when the send ends, so slots × (claim + send time) bounds
+/// a worker's rate: at 128, the burst left a third of the two cores idle (BENCHMARKS.md, session 5).
+pub const DEFAULT_WORKER_CONCURRENCY: usize = 256;
+
+/// `WORKER_BATCH_SIZE` when unset: notification jobs per fetch; a worker holds at most two
+/// batches unacknowledged.
+pub const DEFAULT_WORKER_BATCH_SIZE: usize = 2000;
 
 /// Refuses an `SMTP_URL` that would send a password in clear text: credentials need `smtps://`
 /// or `tls=required` (STARTTLS that cannot be stripped), unless the server is on this machine.
@@ -559,11 +568,11 @@ impl Config {
             }
         };
 
-        let worker_concurrency = parsed("WORKER_CONCURRENCY", 128usize, "a positive integer")?;
+        let worker_concurrency = parsed("WORKER_CONCURRENCY", DEFAULT_WORKER_CONCURRENCY, "a positive integer")?;
         if worker_concurrency == 0 || worker_concurrency > 4096 {
             return Err(ConfigError::new("WORKER_CONCURRENCY", "expected an integer between 1 and 4096"));
         }
-        let worker_batch_size = parsed("WORKER_BATCH_SIZE", 1000usize, "a positive integer")?;
+        let worker_batch_size = parsed("WORKER_BATCH_SIZE", DEFAULT_WORKER_BATCH_SIZE, "a positive integer")?;
         if worker_batch_size == 0 || worker_batch_size > 5000 {
             return Err(ConfigError::new("WORKER_BATCH_SIZE", "expected an integer between 1 and 5000"));
         }
