@@ -1,7 +1,8 @@
 //! Deliveries: turning notifications into channel attempts, and recording every one. The one
 //! owner of `notification_deliveries` and `delivery_attempt_log` (with the successful attempts
 //! kept on their deliveries, every attempt: the view `delivery_attempts`), of device disabling
-//! (`user_devices.active`), and of a notification's status once a worker acts on it. Every job — the common new notification and every uncommon case — takes the same way:
+//! (`user_devices.active`), and of a notification's status once a worker acts on it. Every job
+//! — the common new notification and every uncommon case — takes the same way:
 //!
 //! 1. [`load`]: the batch's notifications with recipients, preferences, devices and existing
 //!    deliveries, in three statements.

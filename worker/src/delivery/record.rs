@@ -8,10 +8,9 @@
 //! - `record`: send outcomes, in one transaction per batch: delivery states, the attempts (each
 //!   written once, with its result: a success on the delivery's own row, `attempt_id`, anything
 //!   else in `delivery_attempt_log`; the view `delivery_attempts` is all of them), devices whose
-//!   subscription is gone, retry jobs, the
-//!   next stage of a `first` policy, notification states and job acknowledgements. No analytics
-//!   event per delivery and no device `last_used_at`: both follow from the deliveries (views
-//!   `delivery_events` and `device_last_use`).
+//!   subscription is gone, retry jobs, the next stage of a `first` policy, notification states
+//!   and job acknowledgements. No analytics event per delivery and no device `last_used_at`:
+//!   both follow from the deliveries (views `delivery_events` and `device_last_use`).
 //! - `interrupt`: deliveries left `sending` by a worker that died: their attempt is recorded
 //!   `interrupted` from the claim's columns, and they are put back on their way.
 //! - providers' reports (`delivered` / `undelivered`) and Twilio's 21610: `super::receipt`,

@@ -394,6 +394,76 @@ async fn a_late_result_after_an_interrupt_replaces_the_interrupted_attempt() {
     assert_eq!(rows, vec![(1, Some("sent".to_owned()))]);
 }
 
+/// A result for an attempt older than the delivery's current one (recorded `interrupted`, and the
+/// delivery claimed again since) changes only that attempt's record: the delivery stays with its
+/// current attempt, whose own result is then kept on the delivery's row.
+#[tokio::test]
+async fn a_late_result_for_an_older_attempt_leaves_the_current_attempt_alone() {
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let s = settings();
+    let u = user(pool, "older", false).await;
+    let id = notification(pool, Kind::PackageLow, u, Utc::now()).await;
+    let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
+    queue.register().await.unwrap();
+    // Claims what the queue has for the notification, as the drain does.
+    let claim = || async {
+        let jobs = queue.fetch(10, Duration::ZERO, None).await.unwrap();
+        let (mut loaded, _) = load::load(pool, &s, &[id]).await.unwrap();
+        let l = loaded.remove(&id).map(Arc::new);
+        let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
+        let decided = vec![Decided {
+            job_id: jobs[0].id.clone(),
+            loaded: l,
+            decision,
+        }];
+        let applied = record::apply(pool, &s, WORKER, &decided, Utc::now()).await.unwrap();
+        assert_eq!(applied.sends.len(), 1);
+        applied.sends[0].clone()
+    };
+    let first = claim().await;
+    assert_eq!(
+        record::interrupt(pool, Stuck::Of(&[WORKER.to_owned()]), Utc::now()).await.unwrap(),
+        1
+    );
+    let second = claim().await;
+    assert_eq!((first.attempt, second.attempt), (1, 2));
+    let sent = |c: &record::Claimed, provider: &str| Attempted {
+        claimed: c.clone(),
+        finished: Utc::now(),
+        result: Ok(Sent {
+            provider_message_id: Some(provider.into()),
+        }),
+    };
+    record::record(pool, &s, WORKER, &[sent(&first, "<first@test>")], &[], Utc::now())
+        .await
+        .unwrap();
+    let (status, attempts): (String, i32) = sqlx::query_as("SELECT status, attempts FROM notification_deliveries WHERE id = $1")
+        .bind(second.id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!((status.as_str(), attempts), ("sending", 2), "attempt 2 is still in flight");
+    record::record(pool, &s, WORKER, &[sent(&second, "<second@test>")], &[], Utc::now())
+        .await
+        .unwrap();
+    let rows: Vec<(i32, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT attempt, outcome, provider_message_id FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt")
+            .bind(second.id)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (1, Some("sent".to_owned()), Some("<first@test>".to_owned())),
+            (2, Some("sent".to_owned()), Some("<second@test>".to_owned())),
+        ]
+    );
+    let kept: Option<i64> = scalar(pool, "SELECT attempt_id FROM notification_deliveries WHERE id = $1", second.id).await;
+    assert!(kept.is_some(), "the current attempt's success is kept on the row");
+}
+
 /// Fetches the queue's due jobs and returns the one of notification `nid` naming a receipt.
 async fn receipt_job(queue: &JobQueue, nid: i64) -> (String, dashlight_core::jobs::DeliverJob) {
     let jobs = queue.fetch(100, Duration::ZERO, None).await.unwrap();
