@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use super::{
     DeliverySettings, load,
     plan::{self, Decision},
-    record::{self, Attempted, Decided, Stuck},
+    record::{self, Attempted, Claimed, Decided, Stuck},
 };
 use crate::channels::{SendError, Sent};
 
@@ -361,23 +361,13 @@ async fn a_late_result_after_an_interrupt_replaces_the_interrupted_attempt() {
     let id = notification(pool, Kind::PackageLow, u, now).await;
     let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
     queue.register().await.unwrap();
-    let jobs = queue.fetch(10, Duration::ZERO, None).await.unwrap();
-    let (mut loaded, _) = load::load(pool, &s, &[id]).await.unwrap();
-    let l = loaded.remove(&id).map(Arc::new);
-    let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
-    let decided = vec![Decided {
-        job_id: jobs[0].id.clone(),
-        loaded: l,
-        decision,
-    }];
-    let applied = record::apply(pool, &s, WORKER, &decided, Utc::now()).await.unwrap();
-    assert_eq!(applied.sends.len(), 1);
+    let claimed = claim_one(pool, &s, &queue, id).await;
     assert_eq!(
         record::interrupt(pool, Stuck::Of(&[WORKER.to_owned()]), Utc::now()).await.unwrap(),
         1
     );
     let attempted = vec![Attempted {
-        claimed: applied.sends[0].clone(),
+        claimed,
         finished: Utc::now(),
         result: Ok(Sent {
             provider_message_id: Some("<late@test>".into()),
@@ -406,29 +396,14 @@ async fn a_late_result_for_an_older_attempt_leaves_the_current_attempt_alone() {
     let id = notification(pool, Kind::PackageLow, u, Utc::now()).await;
     let queue = JobQueue::new(pool.clone(), QUEUE_NOTIFICATIONS, WORKER);
     queue.register().await.unwrap();
-    // Claims what the queue has for the notification, as the drain does.
-    let claim = || async {
-        let jobs = queue.fetch(10, Duration::ZERO, None).await.unwrap();
-        let (mut loaded, _) = load::load(pool, &s, &[id]).await.unwrap();
-        let l = loaded.remove(&id).map(Arc::new);
-        let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
-        let decided = vec![Decided {
-            job_id: jobs[0].id.clone(),
-            loaded: l,
-            decision,
-        }];
-        let applied = record::apply(pool, &s, WORKER, &decided, Utc::now()).await.unwrap();
-        assert_eq!(applied.sends.len(), 1);
-        applied.sends[0].clone()
-    };
-    let first = claim().await;
+    let first = claim_one(pool, &s, &queue, id).await;
     assert_eq!(
         record::interrupt(pool, Stuck::Of(&[WORKER.to_owned()]), Utc::now()).await.unwrap(),
         1
     );
-    let second = claim().await;
+    let second = claim_one(pool, &s, &queue, id).await;
     assert_eq!((first.attempt, second.attempt), (1, 2));
-    let sent = |c: &record::Claimed, provider: &str| Attempted {
+    let sent = |c: &Claimed, provider: &str| Attempted {
         claimed: c.clone(),
         finished: Utc::now(),
         result: Ok(Sent {
@@ -476,9 +451,9 @@ async fn receipt_job(queue: &JobQueue, nid: i64) -> (String, dashlight_core::job
         .expect("the report enqueued a job naming it")
 }
 
-/// Sends notification `nid`'s first stage and records it `sent` with `provider_id`; returns
-/// the delivery id.
-async fn send_first_stage(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64, result: Result<Sent, SendError>) -> i64 {
+/// Claims notification `nid`'s next send as the drain does: fetches its job, loads, decides and
+/// applies. Returns the one delivery claimed.
+async fn claim_one(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64) -> Claimed {
     let jobs = queue.fetch(100, Duration::ZERO, None).await.unwrap();
     let (loaded, _) = load::load(pool, s, &[nid]).await.unwrap();
     let l = loaded.get(&nid).cloned().map(Arc::new);
@@ -499,7 +474,13 @@ async fn send_first_stage(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue,
     }];
     let applied = record::apply(pool, s, WORKER, &decided, Utc::now()).await.unwrap();
     assert_eq!(applied.sends.len(), 1);
-    let claimed = applied.sends[0].clone();
+    applied.sends[0].clone()
+}
+
+/// Sends notification `nid`'s first stage and records it `sent` with `provider_id`; returns
+/// the delivery id.
+async fn send_first_stage(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64, result: Result<Sent, SendError>) -> i64 {
+    let claimed = claim_one(pool, s, queue, nid).await;
     let id = claimed.id;
     let attempted = vec![Attempted {
         claimed: claimed.clone(),
@@ -636,19 +617,14 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
 
     // The sent attempt was kept on the delivery's row; the retry moves it into the attempt log
     // (same id) before the delivery is claimed again, and the second success is kept on the row.
-    let attempts = |pool: &PgPool| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_as::<_, (i64, i32, Option<String>, Option<String>)>(
-                "SELECT id, attempt, outcome, provider_message_id FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
-            )
-            .bind(sms)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-        }
+    let attempts = || {
+        sqlx::query_as::<_, (i64, i32, Option<String>, Option<String>)>(
+            "SELECT id, attempt, outcome, provider_message_id FROM delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+        )
+        .bind(sms)
+        .fetch_all(pool)
     };
-    let before = attempts(pool).await;
+    let before = attempts().await.unwrap();
     assert_eq!(before.len(), 1);
     assert_eq!((before[0].1, before[0].2.as_deref()), (1, Some("sent")));
     let logged: i64 = scalar(pool, "SELECT count(*) FROM delivery_attempt_log WHERE delivery_id = $1", sms).await;
@@ -680,7 +656,7 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
         }),
     }];
     record::record(pool, &s, WORKER, &attempted, &[], Utc::now()).await.unwrap();
-    let after = attempts(pool).await;
+    let after = attempts().await.unwrap();
     assert_eq!(
         after.iter().map(|a| (a.1, a.2.as_deref(), a.3.as_deref())).collect::<Vec<_>>(),
         vec![(1, Some("sent"), Some("SM2")), (2, Some("sent"), Some("SM3"))]
