@@ -72,6 +72,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/channels/{channel}/resume"),
     ("GET", "/api/pauses"),
     ("GET", "/api/notifications"),
+    ("POST", "/api/notifications/{id}/cancel"),
     ("GET", "/api/deliveries"),
     ("POST", "/api/deliveries/{id}/retry"),
     ("POST", "/api/deliveries/retry"),

@@ -22,7 +22,7 @@ use serde::Serialize;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 
 use crate::{
-    jobs::{DeliverJob, NewJob, QUEUE_NOTIFICATIONS, QUEUES},
+    jobs::{DeliverJob, NOTIFICATIONS_PER_JOB, NewJob, QUEUE_NOTIFICATIONS, QUEUES},
     kinds::Channel,
     queue,
 };
@@ -175,8 +175,10 @@ pub async fn resume(conn: &mut PgConnection, scope: Scope, name: &str, actor: &s
     Ok(Resumed { was_paused: true, woken })
 }
 
-/// One job per notification whose sends on `channel` a pause held, oldest due first (each a
-/// microsecond after the one before, so the fetch's `run_at` order is the due order).
+/// Jobs for the notifications whose sends on `channel` a pause held, oldest due first: one job
+/// per run of equal priority (at most [`NOTIFICATIONS_PER_JOB`] notifications), each a
+/// microsecond after the one before, so the fetch's `run_at` order is the due order. Returns how
+/// many notifications were woken.
 async fn wake_held(conn: &mut PgConnection, channel: &str) -> Result<u64, sqlx::Error> {
     let held: Vec<(i64, i16)> = sqlx::query!(
         "SELECT n.id, n.priority FROM notifications n
@@ -191,27 +193,26 @@ async fn wake_held(conn: &mut PgConnection, channel: &str) -> Result<u64, sqlx::
     .map(|r| (r.id, r.priority))
     .collect();
     let base = Utc::now();
-    let payloads: Vec<DeliverJob> = held
-        .iter()
-        .map(|(id, _)| DeliverJob {
-            notification_id: *id,
-            retry_delivery_id: None,
-            receipt_id: None,
-            cancel: None,
-        })
-        .collect();
+    // Oldest first: one job per run of equal priority (at most NOTIFICATIONS_PER_JOB), each due a
+    // microsecond after the one before.
+    let mut payloads: Vec<(DeliverJob, i16)> = Vec::new();
+    for run in held.chunk_by(|a, b| a.1 == b.1) {
+        for part in run.chunks(NOTIFICATIONS_PER_JOB) {
+            let ids: Vec<i64> = part.iter().map(|(id, _)| *id).collect();
+            payloads.push((DeliverJob::deliver_all(&ids), part[0].1));
+        }
+    }
     let jobs: Vec<NewJob<'_>> = payloads
         .iter()
-        .zip(&held)
         .enumerate()
-        .map(|(i, (job, (_, priority)))| {
+        .map(|(i, (job, priority))| {
             NewJob::new(QUEUE_NOTIFICATIONS, job)
                 .run_at(base + Duration::microseconds(i as i64))
                 .priority(i32::from(*priority))
         })
         .collect();
     queue::enqueue(conn, &jobs).await?;
-    Ok(jobs.len() as u64)
+    Ok(held.len() as u64)
 }
 
 async fn record_event(

@@ -1,4 +1,4 @@
-//! The queue contract: queue names, job payloads and [`NewJob`]. The statements that put jobs
+//! The queue contract: queue names, job payloads ([`DeliverJob`], grouped by [`delivery_jobs`]) and [`NewJob`]. The statements that put jobs
 //! into apalis's table (and every other statement on it) live in [`crate::queue`]; [`enqueue`]
 //! is re-exported here for producers.
 
@@ -16,11 +16,24 @@ pub const QUEUES: [&str; 2] = [QUEUE_NOTIFICATIONS, QUEUE_PERIODIC];
 /// new job at its backoff time), so a job only fails when its handler hit an unexpected error.
 pub const JOB_MAX_ATTEMPTS: i32 = 5;
 
-/// Process one notification: plan its deliveries and send what is due.
+/// The most notifications one [`DeliverJob`] carries. Notifications written together, due at the
+/// same instant with the same priority, share jobs of up to this many: one job row (an insert, a
+/// claim and a delete) then serves a hundred notifications instead of one.
+pub const NOTIFICATIONS_PER_JOB: usize = 100;
+
+/// Process notifications: plan their deliveries and send what is due. A job names one
+/// notification (`notification_id`, the form of every job that acts on one: an operator's retry,
+/// a provider's report, a cancel) or several written and due together (`notification_ids`).
+/// Build one with its constructors; the drain handles each notification of a job on its own
+/// (a unit), and the job is finished when every unit is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DeliverJob {
-    /// `notifications.id`.
+    /// `notifications.id` of a job about one notification (0 when `notification_ids` is used).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub notification_id: i64,
+    /// The notifications of a grouped job (empty for a job about one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notification_ids: Vec<i64>,
     /// Set by an operator's retry: this delivery is put back on its way even if failed or dead.
     #[serde(default)]
     pub retry_delivery_id: Option<i64>,
@@ -29,11 +42,116 @@ pub struct DeliverJob {
     /// channel after `undelivered`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_id: Option<i64>,
-    /// Set by an operator's cancel of the notification's job ([`crate::queue::cancel_job`]):
-    /// the worker records the notification `cancelled` with this reason and closes its open
-    /// deliveries, instead of delivering.
+    /// Set by a cancel (an operator's cancel of the notification or of its job,
+    /// [`crate::queue::cancel_job`], [`crate::queue::cancel_notifications`], or a producer's
+    /// withdrawal, [`crate::notify::cancel_for_booking`]): the worker records the notification
+    /// `cancelled` with this reason and closes its open deliveries, instead of delivering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<String>,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+impl DeliverJob {
+    /// Deliver one notification (plan it, send what is due).
+    pub fn deliver(notification_id: i64) -> Self {
+        DeliverJob {
+            notification_id,
+            ..Default::default()
+        }
+    }
+
+    /// Deliver these notifications (one job for all of them; one id gives the one-notification form).
+    pub fn deliver_all(ids: &[i64]) -> Self {
+        match ids {
+            [one] => DeliverJob::deliver(*one),
+            _ => DeliverJob {
+                notification_ids: ids.to_vec(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Put one delivery of the notification back on its way (an operator's retry).
+    pub fn retry(notification_id: i64, delivery_id: i64) -> Self {
+        DeliverJob {
+            retry_delivery_id: Some(delivery_id),
+            ..DeliverJob::deliver(notification_id)
+        }
+    }
+
+    /// Apply a provider's report to the notification's delivery.
+    pub fn receipt(notification_id: i64, receipt_id: i64) -> Self {
+        DeliverJob {
+            receipt_id: Some(receipt_id),
+            ..DeliverJob::deliver(notification_id)
+        }
+    }
+
+    /// Record the notifications `cancelled` with `reason` (through the worker's recorder, the one
+    /// writer of delivery state).
+    pub fn cancel(ids: &[i64], reason: impl Into<String>) -> Self {
+        DeliverJob {
+            cancel: Some(reason.into()),
+            ..DeliverJob::deliver_all(ids)
+        }
+    }
+
+    /// The notifications this job is about, in order.
+    pub fn notifications(&self) -> Vec<i64> {
+        if self.notification_ids.is_empty() {
+            vec![self.notification_id]
+        } else {
+            self.notification_ids.clone()
+        }
+    }
+
+    /// The job about one of its notifications (what the drain handles as a unit).
+    pub fn unit(&self, notification_id: i64) -> Self {
+        DeliverJob {
+            notification_id,
+            notification_ids: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
+
+/// The jobs that deliver `runs` (notification, when, priority): notifications due at the same
+/// instant with the same priority share jobs of up to [`NOTIFICATIONS_PER_JOB`]. `now` is the
+/// clock the due times are read on ([`real_run_at`]). Returns the payloads with their due time
+/// and priority, in the order of first appearance.
+pub fn delivery_jobs(runs: &[(i64, DateTime<Utc>, i32)], cancel: Option<&str>) -> Vec<(DeliverJob, DateTime<Utc>, i32)> {
+    type Key = (DateTime<Utc>, i32);
+    let mut groups: Vec<(Key, Vec<i64>)> = Vec::new();
+    let mut index: std::collections::HashMap<Key, usize> = std::collections::HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for &(id, at, priority) in runs {
+        let key = (at, priority);
+        if !seen.insert((id, key)) {
+            continue;
+        }
+        let i = match index.get(&key) {
+            Some(&i) if groups[i].1.len() < NOTIFICATIONS_PER_JOB => i,
+            _ => {
+                groups.push((key, Vec::new()));
+                index.insert(key, groups.len() - 1);
+                groups.len() - 1
+            }
+        };
+        groups[i].1.push(id);
+    }
+    groups
+        .into_iter()
+        .map(|((at, priority), ids)| {
+            let job = match cancel {
+                Some(why) => DeliverJob::cancel(&ids, why),
+                None => DeliverJob::deliver_all(&ids),
+            };
+            (job, at, priority)
+        })
+        .collect()
 }
 
 /// Periodic work, fired once per tick across scheduler replicas.
@@ -155,3 +273,39 @@ impl<'a> NewJob<'a> {
 }
 
 pub use crate::queue::enqueue;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_of_one_notification_keeps_the_one_notification_form() {
+        let one = serde_json::to_value(DeliverJob::deliver(7)).unwrap();
+        assert_eq!(one, serde_json::json!({"notification_id": 7, "retry_delivery_id": null}));
+        let many = serde_json::to_value(DeliverJob::deliver_all(&[7, 8])).unwrap();
+        assert_eq!(many, serde_json::json!({"notification_ids": [7, 8], "retry_delivery_id": null}));
+        for v in [one, many] {
+            let back: DeliverJob = serde_json::from_value(v.clone()).unwrap();
+            assert_eq!(serde_json::to_value(back).unwrap(), v);
+        }
+        // A payload written before jobs carried several notifications still reads.
+        let old: DeliverJob = serde_json::from_str(r#"{"notification_id": 9, "retry_delivery_id": null}"#).unwrap();
+        assert_eq!(old.notifications(), vec![9]);
+    }
+
+    #[test]
+    fn notifications_due_together_share_jobs_of_at_most_a_hundred() {
+        let t = Utc::now();
+        let later = t + chrono::Duration::seconds(1);
+        let mut runs: Vec<(i64, DateTime<Utc>, i32)> = (0..250).map(|i| (i, t, 20)).collect();
+        runs.push((1000, later, 20));
+        runs.push((1001, t, 10));
+        runs.push((5, t, 20)); // a second run of one notification adds nothing
+        let jobs = delivery_jobs(&runs, None);
+        let sizes: Vec<(usize, i32)> = jobs.iter().map(|(j, _, p)| (j.notifications().len(), *p)).collect();
+        assert_eq!(sizes, [(100, 20), (100, 20), (50, 20), (1, 20), (1, 10)]);
+        assert_eq!(jobs[3].1, later);
+        let cancels = delivery_jobs(&[(1, t, 0), (2, t, 0)], Some("why"));
+        assert_eq!(cancels[0].0, DeliverJob::cancel(&[1, 2], "why"));
+    }
+}

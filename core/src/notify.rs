@@ -11,6 +11,7 @@ use sqlx::PgConnection;
 use crate::{
     jobs::{self, DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
     kinds::{Channel, Kind},
+    states::NotificationStatus,
 };
 
 /// A notification to create.
@@ -74,10 +75,15 @@ impl NewNotification {
     }
 }
 
-/// Inserts the notification and enqueues its job. A person's notification gets `page_path`
-/// (`/me/{token}`, [`crate::access`]) added to its data: where its push opens. Returns its id, or `None` when the event was
-/// already notified (same `dedupe_key`).
+/// Inserts the notification and enqueues its job ([`create_all`] of one). A person's
+/// notification gets `page_path` (`/me/{token}`, [`crate::access`]) added to its data: where its
+/// push opens. Returns its id, or `None` when the event was already notified (same `dedupe_key`).
 pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i64>, sqlx::Error> {
+    Ok(create_all(conn, vec![n]).await?.pop().flatten())
+}
+
+/// The notification's row (no job).
+async fn insert(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i64>, sqlx::Error> {
     let (policy, routed) = n.kind.routing();
     let channels = n.channels.as_deref().filter(|c| !c.is_empty()).unwrap_or(routed);
     let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
@@ -116,25 +122,43 @@ pub async fn create(conn: &mut PgConnection, n: NewNotification) -> Result<Optio
     )
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(id) = id {
-        if n.skip_reason.is_none() {
-            let job = DeliverJob {
-                notification_id: id,
-                retry_delivery_id: None,
-                receipt_id: None,
-                cancel: None,
-            };
-            jobs::enqueue(
-                conn,
-                &[NewJob::new(QUEUE_NOTIFICATIONS, &job)
-                    .due(n.due_at, n.produced_at)
-                    .priority(n.kind.priority())],
-            )
-            .await?;
-        }
+    if id.is_some() {
         metrics_created(n.kind);
     }
     Ok(id)
+}
+
+/// Inserts the notifications and enqueues their jobs, as [`create`] does for one: notifications
+/// due at the same instant with the same priority share jobs (up to
+/// [`jobs::NOTIFICATIONS_PER_JOB`] each, [`jobs::delivery_jobs`]), so a reminder run, an invoice
+/// run or a booking's confirmation and alert cost one job row, not one each. Returns each
+/// notification's id, or `None` where its event was already notified. Use it on a transaction:
+/// the notifications and their jobs commit together.
+pub async fn create_all(conn: &mut PgConnection, all: Vec<NewNotification>) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    let mut ids = Vec::with_capacity(all.len());
+    // Grouped by the due time on the producer's clock; each job runs that long after the real now.
+    let mut runs = Vec::new();
+    let mut produced_at = std::collections::HashMap::new();
+    for n in all {
+        let run = n.skip_reason.is_none().then_some((n.due_at, n.kind.priority()));
+        produced_at.entry(n.due_at).or_insert(n.produced_at);
+        let id = insert(conn, n).await?;
+        if let (Some(id), Some((due, priority))) = (id, run) {
+            runs.push((id, due, priority));
+        }
+        ids.push(id);
+    }
+    let grouped = jobs::delivery_jobs(&runs, None);
+    let new: Vec<NewJob<'_>> = grouped
+        .iter()
+        .map(|(job, due, priority)| {
+            NewJob::new(QUEUE_NOTIFICATIONS, job)
+                .due(*due, produced_at[due])
+                .priority(*priority)
+        })
+        .collect();
+    jobs::enqueue(conn, &new).await?;
+    Ok(ids)
 }
 
 fn metrics_created(kind: Kind) {
@@ -171,6 +195,37 @@ pub async fn cancel_by_key(conn: &mut PgConnection, dedupe_key: &str, reason: &s
     Ok(r.rows_affected() > 0)
 }
 
+/// What [`cancel_one`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOne {
+    /// Still open: its cancel is on its way to the worker's recorder, which records it
+    /// `cancelled` and closes its open deliveries before any later run of its job sends it.
+    Cancelling,
+    /// No such notification.
+    NotFound,
+    /// Nothing left to cancel: it is no longer open (its status).
+    NotOpen(NotificationStatus),
+}
+
+/// Cancels one open notification as `actor` (an operator's cancel), whichever job carries it:
+/// a job due now carrying the cancel is enqueued on `conn`, and the worker's recorder (the one
+/// writer of delivery state) records it. The rest of its job is untouched.
+pub async fn cancel_one(conn: &mut PgConnection, id: i64, actor: &str) -> Result<CancelOne, sqlx::Error> {
+    let row = sqlx::query!(
+        r#"SELECT status AS "status: NotificationStatus", priority FROM notifications WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(CancelOne::NotFound) };
+    if !row.status.is_open() {
+        return Ok(CancelOne::NotOpen(row.status));
+    }
+    let job = DeliverJob::cancel(&[id], format!("cancelled by operator ({actor})"));
+    jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(row.priority))]).await?;
+    Ok(CancelOne::Cancelling)
+}
+
 /// Puts deliveries back on their way, as [`enqueue_delivery_retry`] does for one: one job each,
 /// enqueued together. Returns how many were enqueued (ids that do not exist are skipped).
 pub async fn enqueue_delivery_retries(conn: &mut PgConnection, delivery_ids: &[i64]) -> Result<u64, sqlx::Error> {
@@ -186,17 +241,7 @@ pub async fn enqueue_delivery_retries(conn: &mut PgConnection, delivery_ids: &[i
     .await?;
     let payloads: Vec<(DeliverJob, i16)> = rows
         .into_iter()
-        .map(|r| {
-            (
-                DeliverJob {
-                    notification_id: r.notification_id,
-                    retry_delivery_id: Some(r.delivery_id),
-                    receipt_id: None,
-                    cancel: None,
-                },
-                r.priority,
-            )
-        })
+        .map(|r| (DeliverJob::retry(r.notification_id, r.delivery_id), r.priority))
         .collect();
     let jobs: Vec<NewJob<'_>> = payloads
         .iter()
@@ -217,12 +262,7 @@ pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -
     .await?
     .map(|r| (r.id, r.priority));
     let Some((notification_id, priority)) = row else { return Ok(false) };
-    let job = DeliverJob {
-        notification_id,
-        retry_delivery_id: Some(delivery_id),
-        receipt_id: None,
-        cancel: None,
-    };
+    let job = DeliverJob::retry(notification_id, delivery_id);
     jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(priority as i32)]).await?;
     Ok(true)
 }

@@ -103,12 +103,7 @@ pub async fn report(conn: &mut PgConnection, r: &Report<'_>) -> Result<Option<i6
         return Ok(None);
     };
     if r.status != ReceiptStatus::Note {
-        let job = DeliverJob {
-            notification_id,
-            retry_delivery_id: None,
-            receipt_id: Some(receipt_id),
-            cancel: None,
-        };
+        let job = DeliverJob::receipt(notification_id, receipt_id);
         jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(priority))]).await?;
     }
     Ok(Some(receipt_id))

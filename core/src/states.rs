@@ -97,8 +97,11 @@ text_state! {
         Done => "done",
         /// Not sent (expired before it could be).
         Skipped => "skipped",
-        /// The booking changed first.
+        /// Withdrawn: the booking changed first, or a person or an operator cancelled it.
         Cancelled => "cancelled",
+        /// The worker could not plan, claim or record it (`status_reason` says why); it failed
+        /// alone, nothing else in its job or batch was held back.
+        Failed => "failed",
     }
 }
 

@@ -38,6 +38,7 @@ use std::{
 };
 
 use anyhow::anyhow;
+use chrono::{DateTime, Utc};
 use dashlight_core::{
     jobs::{DeliverJob, QUEUE_NOTIFICATIONS},
     kinds::TIME_CRITICAL,
@@ -96,11 +97,98 @@ pub struct Drain {
     queue: JobQueue,
     pipeline: Pipeline,
     settings: DrainSettings,
+    tickets: Tickets,
 }
 
 enum Record {
     Delivery(Box<Attempted>),
-    Job(String, JobOutcome),
+    /// A job whose units are all finished, its outcome, and how many units it held of the room.
+    Job(String, JobOutcome, usize),
+}
+
+/// The jobs in hand and how many of their units are not finished yet. A job's outcome is
+/// decided when its last unit finishes: `Failed` (fetched again) if any unit hit an error worth
+/// trying again, else `Done` if any unit was handled, else `Killed` (every unit unplannable).
+#[derive(Default)]
+struct Tickets(std::sync::Mutex<HashMap<String, Ticket>>);
+
+struct Ticket {
+    units: usize,
+    left: usize,
+    outcome: Option<JobOutcome>,
+}
+
+impl Tickets {
+    fn open(&self, job: &str, units: usize) {
+        let mut t = self.0.lock().expect("tickets");
+        t.insert(
+            job.to_owned(),
+            Ticket {
+                units,
+                left: units,
+                outcome: None,
+            },
+        );
+    }
+
+    /// One unit of `job` finished with `outcome`; returns the job's outcome and its unit count
+    /// when it was the last.
+    fn finish(&self, job: &str, outcome: JobOutcome) -> Option<(JobOutcome, usize)> {
+        let mut t = self.0.lock().expect("tickets");
+        let ticket = t.get_mut(job)?;
+        ticket.outcome = Some(match (ticket.outcome.take(), outcome) {
+            (None, o) => o,
+            (Some(f @ JobOutcome::Failed { .. }), _) | (_, f @ JobOutcome::Failed { .. }) => f,
+            (Some(JobOutcome::Done), _) | (_, JobOutcome::Done) => JobOutcome::Done,
+            (Some(k @ JobOutcome::Killed(_)), JobOutcome::Killed(_)) => k,
+        });
+        ticket.left = ticket.left.saturating_sub(1);
+        if ticket.left > 0 {
+            return None;
+        }
+        let ticket = t.remove(job)?;
+        Some((ticket.outcome.unwrap_or(JobOutcome::Done), ticket.units))
+    }
+}
+
+/// The drain's room, in units: a semaphore whose permits are the units that may still be fetched,
+/// and the units fetched beyond it (a fetch of whole jobs may overshoot), paid back first.
+struct Room {
+    sem: Semaphore,
+    debt: std::sync::Mutex<usize>,
+}
+
+impl Room {
+    fn new(units: usize) -> Self {
+        Room {
+            sem: Semaphore::new(units),
+            debt: std::sync::Mutex::new(0),
+        }
+    }
+
+    /// Takes `n` units (only the fetch loop takes; what is not there becomes debt).
+    fn take(&self, n: usize) {
+        let have = self.sem.available_permits().min(n);
+        if have > 0
+            && let Ok(p) = self.sem.try_acquire_many(have as u32)
+        {
+            p.forget();
+        }
+        *self.debt.lock().expect("room") += n - have;
+    }
+
+    /// Gives back `n` units, paying the debt first.
+    fn give(&self, n: usize) {
+        let mut debt = self.debt.lock().expect("room");
+        let pay = (*debt).min(n);
+        *debt -= pay;
+        self.sem.add_permits(n - pay);
+    }
+}
+
+/// How many notifications (units) a job's payload carries; 1 for one that does not decode.
+fn units_of(job: &FetchedJob) -> usize {
+    serde_json::from_slice::<DeliverJob>(&job.payload).map_or(1, |d| d.notifications().len().max(1))
 }
 
 type Out = mpsc::UnboundedSender<Record>;
@@ -115,6 +203,7 @@ impl Drain {
             queue: JobQueue::new(pipeline.pool.clone(), QUEUE_NOTIFICATIONS, &pipeline.settings.worker_name),
             pipeline,
             settings,
+            tickets: Tickets::default(),
         }
     }
 
@@ -145,11 +234,11 @@ impl Drain {
             .listen
             .clone()
             .map(|pool| tokio::spawn(listen(pool, this.queue.queue().to_owned(), wake.clone(), stop.clone())));
-        // Jobs fetched and not yet acknowledged: at most two batches, so a crash or a stop has a
-        // bounded amount of work in flight. The last half batch of that room is kept for
-        // time-critical jobs: a reminder falling due while bulk jobs fill the room is fetched at
-        // once instead of waiting for a bulk job to finish.
-        let room = Arc::new(Semaphore::new(this.settings.batch_size * 2));
+        // Units (notifications of jobs) fetched and not yet acknowledged: at most two batches, so
+        // a crash or a stop has a bounded amount of work in flight. The last half batch of that
+        // room is kept for time-critical jobs: a reminder falling due while bulk jobs fill the
+        // room is fetched at once instead of waiting for a bulk job to finish.
+        let room = Arc::new(Room::new(this.settings.batch_size * 2));
         let reserve = reserved_room(this.settings.batch_size);
         let sends = Arc::new(PriorityPermits::new(this.settings.concurrency));
         let limits = tokio::spawn(this.settings.limits.clone().run());
@@ -158,6 +247,8 @@ impl Drain {
         let mut tasks = JoinSet::new();
         let (held_tx, mut held_rx) = mpsc::unbounded_channel::<Vec<FetchedJob>>();
         let mut died: Option<anyhow::Error> = None;
+        // Units per job in the last fetch (the next fetch's estimate).
+        let mut per_job = 1usize;
         loop {
             while tasks.try_join_next().is_some() {}
             // Wait for room (or the stop, or a dead task).
@@ -166,15 +257,18 @@ impl Drain {
                 _ = &mut shutdown => break,
                 r = &mut recorder => { died = Some(task_died("recorder", r)); break }
                 r = &mut heartbeat => { died = Some(task_died("heartbeat", r)); break }
-                permit = room.acquire() => drop(permit),
+                permit = room.sem.acquire() => drop(permit),
             }
             // Above the reserve, any job (highest priority first); within it, time-critical only.
-            let free = room.available_permits();
-            let (limit, min_priority) = if free > reserve {
+            // The room counts units; a fetch asks for as many jobs as fit at the size of the
+            // jobs last fetched (a job carries up to NOTIFICATIONS_PER_JOB notifications).
+            let free = room.sem.available_permits();
+            let (units, min_priority) = if free > reserve {
                 ((free - reserve).min(this.settings.batch_size), None)
             } else {
                 (free, Some(TIME_CRITICAL))
             };
+            let limit = units.div_ceil(per_job).max(1);
             let t0 = std::time::Instant::now();
             let fetched = match this.queue.fetch(limit, this.settings.poll_interval, min_priority).await {
                 Ok(jobs) => jobs,
@@ -189,10 +283,16 @@ impl Drain {
             };
             let got = fetched.len();
             if got > 0 {
-                tracing::debug!(got, limit, ms = t0.elapsed().as_millis() as u64, "fetched jobs");
-                if let Ok(p) = room.try_acquire_many(got as u32) {
-                    p.forget();
-                }
+                let fetched_units: usize = fetched.iter().map(units_of).sum();
+                per_job = fetched_units.div_ceil(got).max(1);
+                tracing::debug!(
+                    got,
+                    units = fetched_units,
+                    limit,
+                    ms = t0.elapsed().as_millis() as u64,
+                    "fetched jobs"
+                );
+                room.take(fetched_units);
                 metrics::counter!("dashlight_jobs_fetched_total", "queue" => QUEUE_NOTIFICATIONS).increment(got as u64);
                 for job in &fetched {
                     metrics::histogram!("dashlight_job_wait_seconds", "priority" => job.priority.to_string())
@@ -205,7 +305,7 @@ impl Drain {
                 // was free) room for bulk jobs again.
                 let unreserved = async {
                     match min_priority {
-                        Some(_) => drop(room.acquire_many(reserve as u32 + 1).await),
+                        Some(_) => drop(room.sem.acquire_many(reserve as u32 + 1).await),
                         None => std::future::pending().await,
                     }
                 };
@@ -260,17 +360,29 @@ impl Drain {
         }
     }
 
-    /// One group of jobs due at the same moment: plan, apply chunk by chunk, send, hand the
-    /// results to the recorder.
+    /// One group of jobs due at the same moment: each job's notifications become units (one
+    /// notification of one job); plan them, apply chunk by chunk, send, hand the results to the
+    /// recorder.
     async fn handle(self: Arc<Self>, jobs: Vec<FetchedJob>, out: Out, sends: Arc<PriorityPermits>) {
         let mut candidates = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        for mut job in jobs {
             match serde_json::from_slice::<DeliverJob>(&job.payload) {
                 Err(e) => {
                     tracing::error!(job = %job.id, error = %e, "job payload does not decode: giving up on it");
-                    let _ = out.send(Record::Job(job.id, JobOutcome::Killed(format!("job payload does not decode: {e}"))));
+                    let _ = out.send(Record::Job(
+                        job.id,
+                        JobOutcome::Killed(format!("job payload does not decode: {e}")),
+                        1,
+                    ));
                 }
-                Ok(d) => candidates.push((job, d)),
+                Ok(d) => {
+                    let ids = d.notifications();
+                    self.tickets.open(&job.id, ids.len());
+                    job.payload = Vec::new();
+                    for id in ids {
+                        candidates.push((job.clone(), d.unit(id)));
+                    }
+                }
             }
         }
         let mut set = JoinSet::new();
@@ -280,15 +392,15 @@ impl Drain {
             let (decided, waiting, duplicates) = match self.decide(candidates).await {
                 Ok(d) => d,
                 Err((jobs, e)) => {
-                    tracing::warn!(jobs = jobs.len(), error = %e, "loading a batch failed; its jobs will be fetched again");
-                    fail(&out, jobs, &e);
+                    tracing::warn!(units = jobs.len(), error = %e, "loading a batch failed; its jobs will be fetched again");
+                    self.fail(&out, jobs, &e);
                     break;
                 }
             };
             tracing::debug!(jobs = n, ms = t0.elapsed().as_millis() as u64, "planned");
             // A second job for a notification of the same group has nothing to add.
             for job in duplicates {
-                let _ = out.send(Record::Job(job.id, JobOutcome::Done));
+                self.unit_done(&out, &job.id, JobOutcome::Done);
             }
             let decided = urgent_first(decided);
             self.apply_in_chunks(decided, &out, &sends, &mut set).await;
@@ -351,6 +463,7 @@ impl Drain {
             }
             let entry = Decided {
                 job_id: job.id.clone(),
+                notification: d.notification_id,
                 loaded: l,
                 decision,
             };
@@ -421,31 +534,37 @@ impl Drain {
         let settings = &self.pipeline.settings;
         let applied = match record::apply(&self.pipeline.pool, settings, self.queue.worker(), &decided, now).await {
             Ok(a) => a,
+            Err(e) if record::is_row_error(&e) => {
+                // One unit's rows (say an address too long for an index) fail the chunk's
+                // statements: apply the units one at a time, so only that one fails.
+                tracing::warn!(units = jobs.len(), error = %e, "claiming a chunk failed on its rows; claiming its units one by one");
+                self.apply_one_by_one(jobs, decided, now, out).await
+            }
             Err(e) => {
-                tracing::warn!(jobs = jobs.len(), error = %e, "claiming a batch failed; its jobs will be fetched again");
+                tracing::warn!(units = jobs.len(), error = %e, "claiming a chunk failed; its jobs will be fetched again");
                 sends.add_permits(held);
-                fail(out, jobs, &e);
+                self.fail(out, jobs, &e);
                 return;
             }
         };
         // Permits taken for sends that the claim did not win (another worker, a race) go back.
         sends.add_permits(held.saturating_sub(applied.sends.len()));
-        // A job is acknowledged as soon as the last of its deliveries has gone to the recorder
+        for (job, outcome) in applied.finished {
+            self.unit_done(out, &job, outcome);
+        }
+        // A unit is finished as soon as the last of its deliveries has gone to the recorder
         // (same channel, so in the same write as that delivery or a later one), not when the
         // whole chunk is done: one slow send holds back only its own job.
-        let open: HashMap<String, Arc<AtomicUsize>> = applied
-            .open_jobs
-            .into_iter()
-            .map(|id| (id, Arc::new(AtomicUsize::new(0))))
-            .collect();
+        let open: HashMap<(String, i64), Arc<AtomicUsize>> =
+            applied.open.into_iter().map(|unit| (unit, Arc::new(AtomicUsize::new(0)))).collect();
         for c in &applied.sends {
-            if let Some(n) = open.get(&c.job_id) {
+            if let Some(n) = open.get(&(c.job_id.clone(), c.n.n.id)) {
                 n.fetch_add(1, Ordering::Relaxed);
             }
         }
         for (i, claimed) in applied.sends.into_iter().enumerate() {
             let (this, out, sends) = (self.clone(), out.clone(), sends.clone());
-            let ack = open.get(&claimed.job_id).cloned();
+            let ack = open.get(&(claimed.job_id.clone(), claimed.n.n.id)).cloned();
             // One slot per send, as many as were taken (one notification may have more deliveries
             // than the drain's concurrency: those beyond it run without a slot).
             let slot = usize::from(i < held);
@@ -460,11 +579,59 @@ impl Drain {
                 if let Some(c) = ack
                     && c.fetch_sub(1, Ordering::AcqRel) == 1
                 {
-                    let _ = out.send(Record::Job(job_id, JobOutcome::Done));
+                    this.unit_done(&out, &job_id, JobOutcome::Done);
                 }
             });
         }
         while set.join_next().await.is_some() {}
+    }
+
+    /// A chunk whose claim failed on its rows, applied unit by unit: a unit that fails again on
+    /// its rows has its notification recorded `failed` with the error (it fails alone); one that
+    /// fails for another reason goes back to the queue with its job.
+    async fn apply_one_by_one(&self, jobs: Vec<FetchedJob>, decided: Vec<Decided>, now: DateTime<Utc>, out: &Out) -> record::Applied {
+        let settings = &self.pipeline.settings;
+        let mut all = record::Applied::default();
+        for (job, d) in jobs.into_iter().zip(decided) {
+            let notification = d.notification;
+            match record::apply(&self.pipeline.pool, settings, self.queue.worker(), std::slice::from_ref(&d), now).await {
+                Ok(a) => {
+                    all.sends.extend(a.sends);
+                    all.open.extend(a.open);
+                    all.finished.extend(a.finished);
+                }
+                Err(e) if record::is_row_error(&e) => match record::fail_alone(&self.pipeline.pool, notification, "claimed", &e).await {
+                    Ok(()) => all.finished.push((job.id, JobOutcome::Done)),
+                    Err(e) => self.fail(out, vec![job], &e),
+                },
+                Err(e) => self.fail(out, vec![job], &e),
+            }
+        }
+        all
+    }
+
+    /// One unit of `job` finished: when it was the job's last, the job's outcome goes to the
+    /// recorder (which acknowledges it with the results it writes).
+    fn unit_done(&self, out: &Out, job: &str, outcome: JobOutcome) {
+        if let Some((outcome, units)) = self.tickets.finish(job, outcome) {
+            let _ = out.send(Record::Job(job.to_owned(), outcome, units));
+        }
+    }
+
+    /// Units that could not be handled: their jobs go back to the queue after a backoff (the
+    /// job's other units, handled meanwhile, find nothing left to do when it runs again).
+    fn fail(&self, out: &Out, units: Vec<FetchedJob>, e: &sqlx::Error) {
+        for job in units {
+            let retry_in = job_backoff(job.attempts);
+            self.unit_done(
+                out,
+                &job.id,
+                JobOutcome::Failed {
+                    error: e.to_string(),
+                    retry_in,
+                },
+            );
+        }
     }
 
     /// What a send tells every worker: a provider's `Retry-After` holds its channel; the send's
@@ -518,20 +685,6 @@ fn reserved_room(batch_size: usize) -> usize {
     batch_size / 2
 }
 
-/// Jobs that could not be handled go back to the queue after a backoff.
-fn fail(out: &Out, jobs: Vec<FetchedJob>, e: &sqlx::Error) {
-    for job in jobs {
-        let retry_in = job_backoff(job.attempts);
-        let _ = out.send(Record::Job(
-            job.id,
-            JobOutcome::Failed {
-                error: e.to_string(),
-                retry_in,
-            },
-        ));
-    }
-}
-
 fn task_died(what: &str, r: Result<(), tokio::task::JoinError>) -> anyhow::Error {
     match r {
         Err(e) if e.is_panic() => anyhow!("the {what} task panicked"),
@@ -578,10 +731,11 @@ fn dispatch(
 /// The single writer of results: takes everything that arrived since its last write (waiting up
 /// to [`RECORD_GATHER`] for [`RECORD_BATCH`] of them) and records it in one transaction; on a
 /// database error keeps it and tries again. Ends when every sender is gone.
-async fn recorder(this: Arc<Drain>, mut rx: mpsc::UnboundedReceiver<Record>, room: Arc<Semaphore>) {
+async fn recorder(this: Arc<Drain>, mut rx: mpsc::UnboundedReceiver<Record>, room: Arc<Room>) {
     let mut buf = Vec::with_capacity(1024);
     let mut deliveries = Vec::new();
     let mut jobs = Vec::new();
+    let mut units = 0usize;
     loop {
         if deliveries.is_empty() && jobs.is_empty() {
             if rx.recv_many(&mut buf, 2048).await == 0 {
@@ -609,7 +763,10 @@ async fn recorder(this: Arc<Drain>, mut rx: mpsc::UnboundedReceiver<Record>, roo
         for r in buf.drain(..) {
             match r {
                 Record::Delivery(a) => deliveries.push(*a),
-                Record::Job(id, outcome) => jobs.push((id, outcome)),
+                Record::Job(id, outcome, n) => {
+                    jobs.push((id, outcome));
+                    units += n;
+                }
             }
         }
         let started = std::time::Instant::now();
@@ -633,9 +790,39 @@ async fn recorder(this: Arc<Drain>, mut rx: mpsc::UnboundedReceiver<Record>, roo
                     ms = started.elapsed().as_millis() as u64,
                     "recorded"
                 );
-                room.add_permits(jobs.len());
+                room.give(std::mem::take(&mut units));
                 deliveries.clear();
                 jobs.clear();
+            }
+            Err(e) if record::is_row_error(&e) && !deliveries.is_empty() => {
+                // One result's rows fail the batch's statements: record the results one at a
+                // time; one that fails again on its rows has its notification recorded `failed`
+                // (it fails alone), the rest are recorded, the jobs with the next write.
+                tracing::warn!(deliveries = deliveries.len(), error = %e, "recording results failed on their rows; recording them one by one");
+                let pool = &this.pipeline.pool;
+                let mut kept = Vec::new();
+                for a in deliveries.drain(..) {
+                    match record::record(
+                        pool,
+                        &this.pipeline.settings,
+                        this.queue.worker(),
+                        std::slice::from_ref(&a),
+                        &[],
+                        now,
+                    )
+                    .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if record::is_row_error(&e) => {
+                            if let Err(e) = record::fail_alone(pool, a.claimed.n.n.id, "recorded", &e).await {
+                                tracing::warn!(error = %e, "recording a failed notification failed; keeping its result");
+                                kept.push(a);
+                            }
+                        }
+                        Err(_) => kept.push(a),
+                    }
+                }
+                deliveries = kept;
             }
             Err(e) => {
                 tracing::warn!(deliveries = deliveries.len(), jobs = jobs.len(), error = %e, "recording results failed; keeping them and retrying in 1 s");
@@ -730,6 +917,7 @@ mod tests {
             };
             let decided = Decided {
                 job_id: id.into(),
+                notification: 0,
                 loaded: None,
                 decision: Decision::Kill(String::new()),
             };

@@ -1,17 +1,18 @@
 //! Operators' levers on the queues (PRODUCT.md, "Operating the queues"), through
 //! `dashlight_core::controls` and the queue driver: `POST /api/queues/{queue}/pause` and
 //! `…/resume`, `POST /api/channels/{channel}/pause` and `…/resume`, `GET /api/pauses` (what is
-//! paused and the record of who paused and resumed what), and `POST /api/jobs/{id}/cancel`.
+//! paused and the record of who paused and resumed what), `POST /api/jobs/{id}/cancel` and
+//! `POST /api/notifications/{id}/cancel`.
 //!
 //! Nothing here writes delivery state: a channel's resume enqueues the jobs of the sends it held,
-//! and a job's cancel kills the job and enqueues the cancel of its notification, which the
-//! worker's recorder writes.
+//! and a cancel (of a job, or of one notification) enqueues the cancel of its notifications, which
+//! the worker's recorder writes.
 
 use axum::{Json, extract::State, http::StatusCode};
 use chrono::{DateTime, Utc};
 use dashlight_core::{
     controls::{self, Scope},
-    queue,
+    notify, queue,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -31,6 +32,55 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(resume_channel))
         .routes(routes!(list_pauses))
         .routes(routes!(cancel_job))
+        .routes(routes!(cancel_notification))
+}
+
+/// What `POST /api/notifications/{id}/cancel` did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NotificationCancelledOut {
+    /// The notification.
+    pub id: i64,
+    /// `cancelling`: the worker records it `cancelled` and closes its open deliveries.
+    pub status: String,
+}
+
+/// Cancels one open notification, whichever job carries it (a job may carry many; the others
+/// are untouched). The worker records it `cancelled` and closes its open deliveries.
+#[utoipa::path(post, path = "/api/notifications/{id}/cancel", tag = "queues",
+    params(("id" = i64, Path, description = "notification id")),
+    request_body(content = Option<ControlRequest>, description = "who (optional; `reason` is not used)"),
+    responses(
+        (status = 200, description = "Being cancelled", body = NotificationCancelledOut),
+        (status = 401, description = "No or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such notification", body = ErrorBody),
+        (status = 409, description = "The notification is no longer open (sent, skipped, cancelled or failed)", body = ErrorBody),
+        (status = 422, description = "A bad `by`", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn cancel_notification(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    OptionalJson(body): OptionalJson<ControlRequest>,
+) -> Result<Json<NotificationCancelledOut>, ApiError> {
+    let actor = body.actor()?;
+    let mut tx = state.pool.begin().await?;
+    let done = notify::cancel_one(&mut tx, id, &actor).await?;
+    tx.commit().await?;
+    match done {
+        notify::CancelOne::Cancelling => {
+            tracing::info!(notification = id, actor, "notification cancel requested");
+            Ok(Json(NotificationCancelledOut {
+                id,
+                status: "cancelling".into(),
+            }))
+        }
+        notify::CancelOne::NotFound => Err(ApiError::NotFound("notification not found".into())),
+        notify::CancelOne::NotOpen(s) => Err(ApiError::Conflict(format!(
+            "the notification is {}; only pending or processing notifications can be cancelled",
+            s.as_str()
+        ))),
+    }
 }
 
 /// Who pulls the lever and why (both optional).
@@ -271,12 +321,16 @@ pub async fn list_pauses(State(state): State<AppState>) -> Result<Json<PausesOut
 pub struct CancelledOut {
     /// The job.
     pub id: String,
-    /// The notification whose cancel the worker now records (a notification job).
+    /// The notification whose cancel the worker now records, for a job about one notification.
     pub notification_id: Option<i64>,
+    /// Every notification the job still carried, whose cancel the worker now records (a
+    /// notification job may carry many; empty for a periodic job).
+    pub notification_ids: Vec<i64>,
 }
 
-/// Cancels a pending or scheduled job: it will not run. A notification job's notification is
-/// recorded `cancelled` by the worker.
+/// Cancels a pending or scheduled job: it will not run. Every notification a notification job
+/// carries is recorded `cancelled` by the worker (to cancel one notification of a job, use
+/// `POST /api/notifications/{id}/cancel`).
 #[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "queues",
     params(("id" = String, Path, description = "apalis job id (ULID)")),
     request_body(content = Option<ControlRequest>, description = "who (optional; `reason` is not used)"),
@@ -302,11 +356,15 @@ pub async fn cancel_job(
     let done = queue::cancel_job(&mut tx, &id, &actor).await?;
     tx.commit().await?;
     match done {
-        queue::Cancelled::Cancelled { notification } => {
-            tracing::info!(job_id = %id, notification, actor, "job cancelled");
+        queue::Cancelled::Cancelled { notifications } => {
+            tracing::info!(job_id = %id, ?notifications, actor, "job cancelled");
             Ok(Json(CancelledOut {
                 id,
-                notification_id: notification,
+                notification_id: match notifications.as_slice() {
+                    [one] => Some(*one),
+                    _ => None,
+                },
+                notification_ids: notifications,
             }))
         }
         queue::Cancelled::NotFound => Err(ApiError::NotFound("job not found".into())),

@@ -381,8 +381,10 @@ impl JobQueue {
             .collect())
     }
 
-    /// Records the outcome of jobs held by `worker`, in one statement on `conn` (a transaction of
-    /// the caller's, so results and acknowledgements commit together). The jobs are found by
+    /// Records the outcome of jobs held by `worker` on `conn` (a transaction of the caller's, so
+    /// results and acknowledgements commit together). A finished job is deleted (graphile-worker's
+    /// way: the history of what was sent is the deliveries and their attempts); a failed or
+    /// killed one keeps its row, with its error, for operators. The jobs are found by
     /// primary key; the holder is checked with `IS NOT DISTINCT FROM`, which no index serves,
     /// because the planner, with statistics from when `lock_by` was empty, otherwise walks
     /// `idx_apalis_jobs_lock_by` through every job this worker ever finished (finished jobs keep
@@ -403,8 +405,7 @@ impl JobQueue {
         let mut changed = 0;
         if !done_ids.is_empty() {
             changed += sqlx::query!(
-                r#"UPDATE apalis.jobs SET status = 'Done', last_result = '{"Ok": null}', done_at = now()
-                   WHERE id = ANY($1) AND lock_by IS NOT DISTINCT FROM $2"#,
+                "DELETE FROM apalis.jobs WHERE id = ANY($1) AND lock_by IS NOT DISTINCT FROM $2",
                 &done_ids as &[&str],
                 worker,
             )
@@ -470,14 +471,15 @@ impl JobQueue {
 }
 
 /// The notification ids named by the jobs of `queue` that are due and not yet fetched (the
-/// backlog, read through apalis's fetch index; jobs due later are not read). The ids are taken
-/// from the payloads with a pattern that cannot fail on a malformed one.
+/// backlog, read through apalis's fetch index; jobs due later are not read), in either form of a
+/// [`crate::jobs::DeliverJob`] (`notification_id` or `notification_ids`). The ids are taken from
+/// the payloads with patterns that cannot fail on a malformed one.
 pub async fn backlog_notification_ids(conn: &mut PgConnection, queue: &str) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar!(
-        r#"SELECT DISTINCT substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)')::bigint AS "id!"
-           FROM apalis.jobs
-           WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now()
-             AND substring(encode(job, 'escape') FROM '"notification_id":\s*([0-9]+)') IS NOT NULL"#,
+        r#"SELECT DISTINCT m[1]::bigint AS "id!"
+           FROM apalis.jobs,
+                LATERAL regexp_matches(substring(encode(job, 'escape') FROM '"notification_ids?":\s*(\[[0-9,\s]*\]|[0-9]+)'), '[0-9]+', 'g') AS m
+           WHERE job_type = $1 AND (status = 'Pending' OR (status = 'Failed' AND attempts < max_attempts)) AND run_at <= now()"#,
         queue,
     )
     .fetch_all(conn)
@@ -676,11 +678,11 @@ pub const CANCELLED: &str = "cancelled by operator";
 /// What [`cancel_job`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
-    /// The job will not run; `notification` is the notification it was for, whose cancel the
+    /// The job will not run; `notifications` are those it still carried, whose cancel the
     /// worker's recorder now records (through a job of its own, enqueued here).
     Cancelled {
-        /// The notification of a notification job.
-        notification: Option<i64>,
+        /// The notifications of a notification job (empty for another queue's job).
+        notifications: Vec<i64>,
     },
     /// No such job.
     NotFound,
@@ -690,9 +692,9 @@ pub enum Cancelled {
 
 /// Cancels a pending or scheduled job (apalis `Pending`, or `Failed` waiting for its next try)
 /// as `actor`: it is `Killed` with [`CANCELLED`] as its result, in one statement, so a job a
-/// worker just took is never cancelled under it. A notification job's notification is then
-/// recorded `cancelled` by the worker's recorder (the one writer of delivery state): a job due
-/// now carrying the cancel is enqueued on `conn` (use a transaction).
+/// worker just took is never cancelled under it. Every notification a notification job carries
+/// is then recorded `cancelled` by the worker's recorder (the one writer of delivery state): a
+/// job due now carrying the cancel is enqueued on `conn` (use a transaction).
 pub async fn cancel_job(conn: &mut PgConnection, id: &str, actor: &str) -> Result<Cancelled, sqlx::Error> {
     let reason = format!("{CANCELLED} ({actor})");
     let row = sqlx::query!(
@@ -715,20 +717,16 @@ pub async fn cancel_job(conn: &mut PgConnection, id: &str, actor: &str) -> Resul
             Some(s) => Cancelled::NotCancellable(s),
         });
     };
-    let mut notification = None;
+    let mut notifications = Vec::new();
     if queue == crate::jobs::QUEUE_NOTIFICATIONS
         && let Ok(job) = serde_json::from_slice::<crate::jobs::DeliverJob>(&payload)
         && job.cancel.is_none()
     {
-        let mark = crate::jobs::DeliverJob {
-            notification_id: job.notification_id,
-            cancel: Some(format!("job {id} {reason}")),
-            ..Default::default()
-        };
+        notifications = job.notifications();
+        let mark = crate::jobs::DeliverJob::cancel(&notifications, format!("job {id} {reason}"));
         enqueue(conn, &[NewJob::new(&queue, &mark).priority(priority.unwrap_or(0))]).await?;
-        notification = Some(job.notification_id);
     }
-    Ok(Cancelled::Cancelled { notification })
+    Ok(Cancelled::Cancelled { notifications })
 }
 
 /// Jobs finished in one minute.
@@ -740,15 +738,24 @@ pub struct Minute {
     pub failed: i64,
 }
 
-/// Jobs finished per minute over the `minutes` before `now`, done and failed, from apalis's
-/// `done_at` (stamped on every outcome); oldest first, slot `minutes - 1` ends at `now`.
+/// Work finished per minute over the `minutes` before `now`, oldest first (slot `minutes - 1`
+/// ends at `now`): done is the deliveries sent in that minute (a finished notification job leaves
+/// no row; its deliveries are its record) and the periodic jobs finished; failed is the jobs
+/// that failed or were killed (apalis's `done_at`, stamped on every outcome).
 pub async fn per_minute<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, minutes: usize) -> Result<Vec<Minute>, sqlx::Error> {
     let rows = sqlx::query!(
-        r#"SELECT floor(extract(epoch FROM ($1 - done_at)) / 60)::int AS "ago!",
-                count(*) FILTER (WHERE status = 'Done') AS "done!",
-                count(*) FILTER (WHERE status IN ('Failed', 'Killed')) AS "failed!"
-         FROM apalis.jobs
-         WHERE done_at > $1 - make_interval(mins => $2) AND done_at <= $1
+        r#"SELECT ago AS "ago!", sum(done)::int8 AS "done!", sum(failed)::int8 AS "failed!" FROM (
+             SELECT floor(extract(epoch FROM ($1 - done_at)) / 60)::int AS ago,
+                    count(*) FILTER (WHERE status = 'Done') AS done,
+                    count(*) FILTER (WHERE status IN ('Failed', 'Killed')) AS failed
+             FROM apalis.jobs
+             WHERE done_at > $1 - make_interval(mins => $2) AND done_at <= $1
+             GROUP BY 1
+             UNION ALL
+             SELECT floor(extract(epoch FROM ($1 - sent_at)) / 60)::int, count(*), 0
+             FROM notification_deliveries
+             WHERE sent_at > $1 - make_interval(mins => $2) AND sent_at <= $1
+             GROUP BY 1) t
          GROUP BY 1"#,
         now,
         i32::try_from(minutes).unwrap_or(i32::MAX),

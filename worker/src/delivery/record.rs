@@ -23,7 +23,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use chrono::{DateTime, Utc};
 use dashlight_core::{
     controls,
-    jobs::{DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
+    jobs::{self, NewJob, QUEUE_NOTIFICATIONS},
     kinds::{Channel, Policy},
     queue::{self, JobOutcome},
     states::{AttemptOutcome, DeliveryStatus},
@@ -36,10 +36,12 @@ use crate::channels::{SendError, Sent};
 
 const INTERRUPTED: &str = "the worker stopped mid-send; the provider may have accepted it";
 
-/// One job's decision, ready to be applied.
+/// One unit's decision (a notification of a job), ready to be applied.
 pub(crate) struct Decided {
     /// The apalis job.
     pub(crate) job_id: String,
+    /// The notification this unit is about (it may no longer exist: then `loaded` is `None`).
+    pub(crate) notification: i64,
     /// Its notification, when it exists.
     pub(crate) loaded: Option<Arc<Loaded>>,
     /// What to do.
@@ -75,8 +77,62 @@ pub(crate) struct Attempted {
 pub(crate) struct Applied {
     /// Deliveries to send now.
     pub(crate) sends: Vec<Claimed>,
-    /// Jobs waiting for their deliveries' results (acknowledged by `record`).
-    pub(crate) open_jobs: Vec<String>,
+    /// Units (job, notification) waiting for their deliveries' results.
+    pub(crate) open: Vec<(String, i64)>,
+    /// Units finished here (nothing to send), with what became of them; their jobs are
+    /// acknowledged by `record` once every unit of the job is finished.
+    pub(crate) finished: Vec<(String, JobOutcome)>,
+}
+
+/// Whether a database error is about the statement's rows (a value too long for an index, a
+/// broken constraint, bad data: trying the same rows again fails again) rather than the
+/// database's state (a lost connection, a deadlock, a serialization failure, no resources:
+/// worth trying again). Row errors are isolated to the notification that caused them.
+pub(crate) fn is_row_error(e: &sqlx::Error) -> bool {
+    let Some(db) = e.as_database_error() else { return false };
+    match db.code() {
+        // 08 connection, 40 transaction rollback (deadlock, serialization), 53 insufficient
+        // resources, 57 operator intervention (shutdown, cancel), 58 system error, XX internal.
+        Some(code) => !["08", "40", "53", "55", "57", "58", "XX"]
+            .iter()
+            .any(|class| code.starts_with(class)),
+        None => false,
+    }
+}
+
+/// Records notifications `failed`, each with its reason: the worker could not plan, claim or
+/// record them. Nothing else is touched; their other deliveries, if any, stay as they are.
+pub(crate) async fn fail_notifications(conn: &mut PgConnection, failed: &[(i64, String)]) -> Result<(), sqlx::Error> {
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let (ids, why): (Vec<i64>, Vec<&str>) = failed.iter().map(|(id, w)| (*id, w.as_str())).unzip();
+    sqlx::query!(
+        "UPDATE notifications n SET status = 'failed', status_reason = t.why FROM unnest($1::bigint[], $2::text[]) AS t(id, why)
+         WHERE n.id = t.id AND n.id = ANY($1) AND n.status IN ('pending', 'processing')",
+        &ids,
+        &why as &[&str],
+    )
+    .execute(&mut *conn)
+    .await?;
+    for (id, why) in failed {
+        tracing::error!(
+            notification = id,
+            reason = why.as_str(),
+            "notification failed: it could not be planned, claimed or recorded"
+        );
+        metrics::counter!("dashlight_notifications_failed_total").increment(1);
+    }
+    Ok(())
+}
+
+/// A notification whose claim or record failed on its own rows ([`is_row_error`]) is recorded
+/// `failed` with the error (`what`: "claimed", "recorded"), in a transaction of its own, so its
+/// job and batch go on without it.
+pub(crate) async fn fail_alone(pool: &PgPool, notification: i64, what: &str, error: &sqlx::Error) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    fail_notifications(&mut tx, &[(notification, format!("could not be {what}: {error}"))]).await?;
+    tx.commit().await
 }
 
 struct Inserted {
@@ -99,8 +155,9 @@ struct ClaimedRow {
     max_attempts: i32,
 }
 
-/// Writes the decisions of a chunk of jobs in one transaction, as the worker `worker`, and
-/// returns the deliveries it claimed. Jobs with nothing to send are acknowledged here.
+/// Writes the decisions of a chunk of units in one transaction, as the worker `worker`, and
+/// returns the deliveries it claimed, the units waiting for them and the units finished here.
+/// A unit that cannot be planned (`Kill`) has its notification recorded `failed`.
 pub(crate) async fn apply(
     pool: &PgPool,
     settings: &DeliverySettings,
@@ -110,6 +167,7 @@ pub(crate) async fn apply(
 ) -> Result<Applied, sqlx::Error> {
     let max_attempts = i32::try_from(settings.max_attempts).unwrap_or(i32::MAX);
     let mut kills = Vec::new();
+    let mut unplannable: Vec<(i64, String)> = Vec::new();
     let mut reopen = Vec::new();
     let mut cancel = Vec::new();
     let mut withdraw = Vec::new();
@@ -135,7 +193,10 @@ pub(crate) async fn apply(
         }
         let nid = d.loaded.as_ref().map(|l| l.n.id);
         match (&d.decision, nid) {
-            (Decision::Kill(why), _) => kills.push((d.job_id.clone(), JobOutcome::Killed(why.clone()))),
+            (Decision::Kill(why), _) => {
+                kills.push((d.job_id.clone(), JobOutcome::Killed(why.clone())));
+                unplannable.push((d.notification, why.clone()));
+            }
             (Decision::Cancel, Some(id)) => cancel.push(id),
             (Decision::Withdraw(why), Some(id)) => withdraw.push((id, why.as_str())),
             (Decision::Expire, Some(id)) => expire.push(id),
@@ -183,6 +244,7 @@ pub(crate) async fn apply(
     }
 
     let mut tx = pool.begin().await?;
+    fail_notifications(&mut tx, &unplannable).await?;
     // A paused channel's sends wait `pending`, the pause as their reason (its resume wakes them).
     let mut hold_reasons: Vec<Option<String>> = vec![None; nids.len()];
     let mut held: Vec<(i64, String)> = Vec::new();
@@ -397,21 +459,20 @@ pub(crate) async fn apply(
     let sending: std::collections::HashSet<i64> = sends.iter().map(|c| c.n.n.id).collect();
     settle.retain(|id| !sending.contains(id));
     settle_notifications(&mut tx, &settle, now).await?;
-    let mut acks = kills;
-    let mut open_jobs = Vec::new();
+    let mut finished = kills;
+    let mut open = Vec::new();
     for d in decided {
         if matches!(d.decision, Decision::Kill(_)) || d.loaded.is_none() {
             continue;
         }
-        if d.loaded.as_ref().is_some_and(|l| sending.contains(&l.n.id)) && !matches!(d.decision, Decision::Receipt(_)) {
-            open_jobs.push(d.job_id.clone());
+        if sending.contains(&d.notification) && !matches!(d.decision, Decision::Receipt(_)) {
+            open.push((d.job_id.clone(), d.notification));
         } else {
-            acks.push((d.job_id.clone(), JobOutcome::Done));
+            finished.push((d.job_id.clone(), JobOutcome::Done));
         }
     }
-    queue::JobQueue::complete(&mut tx, worker, &acks).await?;
     tx.commit().await?;
-    Ok(Applied { sends, open_jobs })
+    Ok(Applied { sends, open, finished })
 }
 
 /// Closes the open (not in-flight) deliveries of notifications `ids`.
@@ -428,19 +489,14 @@ async fn close_open(conn: &mut PgConnection, ids: &[i64], status: DeliveryStatus
     Ok(())
 }
 
-/// Another run of each notification at its time (retry, hold, not yet due).
+/// Another run of each notification at its time (retry, hold, not yet due): notifications due
+/// at the same instant with the same priority share a job ([`jobs::delivery_jobs`]).
 async fn enqueue_runs(conn: &mut PgConnection, runs: &[(i64, DateTime<Utc>, i16)], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    let jobs: Vec<NewJob> = runs
+    let runs: Vec<(i64, DateTime<Utc>, i32)> = runs.iter().map(|(id, at, p)| (*id, *at, i32::from(*p))).collect();
+    let grouped = jobs::delivery_jobs(&runs, None);
+    let jobs: Vec<NewJob> = grouped
         .iter()
-        .map(|(id, at, priority)| {
-            let job = DeliverJob {
-                notification_id: *id,
-                retry_delivery_id: None,
-                receipt_id: None,
-                cancel: None,
-            };
-            NewJob::new(QUEUE_NOTIFICATIONS, &job).due(*at, now).priority(i32::from(*priority))
-        })
+        .map(|(job, at, priority)| NewJob::new(QUEUE_NOTIFICATIONS, job).due(*at, now).priority(*priority))
         .collect();
     queue::enqueue(conn, &jobs).await?;
     Ok(())

@@ -1,13 +1,13 @@
 //! The safety net the periodic reminder sweep runs: deliveries a dead worker left `sending`
-//! ([`recover_stuck`]) and open notifications whose job was lost ([`sweep_overdue`]). Both
-//! write through [`super::record`] and the queue driver; nothing here is a second copy of a
-//! state change.
+//! ([`recover_stuck`], recorded `interrupted` through [`super::record`]) and open notifications
+//! whose job was lost ([`sweep_overdue`], which enqueues their jobs through the queue driver).
+//! Neither writes a delivery's or a notification's state itself.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use dashlight_core::{
-    jobs::{DeliverJob, NewJob, QUEUE_NOTIFICATIONS},
+    jobs::{self, NewJob, QUEUE_NOTIFICATIONS},
     queue,
 };
 use sqlx::PgPool;
@@ -47,17 +47,11 @@ pub async fn sweep_overdue(pool: &PgPool, now: DateTime<Utc>, grace: Duration) -
     let rows = sqlx::query_file!("queries/sweep_overdue.sql", cutoff, now + chrono::Duration::minutes(1), &queued)
         .fetch_all(&mut *tx)
         .await?;
-    let jobs: Vec<NewJob> = rows
+    let runs: Vec<(i64, DateTime<Utc>, i32)> = rows.iter().map(|r| (r.id, now, i32::from(r.priority))).collect();
+    let grouped = jobs::delivery_jobs(&runs, None);
+    let jobs: Vec<NewJob> = grouped
         .iter()
-        .map(|r| {
-            let job = DeliverJob {
-                notification_id: r.id,
-                retry_delivery_id: None,
-                receipt_id: None,
-                cancel: None,
-            };
-            NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(i32::from(r.priority))
-        })
+        .map(|(job, _, priority)| NewJob::new(QUEUE_NOTIFICATIONS, job).priority(*priority))
         .collect();
     queue::enqueue(&mut tx, &jobs).await?;
     tx.commit().await?;

@@ -112,6 +112,7 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
             assert!(matches!(decision, Decision::Deliver { .. }), "{decision:?}");
             Decided {
                 job_id: j.id.clone(),
+                notification: job.notification_id,
                 loaded: l,
                 decision,
             }
@@ -119,7 +120,7 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
         .collect();
     let applied = record::apply(pool, &s, WORKER, &decided, Utc::now()).await.unwrap();
     assert_eq!(applied.sends.len(), ids.len(), "one claimed delivery each");
-    assert_eq!(applied.open_jobs.len(), ids.len());
+    assert_eq!(applied.open.len(), ids.len());
     for id in &ids {
         let (status, attempts): (String, i32) =
             sqlx::query_as("SELECT status, attempts FROM notification_deliveries WHERE notification_id = $1")
@@ -272,16 +273,17 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
     let n_status: String = scalar(pool, "SELECT status FROM notifications WHERE id = $1", ids[3]).await;
     assert_eq!(n_status, "pending");
 
-    // Jobs: the four acknowledged; new ones for the two retries and the next stage.
-    let done: i64 = scalar(
+    // Jobs: the four acknowledged, so deleted (a finished job leaves no row); new ones for the
+    // two retries and the next stage.
+    let held: i64 = scalar(
         pool,
-        "SELECT count(*) FROM apalis.jobs WHERE status = 'Done' AND lock_by = 'test-worker' AND $1 = $1",
+        "SELECT count(*) FROM apalis.jobs WHERE lock_by = 'test-worker' AND $1 = $1",
         0,
     )
     .await;
-    assert_eq!(done, 4);
+    assert_eq!(held, 0, "finished jobs are deleted");
     let jobs_after: i64 = scalar(pool, "SELECT count(*) FROM apalis.jobs WHERE $1 = $1", 0).await;
-    assert_eq!(jobs_after - jobs_before, 3, "two retries and one next stage");
+    assert_eq!(jobs_after - (jobs_before - 4), 3, "two retries and one next stage");
 
     // The next stage of `first`: the planner turns the new job into SMS.
     let (loaded, _) = load::load(pool, &s, &[ids[3]]).await.unwrap();
@@ -469,6 +471,7 @@ async fn claim_one(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i
         .unwrap();
     let decided = vec![Decided {
         job_id: job.id.clone(),
+        notification: nid,
         loaded: l,
         decision,
     }];
@@ -502,11 +505,12 @@ async fn apply_receipt(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, ni
     let decision = Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&job.receipt_id.unwrap())));
     let decided = vec![Decided {
         job_id,
+        notification: nid,
         loaded: l,
         decision: decision.clone(),
     }];
     let applied = record::apply(pool, s, WORKER, &decided, Utc::now()).await.unwrap();
-    assert!(applied.sends.is_empty() && applied.open_jobs.is_empty(), "a receipt sends nothing");
+    assert!(applied.sends.is_empty() && applied.open.is_empty(), "a receipt sends nothing");
     decision
 }
 
@@ -631,6 +635,7 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
     assert_eq!(logged, 0, "a first-attempt success writes no attempt row");
     let decided = vec![Decided {
         job_id: "operator-retry".into(),
+        notification: nid,
         loaded: loaded.get(&nid).cloned().map(Arc::new),
         decision,
     }];
