@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// The graphile-worker side of the bench's raw drain (issue 20), run by `bench raw` / `bench all`
+// The graphile-worker side of the bench's raw drain, run by `bench raw` / `bench all`
 // (bench/src/graphile.rs) when `node` and `npm` are on PATH.
 //
 // Against a database the bench created for it (and drops afterwards), for each concurrency:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Summarise a callgrind output file: self cost (instructions, Ir) by crate or shared object,
 and the inclusive cost of the heaviest functions, so a profile reads as "which library costs
-what" (issue 20). Instruction counts do not depend on the machine's load.
+what". Instruction counts do not depend on the machine's load.
 
     target/release/bench burst --burst 2000 --runs 1 --no-write \
         --worker-wrapper "valgrind --tool=callgrind --callgrind-out-file=/tmp/cg/b2000.%p.callgrind"

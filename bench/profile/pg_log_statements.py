@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Aggregate the `log_min_duration_statement = 0` lines of one database from the server's log:
 server time per statement (parse + bind + execute), calls, mean. A stand-in for
-pg_stat_statements where it is not in `shared_preload_libraries` (issue 20):
+pg_stat_statements where it is not in `shared_preload_libraries`:
 
     LOG=/var/log/postgresql/postgresql-15-main.log; OFF=$(stat -c %s $LOG)
     target/release/bench burst --burst 2000 --runs 1 --no-write --db-setting log_min_duration_statement=0

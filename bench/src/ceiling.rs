@@ -34,16 +34,20 @@ pub struct CeilingRun {
     pub recorded: i64,
 }
 
-/// Claims a batch: fetches `$2` due jobs of queue `$1`, marks their notifications `processing`,
+/// Claims a batch: fetches the due jobs of queue `$1` that carry about `$2` notifications (jobs
+/// carry up to `NOTIFICATIONS_PER_JOB` each, as `notify::create_all` writes them), marks their notifications `processing`,
 /// plans one delivery per channel of `push, sms, email` up to the first usable one (earlier ones
 /// `skipped`), claims the usable one (`sending`, attempt 1) and records its attempt. Returns the
 /// claimed deliveries with their notification, job and device.
 const CLAIM: &str = r#"
-WITH j AS (
+WITH jf AS (
     UPDATE apalis.jobs SET status = 'Running', lock_by = 'ceiling', lock_at = now(), attempts = attempts + 1
     WHERE id IN (SELECT id FROM apalis.jobs WHERE job_type = $1 AND status = 'Pending' AND run_at <= now()
-                 ORDER BY priority DESC, run_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-    RETURNING id, (convert_from(job, 'UTF8')::jsonb ->> 'notification_id')::bigint AS nid
+                 ORDER BY priority DESC, run_at LIMIT greatest(1, $2 / 100) FOR UPDATE SKIP LOCKED)
+    RETURNING id, convert_from(job, 'UTF8')::jsonb AS payload
+), j AS (
+    SELECT jf.id, x::bigint AS nid FROM jf,
+        jsonb_array_elements_text(coalesce(payload -> 'notification_ids', jsonb_build_array(payload -> 'notification_id'))) AS x
 ), n AS (
     UPDATE notifications SET status = 'processing' FROM j WHERE notifications.id = j.nid AND notifications.status = 'pending'
     RETURNING notifications.id, notifications.user_id, j.id AS job_id
@@ -76,7 +80,7 @@ FROM planned p JOIN c ON c.nid = p.notification_id JOIN attempt a ON a.delivery_
 "#;
 
 /// Records a batch as sent: deliveries, attempts, devices, analytics events, notifications done,
-/// jobs done — one statement.
+/// jobs deleted (finished jobs leave no row) — one statement.
 const RECORD: &str = r#"
 WITH s AS (
     UPDATE notification_deliveries SET status = 'sent', sent_at = now(), provider_message_id = 'ceiling-' || id, sending_since = NULL
@@ -94,7 +98,7 @@ WITH s AS (
 ), done AS (
     UPDATE notifications SET status = 'done' WHERE id IN (SELECT notification_id FROM s)
 )
-UPDATE apalis.jobs SET status = 'Done', done_at = now() WHERE id = ANY($2)
+DELETE FROM apalis.jobs WHERE id = ANY($2)
 "#;
 
 /// Runs the ceiling experiment: `n` reminders, `batch` per statement, `tasks` batchers.

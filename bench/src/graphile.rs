@@ -1,11 +1,11 @@
-//! Scenario 1's comparison (issue 20): the same raw drain run by graphile-worker, with its
+//! Scenario 1's comparison: the same raw drain run by graphile-worker, with its
 //! batching on, on the same Postgres and the same number of jobs, by the Node driver
 //! `bench/graphile/drain.js`.
 //!
 //! Owns the graphile side only: finding `node` and `npm`, installing the pinned
 //! [`GRAPHILE_VERSION`] once into `<target dir>/graphile-bench` (reused while it is there), a
 //! database of its own (`dashlight_bench_<pid>_graphile`, created empty and dropped here; a
-//! crashed run's is dropped by [`pg::drop_stale`](crate::pg::drop_stale)), and reading the
+//! crashed run's is dropped by [`crate::pg::drop_stale`]), and reading the
 //! driver's JSON line. What the driver measures is said at the top of `drain.js`.
 //! When `node` or `npm` is missing, [`Graphile::find`] says so and the bench skips only this
 //! comparison.

@@ -1,4 +1,4 @@
-//! `bench`: Dashlight's benchmark (issue 7). Not part of the test suite.
+//! `bench`: Dashlight's benchmark. Not part of the test suite.
 //!
 //! ```text
 //! cargo build --release -p dashlight-worker -p dashlight-bench
@@ -17,7 +17,7 @@
 //!   [`graphile`]: the same drain by graphile-worker, when `node` and `npm` are on PATH.
 //! - [`burst`]: scenario 2, end-to-end burst, and scenario 5, footprint.
 //! - [`steady`]: scenario 3, steady lateness, and scenario 4, history.
-//! - [`mixed`]: issue #18, reminders' lateness while a bulk of invoice emails drains.
+//! - [`mixed`]: reminders' lateness while a bulk of invoice emails drains.
 //! - [`ceiling`]: an experiment, the database's ceiling for a batched delivery path.
 //! - [`world`]: the data; [`workers`]: the worker processes; [`pg`]: databases and server
 //!   statistics; [`report`]: BENCHMARKS.md.
@@ -57,7 +57,7 @@ enum Scenario {
     Footprint,
     /// Every scenario; writes BENCHMARKS.md.
     All,
-    /// Issue #18 (not in `all`): steady lateness of reminders at --rate while --bulk invoice
+    /// Not in `all`: steady lateness of reminders at --rate while --bulk invoice
     /// emails drain at the same time (see `mixed`).
     Mixed,
     /// Experiment (not in `all`): the database's ceiling for a batched delivery path, with the
@@ -145,7 +145,7 @@ struct Args {
     perf: Option<PathBuf>,
     /// Scenarios 2-4 with the workers behind PgBouncer in transaction mode (started by the bench
     /// on a free loopback port, `--pooler-size` server connections): `DATABASE_POOLER=transaction`,
-    /// `DATABASE_DIRECT_URL` the direct connection (issue 17's deployment).
+    /// `DATABASE_DIRECT_URL` the direct connection (a deployment behind a pooler).
     #[arg(long)]
     pooler: bool,
     /// PgBouncer's `default_pool_size` with `--pooler`.

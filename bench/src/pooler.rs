@@ -1,4 +1,4 @@
-//! `--pooler`: the workers of scenarios 2-4 go through PgBouncer in transaction mode, as issue 17
+//! `--pooler`: the workers of scenarios 2-4 go through PgBouncer in transaction mode, as a deployment behind a pooler does
 //! deploys them (`DATABASE_POOLER=transaction`, `DATABASE_DIRECT_URL` for `LISTEN`). The same
 //! approach as the tests' harness (`tests/src/pooler.rs`): Debian's `/usr/sbin/pgbouncer` on a
 //! free loopback port with its own ini in a temporary folder, run as `postgres` when we are

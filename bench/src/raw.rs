@@ -11,7 +11,9 @@
 //! - `tuned` (for reference, no target): `Config::default().batch_size(1000).lock_tasks(false)`,
 //!   one plain worker — the settings APALIS_NOTES.md measured.
 //!
-//! Throughput is `n / (last done_at − start)` on the database's clock, once every job is `Done`.
+//! Throughput is `n / (end − start)`: for apalis's workers the end is the last `done_at` once
+//! every job is `Done`; the project's path deletes a finished job at its acknowledgement (as
+//! graphile-worker does), so its end is when the last acknowledgement committed.
 
 use std::{
     sync::{
@@ -155,10 +157,13 @@ pub async fn drain(
             Ok(())
         }
     };
+    // The project's path deletes a finished job at its acknowledgement: its end is the commit of
+    // the last acknowledgement, timed by the writer.
+    let mut project_end: Option<DateTime<Utc>> = None;
     match variant {
         Variant::Project => {
             let queue = JobQueue::new(pool.clone(), queue, &name);
-            tokio::time::timeout(Duration::from_secs(600), batched(queue, batch, poll, drain.clone()))
+            project_end = tokio::time::timeout(Duration::from_secs(600), batched(queue, batch, poll, drain.clone()))
                 .await
                 .map_err(|_| anyhow::anyhow!("project drain did not finish in 10 minutes"))??;
         }
@@ -187,10 +192,18 @@ pub async fn drain(
     let mut done = 0i64;
     let mut last: Option<DateTime<Utc>> = None;
     for _ in 0..100 {
-        (done, last) = sqlx::query_as("SELECT count(*), max(done_at) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'")
-            .bind(queue)
-            .fetch_one(pool)
-            .await?;
+        (done, last) = if variant == Variant::Project {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM apalis.jobs WHERE job_type = $1")
+                .bind(queue)
+                .fetch_one(pool)
+                .await?;
+            (n as i64 - left, project_end)
+        } else {
+            sqlx::query_as("SELECT count(*), max(done_at) FROM apalis.jobs WHERE job_type = $1 AND status = 'Done'")
+                .bind(queue)
+                .fetch_one(pool)
+                .await?
+        };
         if done as u64 >= n {
             break;
         }
@@ -218,8 +231,9 @@ pub async fn drain(
 
 /// The drain's queue loop with a no-op handler: fetch up to `batch` jobs while fewer than two
 /// batches are unacknowledged, decode each payload, and let a single writer acknowledge whatever
-/// has finished, one statement per transaction, while the next fetch runs.
-async fn batched(queue: JobQueue, batch: usize, poll: Duration, drain: Arc<Drain>) -> anyhow::Result<()> {
+/// has finished, one statement per transaction, while the next fetch runs. Returns when the last
+/// acknowledgement committed.
+async fn batched(queue: JobQueue, batch: usize, poll: Duration, drain: Arc<Drain>) -> anyhow::Result<Option<DateTime<Utc>>> {
     queue.register().await?;
     let room = Arc::new(Semaphore::new(batch * 2));
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<FetchedJob>>();
@@ -245,10 +259,10 @@ async fn batched(queue: JobQueue, batch: usize, poll: Duration, drain: Arc<Drain
                 room.add_permits(outcomes.len());
                 anyhow::ensure!(done as usize == outcomes.len(), "{done} of {} jobs acknowledged", outcomes.len());
                 if drain.handled.fetch_add(done, Ordering::Relaxed) + done >= drain.target {
-                    return Ok(());
+                    return Ok(Some(Utc::now()));
                 }
             }
-            Ok::<(), anyhow::Error>(())
+            Ok::<Option<DateTime<Utc>>, anyhow::Error>(None)
         })
     };
     loop {

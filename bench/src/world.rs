@@ -147,6 +147,23 @@ pub async fn populate(pool: &PgPool, students: i64, instructors: i64, push_origi
 /// Inserts one lesson reminder (and its job) per upcoming booking of `pop`, the k-th due at
 /// `first_due + k × spacing`, on `conn` in one transaction. `tag` keeps dedupe keys of repeated
 /// runs apart. Returns the number inserted.
+/// The insert of the jobs of the notifications of the CTE `n` (columns `id`, `due_at`), as
+/// `dashlight_core::notify::create_all` writes them: notifications due at one instant share jobs
+/// of up to `NOTIFICATIONS_PER_JOB`. `$q`, `$p` and `$m` are the parameters holding the queue,
+/// the priority and the jobs' max attempts.
+pub fn grouped_jobs_insert(q: u8, p: u8, m: u8) -> String {
+    let per = dashlight_core::jobs::NOTIFICATIONS_PER_JOB;
+    format!(
+        r#"INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
+        SELECT apalis.generate_ulid(), ${q},
+               convert_to(CASE WHEN count(*) = 1 THEN '{{"notification_id":' || min(id) || ',"retry_delivery_id":null}}'
+                          ELSE '{{"notification_ids":[' || string_agg(id::text, ',' ORDER BY id) || '],"retry_delivery_id":null}}' END, 'UTF8'),
+               'Pending', 0, ${m}, due_at, ${p}, ''::hstore, NULL
+        FROM (SELECT id, due_at, (row_number() OVER (PARTITION BY due_at ORDER BY id) - 1) / {per} AS g FROM n) j
+        GROUP BY due_at, g"#
+    )
+}
+
 pub async fn insert_reminders(
     conn: &mut PgConnection,
     pop: &Population,
@@ -157,7 +174,7 @@ pub async fn insert_reminders(
     let kind = Kind::LessonReminder;
     let (policy, channels) = kind.routing();
     let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
-    let inserted = sqlx::query(
+    let inserted: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         r#"
         WITH b AS (
             SELECT b.id, b.start_time, b.end_time, b.pickup_location, su.id AS user_id,
@@ -182,13 +199,13 @@ pub async fn insert_reminders(
                    id, 'lesson_reminder:' || id || ':2h:v1:' || $8, due, start_time, 'pending', $9, due
             FROM b
             RETURNING id, due_at
-        )
-        INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata, idempotency_key)
-        SELECT apalis.generate_ulid(), $10, convert_to('{"notification_id":' || id || ',"retry_delivery_id":null}', 'UTF8'),
-               'Pending', 0, $11, due_at, $9, ''::hstore, NULL
-        FROM n
+        ), jobs AS (
+        {}
+        RETURNING 1)
+        SELECT count(*) FROM n
         "#,
-    )
+        grouped_jobs_insert(10, 9, 11)
+    )))
     .bind(pop.bookings.0)
     .bind(pop.bookings.1)
     .bind(first_due)
@@ -200,9 +217,9 @@ pub async fn insert_reminders(
     .bind(kind.priority() as i16)
     .bind(QUEUE_NOTIFICATIONS)
     .bind(JOB_MAX_ATTEMPTS)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    Ok(inserted.rows_affected())
+    Ok(inserted as u64)
 }
 
 /// Inserts `bookings` past bookings of the population's students and instructors (90 %

@@ -4,23 +4,31 @@
 //!
 //! One loop per worker process fetches batches of jobs ([`JobQueue::fetch`], due now or within
 //! the look-ahead; those are held in memory until their due time, so reminders leave on time)
-//! and hands each group of jobs due together to a task. At most two batches are held
-//! unacknowledged, and the last half batch of that room only time-critical jobs may take
-//! ([`dashlight_core::kinds::TIME_CRITICAL`]): a reminder falling due is not kept waiting for
-//! room by held bulk jobs. Each task:
+//! and hands each group of jobs due together to a task. A job carries one notification or
+//! several written and due together; each notification of a job is a *unit*, and the job is
+//! finished when all its units are (its outcome decided then: `Failed` if a unit hit an error
+//! worth trying again, else `Done`, or `Killed` when no unit could be planned). At most two
+//! batches of units are held unacknowledged, and the last half batch of that room only
+//! time-critical jobs may take ([`dashlight_core::kinds::TIME_CRITICAL`]): a reminder falling due
+//! is not kept waiting for room by held bulk jobs. Each task:
 //!
-//! 1. loads and plans the group ([`delivery::load`], [`delivery::plan::decide`]);
-//! 2. applies the decisions chunk by chunk, highest priority first ([`delivery::record::apply`]),
+//! 1. loads and plans the group's units ([`crate::delivery::load`], `delivery::plan::decide`);
+//! 2. applies the decisions chunk by chunk, highest priority first (`delivery::record::apply`),
 //!    a chunk being about half of `WORKER_CONCURRENCY` in sends, claimed only once there is room
-//!    to send all of it: what a crash leaves `sending` is what was in flight, not a whole batch;
-//! 3. sends each claimed delivery ([`delivery::message`]) and passes the result to the
+//!    to send all of it: what a crash leaves `sending` is what was in flight, not a whole batch.
+//!    A chunk whose claim fails on its rows is claimed unit by unit, and the unit that fails
+//!    again is recorded `failed` alone;
+//! 3. sends each claimed delivery (`delivery::message`) and passes the result to the
 //!    recorder.
 //!
 //! A single recorder task takes every result that arrived since its last write (gathering for up
-//! to 20 ms when they trickle in) and records them in one transaction ([`delivery::record::record`]) with the acknowledgement of the jobs whose
-//! deliveries are all recorded. A database error keeps the results in memory and retries;
-//! nothing is dropped. The heartbeat keeps this worker alive in `apalis.workers`, rescues the
-//! jobs of workers that stopped beating, and recovers what they left `sending` at once.
+//! to 20 ms when they trickle in) and records them in one transaction
+//! (`delivery::record::record`) with the acknowledgement of the jobs whose units are all
+//! finished (a finished job is deleted). A database error keeps the results in memory and
+//! retries; nothing is dropped; an error on one result's rows records the results one by one, so
+//! only that notification fails. The heartbeat keeps this worker alive in `apalis.workers`,
+//! rescues the jobs of workers that stopped beating, and recovers what they left `sending` at
+//! once.
 //!
 //! The long-lived tasks are supervised: if the recorder or the heartbeat ends or panics, the
 //! drain stops fetching and [`Drain::run`] returns an error, so the process exits non-zero and
@@ -42,7 +50,7 @@ use chrono::{DateTime, Utc};
 use dashlight_core::{
     jobs::{DeliverJob, QUEUE_NOTIFICATIONS},
     kinds::TIME_CRITICAL,
-    queue::{FetchedJob, JobOutcome, JobQueue},
+    queue::{FetchedJob, InsertListener, JobOutcome, JobQueue},
 };
 use futures::FutureExt as _;
 use tokio::{
@@ -881,16 +889,10 @@ async fn listen(pool: sqlx::PgPool, queue: String, wake: Arc<Notify>, mut stop: 
 }
 
 async fn listen_once(pool: &sqlx::PgPool, queue: &str, wake: &Notify) -> Result<std::convert::Infallible, sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-    listener.listen("apalis::job::insert").await?;
+    let mut listener = InsertListener::connect(pool).await?;
     loop {
-        let n = listener.recv().await?;
-        let ours = serde_json::from_str::<serde_json::Value>(n.payload())
-            .ok()
-            .is_some_and(|v| v["job_type"].as_str() == Some(queue));
-        if ours {
-            wake.notify_one();
-        }
+        listener.next(queue).await?;
+        wake.notify_one();
     }
 }
 

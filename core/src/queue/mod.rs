@@ -9,7 +9,8 @@
 //! - **Enqueueing** ([`enqueue`]): the one insert, on the caller's connection, so a business write
 //!   and the jobs it implies commit together.
 //! - **The notification queue's own loop** ([`JobQueue`]): register, heartbeat and orphan rescue,
-//!   batched fetch, batched acknowledgement, release.
+//!   batched fetch, batched acknowledgement (a finished job is deleted), release, and the
+//!   wake-up on apalis's insert channel ([`InsertListener`]).
 //! - **Operators' views and levers** ([`queue_stats`], [`list_jobs`], [`get_job`], [`retry_job`],
 //!   [`per_minute`]) and **pruning** ([`prune_done`]).
 //! - **The sweep's view of the backlog** ([`backlog_notification_ids`]).
@@ -470,6 +471,37 @@ impl JobQueue {
     }
 }
 
+/// The channel apalis's insert trigger announces new jobs on (`{job_type, id, run_at}`); a
+/// resume and an operator's retry announce on it too.
+pub const INSERT_CHANNEL: &str = "apalis::job::insert";
+
+/// A session listening on [`INSERT_CHANNEL`], for a drain that wakes when a job is inserted due
+/// now instead of waiting for its next poll.
+pub struct InsertListener(sqlx::postgres::PgListener);
+
+impl InsertListener {
+    /// Opens a session on `pool` (a direct one: a `LISTEN` through a transaction-mode pooler
+    /// hears nothing once its transaction ends) and listens.
+    pub async fn connect(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(INSERT_CHANNEL).await?;
+        Ok(InsertListener(listener))
+    }
+
+    /// Waits until a job of `queue` is announced.
+    pub async fn next(&mut self, queue: &str) -> Result<(), sqlx::Error> {
+        loop {
+            let n = self.0.recv().await?;
+            let ours = serde_json::from_str::<serde_json::Value>(n.payload())
+                .ok()
+                .is_some_and(|v| v["job_type"].as_str() == Some(queue));
+            if ours {
+                return Ok(());
+            }
+        }
+    }
+}
+
 /// The notification ids named by the jobs of `queue` that are due and not yet fetched (the
 /// backlog, read through apalis's fetch index; jobs due later are not read), in either form of a
 /// [`crate::jobs::DeliverJob`] (`notification_id` or `notification_ids`). The ids are taken from
@@ -781,7 +813,7 @@ pub async fn per_minute<'c>(exec: impl PgExecutor<'c>, now: DateTime<Utc>, minut
 
 /// The batch delete of [`prune_done`]: `$1` the cutoff, `$2` the batch size. `pub` so tests can
 /// EXPLAIN it (it reads `dashlight_jobs_done_idx`); the unit test `delete_done_sql_is_prunes`
-/// keeps it the text of the checked statement in [`delete_done`].
+/// keeps it the text of the checked statement in `delete_done`.
 pub const DELETE_DONE_SQL: &str =
     "DELETE FROM apalis.jobs WHERE id IN (SELECT id FROM apalis.jobs WHERE status = 'Done' AND done_at < $1 LIMIT $2)";
 

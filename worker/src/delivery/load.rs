@@ -2,7 +2,7 @@
 //! preferences (with the per-kind email opt-out of the notification's kind), push devices and
 //! existing deliveries, in three statements whatever the batch size, plus one per channel for
 //! the suppressed addresses and numbers among the recipients ([`dashlight_core::suppressions::among`])
-//! and one for the provider reports that receipt jobs name ([`receipts`]). Every lookup is an index probe per notification (`LATERAL … OFFSET 0` keeps the planner
+//! and one for the provider reports that receipt jobs name (`receipts`). Every lookup is an index probe per notification (`LATERAL … OFFSET 0` keeps the planner
 //! from hashing whole tables when its statistics are stale, as they are right after a burst of
 //! inserts), so the cost follows the batch, not the tables.
 

@@ -51,7 +51,7 @@ impl Pipeline {
                     html: render(Part::EmailHtml)?,
                     attachments: vec![],
                     calendar: None,
-                    // List-Unsubscribe on the kinds a person may turn off (PRODUCT.md, "Hearing back").
+                    // List-Unsubscribe on the kinds a person may turn off (docs/hearing-back.md).
                     unsubscribe: n.user_id.filter(|_| kind.email_opt_out_allowed()).map(|u| (u, kind)),
                 };
                 if let Some(path) = n.data.pointer("/invoice/pdf_path").and_then(Value::as_str) {

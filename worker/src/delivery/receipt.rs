@@ -1,5 +1,5 @@
-//! The recorder's part for what providers report after accepting a message (PRODUCT.md,
-//! "Hearing back"), owned by [`super::record`] and written in its transactions:
+//! The recorder's part for what providers report after accepting a message
+//! (docs/hearing-back.md), owned by [`super::record`] and written in its transactions:
 //!
 //! - [`apply`]: receipts the planner turned into moves ([`super::plan::receipt`]): a `sent`
 //!   delivery becomes `delivered` (`delivered_at` set) or `undelivered` (`last_error` with the
