@@ -1,4 +1,4 @@
-//! `POST /hooks/email/inbound` (PRODUCT.md, "Hearing back"): mail that comes back, posted raw
+//! `POST /hooks/email/inbound` (docs/hearing-back.md): mail that comes back, posted raw
 //! (RFC 5322, `Content-Type: message/rfc822`; `text/plain` and `application/octet-stream` are
 //! accepted too) by an MTA pipe (postfix's `pipe` with curl, see the README) or an inbound-mail
 //! webhook. Authenticated by `Authorization: Bearer $INBOUND_EMAIL_TOKEN`, compared in constant
