@@ -97,7 +97,7 @@ pub fn pool_size(config: &Config, program: &str) -> u32 {
         .unwrap_or_else(|| default_pool_size(config, program))
 }
 
-/// Each program's default pool (README, "Configuration"): the scheduler 8, the admin API 16,
+/// Each program's default pool (docs/configuration.md): the scheduler 8, the admin API 16,
 /// the worker and everything else (`dashlight up` runs all in one process) `WORKER_CONCURRENCY / 2`
 /// bounded to 8..=40 (40 with the default concurrency of 128).
 pub fn default_pool_size(config: &Config, program: &str) -> u32 {
