@@ -414,7 +414,7 @@ mod tests {
 
     #[test]
     fn control_characters_are_refused_naming_the_field() {
-        // The body of issue 21: a NUL (and a C1 control) in a contact's name.
+        // The body that was a 500: a NUL (and a C1 control) in a contact's name.
         let e = parse_json::<serde_json::Value>(br#"{"name": "\udaaf\uddd9\u00ae\u009e\u0000", "source": "website"}"#).unwrap_err();
         let b = e.body();
         assert_eq!(

@@ -1,4 +1,4 @@
-//! `dashlight-admin-api`: the operators' JSON API over HTTP (PRODUCT.md, "Admin API").
+//! `dashlight-admin-api`: the operators' JSON API over HTTP (docs/api.md).
 //!
 //! It writes business rows through `dashlight_core` (people, bookings and series, lessons,
 //! payments and packages, messages, CRM, calendar secrets), each request in one transaction

@@ -1,4 +1,4 @@
-//! A page of one's own (PRODUCT.md): the per-user secret of `/me/{token}` and what the page
+//! A page of one's own (docs/own-page.md): the per-user secret of `/me/{token}` and what the page
 //! reads. The secret is `users.access_token` (64 hex digits from two v4 UUIDs, made by the
 //! column's default when the user is created, so every user has one); it is looked up, then
 //! compared again in constant time, and [`rotate`] replaces it. It is stored as it is, not

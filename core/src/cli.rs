@@ -8,12 +8,20 @@ use sqlx::PgPool;
 
 use crate::{Clock, Config, db};
 
-/// Sets up logging: `RUST_LOG` (default `info`), `LOG_FORMAT=json` for JSON lines.
+/// Sets up logging to stdout: `RUST_LOG` (default `info`), `LOG_FORMAT=json` for JSON lines.
+/// Plain lines are coloured only when stdout is a terminal (and `NO_COLOR` is unset), so a log
+/// file or a pipe never holds escape codes.
 pub fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,apalis=warn,apalis_core=warn,apalis_postgres=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(colour)
+        .with_writer(std::io::stdout);
     let _ = if std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json") {
         builder.json().try_init()
     } else {
@@ -89,7 +97,7 @@ pub fn pool_size(config: &Config, program: &str) -> u32 {
         .unwrap_or_else(|| default_pool_size(config, program))
 }
 
-/// Each program's default pool (README, "Configuration"): the scheduler 8, the admin API 16,
+/// Each program's default pool (docs/configuration.md): the scheduler 8, the admin API 16,
 /// the worker and everything else (`dashlight up` runs all in one process) `WORKER_CONCURRENCY / 2`
 /// bounded to 8..=40 (40 with the default concurrency of 128).
 pub fn default_pool_size(config: &Config, program: &str) -> u32 {

@@ -1,4 +1,4 @@
-//! Configuration: every program reads the same environment variables (PRODUCT.md), validated at
+//! Configuration: every program reads the same environment variables (docs/configuration.md), validated at
 //! start-up. A missing or malformed value is a [`ConfigError`] naming the variable and what it
 //! expects; nothing here touches the network.
 
@@ -124,8 +124,9 @@ pub struct Config {
     pub outbox_dir: PathBuf,
     /// `INVOICE_DIR`.
     pub invoice_dir: PathBuf,
-    /// `TEMPLATES_DIR` (default `./templates`).
-    pub templates_dir: PathBuf,
+    /// `TEMPLATES_DIR`: a school's own copy of the notification templates; `None` (unset) uses
+    /// the templates built into the worker.
+    pub templates_dir: Option<PathBuf>,
     /// `REMINDER_OFFSETS`, largest first.
     pub reminder_offsets: Vec<Duration>,
     /// `WORKER_CONCURRENCY`: sends in flight per worker process.
@@ -632,7 +633,7 @@ impl Config {
             admin_api_token,
             outbox_dir: var("OUTBOX_DIR").unwrap_or_else(|| "./outbox".into()).into(),
             invoice_dir: var("INVOICE_DIR").unwrap_or_else(|| "./invoices".into()).into(),
-            templates_dir: var("TEMPLATES_DIR").unwrap_or_else(|| "./templates".into()).into(),
+            templates_dir: var("TEMPLATES_DIR").map(PathBuf::from),
             reminder_offsets,
             worker_concurrency,
             worker_batch_size,
@@ -670,7 +671,7 @@ impl Config {
             admin_api_token: Some(TEST_ADMIN_TOKEN.into()),
             outbox_dir: std::env::temp_dir().join("dashlight-outbox"),
             invoice_dir: std::env::temp_dir().join("dashlight-invoices"),
-            templates_dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../templates")),
+            templates_dir: None,
             reminder_offsets: vec![Duration::from_secs(86_400), Duration::from_secs(7_200)],
             worker_concurrency: 16,
             worker_batch_size: 64,

@@ -1,4 +1,4 @@
-//! Operators' levers on the queues (PRODUCT.md, "Operating the queues"): pausing and resuming a
+//! Operators' levers on the queues (docs/operating.md, "Operating the queues"): pausing and resuming a
 //! queue or a channel, with who did it and when on record. The one writer of `queue_pauses` and
 //! `queue_control_events`.
 //!

@@ -110,8 +110,8 @@ impl Pooler {
 /// between transactions: no statement cache (with it off, our patched sqlx-postgres runs each
 /// statement unnamed under a single Sync, see `vendor/README.md`), and no startup `options` or
 /// `extra_float_digits`, which PgBouncer refuses unless told to ignore them; set
-/// `ALTER ROLE … SET plan_cache_mode = force_custom_plan` on the database's role instead (README,
-/// "Scaling out").
+/// `ALTER ROLE … SET plan_cache_mode = force_custom_plan` on the database's role instead (docs/operating.md,
+/// "Behind a transaction-mode pooler").
 pub fn connect_options(url: &str, pooler: Pooler, program: &str) -> Result<PgConnectOptions, String> {
     let opts = validate_url(url)?
         .log_statements(tracing::log::LevelFilter::Trace)

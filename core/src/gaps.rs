@@ -1,4 +1,4 @@
-//! Filling gaps (PRODUCT.md, "Filling gaps"): the waitlist, the offers of a freed slot, and
+//! Filling gaps (docs/gap-filling.md): the waitlist, the offers of a freed slot, and
 //! accepting one.
 //!
 //! - [`set_waitlist`] / [`get_waitlist`]: a student's entry: preferred instructors (none = any),

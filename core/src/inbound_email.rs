@@ -1,4 +1,4 @@
-//! Mail that comes back (PRODUCT.md, "Hearing back"): what the inbound email hook
+//! Mail that comes back (docs/hearing-back.md): what the inbound email hook
 //! (`/hooks/email/inbound`) receives from an MTA pipe or an inbound-mail webhook, as raw RFC 5322
 //! bytes. The one writer of `inbound_emails`; it acts only through the owners of what changes:
 //! [`crate::receipts::report`] (the worker's recorder then moves the delivery),

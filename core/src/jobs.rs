@@ -42,10 +42,10 @@ pub struct DeliverJob {
     /// channel after `undelivered`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receipt_id: Option<i64>,
-    /// Set by a cancel (an operator's cancel of the notification or of its job,
-    /// [`crate::queue::cancel_job`], [`crate::queue::cancel_notifications`], or a producer's
-    /// withdrawal, [`crate::notify::cancel_for_booking`]): the worker records the notification
-    /// `cancelled` with this reason and closes its open deliveries, instead of delivering.
+    /// Set by an operator's cancel of the notification or of its job
+    /// ([`crate::notify::cancel_one`], [`crate::queue::cancel_job`]): the worker records the
+    /// notification `cancelled` with this reason and closes its open deliveries, instead of
+    /// delivering.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancel: Option<String>,
 }

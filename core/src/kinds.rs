@@ -1,4 +1,4 @@
-//! The notification kinds of PRODUCT.md: for each, who it goes to, the channel list and the
+//! The notification kinds (docs/notifications.md): for each, who it goes to, the channel list and the
 //! policy that reads it. The one place this table lives.
 
 use serde::{Deserialize, Serialize};
@@ -169,7 +169,7 @@ impl Kind {
         Kind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// The policy and channel list of PRODUCT.md.
+    /// The policy and channel list of the kind.
     pub fn routing(self) -> (Policy, &'static [Channel]) {
         use Channel::*;
         match self {
@@ -210,7 +210,7 @@ impl Kind {
 
     /// Whether a person may turn this kind off on email (an unsubscribe link, their own page,
     /// the preferences API). The transactional kinds about their own bookings and money may not
-    /// be turned off (PRODUCT.md, "Hearing back"): their emails carry no `List-Unsubscribe`.
+    /// be turned off (docs/hearing-back.md): their emails carry no `List-Unsubscribe`.
     pub fn email_opt_out_allowed(self) -> bool {
         !matches!(
             self,

@@ -7,7 +7,7 @@
 //! - [`db`]: connecting, creating the database, migrating ours and apalis's schema, and
 //!   [`db::retry_deadlock`], a write's transaction run again when it loses a deadlock.
 //! - [`clock`]: injected "now".
-//! - [`kinds`]: notification kinds, channels, policies (PRODUCT.md's table).
+//! - [`kinds`]: notification kinds, channels, policies (docs/notifications.md's table).
 //! - [`jobs`]: the queue contract: queue names, job payloads, [`jobs::NewJob`].
 //! - [`queue`]: the queue driver, the one owner of apalis's tables: enqueueing, the notification
 //!   queue's fetch/ack/heartbeat, the periodic queue's pausable apalis storage, operators' views

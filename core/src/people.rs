@@ -298,7 +298,7 @@ pub async fn preferences(conn: &mut PgConnection, user_id: i64) -> Result<Prefer
 }
 
 /// Turns a user's SMS on or off, leaving their other preferences as they are (an SMS `STOP` or
-/// `START`; PRODUCT.md, "Hearing back"). Returns whether it changed.
+/// `START`; docs/hearing-back.md). Returns whether it changed.
 pub async fn set_sms_notifications(conn: &mut PgConnection, user_id: i64, on: bool) -> Result<bool, DomainError> {
     let changed: Option<bool> = sqlx::query_scalar!(
         r#"INSERT INTO user_preferences (user_id, sms_notifications) VALUES ($1, $2)

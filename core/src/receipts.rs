@@ -1,4 +1,4 @@
-//! What providers report after accepting a message (PRODUCT.md, "Hearing back"): Twilio's
+//! What providers report after accepting a message (docs/hearing-back.md): Twilio's
 //! status callbacks and RFC 3464 bounces. The hooks call [`report`]; it keeps the report in
 //! `delivery_receipts` (append-only, written here only) and, when the report moves a delivery,
 //! enqueues the notification's job naming the receipt. The worker's delivery recorder, the one

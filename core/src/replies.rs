@@ -1,4 +1,4 @@
-//! SMS a person sends to the school's number (PRODUCT.md, "Hearing back"): the provider posts
+//! SMS a person sends to the school's number (docs/hearing-back.md): the provider posts
 //! each one to `/hooks/sms/inbound`, and [`handle`] decides what it means and does it in the
 //! caller's transaction. The one writer of `sms_replies` (every inbound SMS is kept there, once
 //! per provider message id, so a replayed post does nothing twice).

@@ -46,7 +46,7 @@ macro_rules! text_state {
 }
 
 text_state! {
-    /// `notification_deliveries.status` (README, "Delivery statuses").
+    /// `notification_deliveries.status` (docs/notifications.md, "Delivery statuses").
     DeliveryStatus {
         /// Planned, not yet attempted (or held by quiet hours until `next_attempt_at`).
         Pending => "pending",

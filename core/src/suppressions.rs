@@ -1,4 +1,4 @@
-//! Addresses and numbers nothing is sent to (PRODUCT.md, "Hearing back"): hard bounces, STOP
+//! Addresses and numbers nothing is sent to (docs/hearing-back.md): hard bounces, STOP
 //! replies and Twilio's 21610 add one; START and operators lift it. The one writer of
 //! `suppressions`. The worker's planner reads them and records sends to them as `skipped`
 //! (`suppressed` for a bounce, `opted_out` for a STOP).

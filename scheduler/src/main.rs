@@ -4,7 +4,7 @@ use clap::Parser;
 
 /// Fires Dashlight's periodic jobs (reminder sweep, recurring bookings, invoices, rollups, daily
 /// agendas, test reminders, CRM follow-ups, pruning) into the queues. Several replicas may run:
-/// each tick fires once. Schedules: `SCHEDULE_<TASK>` cron expressions (see README).
+/// each tick fires once. Schedules: `SCHEDULE_<TASK>` cron expressions (docs/configuration.md).
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {}

@@ -11,7 +11,26 @@ pub fn bin_dir() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-            let status = Command::new(cargo)
+            let mut build = Command::new(cargo);
+            // Not the variables cargo sets for this test process: build scripts that watch them
+            // (ring's watches CARGO_MANIFEST_DIR) would run again, and everything above them be
+            // rebuilt, once here and once more at the next `cargo test`.
+            for (k, _) in std::env::vars() {
+                if k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_BIN_")
+                    || [
+                        "CARGO_MANIFEST_DIR",
+                        "CARGO_MANIFEST_PATH",
+                        "CARGO_CRATE_NAME",
+                        "CARGO_PRIMARY_PACKAGE",
+                        "CARGO_TARGET_TMPDIR",
+                    ]
+                    .contains(&k.as_str())
+                {
+                    build.env_remove(k);
+                }
+            }
+            let status = build
                 .current_dir(&root)
                 .args([
                     "build",

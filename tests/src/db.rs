@@ -36,7 +36,7 @@ async fn admin() -> PgConnection {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
     panic!(
-        "Postgres is not reachable at {} (set TEST_DATABASE_URL or start it; see README)",
+        "Postgres is not reachable at {} (set TEST_DATABASE_URL or start it; see docs/configuration.md)",
         server_url()
     )
 }

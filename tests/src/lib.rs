@@ -15,6 +15,7 @@
 //! - [`bins`]: the workspace's programs, built once per run and started by path.
 //! - [`pgcluster`]: a private PostgreSQL cluster to stop and start (restart tests).
 //! - [`pooler`]: PgBouncer in transaction mode in front of a server, killed on drop.
+//! - [`postfix`]: Debian's Postfix on loopback, configured by the docs' bounce recipe.
 //! - [`proc`]: the worker as a real process (crash and shutdown tests), its output captured.
 //! - [`wait`]: bounded waiting for conditions.
 
@@ -24,6 +25,7 @@ pub mod browser;
 pub mod db;
 pub mod pgcluster;
 pub mod pooler;
+pub mod postfix;
 pub mod proc;
 pub mod push;
 pub mod sms;

@@ -74,7 +74,6 @@ pub fn spawn_program(w: &World, program: &str, tag: &str, extra: &[(&str, &str)]
         .env("VAPID_SUBJECT", &push.vapid_subject)
         // The loopback push service.
         .env("PUSH_ALLOW_PRIVATE_ENDPOINTS", "true")
-        .env("TEMPLATES_DIR", &c.templates_dir)
         .env("OUTBOX_DIR", &c.outbox_dir)
         .env("INVOICE_DIR", &c.invoice_dir)
         .env("RETRY_BASE_DELAY", "200ms")
@@ -84,6 +83,9 @@ pub fn spawn_program(w: &World, program: &str, tag: &str, extra: &[(&str, &str)]
         .stdin(Stdio::null())
         .stdout(out.try_clone().expect("dup"))
         .stderr(out);
+    if let Some(dir) = &c.templates_dir {
+        cmd.env("TEMPLATES_DIR", dir);
+    }
     for (k, v) in extra {
         cmd.env(k, v);
     }

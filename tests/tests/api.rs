@@ -6,7 +6,7 @@
 //! - `api/people.rs`: users, preferences, devices, availability.
 //! - `api/bookings.rs`: bookings, double booking, rollback, timeline, series.
 //! - `api/ops.rs`: queues, jobs, notifications, deliveries and retries.
-//! - `api/security.rs`: hostile input and the brakes (issue 21): SSRF, token guessing, control
+//! - `api/security.rs`: hostile input and the brakes (docs/security.md): SSRF, token guessing, control
 //!   characters, redirects after sign-in, sign-out, bulk retries, the metrics cache.
 
 use std::ops::Deref;

@@ -285,7 +285,7 @@ async fn scenario(ui: &Ui<'_>, w: &World, token: &str, booking: i64, refused: i6
     let imgs = ui.js("return document.querySelectorAll('#deliveries img').length").await?;
     ensure!(imgs.as_u64() == Some(0), "no injected element");
     ui.shot("deliveries.png").await?;
-    // Only the failed ones, as an operator would look first (the README's screenshot).
+    // Only the failed ones, as an operator would look first (the screenshot in docs/).
     ui.goto("/deliveries?status=failed").await?;
     ensure!(ui.text("#deliveries").await?.contains("package_low"));
     ui.shot("deliveries-failed.png").await?;

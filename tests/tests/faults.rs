@@ -1,4 +1,4 @@
-//! Issue 21, "Faults and hostile input", on the worker's side: providers and push endpoints that
+//! Faults and hostile input (docs/security.md), on the worker's side: providers and push endpoints that
 //! misbehave or point where they should not, against the real worker, real Postgres and
 //! loopback protocol peers.
 //!

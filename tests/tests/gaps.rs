@@ -1,4 +1,4 @@
-//! Filling gaps end to end (PRODUCT.md, "Filling gaps"): each test starts a [`World`] (its own
+//! Filling gaps end to end (docs/gap-filling.md): each test starts a [`World`] (its own
 //! database, loopback SMTP server, SMS API and push service), the admin API on `127.0.0.1:0`
 //! and a worker, all on one injected clock, and drives everything through HTTP: students join
 //! the waitlist, a cancellation (or a move) offers the freed slot, students open and accept

@@ -1,4 +1,4 @@
-//! Hearing back by email (PRODUCT.md, "Hearing back"; issue #15, the email half), end to end on
+//! Hearing back by email (docs/hearing-back.md, the email half), end to end on
 //! loopback: a [`World`] (its own database, the loopback SMTP server), the admin API on
 //! `127.0.0.1:0` and a worker. Emails really go out over SMTP; what the server captured (the
 //! envelope's `MAIL FROM`, the headers) is checked, then bounces are built as postfix writes them

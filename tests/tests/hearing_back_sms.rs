@@ -1,4 +1,4 @@
-//! "Hearing back", the SMS half (PRODUCT.md), against the real system on loopback: a worker and
+//! "Hearing back", the SMS half (docs/hearing-back.md), against the real system on loopback: a worker and
 //! the admin API over a fresh database, the Twilio-compatible SMS API, SMTP and push peers.
 //! Status callbacks and inbound texts are posted as Twilio posts them, signed with a signer
 //! written from Twilio's documentation and checked against its published examples.

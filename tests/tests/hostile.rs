@@ -29,7 +29,7 @@ fn nasty_string() -> impl Strategy<Value = String> {
         Just("Europe/Nowhere".to_owned()),
         Just("../../etc/passwd".to_owned()),
         "\\PC{0,40}",
-        // Control characters (issue 21: a NUL in a name was a 500, as Postgres refuses it in
+        // Control characters (a NUL in a name was once a 500, as Postgres refuses it in
         // text): NUL, C0, DEL and C1, alone and inside ordinary text.
         // The issue's own string: "\udaaf\uddd9" is the surrogate pair of U+BBDD9.
         Just("\u{bbdd9}®\u{9e}\u{0}".to_owned()),
@@ -40,8 +40,8 @@ fn nasty_string() -> impl Strategy<Value = String> {
 }
 
 /// Bodies of the right shape for the routes that create rows, with one text field made
-/// hostile: they get past the type checks, so the strings reach the handlers (and, before
-/// issue 21, Postgres).
+/// hostile: they get past the type checks, so the strings reach the handlers (and, before they
+/// were refused, Postgres).
 fn shaped_case() -> impl Strategy<Value = (usize, Vec<u8>)> {
     let templates = vec![
         ("/api/crm/contacts", json!({"name": "Lead", "source": "website"})),

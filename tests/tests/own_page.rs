@@ -1,4 +1,4 @@
-//! A page of one's own (issue 16), end to end against the admin API on loopback, a real
+//! A page of one's own (docs/own-page.md), end to end against the admin API on loopback, a real
 //! database, a real worker and the loopback SMTP server and push service.
 //!
 //! Server tests: every route of the page (bad, malformed and rotated tokens are 404 pages; no

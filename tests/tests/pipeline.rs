@@ -69,7 +69,7 @@ async fn booking_sends_email_push_and_alert_through_real_protocols() {
     let payload: serde_json::Value = serde_json::from_slice(&pushes[0].payload).unwrap();
     assert!(payload["title"].as_str().is_some_and(|t| !t.is_empty()));
     assert!(payload["body"].as_str().is_some_and(|t| !t.is_empty()));
-    // It opens the student's own page at the booking (issue 16).
+    // It opens the student's own page at the booking (docs/own-page.md).
     let token: String = sqlx::query_scalar("SELECT access_token FROM users WHERE id = $1")
         .bind(student.user_id)
         .fetch_one(w.pool())

@@ -1,4 +1,4 @@
-//! Issue 17: the programs as production runs them, behind PgBouncer 1.18 in transaction mode
+//! The programs as production runs them, behind PgBouncer 1.18 in transaction mode
 //! (`DATABASE_POOLER=transaction`): real processes, a real pooler (`dashlight_tests::pooler`),
 //! the loopback providers. Every wait is on a condition with a generous ceiling.
 

@@ -1,4 +1,4 @@
-//! Operating the queues (PRODUCT.md, "Operating the queues"): pausing and resuming a queue and a
+//! Operating the queues (docs/operating.md, "Operating the queues"): pausing and resuming a queue and a
 //! channel, cancelling a job, the providers' rate limits shared by worker processes, a
 //! provider's 429 holding a channel for every worker, and time-critical kinds before bulk ones.
 //! Real Postgres, the loopback SMTP server and SMS API, real workers (in-process, or real

@@ -525,7 +525,7 @@ async fn replicas_racing_over_an_hour_do_everything_exactly_once() {
     assert!((1..=3).contains(&rollup_rows), "one school row per day: {rollup_rows}");
 }
 
-/// Issue 21's crash target: `kill -9` mid-drain, then a new worker and nothing else (no sweep,
+/// The crash target (docs/guarantees.md): `kill -9` mid-drain, then a new worker and nothing else (no sweep,
 /// no clock moved). The new worker rescues the dead one's jobs once its heartbeat is stale
 /// (30 s) and records what it left `sending` as `interrupted` at once, so every notification is
 /// sent within 60 s of the kill. A worker claims only what it has room to send, so the

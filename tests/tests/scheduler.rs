@@ -87,7 +87,7 @@ async fn notes(pool: &PgPool, kind: &str) -> Vec<Note> {
 /// Renders every part of every notification of `kind` with the shipped templates, the way the
 /// worker builds the context (data + recipient + school): the producers keep to the contract.
 async fn assert_renders(w: &World, kind: &str) {
-    let renderer = Renderer::load(&w.config.templates_dir).expect("templates load");
+    let renderer = Renderer::configured(w.config.templates_dir.as_deref()).expect("templates load");
     for n in notes(w.pool(), kind).await {
         let mut ctx = n.data.clone();
         ctx["recipient"] = match n.user_id {

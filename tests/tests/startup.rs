@@ -1,4 +1,4 @@
-//! Issue 21 at start-up, with the real programs as processes: the token `dashlight up` makes,
+//! Faults and hostile input at start-up (docs/security.md), with the real programs as processes: the token `dashlight up` makes,
 //! what it prints, and the settings that stop a program before it does anything unsafe.
 
 use std::{

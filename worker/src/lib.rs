@@ -62,7 +62,7 @@ pub fn pipeline(
     worker_name: String,
     key: dashlight_core::signing::Key,
 ) -> anyhow::Result<Pipeline> {
-    let renderer = Renderer::load(&config.templates_dir).map_err(|e| anyhow::anyhow!("templates: {e}"))?;
+    let renderer = Renderer::configured(config.templates_dir.as_deref()).map_err(|e| anyhow::anyhow!("templates: {e}"))?;
     let from = email::parse_from(&config.mail_from).map_err(anyhow::Error::msg)?;
     let returns = email::ReturnPaths {
         key,

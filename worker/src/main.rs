@@ -3,7 +3,7 @@
 use clap::Parser;
 
 /// Drains Dashlight's queues: renders and sends notifications (email, SMS, Web Push) and runs the
-/// periodic jobs the scheduler fires. Configuration comes from the environment (see README);
+/// periodic jobs the scheduler fires. Configuration comes from the environment (docs/configuration.md);
 /// SIGTERM or Ctrl-C stops it cleanly after in-flight sends finish.
 #[derive(Parser)]
 #[command(version, about)]

@@ -1,5 +1,11 @@
 //! Template rendering for the notification pipeline.
 //!
+//! The templates of `templates/` at the workspace's root are compiled into the
+//! binary ([`Renderer::builtin`]), so the worker runs from any folder.
+//! `TEMPLATES_DIR` names a school's own copy instead ([`Renderer::load`]): a
+//! complete folder of the same shape, checked at start-up like the built-in
+//! set, so a broken or missing file stops the worker naming that file.
+//!
 //! Every notification kind (see [`Renderer::kinds`]) has a folder under the
 //! templates directory holding one Handlebars file per message part:
 //!
@@ -44,7 +50,7 @@ use handlebars::{
 };
 use serde_json::{Value, json};
 
-/// The notification kinds that have templates, in the order of PRODUCT.md.
+/// The notification kinds that have templates.
 const KINDS: &[&str] = &[
     "booking_confirmed",
     "booking_alert",
@@ -175,7 +181,72 @@ pub struct Renderer {
     dir: PathBuf,
 }
 
+/// The templates shipped with Dashlight (`templates/` at the workspace's root), compiled in.
+#[derive(rust_embed::Embed)]
+#[folder = "../templates/"]
+struct Builtin;
+
+/// Where template files are read from: the compiled-in set or a folder.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Builtin,
+    Dir(&'a Path),
+}
+
+impl Source<'_> {
+    /// How files of this source are named in errors: the folder, or `<built-in templates>`.
+    fn root(&self) -> PathBuf {
+        match self {
+            Source::Builtin => PathBuf::from("<built-in templates>"),
+            Source::Dir(dir) => dir.to_path_buf(),
+        }
+    }
+
+    /// Reads one file, `rel` relative to the root (`lesson_reminder/sms.hbs`).
+    fn read(&self, rel: &str) -> std::io::Result<String> {
+        match self {
+            Source::Builtin => {
+                let file = Builtin::get(rel).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))?;
+                String::from_utf8(file.data.into_owned()).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+            }
+            Source::Dir(dir) => std::fs::read_to_string(dir.join(rel)),
+        }
+    }
+
+    /// The names of the files directly under the root, sorted.
+    fn top_level_files(&self) -> std::io::Result<Vec<String>> {
+        let mut names: Vec<String> = match self {
+            Source::Builtin => Builtin::iter().filter(|p| !p.contains('/')).map(|p| p.into_owned()).collect(),
+            Source::Dir(dir) => {
+                let mut names = Vec::new();
+                for entry in std::fs::read_dir(dir)? {
+                    let entry = entry?;
+                    if let Some(name) = entry.file_name().to_str() {
+                        names.push(name.to_owned());
+                    }
+                }
+                names
+            }
+        };
+        names.sort();
+        Ok(names)
+    }
+}
+
 impl Renderer {
+    /// The templates compiled into the binary, checked as [`Renderer::load`] checks a folder.
+    pub fn builtin() -> Result<Renderer, TemplateError> {
+        Self::load_from(Source::Builtin)
+    }
+
+    /// `TEMPLATES_DIR` when it is set, else the built-in templates.
+    pub fn configured(dir: Option<&Path>) -> Result<Renderer, TemplateError> {
+        match dir {
+            Some(dir) => Self::load(dir),
+            None => Self::builtin(),
+        }
+    }
+
     /// Loads and compiles every template under `dir`, failing with the file's
     /// name on a missing file or a syntax error. Also pre-renders each
     /// template once with a sample context of its kind (see
@@ -184,16 +255,21 @@ impl Renderer {
     /// booking alert), so a template referencing an unknown field fails at
     /// start-up.
     pub fn load(dir: &Path) -> Result<Renderer, TemplateError> {
+        Self::load_from(Source::Dir(dir))
+    }
+
+    fn load_from(source: Source<'_>) -> Result<Renderer, TemplateError> {
+        let dir = &source.root();
         let mut html = new_registry(true);
         let mut plain = new_registry(false);
 
-        register_partials(dir, &mut html, &mut plain)?;
+        register_partials(source, &mut html, &mut plain)?;
 
         for kind in KINDS {
             for part in Part::ALL {
                 let file = dir.join(kind).join(part.file_name());
-                let source = match std::fs::read_to_string(&file) {
-                    Ok(source) => source,
+                let text = match source.read(&format!("{kind}/{}", part.file_name())) {
+                    Ok(text) => text,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                         return Err(TemplateError::Missing {
                             kind: (*kind).to_owned(),
@@ -209,7 +285,7 @@ impl Renderer {
                 };
                 let registry = if part.is_html() { &mut html } else { &mut plain };
                 registry
-                    .register_template_string(&template_name(kind, part), source)
+                    .register_template_string(&template_name(kind, part), text)
                     .map_err(|e| TemplateError::Load {
                         file: file.clone(),
                         message: e.to_string(),
@@ -225,7 +301,7 @@ impl Renderer {
         let mut renderer = Renderer {
             html,
             plain,
-            dir: dir.to_path_buf(),
+            dir: dir.clone(),
         };
         for kind in KINDS {
             let contexts = check_contexts(kind);
@@ -571,26 +647,16 @@ fn new_registry(html: bool) -> Handlebars<'static> {
     hb
 }
 
-/// Registers the partials found directly under `dir`: `_name.html.hbs` for
+/// Registers the partials found directly under the root of `source`: `_name.html.hbs` for
 /// HTML, `_name.txt.hbs` for the plain parts, `_name.hbs` for both.
-fn register_partials(dir: &Path, html: &mut Handlebars<'static>, plain: &mut Handlebars<'static>) -> Result<(), TemplateError> {
-    let entries = std::fs::read_dir(dir).map_err(|e| TemplateError::Load {
-        file: dir.to_path_buf(),
+fn register_partials(source: Source<'_>, html: &mut Handlebars<'static>, plain: &mut Handlebars<'static>) -> Result<(), TemplateError> {
+    let root = source.root();
+    let names = source.top_level_files().map_err(|e| TemplateError::Load {
+        file: root.clone(),
         message: format!("cannot read the templates directory: {e}"),
     })?;
-    let mut files: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| TemplateError::Load {
-            file: dir.to_path_buf(),
-            message: format!("cannot read the templates directory: {e}"),
-        })?;
-        files.push(entry.path());
-    }
-    files.sort();
-    for file in files {
-        let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
+    for name in names {
+        let file = root.join(&name);
         let Some(stem) = name.strip_prefix('_') else {
             continue;
         };
@@ -604,14 +670,14 @@ fn register_partials(dir: &Path, html: &mut Handlebars<'static>, plain: &mut Han
             continue;
         };
         let partial = partial.to_owned();
-        let source = std::fs::read_to_string(&file).map_err(|e| TemplateError::Load {
+        let text = source.read(&name).map_err(|e| TemplateError::Load {
             file: file.clone(),
             message: e.to_string(),
         })?;
         for (wanted, registry) in [(for_html, &mut *html), (for_plain, &mut *plain)] {
             if wanted {
                 registry
-                    .register_partial(&partial, source.as_str())
+                    .register_partial(&partial, text.as_str())
                     .map_err(|e| TemplateError::Load {
                         file: file.clone(),
                         message: e.to_string(),
@@ -996,6 +1062,27 @@ mod tests {
                 assert!(email.text.ends_with('\n'));
             }
         }
+    }
+
+    #[test]
+    fn built_in_templates_are_the_shipped_folder() {
+        let (built_in, folder) = (Renderer::builtin().expect("built-in templates load"), renderer());
+        for kind in Renderer::kinds() {
+            let ctx = Renderer::sample_context(kind);
+            for part in Part::ALL {
+                assert_eq!(
+                    built_in.render(kind, part, &ctx).unwrap(),
+                    folder.render(kind, part, &ctx).unwrap(),
+                    "{kind} {part}"
+                );
+            }
+        }
+        let mut files: Vec<String> = Builtin::iter().map(|p| p.into_owned()).collect();
+        files.sort();
+        assert!(
+            files.contains(&"_layout.html.hbs".to_owned()) && files.contains(&"lesson_reminder/sms.hbs".to_owned()),
+            "{files:?}"
+        );
     }
 
     #[test]

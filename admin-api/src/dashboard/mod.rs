@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
         assert_eq!(safe_next(Some("/sign-out")), "/");
         assert_eq!(safe_next(None), "/");
-        // Issue 21: a tab (raw or encoded) between the slashes is dropped by browsers.
+        // A tab (raw or encoded) between the slashes is dropped by browsers.
         for evil in [
             "/%09/evil.example",
             "/\t/evil.example",

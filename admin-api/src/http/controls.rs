@@ -1,4 +1,4 @@
-//! Operators' levers on the queues (PRODUCT.md, "Operating the queues"), through
+//! Operators' levers on the queues (docs/operating.md, "Operating the queues"), through
 //! `dashlight_core::controls` and the queue driver: `POST /api/queues/{queue}/pause` and
 //! `…/resume`, `POST /api/channels/{channel}/pause` and `…/resume`, `GET /api/pauses` (what is
 //! paused and the record of who paused and resumed what), `POST /api/jobs/{id}/cancel` and

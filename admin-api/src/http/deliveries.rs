@@ -29,7 +29,7 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(retry_deliveries))
 }
 
-/// Every delivery status (PRODUCT.md, "Delivery statuses"; `dashlight_core::states`).
+/// Every delivery status (docs/notifications.md, "Delivery statuses"; `dashlight_core::states`).
 pub const DELIVERY_STATUSES: &[&str] = DeliveryStatus::NAMES;
 /// The statuses an operator may retry.
 pub const RETRYABLE: [&str; 3] = [

@@ -1,4 +1,4 @@
-//! Filling gaps (PRODUCT.md, "Filling gaps"): the waitlist (`PUT`/`GET
+//! Filling gaps (docs/gap-filling.md): the waitlist (`PUT`/`GET
 //! /api/students/{id}/waitlist`), the offers of a booking's freed slot (`GET
 //! /api/bookings/{id}/offers`), and the offer link a student opens: `GET /offers/{token}` and
 //! `POST /offers/{token}/accept` (no bearer token: the token in the address is the secret and

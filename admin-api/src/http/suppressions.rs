@@ -1,4 +1,4 @@
-//! Suppressed addresses and numbers (PRODUCT.md, "Hearing back"): `GET /api/suppressions` and
+//! Suppressed addresses and numbers (docs/hearing-back.md): `GET /api/suppressions` and
 //! `DELETE /api/suppressions/{id}`. Hard bounces, STOP replies and Twilio's 21610 add them
 //! ([`dashlight_core::suppressions`], the one writer); sends to them are `skipped`
 //! (`suppressed` / `opted_out`) until an operator lifts them here (or the person texts START).

@@ -1,4 +1,4 @@
-//! The unsubscribe link of `List-Unsubscribe` (PRODUCT.md, "Hearing back"):
+//! The unsubscribe link of `List-Unsubscribe` (docs/hearing-back.md):
 //! `PUBLIC_BASE_URL/u/{token}`, the token signed ([`dashlight_core::signing`]) and naming one
 //! user and one kind. No bearer token: the signed address is the secret.
 //!

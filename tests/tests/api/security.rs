@@ -1,4 +1,4 @@
-//! Issue 21, "Faults and hostile input", on the admin API's side: what it refuses, and the
+//! Faults and hostile input (docs/security.md), on the admin API's side: what it refuses, and the
 //! brakes it puts on guessing and on expensive requests.
 
 use std::collections::BTreeSet;

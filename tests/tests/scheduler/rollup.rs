@@ -126,7 +126,7 @@ async fn rollup_of_a_day_run_twice_gives_identical_rows() {
     assert_eq!(school["due_to_sent_p50_ms"].as_f64(), Some(1500.0));
     assert_eq!(school["due_to_sent_p95_ms"].as_f64(), Some(1500.0));
     assert!(school["events"].as_i64().unwrap() >= 5, "4 bookings and a cancellation: {school}");
-    // The deliveries' own events are derived, not stored (issue 20): the sent e-mail and the
+    // The deliveries' own events are derived, not stored (views over the deliveries): the sent e-mail and the
     // dead SMS count as one `notification_sent` and one `notification_failed`.
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM analytics_events")
         .fetch_one(w.pool())

@@ -35,7 +35,7 @@ async fn test_reminders_are_created_once_and_move_with_the_date() {
         reminders[0].data["test"],
         json!({"date": "2026-03-13T09:14:00+00:00", "days_before": 7})
     );
-    // Every notification to a person carries the path of their own page (issue 16).
+    // Every notification to a person carries the path of their own page (docs/own-page.md).
     assert!(reminders[0].data["page_path"].as_str().is_some_and(|p| p.starts_with("/me/")));
     assert_eq!(reminders[1].dedupe_key, format!("test_reminder:{}:{unix}:1d", student.profile_id));
     assert_eq!(reminders[1].due_at, t("2026-03-12T09:14:00Z"));

@@ -1,5 +1,5 @@
 //! Web Push: VAPID (RFC 8292) signed with web-push, aes128gcm (RFC 8291) encrypted by
-//! [`push_encrypt`](super::push_encrypt), sent with our own reqwest client (we build the request
+//! [`super::push_encrypt`], sent with our own reqwest client (we build the request
 //! and read status and `Retry-After` ourselves, since web-push 0.11 hides 429s). 404/410 end a subscription for good.
 //!
 //! The endpoint comes from whoever registered the device, so the push client is guarded

@@ -5,7 +5,7 @@
 //! It replaces `ece::encrypt`, which web-push calls, because that one runs OpenSSL 3's full
 //! public-key check on the subscription's key for every message (`EVP_PKEY_derive_set_peer`,
 //! whose order check is a scalar multiplication by the group order): 27 % of the worker's
-//! instructions in the end-to-end burst's callgrind profile (issue 20). P-256 has cofactor 1,
+//! instructions in the end-to-end burst's callgrind profile (BENCHMARKS.md). P-256 has cofactor 1,
 //! so a point that decodes onto the curve (`EC_POINT_oct2point` checks that) already has the
 //! group's order; that decode is the validation the key needs. What RFC 8291 asks for per
 //! message stays per message: a fresh ephemeral key pair and a random salt.

@@ -1,7 +1,7 @@
 //! SMS through a Twilio-compatible Messages API:
 //! `POST {base}/2010-04-01/Accounts/{sid}/Messages.json` with `To`, `From`, `Body`, HTTP basic
 //! auth `SID:TOKEN`, and `StatusCallback` = `PUBLIC_BASE_URL/hooks/sms/status` so the provider
-//! reports `delivered` / `undelivered` later (PRODUCT.md, "Hearing back"). The returned `sid`
+//! reports `delivered` / `undelivered` later (docs/hearing-back.md). The returned `sid`
 //! is the provider message id. Error 21610 (the number texted STOP to the provider) is a
 //! permanent failure that also suppresses the number ([`SendError::opted_out`]).
 //!

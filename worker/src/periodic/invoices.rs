@@ -99,7 +99,7 @@ pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicEr
     ))
 }
 
-/// Issues invoices one payment at a time until none is waiting (or [`MAX_PER_RUN`]).
+/// Issues invoices one payment at a time until none is waiting (or `MAX_PER_RUN`, 1,000 a run).
 pub async fn issue_all(ctx: &Context, now: DateTime<Utc>) -> Result<Outcome, PeriodicError> {
     let mut out = Outcome::default();
     let mut failed: HashSet<i64> = HashSet::new();

@@ -11,8 +11,9 @@
 //! - [`crm`]: follow-ups for leads left alone for 7 days.
 //! - [`prune`]: finished jobs and old scheduler ticks.
 //! - [`offers`]: slot offers past their expiry marked `expired` (run with the reminder sweep).
-//! - [`storage`]: the periodic queue's apalis backend, which fetches nothing while the queue is
-//!   paused.
+//!
+//! The periodic queue's apalis backend, which fetches nothing while the queue is paused, is part
+//! of the queue driver in `dashlight_core::queue`.
 //!
 //! Notifications are only ever produced through [`dashlight_core::notify::create`]; deliveries
 //! belong to [`crate::delivery`]. This module owns `invoices`, `invoice_counters`,

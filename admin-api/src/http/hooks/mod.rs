@@ -1,4 +1,4 @@
-//! Routes providers and mail servers call (PRODUCT.md, "Hearing back"): no admin token; each
+//! Routes providers and mail servers call (docs/hearing-back.md): no admin token; each
 //! hook authenticates its caller itself (a provider's signature, or the inbound mail's own
 //! bearer token) and refuses with 403, changing nothing, when that fails.
 //!

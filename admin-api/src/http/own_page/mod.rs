@@ -1,4 +1,4 @@
-//! A page of one's own (PRODUCT.md): every person's page at `/me/{token}`, for students and
+//! A page of one's own (docs/own-page.md): every person's page at `/me/{token}`, for students and
 //! instructors on their phones, and what it needs.
 //!
 //! - `POST /api/users/{id}/access-link` (`{send?}` → `{url}`; `send` emails it as kind
