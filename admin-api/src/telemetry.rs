@@ -177,6 +177,57 @@ mod tests {
         }
     }
 
+    /// What the request trace writes, captured.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_request_trace_never_logs_a_secret_segment() {
+        use tower::ServiceExt as _;
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let app = axum::Router::new()
+            .route("/me/{token}", axum::routing::get(|| async { "page" }))
+            .route("/offers/{token}/accept", axum::routing::post(|| async { "ok" }))
+            .layer(trace_layer());
+        let token = "5ecre7".repeat(10);
+        for (method, path) in [
+            ("GET", format!("/me/{token}")),
+            ("POST", format!("/offers/{token}/accept")),
+            ("GET", format!("/calendar/{token}.ics")),
+            ("GET", format!("/u/{token}")),
+        ] {
+            let req = Request::builder().method(method).uri(&path).body(Body::empty()).unwrap();
+            app.clone().oneshot(req).await.unwrap();
+        }
+        let logged = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains("/me/<token>") && logged.contains("/offers/<token>/accept"),
+            "{logged}"
+        );
+        assert!(
+            logged.contains("/calendar/<token>.ics") && logged.contains("/u/<token>"),
+            "{logged}"
+        );
+        assert!(!logged.contains(&token), "a secret was logged: {logged}");
+    }
+
     #[test]
     fn invented_methods_share_one_label() {
         use axum::http::Method;

@@ -648,3 +648,48 @@ async fn a_status_callback_that_overtakes_its_send_is_applied_once_recorded() {
     api.stop().await;
     worker.stop().await.unwrap();
 }
+
+/// Row 4: after signing out, no other spelling of the same session cookie (`v1.0<expiry>…`,
+/// `v1.+<expiry>…`) gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_out_session_stays_out_in_every_spelling() {
+    let w = World::start().await;
+    let api = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http
+        .post(format!("{}/sign-in", api.base))
+        .form(&[("token", TOKEN), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let value = set.split(';').next().unwrap().trim_start_matches("dashlight_session=").to_owned();
+    let with_cookie = |v: String| {
+        let req = http
+            .get(format!("{}/api/queues", api.base))
+            .header("cookie", format!("dashlight_session={v}"));
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(with_cookie(value.clone()).await, 200);
+    let out = http
+        .post(format!("{}/sign-out", api.base))
+        .header("cookie", format!("dashlight_session={value}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status().as_u16(), 303);
+    let (expiry, tag) = value.strip_prefix("v1.").unwrap().split_once('.').unwrap();
+    for v in [
+        value.clone(),
+        format!("v1.0{expiry}.{tag}"),
+        format!("v1.+{expiry}.{tag}"),
+        format!("v1.00{expiry}.{tag}"),
+        format!("\"{value}\""),
+    ] {
+        assert_eq!(with_cookie(v.clone()).await, 401, "{v} must not get in after sign-out");
+    }
+    api.stop().await;
+}

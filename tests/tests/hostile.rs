@@ -348,7 +348,9 @@ fn every_route_survives_invented_methods_and_path_segments() {
                 (status, ctype, res.text().await.unwrap_or_default())
             });
             prop_assert!(status < 500, "{method} {url} → {status}: {text}");
-            if (400..500).contains(&status) && method != "HEAD" {
+            // The dashboard's routes (a `..` segment can lead to `/`) answer a wrong method
+            // with an empty 405, as they are HTML pages outside the API's JSON errors.
+            if (400..500).contains(&status) && method != "HEAD" && !text.is_empty() {
                 prop_assert!(
                     ctype.starts_with("application/json") || ctype.starts_with("text/html"),
                     "{method} {url} → {status} with {ctype}: {text}"
