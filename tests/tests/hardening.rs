@@ -35,7 +35,7 @@ async fn page_token(api: &RunningApi, user_id: i64) -> String {
     link["url"].as_str().unwrap().rsplit('/').next().unwrap().to_owned()
 }
 
-/// Row 1: a 20 KB push endpoint from someone's own page used to be stored, and then broke the
+/// A 20 KB push endpoint from someone's own page used to be stored, and then broke the
 /// worker's claim of every notification in the same batch. It is refused at both routes
 /// (naming the field), the schema refuses it for an active device, and everyone else's
 /// notifications are sent.
@@ -117,7 +117,7 @@ async fn a_persons_page_cannot_hold_back_anyone_elses_notifications() {
     worker.stop().await.unwrap();
 }
 
-/// Row 10: at most 10 active devices per person (an 11th switches off the oldest), and a
+/// At most 10 active devices per person (an 11th switches off the oldest), and a
 /// rate limit on registrations from the page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_per_person_are_capped_and_registrations_rate_limited() {
@@ -166,7 +166,7 @@ async fn devices_per_person_are_capped_and_registrations_rate_limited() {
     api.stop().await;
 }
 
-/// Row 5: rotating a leaked link shuts its holder out: the devices registered from the page
+/// Rotating a leaked link shuts its holder out: the devices registered from the page
 /// are switched off and the calendar feed's address changes too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_link_switches_off_page_devices_and_the_calendar_feed() {
@@ -206,7 +206,7 @@ async fn get_raw(api: &RunningApi, path: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
-/// Row 11: a calendar token of the wrong form (a NUL was a 500) is a 404 before any query.
+/// A calendar token of the wrong form (a NUL was a 500) is a 404 before any query.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_calendar_tokens_are_not_found() {
     let w = World::start().await;
@@ -226,7 +226,7 @@ async fn malformed_calendar_tokens_are_not_found() {
     api.stop().await;
 }
 
-/// Row 6: the right token is never refused by the brake; each credential has its own brake;
+/// The right token is never refused by the brake; each credential has its own brake;
 /// `TRUSTED_PROXIES` decides whose address `X-Forwarded-For` is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_brake_never_refuses_the_right_token_and_each_hook_has_its_own() {
@@ -315,7 +315,7 @@ async fn the_brake_never_refuses_the_right_token_and_each_hook_has_its_own() {
     proxied.stop().await;
 }
 
-/// Row 3: invented methods and paths do not become label values: the number of series stays
+/// Invented methods and paths do not become label values: the number of series stays
 /// bounded however many are sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invented_methods_and_paths_do_not_grow_the_metrics() {
@@ -350,7 +350,7 @@ async fn invented_methods_and_paths_do_not_grow_the_metrics() {
     api.stop().await;
 }
 
-/// Row 8 (slowloris): connections that send partial headers are closed after the header-read
+/// Slowloris: connections that send partial headers are closed after the header-read
 /// timeout, a stalled request body after the idle timeout, and connections over the limit at
 /// once; then the server answers as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,7 +419,7 @@ async fn slow_clients_are_closed_and_the_connection_limit_holds() {
     api.stop().await;
 }
 
-/// Row 9: an inbound text must be for this account and carry a well-formed `MessageSid`: a
+/// An inbound text must be for this account and carry a well-formed `MessageSid`: a
 /// captured, signed request re-cut into a new `MessageSid` is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbound_texts_need_this_account_and_a_real_message_sid() {
@@ -477,7 +477,7 @@ Final-Recipient: rfc822; gone@b.test\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagn
     )
 }
 
-/// Row 14: one bounce verdict per delivery (a replay with a byte changed does not suppress
+/// One bounce verdict per delivery (a replay with a byte changed does not suppress
 /// again an address an operator lifted), and VERP tokens older than 30 days are ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bounce_applies_once_per_delivery_and_old_verp_tokens_are_ignored() {
@@ -554,7 +554,7 @@ async fn a_bounce_applies_once_per_delivery_and_old_verp_tokens_are_ignored() {
     api.stop().await;
 }
 
-/// Row 15: a status callback that arrives before the worker recorded its send's message id is
+/// A status callback that arrives before the worker recorded its send's message id is
 /// kept, and applied once the message id is recorded (the reminder sweep adopts it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_callback_that_overtakes_its_send_is_applied_once_recorded() {
@@ -649,7 +649,7 @@ async fn a_status_callback_that_overtakes_its_send_is_applied_once_recorded() {
     worker.stop().await.unwrap();
 }
 
-/// Row 4: after signing out, no other spelling of the same session cookie (`v1.0<expiry>…`,
+/// After signing out, no other spelling of the same session cookie (`v1.0<expiry>…`,
 /// `v1.+<expiry>…`) gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_out_session_stays_out_in_every_spelling() {
