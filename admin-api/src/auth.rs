@@ -8,8 +8,9 @@
 //! cross-site form cannot send (the cookie's `SameSite=Strict` is the first line of defence).
 //!
 //! Wrong credentials are counted per client address ([`crate::guard`]): over the limit, the
-//! address is answered 429 with `Retry-After` without its credential being checked. Each failure
-//! is logged with the client address, never with what was presented.
+//! address's wrong credentials are answered 429 with `Retry-After`. The right credential is
+//! checked first and always let through, so nobody can lock the operators out. Each failure is
+//! logged with the client address, never with what was presented.
 
 use axum::{
     extract::{Request, State},
@@ -65,11 +66,8 @@ fn presents_credential(req: &Request) -> bool {
 /// Middleware: lets the request through only with the right bearer token (or a dashboard
 /// session, see the module's documentation); counts wrong ones per client address.
 pub async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let client = client_addr(req.extensions()).0;
+    let client = client_addr(req.extensions(), req.headers(), &state.config.http_server.trusted_proxies).0;
     let presented = presents_credential(&req);
-    if presented && let Some(wait) = state.auth_failures.locked_for(client) {
-        return ApiError::TooManyRequests(retry_after_secs(wait)).into_response();
-    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -85,7 +83,10 @@ pub async fn require_token(State(state): State<AppState>, req: Request, next: Ne
     if !presented {
         return ApiError::Unauthorized.into_response();
     }
-    let path = req.uri().path().to_owned();
+    if let Some(wait) = state.auth_failures.locked_for(client) {
+        return ApiError::TooManyRequests(retry_after_secs(wait)).into_response();
+    }
+    let path = crate::telemetry::loggable_path(req.uri().path()).into_owned();
     match state.auth_failures.failed(client) {
         None => {
             tracing::warn!(%client, %path, "authentication failed: wrong bearer token or session");

@@ -76,6 +76,10 @@ pub enum ApiError {
     /// says when to try again (seconds).
     #[error("too many failed authentications from this address; try again in {0} s")]
     TooManyRequests(u64),
+    /// 429 `too_many_requests`: too many requests of one kind (the message says which);
+    /// `Retry-After` says when to try again (seconds).
+    #[error("{0}; try again in {1} s")]
+    SlowDown(String, u64),
     /// 503 `unavailable`: the database cannot be reached (or is not ready).
     #[error("{0}")]
     Unavailable(String),
@@ -107,7 +111,7 @@ impl ApiError {
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             ApiError::Invalid { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
-            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::TooManyRequests(_) | ApiError::SlowDown(..) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -145,7 +149,7 @@ impl IntoResponse for ApiError {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::TooManyRequests(secs) = &self {
+        if let ApiError::TooManyRequests(secs) | ApiError::SlowDown(_, secs) = &self {
             res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         res

@@ -12,13 +12,15 @@
 //! - [`error`]: the one API error enum and its status table; the JSON error body.
 //! - [`extract`]: body, path and query extractors whose rejections are API errors; time formats.
 //! - [`auth`]: the bearer-token check (constant time) on every `/api` route.
-//! - [`guard`]: failed authentications counted per client address (429 over the limit).
+//! - [`guard`]: the client's address (`TRUSTED_PROXIES`), failed authentications counted per
+//!   client address (429 over the limit), and the own page's device registrations per person.
 //! - [`dashboard`]: the operators' dashboard at `/` (HTML pages, sign-in with the token); its
 //!   buttons call the `/api` routes. Not part of [`ROUTES`] nor of the OpenAPI document.
 //! - [`pagination`]: `limit`/`cursor` and the `{items, next_cursor}` page.
 //! - [`http`]: the handlers, one module per area, each with its routes.
 //! - [`telemetry`]: request tracing, Prometheus metrics.
 //! - [`docs`]: the OpenAPI document.
+//! - [`server`]: the HTTP server: header-read and idle timeouts, connection limit.
 //!
 //! [`serve`] runs the API on a listener until a shutdown future resolves; [`run`] binds
 //! `ADMIN_API_ADDR` first. [`ROUTES`] lists every route, the one list tests compare the router
@@ -32,6 +34,7 @@ pub mod extract;
 pub mod guard;
 pub mod http;
 pub mod pagination;
+pub mod server;
 pub mod telemetry;
 
 use std::{future::Future, sync::Arc};
@@ -128,8 +131,14 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// What booking operations need (school time zone, reminder offsets).
     pub booking: BookingSettings,
-    /// Failed authentications per client address (shared by every clone).
+    /// Failed authentications per client address on `/api` and the dashboard's sign-in
+    /// (shared by every clone).
     pub auth_failures: Arc<guard::AuthFailures>,
+    /// Failed authentications per client address on the inbound email hook: its own brake, so
+    /// wrong tokens there never lock out the operators, nor theirs the mail server.
+    pub email_hook_failures: Arc<guard::AuthFailures>,
+    /// Device registrations per person from the own page.
+    pub device_registrations: Arc<guard::PerPerson>,
     /// The job counts `/metrics` serves, refreshed every few seconds.
     pub queue_depths: Arc<telemetry::QueueDepths>,
     /// The installation's signing key: VERP addresses and unsubscribe links
@@ -161,6 +170,8 @@ impl AppState {
             pool,
             clock,
             auth_failures: Arc::new(guard::AuthFailures::new(config.auth_failure_limit)),
+            email_hook_failures: Arc::new(guard::AuthFailures::new(config.auth_failure_limit)),
+            device_registrations: Arc::new(guard::PerPerson::device_registrations()),
             queue_depths: Arc::new(telemetry::QueueDepths::default()),
             signing: SigningKey::default(),
             config: Arc::new(config),
@@ -240,11 +251,11 @@ pub async fn serve(
     if let Err(e) = state.signing.get(&state.pool).await {
         tracing::warn!(error = %e, "signing key not loaded at start-up; unsubscribe links and the inbound email hook load it on first use");
     }
+    let limits = config.http_server.clone();
     let app = router(state);
-    tracing::info!(%addr, "admin API listening");
-    // With the peer's address, which the brake on token guessing counts failures by.
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
+    tracing::info!(%addr, max_connections = limits.max_connections, header_read_timeout = ?limits.header_read_timeout,
+        idle_timeout = ?limits.idle_timeout, trusted_proxies = limits.trusted_proxies.len(), "admin API listening");
+    server::serve(listener, app, &limits, shutdown)
         .await
         .context("the admin API server failed")?;
     tracing::info!("admin API stopped");

@@ -89,17 +89,40 @@ pub async fn token_of(conn: &mut PgConnection, user_id: i64) -> Result<String, D
     t.ok_or(DomainError::NotFound("user"))
 }
 
-/// Gives the user a new page secret; the old link stops working at once. Returns the new one.
+/// The `device_id` prefix of devices registered from the page (`POST /me/{token}/devices`).
+pub const PAGE_DEVICE_PREFIX: &str = "browser-";
+
+/// Gives the user a new page secret, so whoever holds the old link is shut out at once: the old
+/// link stops working, the devices registered from the page (through any link) are switched off
+/// (the person enables alerts again from the new link), and the calendar feed's secret, shown on
+/// the page, is replaced too. Returns the new page token.
 pub async fn rotate(conn: &mut PgConnection, user_id: i64, now: DateTime<Utc>) -> Result<String, DomainError> {
     let token: Option<String> = sqlx::query_scalar!(
-        "UPDATE users SET access_token = replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '')
+        "UPDATE users SET access_token = replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', ''),
+                          calendar_token = replace(gen_random_uuid()::text, '-', '')
          WHERE id = $1 RETURNING access_token",
         user_id,
     )
     .fetch_optional(&mut *conn)
     .await?;
     let token = token.ok_or(DomainError::NotFound("user"))?;
-    analytics::record(conn, Some(user_id), "access_link_rotated", json!({"user_id": user_id}), now).await?;
+    let off = sqlx::query!(
+        "UPDATE user_devices SET active = false, disabled_reason = 'the page link was rotated'
+         WHERE user_id = $1 AND active AND starts_with(device_id, $2)",
+        user_id,
+        PAGE_DEVICE_PREFIX,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    analytics::record(
+        conn,
+        Some(user_id),
+        "access_link_rotated",
+        json!({"user_id": user_id, "devices_switched_off": off, "calendar_token_rotated": true}),
+        now,
+    )
+    .await?;
     Ok(token)
 }
 

@@ -287,10 +287,21 @@ pub async fn booking_invitation(
     Ok(Some(json!({ "method": method.as_str(), "ics": invitation(method, &event, now) })))
 }
 
+/// Whether `token` has a calendar token's form: 1 to 200 ASCII letters, digits, `-` or `_`
+/// (tokens are made as 32 hex digits).
+pub fn token_well_formed(token: &str) -> bool {
+    (1..=200).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// The feed behind a `calendar_token`: the person's live lessons (booking confirmed or
 /// completed, event not cancelled) that ended within [`FEED_HISTORY_DAYS`] or are still to
 /// come, oldest first. `None` for an unknown token or a disabled user.
 pub async fn feed_for_token(conn: &mut PgConnection, token: &str, now: DateTime<Utc>) -> Result<Option<String>, sqlx::Error> {
+    // A malformed token (a NUL, which Postgres refuses in text, or anything a token never
+    // holds) names no feed: no query for it.
+    if !token_well_formed(token) {
+        return Ok(None);
+    }
     let user = sqlx::query!(
         r#"SELECT id, first_name || ' ' || last_name AS "name!" FROM users WHERE calendar_token = $1 AND status = 'active'"#,
         token,

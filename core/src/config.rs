@@ -162,6 +162,55 @@ pub struct Config {
     /// `EMAIL_RATE_LIMIT`, `SMS_RATE_LIMIT`, `PUSH_RATE_LIMIT`: messages per second across all
     /// workers (unset: no limit).
     pub rate_limits: RateLimits,
+    /// The admin API's HTTP server: timeouts, connection limit, trusted proxies.
+    pub http_server: HttpServer,
+}
+
+/// The admin API's HTTP server settings (docs/security.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpServer {
+    /// `HTTP_HEADER_READ_TIMEOUT`: a client must send a request's whole header within this
+    /// (from the connection's start or the end of the previous response); else it is closed.
+    pub header_read_timeout: Duration,
+    /// `HTTP_IDLE_TIMEOUT`: a connection on which nothing is read or written for this long is
+    /// closed.
+    pub idle_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS`: connections served at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// `TRUSTED_PROXIES`: the reverse proxies (CIDRs) whose `X-Forwarded-For` names the client;
+    /// empty (the default): the TCP peer is the client and the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Default for HttpServer {
+    fn default() -> Self {
+        HttpServer {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Parses `TRUSTED_PROXIES`: comma-separated CIDRs or single addresses.
+pub fn parse_trusted_proxies(v: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    let mut out = Vec::new();
+    for part in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let net = match part.parse::<ipnet::IpNet>() {
+            Ok(n) => n.trunc(),
+            Err(_) => match part.parse::<std::net::IpAddr>() {
+                Ok(ip) => ipnet::IpNet::from(ip),
+                Err(_) => {
+                    return Err(format!(
+                        "expected comma-separated addresses or CIDRs such as 10.0.0.5,192.168.0.0/24; {part:?} is neither"
+                    ));
+                }
+            },
+        };
+        out.push(net);
+    }
+    Ok(out)
 }
 
 /// Providers' quotas: messages per second per channel across all workers; `None`: no limit.
@@ -237,6 +286,7 @@ impl std::fmt::Debug for Config {
             .field("push_allow_private_endpoints", &self.push_allow_private_endpoints)
             .field("auth_failure_limit", &self.auth_failure_limit)
             .field("rate_limits", &self.rate_limits)
+            .field("http_server", &self.http_server)
             .finish()
     }
 }
@@ -310,14 +360,34 @@ fn boolean(name: &'static str, default: bool) -> Result<bool, ConfigError> {
 /// (`dashlight up` generates 43 characters of base64url, 256 bits).
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
-/// Checks the admin token's length; the message names the variable.
+/// The fewest distinct characters a secret token may hold: 32 characters of one repeated letter
+/// (or of a short pattern) are long but guessable.
+pub const MIN_TOKEN_DISTINCT_CHARS: usize = 16;
+
+/// Checks the admin token's length and variety; the message names the variable.
 pub fn check_admin_token(token: &str) -> Result<(), ConfigError> {
-    let n = token.trim().chars().count();
+    check_secret_token("ADMIN_API_TOKEN", token)
+}
+
+/// Checks a secret token (`ADMIN_API_TOKEN`, `INBOUND_EMAIL_TOKEN`): at least
+/// [`MIN_ADMIN_TOKEN_LEN`] characters, of which at least [`MIN_TOKEN_DISTINCT_CHARS`] distinct.
+pub fn check_secret_token(name: &'static str, token: &str) -> Result<(), ConfigError> {
+    let token = token.trim();
+    let n = token.chars().count();
     if n < MIN_ADMIN_TOKEN_LEN {
         return Err(ConfigError::new(
-            "ADMIN_API_TOKEN",
+            name,
             format!(
                 "too short ({n} characters): use at least {MIN_ADMIN_TOKEN_LEN} random characters, e.g. the output of `openssl rand -base64 32`"
+            ),
+        ));
+    }
+    let distinct = token.chars().collect::<std::collections::BTreeSet<char>>().len();
+    if distinct < MIN_TOKEN_DISTINCT_CHARS {
+        return Err(ConfigError::new(
+            name,
+            format!(
+                "too little variety ({distinct} distinct characters, at least {MIN_TOKEN_DISTINCT_CHARS} needed): a long token made of few characters is easy to guess; use random characters, e.g. the output of `openssl rand -base64 32`"
             ),
         ));
     }
@@ -474,13 +544,8 @@ impl Config {
             }
         };
         let inbound_email_token = var("INBOUND_EMAIL_TOKEN").map(|t| t.trim().to_owned());
-        if let Some(t) = &inbound_email_token
-            && t.chars().count() < MIN_ADMIN_TOKEN_LEN
-        {
-            return Err(ConfigError::new(
-                "INBOUND_EMAIL_TOKEN",
-                format!("too short: use at least {MIN_ADMIN_TOKEN_LEN} random characters, e.g. the output of `openssl rand -hex 24`"),
-            ));
+        if let Some(t) = &inbound_email_token {
+            check_secret_token("INBOUND_EMAIL_TOKEN", t)?;
         }
 
         let sms_max_segments = parsed("SMS_MAX_SEGMENTS", DEFAULT_SMS_MAX_SEGMENTS, "a number of segments")?;
@@ -613,7 +678,33 @@ impl Config {
             return Err(ConfigError::new("GAP_FILL_MAX_OFFERS", "expected at most 1000"));
         }
 
+        let defaults = HttpServer::default();
+        let max_connections = parsed("HTTP_MAX_CONNECTIONS", defaults.max_connections, "a number of connections")?;
+        if !(1..=1_000_000).contains(&max_connections) {
+            return Err(ConfigError::new(
+                "HTTP_MAX_CONNECTIONS",
+                "expected an integer between 1 and 1000000",
+            ));
+        }
+        let positive = |name: &'static str, d: Duration| -> Result<Duration, ConfigError> {
+            let d = duration(name, d)?;
+            if d.is_zero() {
+                return Err(ConfigError::new(name, "expected a duration above zero, such as 10s"));
+            }
+            Ok(d)
+        };
+        let http_server = HttpServer {
+            header_read_timeout: positive("HTTP_HEADER_READ_TIMEOUT", defaults.header_read_timeout)?,
+            idle_timeout: positive("HTTP_IDLE_TIMEOUT", defaults.idle_timeout)?,
+            max_connections,
+            trusted_proxies: match var("TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(v) => parse_trusted_proxies(&v).map_err(|m| ConfigError::new("TRUSTED_PROXIES", m))?,
+            },
+        };
+
         Ok(Config {
+            http_server,
             public_base_url,
             gap_fill_min_notice: duration("GAP_FILL_MIN_NOTICE", Duration::from_secs(3 * 3600))?,
             gap_fill_max_offers,
@@ -686,6 +777,7 @@ impl Config {
             push_allow_private_endpoints: false,
             auth_failure_limit: 10,
             rate_limits: RateLimits::default(),
+            http_server: HttpServer::default(),
         }
     }
 }
@@ -717,6 +809,31 @@ mod tests {
         assert!(check_smtp_tls(&url("smtp://u:p@127.0.0.1:2525")).is_ok());
         assert!(check_smtp_tls(&url("smtp://u:p@localhost:2525")).is_ok());
         assert!(check_smtp_tls(&url("smtp://mail.example.com:25")).is_ok());
+    }
+
+    #[test]
+    fn tokens_with_too_little_variety_are_refused() {
+        let one_letter = "a".repeat(32);
+        let e = check_admin_token(&one_letter).unwrap_err();
+        assert_eq!(e.var, "ADMIN_API_TOKEN");
+        assert!(e.message.contains("1 distinct"), "{}", e.message);
+        // Long, but a pattern of 15 characters.
+        let pattern = "abcdefghijklmno".repeat(4);
+        assert!(check_admin_token(&pattern).is_err());
+        assert!(check_admin_token(&"abcdefghijklmnop".repeat(2)).is_ok());
+        let e = check_secret_token("INBOUND_EMAIL_TOKEN", &"ab".repeat(30)).unwrap_err();
+        assert_eq!(e.var, "INBOUND_EMAIL_TOKEN");
+        assert!(e.message.contains("variety"), "{}", e.message);
+    }
+
+    #[test]
+    fn trusted_proxies_parse() {
+        let p = parse_trusted_proxies("10.0.0.5, 192.168.1.7/24,::1,2001:db8::/32").unwrap();
+        let s: Vec<String> = p.iter().map(|n| n.to_string()).collect();
+        assert_eq!(s, ["10.0.0.5/32", "192.168.1.0/24", "::1/128", "2001:db8::/32"]);
+        assert!(parse_trusted_proxies("10.0.0.0/33").is_err());
+        assert!(parse_trusted_proxies("proxy.local").is_err());
+        assert!(parse_trusted_proxies("").unwrap().is_empty());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! otherwise point the worker at the database, a cloud metadata service or anything else on the
 //! private network.
 //!
-//! The rules, unless `PUSH_ALLOW_PRIVATE_ENDPOINTS=true` (local runs and tests with loopback
-//! push services):
+//! Always: the endpoint is at most [`MAX_ENDPOINT_LEN`] bytes (a real push service's is a few
+//! hundred; a longer one cannot be stored in a delivery's unique key and is refused). The rules,
+//! unless `PUSH_ALLOW_PRIVATE_ENDPOINTS=true` (local runs and tests with loopback push
+//! services):
 //!
 //! - the scheme is `https`;
 //! - the host is a name, or an IP address that [`is_public`] accepts; `localhost` and names
@@ -18,8 +20,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// The longest push endpoint accepted, in bytes.
+pub const MAX_ENDPOINT_LEN: usize = 1024;
+
 /// Why `endpoint` may not be used as a push endpoint, or `None` when it may.
 pub fn check_push_endpoint(endpoint: &str, allow_private: bool) -> Option<String> {
+    if endpoint.len() > MAX_ENDPOINT_LEN {
+        return Some(format!("expected at most {MAX_ENDPOINT_LEN} bytes, got {}", endpoint.len()));
+    }
     let url = match url::Url::parse(endpoint) {
         Ok(u) => u,
         Err(e) => return Some(format!("expected an https URL, could not parse it: {e}")),
@@ -60,13 +68,30 @@ pub fn check_push_endpoint(endpoint: &str, allow_private: bool) -> Option<String
 /// (which holds the cloud metadata service 169.254.169.254), shared (CGNAT, 100.64/10),
 /// unique-local (fc00::/7), multicast, unspecified, broadcast, documentation, benchmarking or
 /// reserved ranges. IPv4-mapped and IPv4-compatible IPv6 addresses are judged as the IPv4
-/// address they carry, NAT64 (64:ff9b::/96) likewise.
+/// address they carry, NAT64 (64:ff9b::/96) and SIIT (::ffff:0:0:0/96) likewise. The
+/// transition ranges that lead to an IPv4 host are judged by it: 6to4 (2002::/16) by the IPv4
+/// address in bits 16–47, Teredo (2001::/32) by both its server and its (obfuscated) client
+/// address. The local-use NAT64 prefix 64:ff9b:1::/48 (RFC 8215) is never public.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
         IpAddr::V6(v6) => {
             if let Some(v4) = embedded_v4(v6) {
                 return is_public_v4(v4);
+            }
+            let s = v6.segments();
+            let v4_at = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+            // Local-use NAT64, 64:ff9b:1::/48: translated inside one network only.
+            if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+                return false;
+            }
+            // 6to4, 2002::/16: the IPv4 address is in bits 16-47.
+            if s[0] == 0x2002 {
+                return is_public_v4(v4_at(s[1], s[2]));
+            }
+            // Teredo, 2001::/32: the server's IPv4 in bits 32-63, the client's inverted in 96-127.
+            if s[0] == 0x2001 && s[1] == 0 {
+                return is_public_v4(v4_at(s[2], s[3])) && is_public_v4(v4_at(!s[6], !s[7]));
             }
             is_public_v6(v6)
         }
@@ -78,8 +103,12 @@ fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
         return Some(v4);
     }
     let s = v6.segments();
-    // IPv4-compatible (::a.b.c.d, deprecated) and NAT64 well-known prefix 64:ff9b::/96.
-    if (s[..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1)) || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    // IPv4-compatible (::a.b.c.d, deprecated), NAT64 well-known prefix 64:ff9b::/96 and SIIT
+    // IPv4-translated ::ffff:0:a.b.c.d.
+    if (s[..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1))
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+    {
         return Some(Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8));
     }
     None
@@ -152,6 +181,45 @@ mod tests {
         for good in ["8.8.8.8", "142.250.74.46", "2607:f8b0:4004:c07::64", "::ffff:8.8.8.8"] {
             assert!(is_public(good.parse().unwrap()), "{good}");
         }
+    }
+
+    #[test]
+    fn transition_ranges_count_as_their_ipv4_address() {
+        for bad in [
+            // 6to4 of 127.0.0.1, 10.0.0.1, 169.254.169.254.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:a9fe:a9fe::1",
+            // Teredo with a private server or a loopback client (client inverted: 127.0.0.1).
+            "2001:0:a00:1::1",
+            "2001:0:808:808:0:0:80ff:fffe",
+            // Local-use NAT64, whatever it carries.
+            "64:ff9b:1::808:808",
+            "64:ff9b:1:ffff::a00:1",
+            // NAT64 and SIIT with private IPv4.
+            "64:ff9b::7f00:1",
+            "::ffff:0:a00:1",
+        ] {
+            assert!(!is_public(bad.parse().unwrap()), "{bad}");
+        }
+        for good in [
+            "2002:808:808::1",
+            // Teredo: server 8.8.8.8, client 8.8.4.4 (inverted f7f7:fbfb).
+            "2001:0:808:808:0:0:f7f7:fbfb",
+            "64:ff9b::808:808",
+        ] {
+            assert!(is_public(good.parse().unwrap()), "{good}");
+        }
+    }
+
+    #[test]
+    fn over_long_endpoints_are_refused() {
+        let long = format!("https://push.example.com/{}", "a".repeat(MAX_ENDPOINT_LEN));
+        assert!(check_push_endpoint(&long, false).unwrap().contains("at most 1024 bytes"));
+        assert!(check_push_endpoint(&long, true).is_some(), "also with private endpoints allowed");
+        let fits = format!("https://push.example.com/{}", "a".repeat(MAX_ENDPOINT_LEN - 25));
+        assert_eq!(fits.len(), MAX_ENDPOINT_LEN);
+        assert_eq!(check_push_endpoint(&fits, false), None);
     }
 
     #[test]

@@ -22,6 +22,12 @@
 //!
 //!   Auto-replies, unsigned or forged tokens, unparseable bytes and anything else are recorded
 //!   and ignored.
+//!
+//!   A delivery gets **one bounce verdict** (`bounced` or `failed`): a later bounce for it, even
+//!   one that differs by a byte (a replay edited to get past the identical-bytes check), is
+//!   recorded as `duplicate` and changes nothing, so it cannot suppress again an address an
+//!   operator lifted. A VERP token of a delivery sent more than [`VERP_MAX_AGE_DAYS`] days ago
+//!   is ignored (`unknown_delivery`): real bounces come within days.
 
 use mail_parser::{Message, MessageParser, MimeHeaders as _};
 use serde::Serialize;
@@ -36,6 +42,10 @@ use crate::{
     signing::{Key, UNSUBSCRIBE_PREFIX, VERP_PREFIX},
     suppressions::{self, Reason},
 };
+
+/// How old (days since the delivery was sent, or created if never sent) a VERP token may be
+/// for its bounce to count.
+pub const VERP_MAX_AGE_DAYS: i32 = 30;
 
 /// What was made of a message (`inbound_emails.verdict`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
@@ -451,15 +461,27 @@ pub async fn receive(conn: &mut PgConnection, key: &Key, raw: &[u8]) -> Result<O
     // referred to by the record.
     let mut target_address = None;
     if let Some(id) = d.delivery_id {
-        let row: Option<(Channel, String)> = sqlx::query!(
-            r#"SELECT channel AS "channel: Channel", target FROM notification_deliveries WHERE id = $1"#,
-            id
+        let row: Option<(Channel, String, bool, bool)> = sqlx::query!(
+            r#"SELECT channel AS "channel: Channel", target,
+                      coalesce(sent_at, created_at) < now() - make_interval(days => $2) AS "expired!",
+                      EXISTS (SELECT 1 FROM inbound_emails e WHERE e.delivery_id = d.id AND e.verdict IN ('bounced', 'failed')) AS "bounced!"
+               FROM notification_deliveries d WHERE id = $1"#,
+            id,
+            VERP_MAX_AGE_DAYS,
         )
         .fetch_optional(&mut *conn)
         .await?
-        .map(|r| (r.channel, r.target));
+        .map(|r| (r.channel, r.target, r.expired, r.bounced));
         match row {
-            Some((Channel::Email, target)) => target_address = Some(target),
+            Some((Channel::Email, _, true, _)) if d.verdict.acts() => {
+                d.verdict = Verdict::UnknownDelivery;
+                d.detail = Some(format!("the VERP token is older than {VERP_MAX_AGE_DAYS} days: ignored"));
+            }
+            Some((Channel::Email, _, _, true)) if matches!(d.verdict, Verdict::Bounced | Verdict::Failed) => {
+                d.verdict = Verdict::Duplicate;
+                d.detail = Some("this delivery's bounce was applied before: not again".into());
+            }
+            Some((Channel::Email, target, _, _)) => target_address = Some(target),
             _ => {
                 d.delivery_id = None;
                 if d.verdict.acts() {

@@ -413,9 +413,15 @@ pub struct Device {
     pub updated_at: DateTime<Utc>,
 }
 
+/// The most active devices one person keeps: registering one more switches off the one
+/// registered (or renewed) longest ago, so each notification fans out to at most this many
+/// push services.
+pub const MAX_ACTIVE_DEVICES: i64 = 10;
+
 /// Registers a device, or renews the subscription of the user's device with the same
 /// `device_id` (browsers rotate subscriptions) and makes it active again. Returns the device and
-/// whether it was new.
+/// whether it was new. A person keeps at most [`MAX_ACTIVE_DEVICES`] active devices: beyond, the
+/// least recently registered ones are switched off (`disabled_reason` says why).
 pub async fn register_device(conn: &mut PgConnection, user_id: i64, nd: &NewDevice) -> Result<(Device, bool), DomainError> {
     let n = nd.device_id.chars().count();
     if !(1..=200).contains(&n) {
@@ -424,7 +430,19 @@ pub async fn register_device(conn: &mut PgConnection, user_id: i64, nd: &NewDevi
     if !(nd.push_endpoint.starts_with("https://") || nd.push_endpoint.starts_with("http://")) {
         return Err(DomainError::invalid("push_endpoint", "expected an http(s) URL"));
     }
-    user_exists(conn, user_id).await?;
+    if nd.push_endpoint.len() > crate::endpoints::MAX_ENDPOINT_LEN {
+        return Err(DomainError::invalid(
+            "push_endpoint",
+            format!("expected at most {} bytes", crate::endpoints::MAX_ENDPOINT_LEN),
+        ));
+    }
+    // Locking the user serialises registrations of one person, so the cap holds.
+    let locked: Option<i64> = sqlx::query_scalar!("SELECT id FROM users WHERE id = $1 FOR UPDATE", user_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if locked.is_none() {
+        return Err(DomainError::NotFound("user"));
+    }
     let (device, inserted): (Device, bool) = {
         let row = sqlx::query!(
             r#"INSERT INTO user_devices (user_id, device_id, push_endpoint, p256dh, auth) VALUES ($1, $2, $3, $4, $5)
@@ -453,6 +471,20 @@ pub async fn register_device(conn: &mut PgConnection, user_id: i64, nd: &NewDevi
             row.inserted,
         )
     };
+    let replaced = sqlx::query_scalar!(
+        "UPDATE user_devices SET active = false, disabled_reason = 'replaced by a newer device (at most 10 per person)'
+         WHERE id IN (SELECT id FROM user_devices WHERE user_id = $1 AND active AND id <> $2
+                      ORDER BY updated_at DESC, id DESC OFFSET $3)
+         RETURNING id",
+        user_id,
+        device.id,
+        MAX_ACTIVE_DEVICES - 1,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if !replaced.is_empty() {
+        tracing::info!(user_id, device = device.id, replaced = ?replaced, "older devices switched off: at most {MAX_ACTIVE_DEVICES} per person");
+    }
     Ok((device, inserted))
 }
 

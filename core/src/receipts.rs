@@ -4,6 +4,12 @@
 //! enqueues the notification's job naming the receipt. The worker's delivery recorder, the one
 //! writer of delivery state, applies it: `delivered` / `undelivered` never move back, and
 //! `undelivered` continues a `first` policy on the next channel as a permanent failure does.
+//!
+//! A callback can overtake its send: the provider answers the worker and reports the message
+//! delivered before the worker's recorder has stored the provider's message id. Such a report
+//! is not dropped: [`keep_early`] keeps it in `early_receipts` (append-only, written here
+//! only), and [`adopt_early`], which the reminder sweep runs every few seconds, turns each one
+//! whose message id now names a delivery into a receipt of that delivery, applied as above.
 
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection};
@@ -122,6 +128,66 @@ pub async fn delivery_by_provider_id(
     )
     .fetch_optional(&mut *conn)
     .await
+}
+
+/// A report about a message whose delivery is not known yet (no delivery holds that provider
+/// message id): kept in `early_receipts` until [`adopt_early`] finds it. Returns its id.
+pub async fn keep_early(conn: &mut PgConnection, channel: Channel, provider_message_id: &str, r: &Report<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        "INSERT INTO early_receipts (channel, provider_message_id, source, status, provider_status, error_code, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        channel as Channel,
+        cut(Some(provider_message_id), 200),
+        r.source as ReceiptSource,
+        r.status as ReceiptStatus,
+        cut(r.provider_status, 100),
+        cut(r.error_code, 100),
+        cut(r.detail, 2000),
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// Adopts the early reports whose message id now names a delivery (at most 1,000 a call,
+/// oldest first): each becomes a receipt of that delivery through [`report`] (so it is applied
+/// like any other) and is marked adopted. Returns how many. Concurrent callers skip each
+/// other's rows.
+pub async fn adopt_early(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT e.id, d.id AS delivery_id, e.source AS "source: ReceiptSource", e.status AS "status: ReceiptStatus",
+                  e.provider_status, e.error_code, e.detail
+           FROM early_receipts e
+           JOIN LATERAL (SELECT id FROM notification_deliveries d
+                         WHERE d.provider_message_id = e.provider_message_id AND d.channel = e.channel
+                         ORDER BY id LIMIT 1) d ON true
+           WHERE e.adopted_at IS NULL
+           ORDER BY e.id LIMIT 1000
+           FOR UPDATE OF e SKIP LOCKED"#,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    for row in &rows {
+        let receipt = report(
+            conn,
+            &Report {
+                delivery_id: row.delivery_id,
+                source: row.source,
+                status: row.status,
+                provider_status: row.provider_status.as_deref(),
+                error_code: row.error_code.as_deref(),
+                detail: row.detail.as_deref(),
+            },
+        )
+        .await?;
+        sqlx::query!(
+            "UPDATE early_receipts SET adopted_at = now(), receipt_id = $2 WHERE id = $1",
+            row.id,
+            receipt
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(rows.len() as u64)
 }
 
 /// A receipt by id (the worker loads the one its job names).

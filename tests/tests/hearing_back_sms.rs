@@ -115,8 +115,21 @@ async fn status_callback(s: &Setup, params: &[(&str, &str)]) -> reqwest::Respons
     post_signed(&s.api.http, &s.api.base, PUBLIC, "/hooks/sms/status", s.w.sms.auth_token(), params).await
 }
 
+/// A well-formed Twilio message id (`SM` and 32 hex digits) standing for a short test name.
+fn message_sid(name: &str) -> String {
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("SM{hex:0>32}")
+}
+
 async fn text(s: &Setup, from: &str, body: &str, sid: &str) -> (u16, String, String) {
-    let params = [("From", from), ("To", "+447700900000"), ("Body", body), ("MessageSid", sid)];
+    let sid = message_sid(sid);
+    let params = [
+        ("From", from),
+        ("To", "+447700900000"),
+        ("Body", body),
+        ("MessageSid", sid.as_str()),
+        ("AccountSid", s.w.sms.account_sid()),
+    ];
     let res = post_signed(
         &s.api.http,
         &s.api.base,

@@ -238,3 +238,19 @@ async fn a_grouped_jobs_notifications_are_cancelled_one_by_one_or_all_at_once() 
         .await
         .expect(409);
 }
+
+#[tokio::test]
+async fn the_sweep_reads_every_notification_a_waiting_job_carries() {
+    let w = World::start().await;
+    let users = students(&w, 120, "backlog").await;
+    let due = Utc::now();
+    let mut ids = create_all(&w, users.iter().map(|u| package_low(*u, format!("backlog:{u}"), due)).collect()).await;
+    // And one job of the one-notification form.
+    let one = students(&w, 1, "single").await;
+    ids.extend(create_all(&w, vec![package_low(one[0], "single".into(), due)]).await);
+    let mut conn = w.pool().acquire().await.unwrap();
+    let mut backlog = dashlight_core::queue::backlog_notification_ids(&mut conn, QUEUE_NOTIFICATIONS).await.unwrap();
+    backlog.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(backlog, ids);
+}

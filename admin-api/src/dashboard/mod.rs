@@ -299,9 +299,9 @@ pub async fn sign_in_page(State(state): State<AppState>, headers: HeaderMap, Que
     )
 }
 
-/// `POST /sign-in`: the right token sets the session cookie; a wrong one shows the form again
-/// with an error (401) and nothing else. Too many wrong ones from one address: 429 with
-/// `Retry-After`, without the token being checked.
+/// `POST /sign-in`: the right token sets the session cookie (always: the brake never refuses
+/// it); a wrong one shows the form again with an error (401) and nothing else. Too many wrong
+/// ones from one address: 429 with `Retry-After`.
 pub async fn sign_in(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
@@ -309,14 +309,15 @@ pub async fn sign_in(
     Form(form): Form<SignInForm>,
 ) -> Response {
     let next = safe_next(form.next.as_deref());
-    if let Some(wait) = state.auth_failures.locked_for(client) {
-        return too_many_sign_ins(&state, next, wait);
-    }
     let token = state.config.admin_api_token.as_deref();
     let given = form.token.trim();
+    // The right token is never refused by the brake; wrong ones from a locked-out address are.
     let session = if token_matches(token, Some(given)) {
         session::issue(token, state.clock.now())
     } else {
+        if let Some(wait) = state.auth_failures.locked_for(client) {
+            return too_many_sign_ins(&state, next, wait);
+        }
         None
     };
     match session {

@@ -47,15 +47,32 @@ pub fn issue(token: Option<&str>, now: DateTime<Utc>) -> Option<String> {
     Some(format!("v1.{expiry}.{}", URL_SAFE_NO_PAD.encode(tag)))
 }
 
+/// The expiry of a session value written exactly as [`issue`] writes it: `v1.`, the Unix time
+/// in plain decimal digits (no sign, no leading zero), `.`, the tag in unpadded base64url.
+/// Anything else (`v1.0<expiry>…`, `v1.+<expiry>…`, padding, another alphabet) is refused:
+/// one session has exactly one spelling, so revoking that spelling revokes the session.
+fn parse(value: &str) -> Option<(i64, Vec<u8>)> {
+    let mut parts = value.splitn(3, '.');
+    let (Some("v1"), Some(expiry), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let canonical_number = !expiry.is_empty()
+        && expiry.len() <= 18
+        && expiry.bytes().all(|b| b.is_ascii_digit())
+        && !(expiry.len() > 1 && expiry.starts_with('0'));
+    if !canonical_number {
+        return None;
+    }
+    let expiry = expiry.parse::<i64>().ok()?;
+    let tag_bytes = URL_SAFE_NO_PAD.decode(tag).ok()?;
+    // The decoder ignores nothing, but compare anyway: one tag, one spelling.
+    (URL_SAFE_NO_PAD.encode(&tag_bytes) == tag).then_some((expiry, tag_bytes))
+}
+
 /// True when `value` is a session issued for `token` that has not expired at `now`.
 pub fn verify(token: Option<&str>, value: &str, now: DateTime<Utc>) -> bool {
     let Some(token) = key(token) else { return false };
-    let mut parts = value.splitn(3, '.');
-    let (Some("v1"), Some(expiry), Some(tag)) = (parts.next(), parts.next(), parts.next()) else {
-        return false;
-    };
-    let Ok(expiry) = expiry.parse::<i64>() else { return false };
-    let Ok(tag) = URL_SAFE_NO_PAD.decode(tag) else { return false };
+    let Some((expiry, tag)) = parse(value) else { return false };
     // `verify_slice` compares in constant time.
     expiry > now.timestamp() && mac(token, expiry).verify_slice(&tag).is_ok()
 }
@@ -182,6 +199,30 @@ mod tests {
         assert!(!verify(Some("secret"), &later, now));
         for bad in ["", "v1", "v1.x.y", "v2.1.AAAA", "secret"] {
             assert!(!verify(Some("secret"), bad, now), "{bad}");
+        }
+    }
+
+    #[test]
+    fn other_spellings_of_a_session_do_not_verify() {
+        let now = Utc::now();
+        let v = issue(Some("secret"), now).unwrap();
+        assert!(verify(Some("secret"), &v, now));
+        let rest = v.strip_prefix("v1.").unwrap();
+        let (expiry, tag) = rest.split_once('.').unwrap();
+        for variant in [
+            format!("v1.0{expiry}.{tag}"),
+            format!("v1.00{expiry}.{tag}"),
+            format!("v1.+{expiry}.{tag}"),
+            format!("v1.-0{expiry}.{tag}"),
+            format!("v1. {expiry}.{tag}"),
+            format!("v1.{expiry}.{tag}="),
+            format!("v1.{expiry}.{tag}.x"),
+            format!("v1.{expiry}.{}", tag.replace('-', "+").replace('_', "/")),
+        ] {
+            if variant == v {
+                continue;
+            }
+            assert!(!verify(Some("secret"), &variant, now), "{variant} must not verify");
         }
     }
 

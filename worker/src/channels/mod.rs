@@ -2,6 +2,11 @@
 //! [`SendError`] classified once, where the failure happens: transient (retry, maybe after a
 //! `Retry-After`) or permanent (no retry; a `first` policy moves down its list). The delivery
 //! module reads that classification and nothing else.
+//!
+//! A provider's answer is untrusted input (a push endpoint is chosen by whoever registered the
+//! device): every HTTP exchange is time-limited as a whole ([`PROVIDER_TIMEOUT`], connecting to
+//! the last byte read) and at most [`MAX_ANSWER_BYTES`] of any answer body are read
+//! ([`read_capped`]), success bodies included.
 
 pub mod email;
 pub mod outbox;
@@ -133,6 +138,36 @@ pub fn parse_retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option
         when.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO)
     };
     Some(asked.min(MAX_RETRY_AFTER))
+}
+
+/// The longest a whole exchange with an HTTP provider may take: connecting, sending, the
+/// answer's head and the part of its body that is read. Past it the send is a transient
+/// failure ("timed out").
+pub const PROVIDER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The most of a provider's answer body that is read; the rest is never received (the
+/// connection is dropped).
+pub const MAX_ANSWER_BYTES: usize = 8 * 1024;
+
+/// Reads at most `max` bytes of `resp`'s body (chunk by chunk, never more than one chunk past
+/// the cap in memory), then drops the response. Returns the bytes read and whether the body
+/// was longer. The request's own timeout still bounds the time this takes.
+pub async fn read_capped(mut resp: reqwest::Response, max: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = max - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+        if out.len() == max {
+            // Exactly full: longer only if anything else comes.
+            let more = resp.chunk().await?.is_some_and(|c| !c.is_empty());
+            return Ok((out, more));
+        }
+    }
+    Ok((out, false))
 }
 
 /// An error and its causes on one line.

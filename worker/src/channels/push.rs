@@ -24,7 +24,9 @@ use base64::Engine as _;
 use dashlight_core::config::PushConfig;
 use web_push::{PartialVapidSignatureBuilder, SubscriptionInfo, VapidSignature, VapidSignatureBuilder};
 
-use super::{SendError, Sent, error_chain, outbox::Outbox, parse_retry_after, push_encrypt};
+use super::{
+    MAX_ANSWER_BYTES, PROVIDER_TIMEOUT, SendError, Sent, error_chain, outbox::Outbox, parse_retry_after, push_encrypt, read_capped,
+};
 
 /// Largest plaintext web-push accepts (it refuses more than 3052 bytes).
 pub const MAX_PAYLOAD: usize = 3052;
@@ -102,8 +104,13 @@ impl PushSender {
         }
     }
 
-    /// Sends one push.
+    /// Sends one push. A `url` in the payload that opens a person's page (`/me/{token}…`) is
+    /// sent without the token (`/me#booking-7`): a push service, or a device that was registered
+    /// through a link later rotated, never learns the page's secret. The service worker opens
+    /// the page it was last given by the page itself (`sw.js`).
     pub async fn send(&self, delivery_id: i64, m: &PushMessage<'_>) -> Result<Sent, SendError> {
+        let payload = without_page_token(&m.payload);
+        let m = &PushMessage { payload, ..m.clone() };
         if m.payload.len() > MAX_PAYLOAD {
             return Err(SendError::permanent(format!(
                 "push payload is {} bytes, the limit is {MAX_PAYLOAD}",
@@ -126,6 +133,9 @@ impl PushSender {
                 client,
                 allow_private,
             } => {
+                // Registration refuses these; a row from before (or written another way) fails
+                // this one delivery for good.
+                check_subscription(m)?;
                 // Registration checked the endpoint too, but rows may predate the check or the
                 // setting may have changed since.
                 if let Some(why) = dashlight_core::endpoints::check_push_endpoint(m.endpoint, *allow_private) {
@@ -157,7 +167,7 @@ impl PushSender {
                 );
                 let rb = client
                     .post(m.endpoint)
-                    .timeout(Duration::from_secs(15))
+                    .timeout(PROVIDER_TIMEOUT)
                     .header("TTL", m.ttl.to_string())
                     .header("Urgency", urgency)
                     .header(reqwest::header::CONTENT_ENCODING, "aes128gcm")
@@ -178,21 +188,75 @@ impl PushSender {
                     .and_then(|v| v.to_str().ok())
                     .map(|l| l.chars().take(MAX_LOCATION_LEN).collect::<String>());
                 if (200..300).contains(&status) {
+                    // The body of a success is not needed and not read.
                     return Ok(Sent {
                         provider_message_id: location,
                     });
                 }
-                let body = resp.text().await.unwrap_or_default();
+                // At most a few KB of an error's body; a body that does not come in time leaves
+                // the status to classify the failure.
+                let (body, cut) = read_capped(resp, MAX_ANSWER_BYTES).await.unwrap_or_default();
+                let body = String::from_utf8_lossy(&body);
                 let detail = match status {
                     404 | 410 => "push subscription expired or unsubscribed".to_owned(),
                     413 => "payload too large for the push service".to_owned(),
                     300..=399 => "the push service answered with a redirect, which is not followed".to_owned(),
-                    _ => body.chars().filter(|c| !c.is_control()).take(200).collect(),
+                    _ => {
+                        let text: String = body.chars().filter(|c| !c.is_control()).take(200).collect();
+                        if cut {
+                            format!("{text}… (answer longer than {MAX_ANSWER_BYTES} bytes, not read further)")
+                        } else {
+                            text
+                        }
+                    }
                 };
                 Err(SendError::from_http_status(status, retry_after, &detail))
             }
         }
     }
+}
+
+/// `payload` with the page token taken out of its `url` (`/me/{token}#x` → `/me#x`); any
+/// other payload as it is.
+pub fn without_page_token(payload: &[u8]) -> Vec<u8> {
+    let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+        return payload.to_vec();
+    };
+    let Some(url) = v.get("url").and_then(|u| u.as_str()) else {
+        return payload.to_vec();
+    };
+    let Some(after) = url.strip_prefix("/me/") else {
+        return payload.to_vec();
+    };
+    let rest = after.find(['/', '#', '?']).map_or("", |i| &after[i..]);
+    v["url"] = serde_json::Value::String(format!("/me{rest}"));
+    serde_json::to_vec(&v).unwrap_or_else(|_| payload.to_vec())
+}
+
+/// The subscription's own checks, as at registration: the endpoint at most
+/// [`dashlight_core::endpoints::MAX_ENDPOINT_LEN`] bytes, `p256dh` 65 bytes and `auth` 16 once
+/// decoded. A failure is permanent.
+fn check_subscription(m: &PushMessage<'_>) -> Result<(), SendError> {
+    let max = dashlight_core::endpoints::MAX_ENDPOINT_LEN;
+    if m.endpoint.len() > max {
+        return Err(SendError::permanent(format!(
+            "push endpoint refused: {} bytes, at most {max}",
+            m.endpoint.len()
+        )));
+    }
+    for (name, text, len) in [("p256dh", m.p256dh, 65), ("auth", m.auth, 16)] {
+        match decode_key(text) {
+            Ok(k) if k.len() == len => {}
+            Ok(k) => {
+                return Err(SendError::permanent(format!(
+                    "invalid subscription: {name} is {} bytes, expected {len}",
+                    k.len()
+                )));
+            }
+            Err(e) => return Err(SendError::permanent(format!("invalid subscription: {name}: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 /// A subscription key as browsers give it: base64url, padded or not (the standard alphabet
@@ -363,5 +427,183 @@ mod tests {
         // Less than the margin left: signed anew.
         signer.signatures.lock().unwrap().get_mut("https://push.example.test").unwrap().1 = unix_now() + 60;
         assert_ne!(a.auth_t, sign(&signer, "https://push.example.test/wpush/v2/one").auth_t);
+    }
+
+    /// A browser's subscription keys (base64url): a fresh P-256 point and auth secret.
+    fn keys() -> (String, String) {
+        use openssl::{
+            bn::BigNumContext,
+            ec::{EcGroup, EcKey, PointConversionForm},
+            nid::Nid,
+        };
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = EcKey::generate(&group).unwrap();
+        let mut ctx = BigNumContext::new().unwrap();
+        let public = key
+            .public_key()
+            .to_bytes(&group, PointConversionForm::UNCOMPRESSED, &mut ctx)
+            .unwrap();
+        let enc = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        (enc.encode(public), enc.encode(rand::random::<[u8; 16]>()))
+    }
+
+    fn sender() -> PushSender {
+        PushSender::Vapid {
+            signer: Arc::new(signer()),
+            client: http_client(true).unwrap(),
+            allow_private: true,
+        }
+    }
+
+    /// A loopback push service that answers every request with `status` and a body of
+    /// `body_len` bytes (streamed, never held), counting the bytes it managed to write.
+    async fn huge_answer(status: u16, body_len: u64) -> (String, Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    // Read the request's head and body (the encrypted payload is small).
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = tokio::time::timeout(Duration::from_millis(300), conn.read(&mut buf)).await;
+                    let head = format!("HTTP/1.1 {status} Whatever\r\ncontent-type: text/plain\r\ncontent-length: {body_len}\r\n\r\n");
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut left = body_len;
+                    while left > 0 {
+                        let n = left.min(chunk.len() as u64) as usize;
+                        if conn.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        left -= n as u64;
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}/push/1"), written)
+    }
+
+    #[tokio::test]
+    async fn a_huge_answer_is_read_only_in_part_and_classified() {
+        let (p256dh, auth) = keys();
+        let sender = sender();
+        // 4 GiB: reading it whole would take the worker's memory; the cap reads 8 KiB.
+        const HUGE: u64 = 4 << 30;
+        for (status, transient) in [(500u16, true), (400, false), (201, false)] {
+            let (endpoint, written) = huge_answer(status, HUGE).await;
+            let m = PushMessage {
+                endpoint: &endpoint,
+                p256dh: &p256dh,
+                auth: &auth,
+                payload: br#"{"title":"t"}"#.to_vec(),
+                ttl: 60,
+                urgency: "normal",
+            };
+            let started = std::time::Instant::now();
+            let result = sender.send(1, &m).await;
+            let took = started.elapsed();
+            assert!(took < Duration::from_secs(10), "{status}: took {took:?}");
+            match (status, result) {
+                (201, Ok(_)) => {}
+                (_, Err(e @ SendError::Transient { .. })) if transient => {
+                    assert!(e.to_string().contains("not read further"), "{e}");
+                }
+                (_, Err(e @ SendError::Permanent { .. })) if !transient => {
+                    assert!(e.to_string().contains("HTTP 400"), "{e}");
+                }
+                (s, other) => panic!("{s}: unexpected {other:?}"),
+            }
+            // What the service could push before the client stopped reading: socket buffers,
+            // not the body.
+            let sent = written.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(sent < 64 << 20, "{status}: {sent} bytes were taken from the service");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_is_cut_by_the_exchange_timeout() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // A service that sends its head, then one byte a second, for ever.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(b"HTTP/1.1 500 Slow\r\ncontent-length: 100000\r\n\r\n").await;
+                    loop {
+                        if conn.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            }
+        });
+        let client = http_client(true).unwrap();
+        let started = std::time::Instant::now();
+        let resp = client
+            .post(format!("http://{addr}/"))
+            .timeout(Duration::from_millis(800))
+            .send()
+            .await
+            .unwrap();
+        let err = read_capped(resp, MAX_ANSWER_BYTES).await.unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(matches!(SendError::from_reqwest(&err), SendError::Transient { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_old_bad_subscription_fails_its_delivery_for_good() {
+        let (p256dh, auth) = keys();
+        let sender = sender();
+        let long = format!("http://127.0.0.1:9/{}", "a".repeat(dashlight_core::endpoints::MAX_ENDPOINT_LEN));
+        let short_key = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([4u8; 33]);
+        let short_auth = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([1u8; 8]);
+        for (endpoint, key, secret, what) in [
+            (long.as_str(), p256dh.as_str(), auth.as_str(), "1024"),
+            ("http://127.0.0.1:9/x", short_key.as_str(), auth.as_str(), "p256dh is 33 bytes"),
+            ("http://127.0.0.1:9/x", p256dh.as_str(), short_auth.as_str(), "auth is 8 bytes"),
+            ("http://127.0.0.1:9/x", "k", auth.as_str(), "p256dh"),
+        ] {
+            let m = PushMessage {
+                endpoint,
+                p256dh: key,
+                auth: secret,
+                payload: b"{}".to_vec(),
+                ttl: 60,
+                urgency: "normal",
+            };
+            match sender.send(1, &m).await {
+                Err(e @ SendError::Permanent { .. }) => assert!(e.to_string().contains(what), "{e}"),
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn push_urls_carry_no_page_token() {
+        let token = "0123456789abcdef".repeat(4);
+        let strip = |url: &str| {
+            let out = without_page_token(&serde_json::to_vec(&serde_json::json!({"title": "t", "url": url})).unwrap());
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()["url"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(strip(&format!("/me/{token}#booking-7")), "/me#booking-7");
+        assert_eq!(strip(&format!("/me/{token}")), "/me");
+        assert_eq!(strip("/offers/abc"), "/offers/abc");
+        assert_eq!(without_page_token(b"not json"), b"not json");
     }
 }

@@ -12,12 +12,10 @@
 //! character makes the whole body UCS-2: 70 UTF-16 units in one segment, 67 per segment
 //! concatenated. An escape pair or a surrogate pair is never split across segments.
 
-use std::time::Duration;
-
 use dashlight_core::config::{DEFAULT_SMS_MAX_SEGMENTS, SmsConfig};
 use serde::Deserialize;
 
-use super::{SendError, Sent, is_e164, outbox::Outbox, parse_retry_after};
+use super::{MAX_ANSWER_BYTES, PROVIDER_TIMEOUT, SendError, Sent, is_e164, outbox::Outbox, parse_retry_after, read_capped};
 
 /// Where SMS go.
 #[derive(Debug, Clone)]
@@ -78,17 +76,29 @@ impl SmsSender {
                         ("Body", body),
                         ("StatusCallback", status_callback.as_str()),
                     ])
-                    .timeout(Duration::from_secs(15))
+                    .timeout(PROVIDER_TIMEOUT)
                     .send()
                     .await
                     .map_err(|e| SendError::from_reqwest(&e))?;
                 let status = resp.status().as_u16();
                 let retry_after = parse_retry_after(resp.headers().get(reqwest::header::RETRY_AFTER));
-                let bytes = resp.bytes().await.map_err(|e| SendError::from_reqwest(&e))?;
+                // At most a few KB of the answer: Twilio's is well under; anything longer is not
+                // a Twilio answer and is not read further.
+                let (bytes, cut) = match read_capped(resp, MAX_ANSWER_BYTES).await {
+                    Ok(read) => read,
+                    // The provider accepted the message but its answer did not arrive in time:
+                    // retrying could send it twice, but not retrying could lose it; the answer's
+                    // status decides, as for any answer without a readable body.
+                    Err(e) if (200..300).contains(&status) => {
+                        tracing::warn!(error = %super::error_chain(&e), "SMS provider's answer body could not be read; the message was accepted");
+                        (Vec::new(), false)
+                    }
+                    Err(e) => return Err(SendError::from_reqwest(&e)),
+                };
                 if (200..300).contains(&status) {
                     let ok: TwilioOk = serde_json::from_slice(&bytes).unwrap_or(TwilioOk { sid: None });
                     return Ok(Sent {
-                        provider_message_id: ok.sid,
+                        provider_message_id: ok.sid.filter(|s| s.len() <= 64),
                     });
                 }
                 let err: Option<TwilioErr> = serde_json::from_slice(&bytes).ok();
@@ -98,7 +108,18 @@ impl SmsSender {
                         code: Some(c),
                         message: Some(m),
                     }) => format!("SMS provider error {c}: {m}"),
-                    _ => String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                    _ => {
+                        let text: String = String::from_utf8_lossy(&bytes)
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(200)
+                            .collect();
+                        if cut {
+                            format!("{text}… (answer longer than {MAX_ANSWER_BYTES} bytes, not read further)")
+                        } else {
+                            text
+                        }
+                    }
                 };
                 if code == Some(21610) {
                     return Err(SendError::opted_out(format!("HTTP {status}: {detail}")));
@@ -218,5 +239,54 @@ mod tests {
         let emoji = "😀".repeat(200);
         let cut = limit_segments(&emoji, 1);
         assert_eq!(segments(&cut), ("UCS-2", 1));
+    }
+
+    #[tokio::test]
+    async fn a_huge_provider_answer_is_read_only_in_part() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = std::sync::Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = tokio::time::timeout(std::time::Duration::from_millis(300), conn.read(&mut buf)).await;
+                    let len: u64 = 4 << 30;
+                    let head = format!("HTTP/1.1 503 Busy\r\ncontent-length: {len}\r\n\r\n{{\"code\": 20500, \"message\": \"");
+                    if conn.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while conn.write_all(&chunk).await.is_ok() {
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let sender = SmsSender::Api {
+            config: SmsConfig {
+                api_base_url: format!("http://{addr}"),
+                account_sid: "ACtest".into(),
+                auth_token: "token".into(),
+                from: "+447700900000".into(),
+                max_segments: 3,
+            },
+            client: reqwest::Client::new(),
+            status_callback: "http://127.0.0.1/hooks/sms/status".into(),
+        };
+        let started = std::time::Instant::now();
+        let e = sender.send(1, "+447700900123", "hello").await.unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(matches!(e, SendError::Transient { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains("HTTP 503") && e.to_string().contains("not read further"),
+            "{e}"
+        );
+        let sent = written.load(Ordering::Relaxed);
+        assert!(sent < 64 << 20, "{sent} bytes were taken from the provider");
     }
 }

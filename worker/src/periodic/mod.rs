@@ -99,7 +99,13 @@ pub async fn run(ctx: &Context, job: &PeriodicJob) -> anyhow::Result<String> {
             let recovered = delivery::recover_stuck(&ctx.pool, now).await?;
             let requeued = delivery::sweep_overdue(&ctx.pool, now, Duration::from_secs(5)).await?;
             let expired = offers::expire(ctx, now).await?;
-            format!("recovered {recovered} stuck deliveries, re-enqueued {requeued} overdue notifications, {expired} slot offers expired")
+            // Status callbacks that overtook the recording of their send.
+            let mut tx = ctx.pool.begin().await?;
+            let adopted = dashlight_core::receipts::adopt_early(&mut tx).await?;
+            tx.commit().await?;
+            format!(
+                "recovered {recovered} stuck deliveries, re-enqueued {requeued} overdue notifications, {expired} slot offers expired, {adopted} early receipts adopted"
+            )
         }
         PeriodicTask::RecurringBookings => recurring::run(ctx, now).await?,
         PeriodicTask::Invoices => invoices::run(ctx, now).await?,

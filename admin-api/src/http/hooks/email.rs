@@ -120,12 +120,13 @@ pub async fn inbound_email(
             "the inbound email hook is off: INBOUND_EMAIL_TOKEN is not set".into(),
         ));
     };
-    let client = client_addr(&req_parts.extensions).0;
-    if let Some(wait) = state.auth_failures.locked_for(client) {
-        return Err(ApiError::TooManyRequests(retry_after_secs(wait)));
-    }
+    let client = client_addr(&req_parts.extensions, headers, &state.config.http_server.trusted_proxies).0;
+    // The right token is never refused; wrong ones count on this hook's own brake.
     if !token_matches(Some(expected), bearer(headers)) {
-        let _ = state.auth_failures.failed(client);
+        if let Some(wait) = state.email_hook_failures.locked_for(client) {
+            return Err(ApiError::TooManyRequests(retry_after_secs(wait)));
+        }
+        let _ = state.email_hook_failures.failed(client);
         tracing::warn!(%client, "inbound email refused: missing or wrong INBOUND_EMAIL_TOKEN");
         metrics::counter!("dashlight_inbound_emails_total", "verdict" => "forbidden").increment(1);
         return Err(ApiError::Forbidden(

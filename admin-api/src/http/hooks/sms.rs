@@ -10,6 +10,12 @@
 //! its value; compared in constant time. A missing or wrong signature (or no `SMS_AUTH_TOKEN`)
 //! is a 403 that changes nothing. A replayed callback or text is harmless: reports are applied
 //! once (a delivery never moves back) and a text's `MessageSid` is handled once.
+//!
+//! Twilio's signature covers names and values run together, so a captured request could be
+//! re-cut (`MessageSid=SMcap0001` + `NumMedia=0` signs as `MessageSid=SMcap0001NumMedia0`) and
+//! replayed under a new `MessageSid`. An inbound text must therefore carry `AccountSid` equal
+//! to `SMS_ACCOUNT_SID` and a well-formed `MessageSid` (`SM` or `MM` and 32 hex digits, as
+//! Twilio makes them); otherwise it is a 422 that changes nothing.
 
 use axum::{
     body::Bytes,
@@ -57,8 +63,15 @@ pub struct InboundSms {
     pub From: String,
     /// The text.
     pub Body: String,
-    /// The inbound message's id (a replayed post is handled once).
-    pub MessageSid: Option<String>,
+    /// The inbound message's id, `SM`/`MM` and 32 hex digits (a replayed post is handled once).
+    pub MessageSid: String,
+    /// The account the text arrived on: must be `SMS_ACCOUNT_SID`.
+    pub AccountSid: String,
+}
+
+/// Whether `sid` is a Twilio message id: `SM` or `MM` then 32 hex digits.
+pub fn well_formed_message_sid(sid: &str) -> bool {
+    sid.len() == 34 && (sid.starts_with("SM") || sid.starts_with("MM")) && sid.as_bytes()[2..].iter().all(u8::is_ascii_hexdigit)
 }
 
 /// The POST parameters, once the signature over them was verified.
@@ -174,7 +187,7 @@ fn receipt_status(message_status: &str) -> ReceiptStatus {
         description = "Twilio's status callback (every SMS is sent with StatusCallback = PUBLIC_BASE_URL/hooks/sms/status)"),
     params(("X-Twilio-Signature" = String, Header, description = "base64 HMAC-SHA1 (SMS_AUTH_TOKEN) of PUBLIC_BASE_URL + path + the sorted parameters")),
     responses(
-        (status = 200, description = "Kept (an unknown message id is acknowledged and ignored); empty TwiML", content_type = "application/xml", body = String),
+        (status = 200, description = "Kept (a message id not recorded yet is kept and applied once its send is recorded); empty TwiML", content_type = "application/xml", body = String),
         (status = 403, description = "Missing or wrong signature: nothing changed", body = ErrorBody),
         (status = 422, description = "MessageSid or MessageStatus missing", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
@@ -195,21 +208,27 @@ pub async fn status(State(state): State<AppState>, uri: Uri, headers: HeaderMap,
     let status = receipt_status(message_status);
     let error_code = p.get("ErrorCode").map(str::trim).filter(|c| !c.is_empty() && *c != "0");
     let mut tx = state.pool.begin().await?;
-    let Some(delivery) = receipts::delivery_by_provider_id(&mut tx, Channel::Sms, sid).await? else {
-        tracing::info!(
-            message = sid,
-            status = message_status,
-            "SMS status callback for an unknown message: ignored"
-        );
-        return Ok(twiml(None));
-    };
+    let found = receipts::delivery_by_provider_id(&mut tx, Channel::Sms, sid).await?;
     let report = Report {
-        delivery_id: delivery,
+        delivery_id: found.unwrap_or_default(),
         source: ReceiptSource::SmsStatus,
         status,
         provider_status: Some(message_status),
         error_code,
         detail: p.get("ErrorMessage"),
+    };
+    let Some(delivery) = found else {
+        // The callback overtook the recording of its send (or names no message of ours): kept,
+        // and applied once a delivery with this message id is recorded.
+        let early = receipts::keep_early(&mut tx, Channel::Sms, sid, &report).await?;
+        tx.commit().await?;
+        tracing::info!(
+            early,
+            message = sid,
+            status = message_status,
+            "SMS status callback before its send was recorded: kept for later"
+        );
+        return Ok(twiml(None));
     };
     let receipt = receipts::report(&mut tx, &report).await?;
     tx.commit().await?;
@@ -231,7 +250,7 @@ pub async fn status(State(state): State<AppState>, uri: Uri, headers: HeaderMap,
     responses(
         (status = 200, description = "TwiML: <Response><Message>the answer</Message></Response> (empty for a text that is only forwarded)", content_type = "application/xml", body = String),
         (status = 403, description = "Missing or wrong signature: nothing changed", body = ErrorBody),
-        (status = 422, description = "From missing", body = ErrorBody),
+        (status = 422, description = "From missing, AccountSid not SMS_ACCOUNT_SID, or MessageSid missing or malformed (nothing changed)", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ))]
 pub async fn inbound(State(state): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
@@ -239,10 +258,25 @@ pub async fn inbound(State(state): State<AppState>, uri: Uri, headers: HeaderMap
         return Ok(forbidden());
     };
     let from = p.required("From")?;
+    let account = p.required("AccountSid")?;
+    if state.config.sms.as_ref().is_none_or(|sms| sms.account_sid != account) {
+        tracing::warn!("inbound SMS refused: AccountSid is not this server's SMS_ACCOUNT_SID");
+        metrics::counter!("dashlight_hook_refusals_total", "hook" => "sms_account").increment(1);
+        return Err(ApiError::invalid(
+            "AccountSid",
+            "not the account this server sends from (SMS_ACCOUNT_SID)",
+        ));
+    }
+    let sid = p.required("MessageSid")?;
+    if !well_formed_message_sid(sid) {
+        tracing::warn!("inbound SMS refused: malformed MessageSid");
+        metrics::counter!("dashlight_hook_refusals_total", "hook" => "sms_message_sid").increment(1);
+        return Err(ApiError::invalid("MessageSid", "expected SM or MM and 32 hex digits"));
+    }
     let msg = Inbound {
         from,
         body: p.get("Body").unwrap_or_default(),
-        provider_message_id: p.get("MessageSid").filter(|s| !s.trim().is_empty()),
+        provider_message_id: Some(sid),
     };
     let school = School::from_config(&state.config);
     let mut tx = state.pool.begin().await?;
@@ -281,6 +315,22 @@ mod tests {
             twilio_signature("12345", url, &params("+14158675309")),
             "RSOYDt4T1cUTdK1PDd93/VVr8B8="
         );
+    }
+
+    #[test]
+    fn message_sids() {
+        assert!(well_formed_message_sid("SM0123456789abcdef0123456789abcdef"));
+        assert!(well_formed_message_sid("MM0123456789ABCDEF0123456789abcdef"));
+        for bad in [
+            "SMcap0001",
+            "SMcap0001NumMedia0",
+            "XX0123456789abcdef0123456789abcdef",
+            "SM0123456789abcdef0123456789abcdeg",
+            "SM0123456789abcdef0123456789abcdef0",
+            "",
+        ] {
+            assert!(!well_formed_message_sid(bad), "{bad}");
+        }
     }
 
     #[test]

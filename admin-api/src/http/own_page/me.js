@@ -20,6 +20,16 @@
     for (var i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
     return out;
   }
+  // Tell the service worker which page is this person's, so a click on an alert (whose
+  // address carries no secret) opens it.
+  function tellWorker() {
+    if (!("serviceWorker" in navigator)) return;
+    navigator.serviceWorker.getRegistration("/").then(function (r) {
+      var worker = r && (r.active || r.waiting || r.installing);
+      if (worker) worker.postMessage({ page: location.pathname });
+    }).catch(function () { /* no worker: nothing to tell */ });
+  }
+  tellWorker();
   if (!("serviceWorker" in navigator) || !("PushManager" in window) || !("Notification" in window)) {
     button.disabled = true;
     say("This browser cannot show alerts. On an iPhone, add this page to the Home Screen first.", "unsupported");
@@ -35,6 +45,7 @@
       say("Installing the alerts helper…", "registering");
       var registration = await navigator.serviceWorker.register("/sw.js", { scope: "/" });
       await navigator.serviceWorker.ready;
+      tellWorker();
       var keyRes = await fetch("/push/vapid-public-key", { credentials: "same-origin" });
       if (!keyRes.ok) throw new Error("this server does not send alerts (no push key)");
       var key = (await keyRes.json()).key;

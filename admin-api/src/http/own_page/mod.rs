@@ -222,7 +222,10 @@ pub async fn access_link(
     }))
 }
 
-/// Gives the person a new page link: the old one answers 404 from now on.
+/// Gives the person a new page link and shuts out whoever held the old one: the old link
+/// answers 404 from now on, the devices registered from the page are switched off (alerts are
+/// enabled again from the new link), and the calendar feed's address (shown on the page) is
+/// replaced too.
 #[utoipa::path(post, path = "/api/users/{id}/access-link/rotate", tag = "own page",
     params(("id" = i64, Path, description = "users.id")),
     responses(
@@ -856,9 +859,11 @@ pub struct SubscriptionKeys {
     pub auth: String,
 }
 
-/// Registers this browser's push subscription for the person, with the endpoint (SSRF) and key
-/// checks of `POST /api/users/{id}/devices`. The device's name is `browser-` and a hash of the
-/// endpoint, so posting the same subscription again renews it (200).
+/// Registers this browser's push subscription for the person, with the endpoint (SSRF, at most
+/// 1024 bytes) and key checks of `POST /api/users/{id}/devices`. The device's name is
+/// `browser-` and a hash of the endpoint, so posting the same subscription again renews it
+/// (200). A person keeps at most 10 active devices (the oldest is switched off), and may
+/// register 20 at once, then one a minute (429).
 #[utoipa::path(post, path = "/me/{token}/devices", tag = "own page", request_body = SubscriptionIn,
     params(("token" = String, Path, description = "the person's access token")),
     responses(
@@ -868,7 +873,8 @@ pub struct SubscriptionKeys {
         (status = 403, description = "Sent from another site", body = ErrorBody),
         (status = 404, description = "No page at this address", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid endpoint or keys", body = ErrorBody),
+        (status = 422, description = "Invalid endpoint (over 1024 bytes, not https, not public) or keys", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this page (a burst of 20, then one a minute)", body = ErrorBody),
     ))]
 pub async fn add_device(
     State(state): State<AppState>,
@@ -885,6 +891,13 @@ pub async fn add_device(
         tracing::warn!(user_id = o.user_id, "own page: a device from another site refused");
         return Err(forbidden());
     }
+    if let Err(wait) = state.device_registrations.check(o.user_id) {
+        tracing::warn!(user_id = o.user_id, "own page: too many device registrations");
+        return Err(ApiError::SlowDown(
+            "too many devices registered from this page".into(),
+            crate::guard::retry_after_secs(wait),
+        ));
+    }
     check_endpoint(&body.endpoint, state.config.push_allow_private_endpoints).map_err(|e| rename_field(e, "endpoint"))?;
     let (p256dh, auth) = check_push_keys(&body.keys.p256dh, &body.keys.auth).map_err(|e| match e {
         ApiError::Invalid { code, field, message } => ApiError::Invalid {
@@ -895,7 +908,11 @@ pub async fn add_device(
         other => other,
     })?;
     let hash = Sha256::digest(body.endpoint.as_bytes());
-    let device_id = format!("browser-{}", &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash)[..16]);
+    let device_id = format!(
+        "{}{}",
+        access::PAGE_DEVICE_PREFIX,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash)[..16]
+    );
     let nd = NewDevice {
         device_id,
         push_endpoint: body.endpoint,

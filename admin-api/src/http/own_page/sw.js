@@ -1,6 +1,41 @@
 // Dashlight's service worker (root scope): shows each push as a notification and opens its
 // address when the notification is clicked. The payload is JSON {title, body, tag, url}.
+// Pushes never carry the page's secret: a url of "/me#booking-7" opens the page this worker was
+// last told about by the page itself (me.js posts {page: "/me/<token>"}), kept in Cache Storage.
 "use strict";
+
+var PAGE_CACHE = "dashlight-page";
+var PAGE_KEY = "/__dashlight_page";
+
+self.addEventListener("message", function (event) {
+  var page = event.data && event.data.page;
+  if (typeof page !== "string" || !/^\/me\/[0-9a-f]{64}$/.test(page)) return;
+  event.waitUntil(
+    caches.open(PAGE_CACHE).then(function (cache) {
+      return cache.put(PAGE_KEY, new Response(page));
+    })
+  );
+});
+
+// The person's page for a token-less "/me…" address, or the site's root when none is known.
+function pageFor(url) {
+  var u = new URL(url);
+  if (u.pathname !== "/me") return Promise.resolve(url);
+  return caches
+    .open(PAGE_CACHE)
+    .then(function (cache) {
+      return cache.match(PAGE_KEY);
+    })
+    .then(function (res) {
+      return res ? res.text() : null;
+    })
+    .then(function (page) {
+      return page ? self.location.origin + page + u.search + u.hash : self.location.origin + "/";
+    })
+    .catch(function () {
+      return self.location.origin + "/";
+    });
+}
 
 self.addEventListener("install", function () {
   self.skipWaiting();
@@ -36,13 +71,15 @@ function target(url) {
 
 self.addEventListener("notificationclick", function (event) {
   event.notification.close();
-  var url = target(event.notification.data && event.notification.data.url);
+  var wanted = target(event.notification.data && event.notification.data.url);
   event.waitUntil(
-    self.clients.matchAll({ type: "window", includeUncontrolled: true }).then(function (windows) {
-      for (var i = 0; i < windows.length; i++) {
-        if (windows[i].url === url && "focus" in windows[i]) return windows[i].focus();
-      }
-      return self.clients.openWindow(url);
+    pageFor(wanted).then(function (url) {
+      return self.clients.matchAll({ type: "window", includeUncontrolled: true }).then(function (windows) {
+        for (var i = 0; i < windows.length; i++) {
+          if (windows[i].url === url && "focus" in windows[i]) return windows[i].focus();
+        }
+        return self.clients.openWindow(url);
+      });
     })
   );
 });
