@@ -114,22 +114,19 @@ async fn notifications_written_and_due_together_share_jobs_and_a_finished_job_le
 async fn a_poisoned_recipient_fails_alone_and_every_other_notification_of_its_job_is_sent() {
     let w = World::start().await;
     let users = students(&w, 300, "poison").await;
-    // A person whose push subscription's endpoint is 22 KB of hex (it does not compress below
-    // what a btree entry may hold): its delivery row cannot be indexed.
-    let bad = w.person("student", "Mallory", None).await;
-    let device = w.device(&bad, "huge").await;
-    sqlx::query(
-        "UPDATE user_devices SET push_endpoint = 'http://127.0.0.1:9/' || (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 700) g)
-         WHERE id = $1",
-    )
-    .bind(device)
-    .execute(w.pool())
-    .await
-    .unwrap();
+    // A recipient whose address is 22 KB of hex (written before any check, or around the API):
+    // it does not compress below what a btree entry may hold, so its delivery row cannot be
+    // indexed and the claim's insert fails on it.
+    let long: String = sqlx::query_scalar("SELECT (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 700) g) || '@school.test'")
+        .fetch_one(w.pool())
+        .await
+        .unwrap();
     let due = Utc::now();
     let mut all: Vec<NewNotification> = users.iter().map(|u| package_low(*u, format!("poison:{u}"), due)).collect();
-    let mut poisoned = package_low(bad.user_id, "poison:bad".into(), due);
-    poisoned.channels = Some(vec![Channel::Push]);
+    let mut poisoned = package_low(users[0], "poison:bad".into(), due);
+    poisoned.user_id = None;
+    poisoned.recipient_email = Some(long);
+    poisoned.channels = Some(vec![Channel::Email]);
     // In the middle of the batch, so it shares a job with good ones.
     all.insert(150, poisoned);
     let ids = create_all(&w, all).await;
