@@ -191,6 +191,9 @@ async fn the_confirm_links_get_changes_nothing_and_its_post_confirms_once() {
     assert_eq!(body["via"], "email");
     assert_eq!(confirmation(&pool, booking).await, (at, via));
     assert_eq!(count(&pool, told, booking).await, 1);
+    let t = l.api.get(&format!("/api/bookings/{booking}/timeline")).await.expect(200);
+    assert_eq!(t["student_confirmed_via"], "email", "{t}");
+    assert!(t["next_escalation"].is_null());
 
     // A cancelled lesson cannot be confirmed: its link says so.
     let cancelled = l.book(&l.student, 50).await;
@@ -456,6 +459,15 @@ async fn the_nudge_and_the_alert_go_once_on_time_and_not_after_a_confirmation_or
     let a = book(waits.clone(), chrono::Duration::zero()).await;
     let b = book(confirms.clone(), chrono::Duration::hours(2)).await;
     let c = book(cancels.clone(), chrono::Duration::hours(4)).await;
+    // A student who turned SMS off, with another instructor at the same time: no nudge for her.
+    let no_sms = w.person("student", "Zara", Some("+447700900314")).await;
+    sqlx::query("UPDATE user_preferences SET sms_notifications = false WHERE user_id = $1")
+        .bind(no_sms.user_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let other_instructor = w.person("instructor", "Ann", None).await;
+    let z = w.book(&no_sms, &other_instructor, start, t0()).await.id;
     let nudge_due = start - chrono::Duration::hours(12);
     let alert_due = start - chrono::Duration::seconds(12 * 3600 - 10);
     let e = escalations(&pool, a).await;
@@ -500,6 +512,19 @@ async fn the_nudge_and_the_alert_go_once_on_time_and_not_after_a_confirmation_or
     assert_eq!(sms[0].to, "+447700900311");
     assert!(sms[0].body.contains("reply C"), "{}", sms[0].body);
     assert!(sent(&pool, a, "unconfirmed_lesson").await.is_empty(), "the alert is not due yet");
+    let skipped: String = try_wait_until("no nudge for the student with SMS off", LONG, || async {
+        let r: Option<Option<String>> = sqlx::query_scalar(
+            "SELECT d.skip_reason FROM notification_deliveries d JOIN notifications n ON n.id = d.notification_id
+             WHERE n.booking_id = $1 AND n.type = 'confirm_nudge' AND d.status = 'skipped'",
+        )
+        .bind(z)
+        .fetch_optional(&pool)
+        .await?;
+        Ok(r.flatten())
+    })
+    .await
+    .unwrap();
+    assert!(skipped.contains("switched off"), "{skipped}");
 
     // The alert at its moment: by push to the instructor (first: push → SMS → email).
     hand.set(alert_due);
@@ -584,6 +609,12 @@ async fn a_rescheduled_lessons_escalations_move_with_it() {
     assert_eq!(e.iter().filter(|x| x.1 == "cancelled").count(), 4);
     // The reminders' confirmation link still names the lesson.
     assert_eq!(confirm_path(&pool, booking).await, path);
+    // The booking's timeline says what comes next.
+    let t = api.get(&format!("/api/bookings/{booking}/timeline")).await.expect(200);
+    assert_eq!(t["next_escalation"]["kind"], "confirm_nudge", "{t}");
+    let due: DateTime<Utc> = serde_json::from_value(t["next_escalation"]["due_at"].clone()).unwrap();
+    assert_eq!(due, third - chrono::Duration::hours(12));
+    assert!(t["student_confirmed_via"].is_null());
 }
 
 // ---------------------------------------------------------------------------------------------
