@@ -32,6 +32,7 @@ use crate::{AppState, error::ErrorBody};
         (name = "unsubscribe", description = "The List-Unsubscribe link of emails (no token: the signed address is the secret)"),
         (name = "own page", description = "A person's own page /me/{token} (the link is the secret: no admin token), its personal link, push subscription, VAPID key and service worker"),
         (name = "suppressions", description = "Addresses and numbers nothing is sent to (bounces, STOP), listed and lifted by operators"),
+        (name = "analytics", description = "What the reminders achieve: confirmations and no-shows per day and first reminder channel"),
         (name = "hooks", description = "Routes providers and mail servers call: SMS status callbacks, inbound SMS, bounces (no admin bearer token: each verifies its caller, 403 otherwise)"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )

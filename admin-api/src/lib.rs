@@ -109,8 +109,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/me/{token}/notifications/{id}/read"),
     ("GET", "/push/vapid-public-key"),
     ("GET", "/sw.js"),
+    ("GET", "/confirm/{token}"),
+    ("POST", "/confirm/{token}"),
+    ("POST", "/confirm/{token}/push"),
+    ("POST", "/me/{token}/lessons/{id}/confirm"),
     ("GET", "/api/suppressions"),
     ("DELETE", "/api/suppressions/{id}"),
+    ("GET", "/api/analytics/confirmations"),
     ("POST", "/hooks/sms/status"),
     ("POST", "/hooks/sms/inbound"),
     ("GET", "/api/openapi.json"),
@@ -196,6 +201,7 @@ pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
         .merge(http::gaps::routes())
         .merge(http::own_page::routes())
         .merge(http::suppressions::routes())
+        .merge(http::analytics::routes())
         .merge(docs::routes())
 }
 

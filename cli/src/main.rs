@@ -106,8 +106,8 @@ async fn seed(config: &Config) -> anyhow::Result<()> {
         println!("demo data already present");
     } else {
         println!(
-            "demo school loaded: {} instructors, {} students, {} bookings, {} payments",
-            s.instructors, s.students, s.bookings, s.payments
+            "demo school loaded: {} instructors, {} students, {} bookings, {} payments, {} past reminded lessons",
+            s.instructors, s.students, s.bookings, s.payments, s.history
         );
     }
     Ok(())

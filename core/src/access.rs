@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{FromRow, PgConnection};
 
-use crate::{analytics, error::DomainError};
+use crate::{analytics, error::DomainError, states::ConfirmedVia};
 
 /// How many notifications the page's feed shows (newest first).
 pub const FEED_LIMIT: i64 = 50;
@@ -141,6 +141,10 @@ pub struct Lesson {
     pub student_name: String,
     /// Pick-up place.
     pub pickup_location: Option<String>,
+    /// When the student confirmed it.
+    pub student_confirmed_at: Option<DateTime<Utc>>,
+    /// How the student confirmed it.
+    pub student_confirmed_via: Option<ConfirmedVia>,
 }
 
 /// The owner's confirmed lessons that have not ended yet, soonest first (at most 50).
@@ -149,7 +153,8 @@ pub async fn upcoming_lessons(conn: &mut PgConnection, user_id: i64, now: DateTi
         Lesson,
         r#"SELECT b.id AS booking_id, b.start_time, b.end_time,
                 iu.first_name || ' ' || iu.last_name AS "instructor_name!",
-                su.first_name || ' ' || su.last_name AS "student_name!", b.pickup_location
+                su.first_name || ' ' || su.last_name AS "student_name!", b.pickup_location,
+                b.student_confirmed_at, b.student_confirmed_via AS "student_confirmed_via: ConfirmedVia"
          FROM bookings b
          JOIN students s ON s.id = b.student_id JOIN users su ON su.id = s.user_id
          JOIN instructors i ON i.id = b.instructor_id JOIN users iu ON iu.id = i.user_id

@@ -5,7 +5,12 @@
 //! `completed`/`no_show` end of a confirmed booking ([`crate::lessons`]). The database's exclusion
 //! constraint is the final judge of double bookings; its violation comes back as
 //! [`DomainError::Conflict`]. A cancellation or a move offers the slot it frees to waitlisted
-//! students ([`crate::gaps`]). Owns writes to `bookings` and `calendar_events`/`event_participants`.
+//! students ([`crate::gaps`]). [`confirm`] is the one writer of the student's confirmation
+//! (`student_confirmed_at`/`_via`), whichever way it came (SMS reply, push action, email link,
+//! own page); unconfirmed lessons get their escalations ([`Kind::ConfirmNudge`],
+//! [`Kind::UnconfirmedLesson`]) with the booking, withdrawn on confirmation, cancellation and
+//! reschedule and recreated for the new time. Owns writes to `bookings` and
+//! `calendar_events`/`event_participants`.
 
 use std::time::Duration;
 
@@ -26,7 +31,8 @@ use crate::{
     notify::{self, NewNotification},
     packages,
     people::Window,
-    states::BookingStatus,
+    signing,
+    states::{BookingStatus, ConfirmedVia},
 };
 
 /// A booking row.
@@ -56,6 +62,10 @@ pub struct Booking {
     pub cancel_reason: Option<String>,
     /// Created.
     pub created_at: DateTime<Utc>,
+    /// When the student confirmed they will come (the first confirmation).
+    pub student_confirmed_at: Option<DateTime<Utc>>,
+    /// How they confirmed.
+    pub student_confirmed_via: Option<ConfirmedVia>,
 }
 
 /// `sqlx::query_as!(Booking, …)` over a statement given as string literals, `;`, then its
@@ -63,7 +73,7 @@ pub struct Booking {
 /// statement reads the same ones and each is still one literal the macro checks.
 macro_rules! booking_query {
     ([$($done:literal)*] COLUMNS $($rest:tt)*) => {
-        booking_query!([$($done)* r#"id, student_id, instructor_id, series_id, start_time, end_time, status AS "status: BookingStatus", pickup_location, dropoff_location, version, cancel_reason, created_at"#] $($rest)*)
+        booking_query!([$($done)* r#"id, student_id, instructor_id, series_id, start_time, end_time, status AS "status: BookingStatus", pickup_location, dropoff_location, version, cancel_reason, created_at, student_confirmed_at, student_confirmed_via AS "student_confirmed_via: ConfirmedVia""#] $($rest)*)
     };
     ([$($done:literal)*] $piece:literal $($rest:tt)*) => {
         booking_query!([$($done)* $piece] $($rest)*)
@@ -106,6 +116,10 @@ pub struct BookingSettings {
     pub organizer: String,
     /// Offering freed slots to waitlisted students ([`crate::gaps`]).
     pub gap_fill: GapFill,
+    /// `CONFIRM_NUDGE_BEFORE`: the SMS nudge of an unconfirmed lesson; `None`: off.
+    pub confirm_nudge_before: Option<Duration>,
+    /// `CONFIRM_ALERT_BEFORE`: the instructor's alert about an unconfirmed lesson; `None`: off.
+    pub confirm_alert_before: Option<Duration>,
 }
 
 impl BookingSettings {
@@ -116,6 +130,8 @@ impl BookingSettings {
             reminder_offsets: config.reminder_offsets.clone(),
             organizer: config.mail_from.clone(),
             gap_fill: GapFill::from_config(config),
+            confirm_nudge_before: config.confirm_nudge_before,
+            confirm_alert_before: config.confirm_alert_before,
         }
     }
 }
@@ -238,18 +254,108 @@ async fn load(conn: &mut PgConnection, id: i64, lock: bool) -> Result<Booking, D
     booking.ok_or(DomainError::NotFound("booking"))
 }
 
-/// Records that the student confirmed the booking (an SMS `C` / `YES` reply to its reminder).
-/// Returns `true` the first time, `false` when it was already confirmed or is no longer a
-/// confirmed booking.
-pub async fn confirm_by_student(conn: &mut PgConnection, id: i64, now: DateTime<Utc>) -> Result<bool, DomainError> {
-    let r = sqlx::query!(
-        "UPDATE bookings SET student_confirmed_at = $2 WHERE id = $1 AND status = 'confirmed' AND student_confirmed_at IS NULL",
+/// The kinds that escalate an unconfirmed lesson: withdrawn when it is confirmed, cancelled,
+/// moved or ended.
+pub const ESCALATIONS: [Kind; 2] = [Kind::ConfirmNudge, Kind::UnconfirmedLesson];
+
+/// What [`confirm`] found.
+#[derive(Debug, Clone)]
+pub enum Confirmation {
+    /// This call confirmed the lesson: the instructor was told, the escalations withdrawn.
+    Confirmed(Booking),
+    /// It had been confirmed before (the first confirmation wins; nothing changed).
+    Already(Booking),
+    /// The booking is not an upcoming confirmed lesson (cancelled, ended or over).
+    NotConfirmable(Booking),
+}
+
+impl Confirmation {
+    /// The booking as it is now.
+    pub fn booking(&self) -> &Booking {
+        match self {
+            Confirmation::Confirmed(b) | Confirmation::Already(b) | Confirmation::NotConfirmable(b) => b,
+        }
+    }
+}
+
+/// The student confirms that they will come to the lesson, by any path. One conditional
+/// `UPDATE … WHERE student_confirmed_at IS NULL` records it, so of two confirmations at once
+/// exactly one wins (the other waits for the row, then finds it confirmed: [`Confirmation::Already`]).
+/// The first one withdraws the lesson's pending escalations and tells the instructor
+/// (`student_confirmed`). Only a `confirmed` booking that has not ended can be confirmed.
+pub async fn confirm(conn: &mut PgConnection, id: i64, via: ConfirmedVia, now: DateTime<Utc>) -> Result<Confirmation, DomainError> {
+    let updated = booking_query!(
+        "UPDATE bookings SET student_confirmed_at = $2, student_confirmed_via = $3
+         WHERE id = $1 AND status = 'confirmed' AND student_confirmed_at IS NULL AND end_time > $2
+         RETURNING " COLUMNS;
         id,
         now,
+        via as ConfirmedVia,
     )
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(r.rows_affected() == 1)
+    let Some(b) = updated else {
+        let b = load(conn, id, false).await?;
+        return Ok(if b.student_confirmed_at.is_some() {
+            Confirmation::Already(b)
+        } else {
+            Confirmation::NotConfirmable(b)
+        });
+    };
+    notify::cancel_for_booking(conn, id, &ESCALATIONS, "the student confirmed the lesson").await?;
+    let student = student(conn, b.student_id).await?;
+    let instructor = instructor_plain(conn, b.instructor_id).await?;
+    let mut n = NewNotification::to_user(
+        Kind::StudentConfirmed,
+        instructor.user_id,
+        format!("student_confirmed:{}:v{}", b.id, b.version),
+        now,
+    );
+    n.booking_id = Some(b.id);
+    n.title = "Lesson confirmed by the student".into();
+    n.content = format!("{} confirmed the lesson {}", student.name, via.phrase());
+    n.data = json!({
+        "booking": booking_context(&b, &student, &instructor),
+        "via": via,
+        "via_phrase": via.phrase(),
+    });
+    notify::create(conn, n).await?;
+    analytics::record(
+        conn,
+        Some(student.user_id),
+        "lesson_confirmed",
+        json!({"booking_id": b.id, "instructor_id": instructor.id, "via": via}),
+        now,
+    )
+    .await?;
+    tracing::info!(
+        booking = b.id,
+        via = via.as_str(),
+        "lesson confirmed by the student; instructor told, escalations withdrawn"
+    );
+    Ok(Confirmation::Confirmed(b))
+}
+
+/// A booking with its student and instructor (for pages about it); `NotFound` when there is
+/// no such booking.
+pub async fn with_parties(conn: &mut PgConnection, id: i64) -> Result<(Booking, Party, Party), DomainError> {
+    let b = load(conn, id, false).await?;
+    let student = student(conn, b.student_id).await?;
+    let instructor = instructor_plain(conn, b.instructor_id).await?;
+    Ok((b, student, instructor))
+}
+
+/// Loads an instructor, active or not, without locking (for messages about a booking).
+async fn instructor_plain(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
+    sqlx::query_as!(
+        Party,
+        r#"SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
+         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1"#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DomainError::NotFound("instructor"))
 }
 
 /// Reads a booking.
@@ -393,6 +499,12 @@ async fn schedule_reminders(
     now: DateTime<Utc>,
 ) -> Result<(), DomainError> {
     let page_url = page_url(conn, s, student.user_id).await?;
+    // The lesson's confirmation link (signed for this booking and student): the email's link
+    // and the push notification's Confirm action.
+    let confirm_path = signing::current(conn).await?.map(|k| signing::confirm_path(&k, b.id, b.student_id));
+    let confirm_url = confirm_path
+        .as_ref()
+        .map(|p| format!("{}{p}", s.gap_fill.public_base_url.trim_end_matches('/')));
     for offset in &s.reminder_offsets {
         let label = format_offset(*offset);
         let due = b.start_time - chrono::Duration::from_std(*offset).expect("offset fits");
@@ -410,12 +522,63 @@ async fn schedule_reminders(
             "offset_label": human_offset(*offset),
             "offset": label,
             "page_url": page_url,
+            "confirm_path": confirm_path,
+            "confirm_url": confirm_url,
         });
         n.booking_id = Some(b.id);
         n.expires_at = Some(b.start_time);
         if due <= now {
             n.skip_reason = Some("the reminder time had already passed when the booking was made; the confirmation covers it".into());
         }
+        notify::create(conn, n).await?;
+    }
+    schedule_escalations(conn, s, b, student, instructor, now).await
+}
+
+/// The escalations of an unconfirmed lesson, each due its offset before the start and expiring
+/// at the start: the student's SMS nudge (`CONFIRM_NUDGE_BEFORE`) and the instructor's alert
+/// (`CONFIRM_ALERT_BEFORE`). Keyed by the booking's version, so a reschedule makes new ones. An
+/// escalation whose moment has already passed when the booking is made (or moved) is not
+/// created: the lesson is too close for it to help. Nothing is created for a lesson the student
+/// has already confirmed.
+async fn schedule_escalations(
+    conn: &mut PgConnection,
+    s: &BookingSettings,
+    b: &Booking,
+    student: &Party,
+    instructor: &Party,
+    now: DateTime<Utc>,
+) -> Result<(), DomainError> {
+    if b.student_confirmed_at.is_some() {
+        return Ok(());
+    }
+    let ctx = booking_context(b, student, instructor);
+    let phone: Option<String> = sqlx::query_scalar!("SELECT phone FROM users WHERE id = $1", student.user_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
+    let escalations = [
+        (Kind::ConfirmNudge, s.confirm_nudge_before, student.user_id),
+        (Kind::UnconfirmedLesson, s.confirm_alert_before, instructor.user_id),
+    ];
+    for (kind, before, user_id) in escalations {
+        let Some(before) = before else { continue };
+        let due = b.start_time - chrono::Duration::from_std(before).expect("offset fits");
+        if due <= now {
+            continue;
+        }
+        let mut n = NewNotification::to_user(kind, user_id, format!("{}:{}:v{}", kind.as_str(), b.id, b.version), now);
+        n.due_at = due;
+        n.expires_at = Some(b.start_time);
+        n.booking_id = Some(b.id);
+        if kind == Kind::ConfirmNudge {
+            n.title = "Please confirm your lesson".into();
+            n.content = format!("Reply C to confirm your lesson with {}.", instructor.name);
+        } else {
+            n.title = "Lesson not confirmed".into();
+            n.content = format!("{} has not confirmed the lesson.", student.name);
+        }
+        n.data = json!({ "booking": ctx, "offset_label": human_offset(before), "student_phone": phone });
         notify::create(conn, n).await?;
     }
     Ok(())
@@ -468,7 +631,13 @@ pub async fn cancel(
     )
     .fetch_one(&mut *conn)
     .await?;
-    notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], "booking cancelled").await?;
+    notify::cancel_for_booking(
+        conn,
+        id,
+        &[Kind::LessonReminder, Kind::ConfirmNudge, Kind::UnconfirmedLesson],
+        "booking cancelled",
+    )
+    .await?;
     sqlx::query!(
         "UPDATE calendar_events SET status = 'cancelled', sequence = sequence + 1 WHERE booking_id = $1",
         id
@@ -523,8 +692,9 @@ async fn instructor_any(conn: &mut PgConnection, id: i64) -> Result<Party, Domai
     .ok_or(DomainError::NotFound("instructor"))
 }
 
-/// Moves a confirmed booking: version raised, old reminders cancelled and new ones scheduled,
-/// the calendar event moved (SEQUENCE raised), both people told.
+/// Moves a confirmed booking: version raised, old reminders and escalations cancelled and new
+/// ones scheduled, the calendar event moved (SEQUENCE raised), both people told. The student's
+/// confirmation was for the old time: it is cleared, and the new time asks again.
 pub async fn reschedule(
     conn: &mut PgConnection,
     s: &BookingSettings,
@@ -546,7 +716,9 @@ pub async fn reschedule(
         return Err(DomainError::invalid("start_time", "outside the instructor's availability"));
     }
     let b: Booking = booking_query!(
-        "UPDATE bookings SET start_time = $2, end_time = $3, booking_date = $4, version = version + 1 WHERE id = $1 RETURNING " COLUMNS;
+        "UPDATE bookings SET start_time = $2, end_time = $3, booking_date = $4, version = version + 1,
+                            student_confirmed_at = NULL, student_confirmed_via = NULL
+         WHERE id = $1 RETURNING " COLUMNS;
         id,
         start,
         end,
@@ -555,7 +727,13 @@ pub async fn reschedule(
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
-    notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], "booking rescheduled").await?;
+    notify::cancel_for_booking(
+        conn,
+        id,
+        &[Kind::LessonReminder, Kind::ConfirmNudge, Kind::UnconfirmedLesson],
+        "booking rescheduled",
+    )
+    .await?;
     sqlx::query!(
         "UPDATE calendar_events SET start_time = $2, end_time = $3, sequence = sequence + 1 WHERE booking_id = $1",
         id,
@@ -654,7 +832,13 @@ pub async fn finish(conn: &mut PgConnection, id: i64, outcome: Outcome) -> Resul
         Outcome::Completed => "lesson completed",
         Outcome::NoShow => "student did not show up",
     };
-    notify::cancel_for_booking(conn, id, &[Kind::LessonReminder], reason).await?;
+    notify::cancel_for_booking(
+        conn,
+        id,
+        &[Kind::LessonReminder, Kind::ConfirmNudge, Kind::UnconfirmedLesson],
+        reason,
+    )
+    .await?;
     let student = student(conn, b.student_id).await?;
     let instructor = instructor_any(conn, b.instructor_id).await?;
     Ok((b, student, instructor))

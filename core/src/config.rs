@@ -129,6 +129,12 @@ pub struct Config {
     pub templates_dir: Option<PathBuf>,
     /// `REMINDER_OFFSETS`, largest first.
     pub reminder_offsets: Vec<Duration>,
+    /// `CONFIRM_NUDGE_BEFORE` (default 12h; set but empty: off): this long before an
+    /// unconfirmed lesson, one SMS asks the student to reply C.
+    pub confirm_nudge_before: Option<Duration>,
+    /// `CONFIRM_ALERT_BEFORE` (default 3h; set but empty: off): this long before a lesson still
+    /// unconfirmed, its instructor is alerted and it is on the dashboard's call list.
+    pub confirm_alert_before: Option<Duration>,
     /// `WORKER_CONCURRENCY`: sends in flight per worker process.
     pub worker_concurrency: usize,
     /// `WORKER_BATCH_SIZE`: notification jobs a worker fetches, claims and records at once.
@@ -273,6 +279,8 @@ impl std::fmt::Debug for Config {
             .field("invoice_dir", &self.invoice_dir)
             .field("templates_dir", &self.templates_dir)
             .field("reminder_offsets", &self.reminder_offsets)
+            .field("confirm_nudge_before", &self.confirm_nudge_before)
+            .field("confirm_alert_before", &self.confirm_alert_before)
             .field("worker_concurrency", &self.worker_concurrency)
             .field("worker_batch_size", &self.worker_batch_size)
             .field("delivery_max_attempts", &self.delivery_max_attempts)
@@ -342,6 +350,20 @@ fn duration(name: &'static str, default: Duration) -> Result<Duration, ConfigErr
         Some(v) => {
             parse_duration(&v).ok_or_else(|| ConfigError::new(name, format!("expected a duration such as 30s, 5m or 2h, got {v:?}")))
         }
+    }
+}
+
+/// An escalation offset: unset → `default`, set but empty → off (`None`), else a duration.
+fn escalation(name: &'static str, default: Duration) -> Result<Option<Duration>, ConfigError> {
+    match std::env::var(name) {
+        Err(_) => Ok(Some(default)),
+        Ok(v) if v.trim().is_empty() => Ok(None),
+        Ok(v) => parse_duration(&v).filter(|d| !d.is_zero()).map(Some).ok_or_else(|| {
+            ConfigError::new(
+                name,
+                format!("expected a duration such as 12h or 90m (empty turns it off), got {v:?}"),
+            )
+        }),
     }
 }
 
@@ -726,6 +748,8 @@ impl Config {
             invoice_dir: var("INVOICE_DIR").unwrap_or_else(|| "./invoices".into()).into(),
             templates_dir: var("TEMPLATES_DIR").map(PathBuf::from),
             reminder_offsets,
+            confirm_nudge_before: escalation("CONFIRM_NUDGE_BEFORE", Duration::from_secs(12 * 3600))?,
+            confirm_alert_before: escalation("CONFIRM_ALERT_BEFORE", Duration::from_secs(3 * 3600))?,
             worker_concurrency,
             worker_batch_size,
             delivery_max_attempts,
@@ -764,6 +788,10 @@ impl Config {
             invoice_dir: std::env::temp_dir().join("dashlight-invoices"),
             templates_dir: None,
             reminder_offsets: vec![Duration::from_secs(86_400), Duration::from_secs(7_200)],
+            // Off for tests and tools unless a test turns them on: lessons booked far ahead in
+            // other suites should not grow escalations.
+            confirm_nudge_before: None,
+            confirm_alert_before: None,
             worker_concurrency: 16,
             worker_batch_size: 64,
             delivery_max_attempts: 8,

@@ -4,6 +4,8 @@
 //! every other flow so the outbox shows each kind: a completed lesson with its report, a package
 //! running low, a message thread, a driving test coming up and a lead waiting for a follow-up;
 //! two students wait on the waitlist, so a cancellation shows `slot_offer` in the outbox.
+//! Two weeks of past lessons ([`history`]) were reminded, confirmed or not and ended completed
+//! or as no-shows, so the dashboard's Confirmations chart has something to show at once.
 //! Every row is written through the core operations the admin API uses ([`people`],
 //! [`bookings`], [`payments`], [`packages`], [`lessons`], [`messages`], [`crm`],
 //! [`crate::series`], [`crate::gaps`]), in one transaction; the demo itself only reads (whether
@@ -41,6 +43,8 @@ pub struct DemoSummary {
     pub messages: usize,
     /// Leads without a user.
     pub leads: usize,
+    /// Past reminded lessons (the confirmations chart's history).
+    pub history: usize,
     /// True when the demo data was already there.
     pub already_present: bool,
 }
@@ -305,6 +309,7 @@ pub async fn seed(pool: &PgPool, settings: &BookingSettings, now: DateTime<Utc>)
     )
     .await?;
     waitlist(&mut tx, &instructor_ids, &student_ids, now).await?;
+    summary.history = history(&mut tx, settings.school_tz, now, &instructor_ids, &student_ids).await?;
     tx.commit().await?;
     Ok(summary)
 }
@@ -558,4 +563,116 @@ async fn waitlist(conn: &mut sqlx::PgConnection, instructors: &[i64], students: 
     };
     gaps::set_waitlist(conn, *b, picky, now + Duration::seconds(1)).await?;
     Ok(())
+}
+
+/// Two weeks of past lessons as the system would have recorded them: each was booked, reminded
+/// 24 hours ahead (by push for students with a phone registered, by SMS or email for the
+/// others), confirmed by most students (from the notification, by an SMS reply or from the
+/// email's link, a few minutes to a few hours after the reminder) and ended `completed` or
+/// `no_show` (more often when unconfirmed). History cannot be made by the live operations
+/// (their messages would all go out now), so these rows are written directly, then the
+/// confirmation figures of those days are computed ([`crate::analytics::rollup_confirmations`]).
+/// Returns how many lessons were added.
+async fn history(conn: &mut PgConnection, tz: Tz, now: DateTime<Utc>, instructors: &[i64], students: &[i64]) -> Result<usize, DomainError> {
+    // Each student's reminder channel and how they confirm: push ones from the notification,
+    // SMS ones by reply, the one with SMS off (the fourth) by the email's link.
+    let kind_of = |i: usize| -> (&'static str, &'static str) {
+        if i.is_multiple_of(2) {
+            ("push", "push")
+        } else if i == 3 {
+            ("email", "email")
+        } else {
+            ("sms", "sms")
+        }
+    };
+    let today = now.with_timezone(&tz).date_naive();
+    let mut added = 0usize;
+    let mut days = Vec::new();
+    let mut k = 0usize;
+    for back in (1..=14i64).rev() {
+        let day = today - Duration::days(back);
+        if day.weekday().number_from_monday() == 7 {
+            continue;
+        }
+        // Late afternoon slots, clear of the other demo lessons.
+        for hour in [15u32, 17] {
+            for iid in instructors {
+                k += 1;
+                if (k + back as usize).is_multiple_of(4) {
+                    continue; // a free slot now and then
+                }
+                let si = (k + back as usize) % students.len();
+                let (channel, via) = kind_of(si);
+                let start = at(tz, day, hour);
+                // Confirmation rates by channel: push 85%, SMS 65%, email 45%.
+                let roll = (k * 37 + back as usize * 11) % 100;
+                let confirmed = roll
+                    < match channel {
+                        "push" => 85,
+                        "sms" => 65,
+                        _ => 45,
+                    };
+                // No-shows: about 1 in 25 confirmed lessons, 1 in 3 unconfirmed.
+                let no_show = if confirmed {
+                    (k * 13).is_multiple_of(25)
+                } else {
+                    (k * 7).is_multiple_of(3)
+                };
+                let reminded_at = start - Duration::hours(24) + Duration::seconds(2);
+                let minutes = [4i64, 9, 15, 26, 41, 70, 130, 220][k % 8];
+                let confirmed_at = confirmed.then(|| reminded_at + Duration::minutes(minutes));
+                let booking_id: i64 = sqlx::query_scalar!(
+                    "INSERT INTO bookings (student_id, instructor_id, booking_date, start_time, end_time, status, pickup_location,
+                                           created_at, student_confirmed_at, student_confirmed_via)
+                     VALUES ($1, $2, $3, $4, $5, $6, 'Home address', $7, $8, $9) RETURNING id",
+                    students[si],
+                    *iid,
+                    day,
+                    start,
+                    start + Duration::hours(1),
+                    if no_show { "no_show" } else { "completed" },
+                    start - Duration::days(5),
+                    confirmed_at,
+                    confirmed.then_some(via),
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                let target: String = sqlx::query_scalar!(
+                    r#"SELECT CASE $2 WHEN 'push' THEN 'https://push.demo.dashlight.test/student-' || s.id
+                                      WHEN 'sms' THEN coalesce(u.phone, '') ELSE u.email END AS "target!"
+                       FROM students s JOIN users u ON u.id = s.user_id WHERE s.id = $1"#,
+                    students[si],
+                    channel,
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                sqlx::query!(
+                    "WITH n AS (
+                        INSERT INTO notifications (user_id, type, title, content, channels, policy, booking_id, dedupe_key, due_at,
+                                                   expires_at, status, priority, next_check_at)
+                        SELECT s.user_id, 'lesson_reminder', 'Lesson reminder', 'Your lesson starts in 24 hours.', ARRAY['push', 'sms', 'email'],
+                               'first', $1::bigint, 'lesson_reminder:' || $1::bigint::text || ':24h:v1', $2, $3, 'done', 20, $2
+                        FROM students s WHERE s.id = $4
+                        RETURNING id)
+                     INSERT INTO notification_deliveries (notification_id, channel, target, status, attempts, sent_at, delivered_at)
+                     SELECT n.id, $5, $6, 'delivered', 1, $7, $7 FROM n",
+                    booking_id,
+                    start - Duration::hours(24),
+                    start,
+                    students[si],
+                    channel,
+                    target,
+                    reminded_at,
+                )
+                .execute(&mut *conn)
+                .await?;
+                added += 1;
+            }
+        }
+        days.push(day);
+    }
+    for day in days {
+        crate::analytics::rollup_confirmations(conn, tz, day, now).await?;
+    }
+    Ok(added)
 }

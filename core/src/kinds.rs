@@ -113,11 +113,17 @@ pub enum Kind {
     RearrangeRequest,
     /// To the school: any other SMS a person sent to the school's number, forwarded.
     InboundReply,
+    /// To the student, `CONFIRM_NUDGE_BEFORE` the start of a lesson they have not confirmed:
+    /// one SMS asking them to reply C (SMS only, even when the push reminder was delivered).
+    ConfirmNudge,
+    /// To the instructor, `CONFIRM_ALERT_BEFORE` the start of a lesson the student has not
+    /// confirmed.
+    UnconfirmedLesson,
 }
 
 impl Kind {
     /// All kinds.
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 21] = [
         Kind::BookingConfirmed,
         Kind::BookingAlert,
         Kind::LessonReminder,
@@ -137,6 +143,8 @@ impl Kind {
         Kind::StudentConfirmed,
         Kind::RearrangeRequest,
         Kind::InboundReply,
+        Kind::ConfirmNudge,
+        Kind::UnconfirmedLesson,
     ];
 
     /// The stored name (`notifications.type`) and template folder.
@@ -161,6 +169,8 @@ impl Kind {
             Kind::StudentConfirmed => "student_confirmed",
             Kind::RearrangeRequest => "rearrange_request",
             Kind::InboundReply => "inbound_reply",
+            Kind::ConfirmNudge => "confirm_nudge",
+            Kind::UnconfirmedLesson => "unconfirmed_lesson",
         }
     }
 
@@ -174,9 +184,14 @@ impl Kind {
         use Channel::*;
         match self {
             Kind::BookingConfirmed | Kind::BookingCancelled | Kind::BookingRescheduled => (Policy::All, &[Email, Push]),
-            Kind::BookingAlert | Kind::LessonReminder | Kind::TestReminder | Kind::SlotOffer | Kind::RearrangeRequest => {
-                (Policy::First, &[Push, Sms, Email])
-            }
+            Kind::BookingAlert
+            | Kind::LessonReminder
+            | Kind::TestReminder
+            | Kind::SlotOffer
+            | Kind::RearrangeRequest
+            | Kind::UnconfirmedLesson => (Policy::First, &[Push, Sms, Email]),
+            // The one kind that is an SMS by design: it asks for a `C` reply.
+            Kind::ConfirmNudge => (Policy::First, &[Sms]),
             // The school's copy of a rearrange request is sent to its address only (see
             // `dashlight_core::replies`); an inbound reply is forwarded by email.
             Kind::RecurringConflict
@@ -196,7 +211,13 @@ impl Kind {
     /// outrank reports.
     pub fn priority(self) -> i32 {
         match self {
-            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer | Kind::RearrangeRequest => 20,
+            Kind::LessonReminder
+            | Kind::BookingAlert
+            | Kind::TestReminder
+            | Kind::SlotOffer
+            | Kind::RearrangeRequest
+            | Kind::ConfirmNudge
+            | Kind::UnconfirmedLesson => 20,
             Kind::BookingConfirmed
             | Kind::BookingCancelled
             | Kind::BookingRescheduled
@@ -221,7 +242,13 @@ impl Kind {
     /// Push urgency (RFC 8030): reminders and alerts are high.
     pub fn urgency(self) -> &'static str {
         match self {
-            Kind::LessonReminder | Kind::BookingAlert | Kind::TestReminder | Kind::SlotOffer | Kind::RearrangeRequest => "high",
+            Kind::LessonReminder
+            | Kind::BookingAlert
+            | Kind::TestReminder
+            | Kind::SlotOffer
+            | Kind::RearrangeRequest
+            | Kind::ConfirmNudge
+            | Kind::UnconfirmedLesson => "high",
             Kind::NewMessage
             | Kind::BookingCancelled
             | Kind::BookingRescheduled
@@ -250,9 +277,11 @@ mod tests {
 
     #[test]
     fn sms_only_ever_falls_back() {
+        // Except the confirmation nudge, which exists to ask for an SMS reply.
+        assert_eq!(Kind::ConfirmNudge.routing(), (Policy::First, &[Channel::Sms][..]));
         for k in Kind::ALL {
             let (policy, channels) = k.routing();
-            if channels.contains(&Channel::Sms) {
+            if channels.contains(&Channel::Sms) && k != Kind::ConfirmNudge {
                 assert_eq!(policy, Policy::First, "{k:?}");
                 assert_ne!(channels[0], Channel::Sms, "{k:?}");
             }

@@ -28,6 +28,7 @@ use crate::{
     kinds::{Channel, Kind},
     notify::{self, NewNotification},
     people,
+    states::ConfirmedVia,
     suppressions::{self, Reason},
 };
 
@@ -134,7 +135,6 @@ struct Sender {
 
 struct Lesson {
     id: i64,
-    version: i32,
     start_time: DateTime<Utc>,
 }
 
@@ -215,23 +215,13 @@ pub async fn handle(conn: &mut PgConnection, school: &School, msg: &Inbound<'_>,
         }
         Keyword::Confirm => match &lesson {
             Some(l) => {
-                if !replayed && bookings::confirm_by_student(conn, l.id, now).await? {
-                    let (ctx, instructor) = lesson_context(conn, l.id).await?;
-                    let mut n = NewNotification::to_user(
-                        Kind::StudentConfirmed,
-                        instructor,
-                        format!("student_confirmed:{}:v{}", l.id, l.version),
-                        now,
-                    );
-                    n.booking_id = Some(l.id);
-                    n.title = "Lesson confirmed by the student".into();
-                    n.content = format!(
-                        "{} confirmed the lesson by SMS",
-                        ctx["student_name"].as_str().unwrap_or("The student")
-                    );
-                    n.data = json!({ "booking": ctx, "reply": body });
-                    notify::create(conn, n).await?;
-                    tracing::info!(booking = l.id, user = ?user_id, "lesson confirmed by the student's SMS; instructor alerted");
+                if !replayed {
+                    // The one confirmation operation of every path: the first wins, the
+                    // instructor is told (`student_confirmed`), the escalations are withdrawn.
+                    let done = bookings::confirm(conn, l.id, ConfirmedVia::Sms, now).await?;
+                    if matches!(done, bookings::Confirmation::Confirmed(_)) {
+                        tracing::info!(booking = l.id, user = ?user_id, "lesson confirmed by the student's SMS; instructor alerted");
+                    }
                 }
                 out.answer = Some(format!("Thanks, your lesson on {} is confirmed. {name}", when(l.start_time)));
             }
@@ -389,7 +379,7 @@ pub async fn for_booking(conn: &mut PgConnection, booking_id: i64) -> Result<(Op
 async fn next_reminded_lesson(conn: &mut PgConnection, from: &str, now: DateTime<Utc>) -> Result<Option<Lesson>, DomainError> {
     Ok(sqlx::query_as!(
         Lesson,
-        "SELECT b.id, b.version, b.start_time FROM bookings b
+        "SELECT b.id, b.start_time FROM bookings b
          JOIN students s ON s.id = b.student_id JOIN users u ON u.id = s.user_id
          WHERE u.phone = $1 AND b.status = 'confirmed' AND b.end_time > $2
            AND EXISTS (SELECT 1 FROM notifications n JOIN notification_deliveries d ON d.notification_id = n.id

@@ -1,6 +1,8 @@
 //! Signed tokens for addresses and links that must not be forged: the VERP envelope sender of
 //! each email (`bounces+<token>@MAIL_BOUNCE_DOMAIN`, naming the delivery) and the unsubscribe
-//! link of `List-Unsubscribe` (`PUBLIC_BASE_URL/u/<token>`, naming the user and the kind).
+//! link of `List-Unsubscribe` (`PUBLIC_BASE_URL/u/<token>`, naming the user and the kind), and
+//! the confirmation link of a lesson reminder (`PUBLIC_BASE_URL/confirm/<token>`, naming the
+//! booking and its student: single-purpose, it confirms that one lesson and opens nothing else).
 //!
 //! **The key.** HMAC-SHA256 keyed by a random secret that the migration
 //! `20261202000500_signing_key_inbound_emails.sql` creates once in the database (`signing_keys`,
@@ -41,6 +43,8 @@ pub enum Purpose {
     Verp,
     /// An unsubscribe link: the payload is the user id and the kind.
     Unsubscribe,
+    /// A lesson's confirmation link: the payload is the booking id and the student id.
+    Confirm,
 }
 
 impl Purpose {
@@ -48,6 +52,7 @@ impl Purpose {
         match self {
             Purpose::Verp => b"dashlight/verp/v1",
             Purpose::Unsubscribe => b"dashlight/unsubscribe/v1",
+            Purpose::Confirm => b"dashlight/confirm/v1",
         }
     }
 }
@@ -130,6 +135,30 @@ impl Key {
     }
 }
 
+impl Key {
+    /// The confirmation token of a booking for its student.
+    pub fn confirm_token(&self, booking_id: i64, student_id: i64) -> String {
+        let mut payload = booking_id.to_be_bytes().to_vec();
+        payload.extend_from_slice(&student_id.to_be_bytes());
+        self.sign(Purpose::Confirm, &payload)
+    }
+
+    /// The booking and student a confirmation token names, if it verifies.
+    pub fn confirm_target(&self, token: &str) -> Option<(i64, i64)> {
+        let payload = self.verify(Purpose::Confirm, token)?;
+        if payload.len() != 16 {
+            return None;
+        }
+        let (b, s) = payload.split_at(8);
+        Some((i64::from_be_bytes(b.try_into().ok()?), i64::from_be_bytes(s.try_into().ok()?)))
+    }
+}
+
+/// The path of a booking's confirmation page (`/confirm/<token>`).
+pub fn confirm_path(key: &Key, booking_id: i64, student_id: i64) -> String {
+    format!("/confirm/{}", key.confirm_token(booking_id, student_id))
+}
+
 /// The local part prefix of VERP addresses (`bounces+<token>@domain`).
 pub const VERP_PREFIX: &str = "bounces+";
 /// The local part prefix of the unsubscribe `mailto:` (`unsubscribe+<token>@domain`).
@@ -154,6 +183,14 @@ pub async fn load(conn: &mut PgConnection) -> anyhow::Result<Key> {
         .map_err(|e| anyhow::anyhow!("reading the signing key (are the migrations applied?): {e}"))?;
     let secret = secret.ok_or_else(|| anyhow::anyhow!("the signing key `links` is missing from signing_keys"))?;
     Key::from_bytes(&secret).ok_or_else(|| anyhow::anyhow!("the signing key `links` is shorter than 32 bytes"))
+}
+
+/// The key, or `None` when the row is missing (for operations that can do without it).
+pub async fn current(conn: &mut PgConnection) -> Result<Option<Key>, sqlx::Error> {
+    let secret: Option<Vec<u8>> = sqlx::query_scalar!("SELECT secret FROM signing_keys WHERE name = 'links'")
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(secret.and_then(|s| Key::from_bytes(&s)))
 }
 
 /// [`load`] from a pool.
@@ -204,5 +241,22 @@ mod tests {
             assert_eq!(k.unsubscribe_target(bad), None, "{bad}");
         }
         assert!(Key::from_bytes(&[1u8; 31]).is_none());
+    }
+
+    #[test]
+    fn confirmation_tokens_name_one_lesson_of_one_student() {
+        let k = key();
+        let t = k.confirm_token(41, 7);
+        assert_eq!(k.confirm_target(&t), Some((41, 7)));
+        // Not a VERP or unsubscribe token, and those are not confirmation tokens.
+        assert_eq!(k.verp_delivery(&t), None);
+        assert_eq!(k.unsubscribe_target(&t), None);
+        assert_eq!(k.confirm_target(&k.verp_token(41)), None);
+        assert_eq!(k.confirm_target(&k.unsubscribe_token(7, Kind::LessonReminder)), None);
+        // Another lesson's id in the payload does not verify.
+        let mut bytes = URL_SAFE_NO_PAD.decode(&t).unwrap();
+        bytes[7] = 42;
+        assert_eq!(k.confirm_target(&URL_SAFE_NO_PAD.encode(&bytes)), None);
+        assert!(confirm_path(&k, 41, 7).starts_with("/confirm/"));
     }
 }

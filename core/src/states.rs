@@ -166,3 +166,29 @@ impl BookingStatus {
         matches!(self, BookingStatus::Pending | BookingStatus::Confirmed)
     }
 }
+
+text_state! {
+    /// `bookings.student_confirmed_via`: how the student confirmed a lesson.
+    ConfirmedVia {
+        /// Replied C or YES to an SMS.
+        Sms => "sms",
+        /// The Confirm action of the push reminder.
+        Push => "push",
+        /// The confirm link of the reminder email (its page's button).
+        Email => "email",
+        /// The Confirm button on their own page.
+        OwnPage => "own_page",
+    }
+}
+
+impl ConfirmedVia {
+    /// How people read it: "by SMS", "from the push notification".
+    pub fn phrase(self) -> &'static str {
+        match self {
+            ConfirmedVia::Sms => "by SMS",
+            ConfirmedVia::Push => "from the push notification",
+            ConfirmedVia::Email => "from the reminder email",
+            ConfirmedVia::OwnPage => "on their own page",
+        }
+    }
+}

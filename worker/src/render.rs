@@ -71,6 +71,8 @@ const KINDS: &[&str] = &[
     "student_confirmed",
     "rearrange_request",
     "inbound_reply",
+    "confirm_nudge",
+    "unconfirmed_lesson",
 ];
 
 /// A failure to load or render a template.
@@ -405,7 +407,12 @@ impl Renderer {
             "booking_confirmed" => (student, json!({ "booking": confirmed, "page_url": PAGE_URL })),
             "lesson_reminder" => (
                 student,
-                json!({ "booking": confirmed, "offset_label": "24 hours", "page_url": PAGE_URL }),
+                json!({
+                    "booking": confirmed,
+                    "offset_label": "24 hours",
+                    "page_url": PAGE_URL,
+                    "confirm_url": "https://school.example/confirm/AAAAAAAAAAAqAAAAAAAAAAfN2m1s0aC9eU3bQxFvYc",
+                }),
             ),
             "access_link" => (student, json!({ "page_url": PAGE_URL })),
             "booking_cancelled" => (
@@ -544,7 +551,18 @@ impl Renderer {
                     },
                 }),
             ),
-            "student_confirmed" => (instructor, json!({ "booking": confirmed, "reply": "C" })),
+            "student_confirmed" => (
+                instructor,
+                json!({ "booking": confirmed, "via": "push", "via_phrase": "from the push notification" }),
+            ),
+            "confirm_nudge" => (
+                student,
+                json!({ "booking": confirmed, "offset_label": "12 hours", "student_phone": null }),
+            ),
+            "unconfirmed_lesson" => (
+                instructor,
+                json!({ "booking": confirmed, "offset_label": "3 hours", "student_phone": "+447700900123" }),
+            ),
             "rearrange_request" => (
                 instructor,
                 json!({ "booking": confirmed, "reply": "R can we do Thursday instead?", "from": "+447700900123" }),
@@ -593,7 +611,8 @@ fn check_contexts(kind: &str) -> Vec<Value> {
 fn sparse_context(kind: &str) -> Value {
     let mut ctx = Renderer::sample_context(kind);
     let nulls: &[&str] = match kind {
-        "booking_confirmed" | "lesson_reminder" => &["/booking/pickup_location", "/page_url"],
+        "booking_confirmed" => &["/booking/pickup_location", "/page_url"],
+        "lesson_reminder" => &["/booking/pickup_location", "/page_url", "/confirm_url"],
         "booking_rescheduled" => &["/booking/pickup_location"],
         "booking_cancelled" => &["/booking/pickup_location", "/reason"],
         "booking_alert" => &["/booking/pickup_location", "/previous"],
@@ -601,7 +620,9 @@ fn sparse_context(kind: &str) -> Value {
         "package_low" => &["/package/expires_at"],
         "slot_offer" => &["/offer/pickup_location"],
         "crm_follow_up" => &["/contact/email", "/contact/phone", "/contact/last_interaction_at"],
-        "student_confirmed" | "rearrange_request" => &["/booking/pickup_location"],
+        "student_confirmed" => &["/booking/pickup_location", "/via_phrase"],
+        "rearrange_request" | "confirm_nudge" => &["/booking/pickup_location"],
+        "unconfirmed_lesson" => &["/booking/pickup_location", "/student_phone"],
         "inbound_reply" => &["/booking", "/sender_name"],
         _ => &[],
     };

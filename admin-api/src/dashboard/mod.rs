@@ -9,6 +9,8 @@
 //!   buttons.
 //! - `/timeline`: a booking found by id or by student, with its notifications and every
 //!   attempt.
+//! - `/confirmations`: the call list of unconfirmed lessons and a chart of what the reminders
+//!   achieve (confirmed lessons and no-shows per day and first reminder channel) ([`confirmations`]).
 //! - `/outbox`: the latest files of `OUTBOX_DIR`, emails rendered ([`outbox`]); only shown when
 //!   a channel writes there.
 //! - `/assets/*`: the stylesheet and the one small script, compiled into the binary.
@@ -21,6 +23,7 @@
 //! uses the triple-stash), and is served with a strict Content-Security-Policy.
 
 pub mod chart;
+pub mod confirmations;
 pub mod outbox;
 pub mod pages;
 pub mod session;
@@ -56,6 +59,7 @@ pub fn routes() -> Router<AppState> {
         .route("/", get(pages::queues))
         .route("/deliveries", get(pages::deliveries))
         .route("/timeline", get(pages::timeline))
+        .route("/confirmations", get(confirmations::page))
         .route("/outbox", get(outbox::page))
         .route("/sign-in", get(sign_in_page).post(sign_in))
         .route("/sign-out", axum::routing::post(sign_out))
@@ -88,6 +92,7 @@ static TEMPLATES: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
         ("timeline", include_str!("../../templates/dashboard/timeline.html.hbs")),
         ("outbox", include_str!("../../templates/dashboard/outbox.html.hbs")),
         ("error", include_str!("../../templates/dashboard/error.html.hbs")),
+        ("confirmations", include_str!("../../templates/dashboard/confirmations.html.hbs")),
     ];
     for (name, text) in parts {
         hb.register_template_string(name, text)
@@ -102,7 +107,8 @@ static TEMPLATES: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
 pub struct Layout {
     /// The page's title.
     pub title: String,
-    /// Which navigation entry is current: `queues`, `deliveries`, `timeline`, `outbox`.
+    /// Which navigation entry is current: `queues`, `deliveries`, `timeline`, `confirmations`,
+    /// `outbox`.
     pub active: &'static str,
     /// Shows the navigation and the sign-out button.
     pub signed_in: bool,
@@ -390,7 +396,16 @@ mod tests {
     #[test]
     fn templates_compile() {
         LazyLock::force(&TEMPLATES);
-        for name in ["layout", "sign_in", "queues", "deliveries", "timeline", "outbox", "error"] {
+        for name in [
+            "layout",
+            "sign_in",
+            "queues",
+            "deliveries",
+            "timeline",
+            "outbox",
+            "error",
+            "confirmations",
+        ] {
             assert!(TEMPLATES.has_template(name), "{name}");
         }
     }
@@ -405,6 +420,7 @@ mod tests {
             include_str!("../../templates/dashboard/timeline.html.hbs"),
             include_str!("../../templates/dashboard/outbox.html.hbs"),
             include_str!("../../templates/dashboard/error.html.hbs"),
+            include_str!("../../templates/dashboard/confirmations.html.hbs"),
         ] {
             assert!(!text.contains("{{{"), "unescaped output in a dashboard template");
         }

@@ -511,11 +511,22 @@ struct TimelinePage {
     offers: Vec<OfferView>,
     /// Students on the waitlist, oldest first (shown when no booking is).
     waitlist: Vec<WaitingView>,
-    /// When the student confirmed the lesson by SMS (C/YES).
+    /// When the student confirmed the lesson.
     student_confirmed: Option<Time>,
+    /// How: "by SMS", "from the push notification", ...
+    confirmed_via: Option<&'static str>,
+    /// While unconfirmed: the next escalation and when it is due.
+    next_escalation: Option<EscalationView>,
     /// What the student texted about it, oldest first.
     replies: Vec<ReplyView>,
     error: Option<String>,
+}
+
+/// The next escalation of an unconfirmed lesson.
+#[derive(Serialize)]
+struct EscalationView {
+    what: &'static str,
+    at: Time,
 }
 
 /// A text the student sent about the booking.
@@ -762,6 +773,22 @@ pub async fn timeline(State(state): State<AppState>, _: Operator, Query(query): 
             let names: Option<Found> = found!("WHERE b.id = $1", id).fetch_optional(&state.pool).await?;
             page.offers = offers_view(&t, tz);
             page.student_confirmed = view::time_opt(t.student_confirmed_at, tz);
+            page.confirmed_via = t
+                .student_confirmed_via
+                .as_deref()
+                .and_then(dashlight_core::states::ConfirmedVia::parse)
+                .map(|v| v.phrase());
+            page.next_escalation = t.next_escalation.as_ref().map(|e| {
+                let what = if e.kind == "confirm_nudge" {
+                    "SMS nudge to the student"
+                } else {
+                    "alert to the instructor"
+                };
+                EscalationView {
+                    what,
+                    at: view::time(e.due_at, tz),
+                }
+            });
             page.replies = t
                 .replies
                 .iter()

@@ -250,12 +250,28 @@ pub struct Timeline {
     /// the link, who accepted.
     #[serde(default)]
     pub offers: Vec<OfferOut>,
-    /// When the student confirmed it by replying C or YES to a reminder.
+    /// When the student confirmed it (the first confirmation, by any path).
     #[serde(default)]
     pub student_confirmed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// How: `sms`, `push`, `email` or `own_page`.
+    #[serde(default)]
+    pub student_confirmed_via: Option<String>,
+    /// While it is not confirmed: the next escalation still pending (`confirm_nudge` or
+    /// `unconfirmed_lesson`) and when it is due.
+    #[serde(default)]
+    pub next_escalation: Option<NextEscalation>,
     /// Texts the student sent about it (C, R, anything else), oldest first.
     #[serde(default)]
     pub replies: Vec<ReplyOut>,
+}
+
+/// The next escalation of an unconfirmed lesson.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct NextEscalation {
+    /// `confirm_nudge` (the student's SMS) or `unconfirmed_lesson` (the instructor's alert).
+    pub kind: String,
+    /// When it is due.
+    pub due_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// An SMS the student sent to the school's number about the booking.
@@ -296,7 +312,18 @@ pub async fn booking_timeline(State(state): State<AppState>, ApiPath(id): ApiPat
     let offers = dashlight_core::gaps::for_booking(&mut tx, id, state.clock.now()).await?;
     let (student_confirmed_at, replies) = dashlight_core::replies::for_booking(&mut tx, id).await?;
     tx.commit().await?;
+    let student_confirmed_via = booking.student_confirmed_via.map(|v| v.as_str().to_owned());
+    let next_escalation = notifications
+        .iter()
+        .filter(|n| bookings::ESCALATIONS.iter().any(|k| k.as_str() == n.kind) && n.status == "pending")
+        .min_by_key(|n| n.due_at)
+        .map(|n| NextEscalation {
+            kind: n.kind.clone(),
+            due_at: n.due_at,
+        });
     Ok(Json(Timeline {
+        student_confirmed_via,
+        next_escalation,
         booking: booking.into(),
         notifications,
         offers: offers.into_iter().map(OfferOut::from).collect(),

@@ -20,7 +20,9 @@
 //! - [`hooks`]: routes providers and mail servers call: SMS status callbacks and inbound SMS
 //!   (Twilio's signature), and mail that comes back (its own bearer token).
 //! - [`suppressions`]: suppressed addresses and numbers, listed and lifted by operators.
+//! - [`analytics`]: what the reminders achieve (confirmations and no-shows per day and channel).
 
+pub mod analytics;
 pub mod bookings;
 pub mod calendar;
 pub mod controls;

@@ -78,7 +78,7 @@ impl Pipeline {
                 let Some(dev) = devices.iter().find(|x| Some(x.id) == d.device_id) else {
                     return Err(SendError::permanent("push device no longer active"));
                 };
-                let payload = json!({
+                let mut payload = json!({
                     "title": render(Part::PushTitle)?.trim(),
                     "body": render(Part::PushBody)?.trim(),
                     // A message with a link of its own (a slot offer) opens it; others the
@@ -98,6 +98,12 @@ impl Pipeline {
                         .unwrap_or_else(|| "/".into()),
                     "tag": format!("{}:{}", n.kind.as_str(), n.booking_id.unwrap_or(n.id)),
                 });
+                // A lesson reminder asks for a confirmation: the service worker shows a Confirm
+                // action that POSTs to the lesson's confirmation address (signed for it).
+                if let Some(path) = n.data.get("confirm_path").and_then(Value::as_str) {
+                    payload["actions"] = json!([{ "action": "confirm", "title": "Confirm" }]);
+                    payload["confirm_url"] = json!(format!("{path}/push"));
+                }
                 let now = self.clock.now();
                 let ttl = match n.expires_at {
                     Some(e) => (e - now).num_seconds().clamp(60, 86_400) as u32,

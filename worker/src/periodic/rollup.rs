@@ -20,6 +20,10 @@
 //! | `slots_filled` | `slot_offers.accepted_at` | the offer |
 //! | `fill_minutes_p50` | `accepted_at − freed_at` of the day's fills, in minutes | the offer |
 //!
+//! Each day also gets its confirmation figures (reminded, confirmed, minutes to confirm,
+//! no-shows among confirmed and unconfirmed lessons, per first reminder channel), computed and
+//! stored by `dashlight_core::analytics::rollup_confirmations`.
+//!
 //! The school row counts everything, attributed or not. The run is an upsert on
 //! `(day, instructor_id)`; an instructor row whose figures are all gone is deleted. Recomputing
 //! gives identical rows except `computed_at`. Owns `daily_rollups` and the
@@ -129,6 +133,8 @@ pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicEr
         let (start, end) = day_bounds(tz, day);
         let computed = compute_day(&mut tx, start, end).await?;
         rows += store_day(&mut tx, day, &computed, now).await?;
+        // What the reminders achieved, per first reminder channel (`confirmation_rollups`).
+        rows += dashlight_core::analytics::rollup_confirmations(&mut tx, tz, day, now).await?;
         let school = computed.get(&None).cloned().unwrap_or_default();
         tracing::info!(%day, instructors = computed.len() - 1, bookings = school.bookings_made, revenue_minor = school.revenue_minor, events = school.events, "daily rollup recomputed");
     }

@@ -14,6 +14,9 @@
 //!   fault). `POST /me/{token}/devices`: JSON, `PushSubscription.toJSON()`, with the endpoint
 //!   and key checks of `POST /api/users/{id}/devices`.
 //! - `GET /push/vapid-public-key` and `GET /sw.js`, the service worker (root scope).
+//! - Confirming a lesson ([`confirm`]): the reminder email's link (`/confirm/{token}`), the
+//!   service worker's Confirm action and the page's own Confirm button on each upcoming lesson
+//!   the student has not confirmed yet.
 //!
 //! The token in the path is the capability: a wrong, malformed or rotated one is a 404 page and
 //! no route needs the admin token. Writes are also refused (403) from another site: a browser's
@@ -22,6 +25,8 @@
 //! triple-stash) served with a strict Content-Security-Policy; the one script and the stylesheet
 //! are files of this server ([`ASSET_ROUTES`]); the page is readable and its forms work without
 //! JavaScript, which only the push button needs.
+
+pub mod confirm;
 
 use std::sync::LazyLock;
 
@@ -83,6 +88,9 @@ pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(mark_read))
         .routes(routes!(vapid_public_key))
         .routes(routes!(service_worker))
+        .routes(routes!(confirm::confirm_page, confirm::confirm_post))
+        .routes(routes!(confirm::confirm_push))
+        .routes(routes!(confirm::confirm_own))
         .route_layer(axum::middleware::from_fn(negotiate))
 }
 
@@ -264,6 +272,7 @@ static TEMPLATES: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
 const TEMPLATE_SOURCES: &[(&str, &str)] = &[
     ("page", include_str!("../../../templates/me/page.html.hbs")),
     ("message", include_str!("../../../templates/me/message.html.hbs")),
+    ("confirm", include_str!("../../../templates/me/confirm.html.hbs")),
 ];
 
 fn html(status: StatusCode, name: &str, data: &impl Serialize) -> Response {
@@ -377,6 +386,11 @@ struct LessonView {
     pickup: Option<String>,
     cancel_mailto: Option<String>,
     too_late: bool,
+    /// The Confirm button's form action (a student's unconfirmed lesson).
+    confirm_action: Option<String>,
+    /// "Confirmed Tue 3 Mar 2026, 17:30 by SMS", or for an instructor "Not confirmed yet".
+    confirmation: Option<String>,
+    confirmed: bool,
 }
 
 #[derive(Serialize)]
@@ -520,7 +534,16 @@ async fn page_view(
                     .replace('+', "%20");
                 format!("mailto:{school_email}?{q}")
             });
+            let confirmation = match (l.student_confirmed_at, l.student_confirmed_via) {
+                (Some(at), Some(via)) => Some(format!("Confirmed {} {}", in_zone(at, tz), via.phrase())),
+                _ if is_instructor => Some("Not confirmed by the student yet".to_owned()),
+                _ => None,
+            };
             LessonView {
+                confirm_action: (!is_instructor && l.student_confirmed_at.is_none())
+                    .then(|| format!("{me}/lessons/{}/confirm", l.booking_id)),
+                confirmed: l.student_confirmed_at.is_some(),
+                confirmation,
                 booking_id: l.booking_id,
                 start_iso: l.start_time.to_rfc3339(),
                 when: format!("{}–{e}", in_zone(l.start_time, tz)),
@@ -631,6 +654,7 @@ pub async fn page(
         Some("preferences") => Some("Your preferences are saved."),
         Some("read") => Some("Marked as read."),
         Some("removed") => Some("The device was removed: it gets no more alerts."),
+        Some("confirmed") => Some("Thanks: your lesson is confirmed and your instructor knows."),
         _ => None,
     };
     match page_view(&state, &o, &token, notice, None).await {
