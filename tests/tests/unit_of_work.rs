@@ -246,7 +246,9 @@ async fn the_sweep_reads_every_notification_a_waiting_job_carries() {
     let one = students(&w, 1, "single").await;
     ids.extend(create_all(&w, vec![package_low(one[0], "single".into(), due)]).await);
     let mut conn = w.pool().acquire().await.unwrap();
-    let mut backlog = dashlight_core::queue::backlog_notification_ids(&mut conn, QUEUE_NOTIFICATIONS).await.unwrap();
+    let mut backlog = dashlight_core::queue::backlog_notification_ids(&mut conn, QUEUE_NOTIFICATIONS)
+        .await
+        .unwrap();
     backlog.sort_unstable();
     ids.sort_unstable();
     assert_eq!(backlog, ids);
