@@ -108,6 +108,20 @@ impl World {
         WorkerHandle { stop: Some(tx), task }
     }
 
+    /// Adds `n` student users at once (emails `<tag>-<i>@load.test`, no profile, no preferences
+    /// row: the defaults apply) and returns their ids, for load-shaped tests.
+    pub async fn load_students(&self, n: i64, tag: &str) -> Vec<i64> {
+        sqlx::query_scalar(
+            "INSERT INTO users (email, role, first_name, last_name, timezone)
+             SELECT $2 || '-' || i || '@load.test', 'student', 'Learner' || i, 'Load', 'Europe/London' FROM generate_series(1, $1) i RETURNING id",
+        )
+        .bind(n)
+        .bind(tag)
+        .fetch_all(self.pool())
+        .await
+        .expect("users")
+    }
+
     /// Adds a user with a profile (`student` or `instructor`) and default preferences.
     pub async fn person(&self, role: &str, name: &str, phone: Option<&str>) -> Person {
         let email = format!("{}@school.test", name.to_lowercase());

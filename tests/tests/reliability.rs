@@ -32,15 +32,7 @@ async fn scalar(w: &World, sql: &str) -> i64 {
 
 /// `n` students (emails `r<i>@load.test`), one email-only notification each, in one transaction.
 async fn email_burst(w: &World, n: i64, tag: &str) -> Vec<i64> {
-    let users: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO users (email, role, first_name, last_name, timezone)
-         SELECT $2 || '-' || i || '@load.test', 'student', 'Learner' || i, 'Load', 'Europe/London' FROM generate_series(1, $1) i RETURNING id",
-    )
-    .bind(n)
-    .bind(tag)
-    .fetch_all(w.pool())
-    .await
-    .unwrap();
+    let users = w.load_students(n, tag).await;
     let mut tx = w.pool().begin().await.unwrap();
     let mut ids = Vec::new();
     for u in users {

@@ -24,25 +24,6 @@ async fn scalar(w: &World, sql: &str) -> i64 {
         .unwrap()
 }
 
-/// `n` students (emails `<tag>-<i>@load.test`), each with default preferences.
-async fn students(w: &World, n: i64, tag: &str) -> Vec<i64> {
-    let users: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO users (email, role, first_name, last_name, timezone)
-         SELECT $2 || '-' || i || '@load.test', 'student', 'Learner' || i, 'Load', 'Europe/London' FROM generate_series(1, $1) i RETURNING id",
-    )
-    .bind(n)
-    .bind(tag)
-    .fetch_all(w.pool())
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO user_preferences (user_id) SELECT unnest($1::bigint[])")
-        .bind(&users)
-        .execute(w.pool())
-        .await
-        .unwrap();
-    users
-}
-
 /// An email-only notification (a package running low) for `user`, due at `due`.
 fn package_low(user: i64, key: String, due: chrono::DateTime<Utc>) -> NewNotification {
     let mut n = NewNotification::to_user(Kind::PackageLow, user, key, Utc::now());
@@ -70,7 +51,7 @@ async fn notification_jobs(w: &World) -> i64 {
 #[tokio::test]
 async fn notifications_written_and_due_together_share_jobs_and_a_finished_job_leaves_no_row() {
     let w = World::start().await;
-    let users = students(&w, 250, "group").await;
+    let users = w.load_students(250, "group").await;
     let due = Utc::now();
     let ids = create_all(&w, users.iter().map(|u| package_low(*u, format!("group:{u}"), due)).collect()).await;
     assert_eq!(ids.len(), 250);
@@ -113,7 +94,7 @@ async fn notifications_written_and_due_together_share_jobs_and_a_finished_job_le
 #[tokio::test]
 async fn a_poisoned_recipient_fails_alone_and_every_other_notification_of_its_job_is_sent() {
     let w = World::start().await;
-    let users = students(&w, 300, "poison").await;
+    let users = w.load_students(300, "poison").await;
     // A recipient whose address is 22 KB of hex (written before any check, or around the API):
     // it does not compress below what a btree entry may hold, so its delivery row cannot be
     // indexed and the claim's insert fails on it.
@@ -170,7 +151,7 @@ async fn a_poisoned_recipient_fails_alone_and_every_other_notification_of_its_jo
 async fn a_grouped_jobs_notifications_are_cancelled_one_by_one_or_all_at_once() {
     let w = World::start().await;
     let api = spawn_api(&w.config, w.pool().clone(), Clock::system()).await;
-    let users = students(&w, 6, "cancel").await;
+    let users = w.load_students(6, "cancel").await;
     // Due in a few seconds: scheduled while they are cancelled.
     let due = Utc::now() + chrono::Duration::seconds(4);
     let first = create_all(&w, users[..3].iter().map(|u| package_low(*u, format!("one:{u}"), due)).collect()).await;
@@ -239,11 +220,11 @@ async fn a_grouped_jobs_notifications_are_cancelled_one_by_one_or_all_at_once() 
 #[tokio::test]
 async fn the_sweep_reads_every_notification_a_waiting_job_carries() {
     let w = World::start().await;
-    let users = students(&w, 120, "backlog").await;
+    let users = w.load_students(120, "backlog").await;
     let due = Utc::now();
     let mut ids = create_all(&w, users.iter().map(|u| package_low(*u, format!("backlog:{u}"), due)).collect()).await;
     // And one job of the one-notification form.
-    let one = students(&w, 1, "single").await;
+    let one = w.load_students(1, "single").await;
     ids.extend(create_all(&w, vec![package_low(one[0], "single".into(), due)]).await);
     let mut conn = w.pool().acquire().await.unwrap();
     let mut backlog = dashlight_core::queue::backlog_notification_ids(&mut conn, QUEUE_NOTIFICATIONS)
