@@ -38,17 +38,21 @@
 //! - `{{plural n "lesson"}}` → `1 lesson` / `3 lessons` (an optional third
 //!   argument gives an irregular plural)
 //! - the Handlebars built-ins (`if`, `unless`, `each`, `with`, `eq`, `gt`, …)
+//!
+//! Files: this one loads, checks and renders; `helpers.rs` holds the helpers above and the
+//! conditionals; `samples.rs` the sample contexts the load-time check renders.
+
+mod helpers;
+mod samples;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, FixedOffset, NaiveDate};
-use chrono_tz::Tz;
-use handlebars::{
-    Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy, Output, PathAndJson, RenderContext, RenderError, RenderErrorReason,
-    Renderable, ScopedJson,
-};
-use serde_json::{Value, json};
+use handlebars::Handlebars;
+use serde_json::Value;
+
+use helpers::set_conditionals;
+use samples::check_contexts;
 
 /// The notification kinds that have templates.
 const KINDS: &[&str] = &[
@@ -367,265 +371,6 @@ impl Renderer {
             text: self.render(kind, Part::EmailText, ctx)?,
         })
     }
-
-    /// A realistic context of `kind` following the worker's context contract,
-    /// with every optional field filled in. Used to check templates at load
-    /// time and handy in tests. An unknown kind gets only the fields common to
-    /// all kinds (`recipient` and `school`).
-    pub fn sample_context(kind: &str) -> Value {
-        let student = json!({
-            "first_name": "Amelia",
-            "last_name": "Hughes",
-            "timezone": "Europe/London",
-        });
-        let instructor = json!({
-            "first_name": "Daniel",
-            "last_name": "Okafor",
-            "timezone": "Europe/London",
-        });
-        let booking = |status: &str, start: &str, end: &str| {
-            json!({
-                "id": "0b6f3c1e-5a4d-4e2b-9c7a-1f2e3d4c5b6a",
-                "start_time": start,
-                "end_time": end,
-                "pickup_location": "Leeds station, New Station Street entrance",
-                "instructor_name": "Daniel Okafor",
-                "student_name": "Amelia Hughes",
-                "status": status,
-            })
-        };
-        let previous = json!({
-            "start_time": "2026-03-03T17:30:00Z",
-            "end_time": "2026-03-03T18:30:00Z",
-        });
-        let confirmed = booking("confirmed", "2026-03-03T17:30:00Z", "2026-03-03T18:30:00Z");
-        let moved = booking("confirmed", "2026-03-05T16:00:00Z", "2026-03-05T17:00:00Z");
-
-        let (recipient, extra) = match kind {
-            "booking_confirmed" => (student, json!({ "booking": confirmed, "page_url": PAGE_URL })),
-            "lesson_reminder" => (
-                student,
-                json!({ "booking": confirmed, "offset_label": "24 hours", "page_url": PAGE_URL }),
-            ),
-            "access_link" => (student, json!({ "page_url": PAGE_URL })),
-            "booking_cancelled" => (
-                student,
-                json!({
-                    "booking": booking("cancelled", "2026-03-03T17:30:00Z", "2026-03-03T18:30:00Z"),
-                    "reason": "Your instructor is unwell",
-                }),
-            ),
-            "booking_rescheduled" => (student, json!({ "booking": moved, "previous": previous })),
-            "booking_alert" => (
-                instructor,
-                json!({ "booking": moved, "change": "rescheduled", "previous": previous }),
-            ),
-            "recurring_conflict" => (
-                student,
-                json!({
-                    "series": {
-                        "id": "5d2c7e1a-8b3f-4a6d-b0c9-2e4f6a8b0c1d",
-                        "instructor_name": "Daniel Okafor",
-                        "student_name": "Amelia Hughes",
-                    },
-                    "date": "2026-03-10T17:30:00Z",
-                    "reason": "the instructor is already booked",
-                }),
-            ),
-            "invoice_issued" => (
-                student,
-                json!({
-                    "invoice": {
-                        "number": "INV-2026-0042",
-                        "total_minor": 4500,
-                        "currency": "GBP",
-                        "issued_at": "2026-03-03T09:15:00Z",
-                    },
-                }),
-            ),
-            "daily_agenda" => (
-                instructor,
-                json!({
-                    "date": "2026-03-03T00:00:00Z",
-                    "lessons": [
-                        {
-                            "start_time": "2026-03-03T09:00:00Z",
-                            "end_time": "2026-03-03T10:00:00Z",
-                            "student_name": "Amelia Hughes",
-                            "pickup_location": "Leeds station, New Station Street entrance",
-                        },
-                        {
-                            "start_time": "2026-03-03T11:30:00Z",
-                            "end_time": "2026-03-03T13:30:00Z",
-                            "student_name": "Harry Patel",
-                            "pickup_location": null,
-                        },
-                        {
-                            "start_time": "2026-03-03T17:30:00Z",
-                            "end_time": "2026-03-03T18:30:00Z",
-                            "student_name": "Chloe Evans",
-                            "pickup_location": "14 Otley Road, Headingley",
-                        },
-                    ],
-                    "count": 3,
-                }),
-            ),
-            "lesson_report" => (
-                student,
-                json!({
-                    "lesson": {
-                        "date": "2026-03-03T17:30:00Z",
-                        "instructor_name": "Daniel Okafor",
-                        "notes": "Great progress today. Keep practising your mirror checks before changing lanes.",
-                    },
-                    "skills": [
-                        { "name": "Roundabouts", "rating": 4, "notes": "Good lane choice on the big ones." },
-                        { "name": "Parallel parking", "rating": 3, "notes": null },
-                    ],
-                    "progress": [
-                        { "name": "Roundabouts", "level": "Confident", "percentage": 80 },
-                        { "name": "Parallel parking", "level": "Developing", "percentage": 55 },
-                    ],
-                }),
-            ),
-            "new_message" => (
-                student,
-                json!({
-                    "sender_name": "Daniel Okafor",
-                    "preview": "Hi Amelia, could we start ten minutes earlier on Thursday? Let me know if that works for you.",
-                    "thread_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
-                }),
-            ),
-            "test_reminder" => (student, json!({ "test": { "date": "2026-03-10T09:14:00Z", "days_before": 7 } })),
-            "package_low" => (
-                student,
-                json!({
-                    "package": {
-                        "name": "10-lesson bundle",
-                        "lessons_remaining": 1,
-                        "expires_at": "2026-06-30T22:59:59Z",
-                    },
-                }),
-            ),
-            "crm_follow_up" => (
-                json!({ "first_name": "Sarah", "last_name": "Whitfield", "timezone": "Europe/London" }),
-                json!({
-                    "contact": {
-                        "name": "Oliver Bennett",
-                        "email": "oliver.bennett@example.com",
-                        "phone": "+447700900123",
-                        "last_interaction_at": "2026-02-24T10:00:00Z",
-                        "days_since": 7,
-                    },
-                }),
-            ),
-            "slot_offer" => (
-                student,
-                json!({
-                    "offer": {
-                        "id": 42,
-                        "start_time": "2026-03-05T16:00:00Z",
-                        "end_time": "2026-03-05T17:00:00Z",
-                        "instructor_name": "Daniel Okafor",
-                        "pickup_location": "Leeds station, New Station Street entrance",
-                        "expires_at": "2026-03-05T13:00:00Z",
-                        "url": "https://school.example/offers/q3Zk1vT9yXb0cP4mL8nR2sW6eH5gJ7aD-uF_oI3tY1E",
-                    },
-                }),
-            ),
-            "slot_taken" => (
-                student,
-                json!({
-                    "offer": {
-                        "id": 42,
-                        "start_time": "2026-03-05T16:00:00Z",
-                        "end_time": "2026-03-05T17:00:00Z",
-                        "instructor_name": "Daniel Okafor",
-                    },
-                }),
-            ),
-            "student_confirmed" => (instructor, json!({ "booking": confirmed, "reply": "C" })),
-            "rearrange_request" => (
-                instructor,
-                json!({ "booking": confirmed, "reply": "R can we do Thursday instead?", "from": "+447700900123" }),
-            ),
-            "inbound_reply" => (
-                json!({ "first_name": "Greenway Driving School", "last_name": "", "timezone": "Europe/London" }),
-                json!({
-                    "booking": confirmed,
-                    "reply": "Running 5 minutes late, sorry!",
-                    "from": "+447700900123",
-                    "sender_name": "Amelia Hughes",
-                }),
-            ),
-            _ => (student, json!({})),
-        };
-
-        let mut ctx = json!({
-            "recipient": recipient,
-            "school": { "name": "Greenway Driving School" },
-        });
-        if let (Some(ctx), Value::Object(extra)) = (ctx.as_object_mut(), extra) {
-            ctx.extend(extra);
-        }
-        ctx
-    }
-}
-
-/// A person's page link in the sample contexts (see `dashlight_core::access`).
-const PAGE_URL: &str = "https://school.example/me/3f2a9c0e5b7d4e1f8a6c2b9d0e4f7a1c3f2a9c0e5b7d4e1f8a6c2b9d0e4f7a1c";
-
-/// The contexts every template is rendered with at load time: the sample,
-/// its sparse variant, and any other variant that takes a different branch.
-fn check_contexts(kind: &str) -> Vec<Value> {
-    let mut contexts = vec![Renderer::sample_context(kind), sparse_context(kind)];
-    if kind == "booking_alert" {
-        let mut cancelled = Renderer::sample_context(kind);
-        cancelled["change"] = json!("cancelled");
-        cancelled["booking"]["status"] = json!("cancelled");
-        contexts.push(cancelled);
-    }
-    contexts
-}
-
-/// The sample context with every nullable field null and every list empty,
-/// so load-time checks also walk the `{{else}}` branches.
-fn sparse_context(kind: &str) -> Value {
-    let mut ctx = Renderer::sample_context(kind);
-    let nulls: &[&str] = match kind {
-        "booking_confirmed" | "lesson_reminder" => &["/booking/pickup_location", "/page_url"],
-        "booking_rescheduled" => &["/booking/pickup_location"],
-        "booking_cancelled" => &["/booking/pickup_location", "/reason"],
-        "booking_alert" => &["/booking/pickup_location", "/previous"],
-        "lesson_report" => &["/lesson/notes"],
-        "package_low" => &["/package/expires_at"],
-        "slot_offer" => &["/offer/pickup_location"],
-        "crm_follow_up" => &["/contact/email", "/contact/phone", "/contact/last_interaction_at"],
-        "student_confirmed" | "rearrange_request" => &["/booking/pickup_location"],
-        "inbound_reply" => &["/booking", "/sender_name"],
-        _ => &[],
-    };
-    for pointer in nulls {
-        if let Some(v) = ctx.pointer_mut(pointer) {
-            *v = Value::Null;
-        }
-    }
-    match kind {
-        "booking_alert" => ctx["change"] = json!("new"),
-        "daily_agenda" => {
-            ctx["lessons"] = json!([]);
-            ctx["count"] = json!(0);
-        }
-        "lesson_report" => {
-            ctx["skills"] = json!([]);
-            ctx["progress"] = json!([]);
-        }
-        "test_reminder" => ctx["test"]["days_before"] = json!(1),
-        "package_low" => ctx["package"]["lessons_remaining"] = json!(0),
-        "crm_follow_up" => ctx["recipient"]["first_name"] = json!(""),
-        _ => {}
-    }
-    ctx
 }
 
 fn template_name(kind: &str, part: Part) -> String {
@@ -638,12 +383,7 @@ fn new_registry(html: bool) -> Handlebars<'static> {
     if !html {
         hb.register_escape_fn(handlebars::no_escape);
     }
-    hb.register_helper("datetime", Box::new(ValueHelper(datetime_helper)));
-    hb.register_helper("date", Box::new(ValueHelper(date_helper)));
-    hb.register_helper("time", Box::new(ValueHelper(time_helper)));
-    hb.register_helper("money", Box::new(ValueHelper(money_helper)));
-    hb.register_helper("plural", Box::new(ValueHelper(plural_helper)));
-    set_conditionals(&mut hb, false);
+    helpers::register(&mut hb);
     hb
 }
 
@@ -716,176 +456,11 @@ fn tidy(s: &str) -> String {
     out
 }
 
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-/// `if` / `unless`; when `strict`, a condition on an unknown field is an error
-/// (used only for the load-time check, where every field is present).
-#[derive(Clone, Copy)]
-struct Conditional {
-    negate: bool,
-    strict: bool,
-}
-
-impl HelperDef for Conditional {
-    fn call<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        r: &'reg Handlebars<'reg>,
-        ctx: &'rc Context,
-        rc: &mut RenderContext<'reg, 'rc>,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        let name = if self.negate { "unless" } else { "if" };
-        let param = h.param(0).ok_or(RenderErrorReason::ParamNotFoundForIndex(name, 0))?;
-        if self.strict && param.is_value_missing() {
-            return Err(RenderError::strict_error(param.relative_path()));
-        }
-        let include_zero = h.hash_get("includeZero").and_then(|v| v.value().as_bool()).unwrap_or(false);
-        let truthy = param.value().is_truthy(include_zero) != self.negate;
-        match if truthy { h.template() } else { h.inverse() } {
-            Some(t) => t.render(r, ctx, rc, out),
-            None => Ok(()),
-        }
-    }
-}
-
-fn set_conditionals(hb: &mut Handlebars<'static>, strict: bool) {
-    hb.register_helper("if", Box::new(Conditional { negate: false, strict }));
-    hb.register_helper("unless", Box::new(Conditional { negate: true, strict }));
-}
-
-/// A helper computing a string from its parameters. Its result goes through
-/// the registry's escaping like any value, and it works in subexpressions.
-struct ValueHelper(fn(&Helper<'_>) -> Result<String, String>);
-
-impl HelperDef for ValueHelper {
-    fn call_inner<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        _: &'reg Handlebars<'reg>,
-        _: &'rc Context,
-        _: &mut RenderContext<'reg, 'rc>,
-    ) -> Result<ScopedJson<'rc>, RenderError> {
-        match (self.0)(h) {
-            Ok(s) => Ok(ScopedJson::Derived(Value::String(s))),
-            Err(message) => Err(RenderErrorReason::Other(format!("helper `{}`: {message}", h.name())).into()),
-        }
-    }
-}
-
-/// The `i`-th parameter, failing when it is absent or names an unknown field.
-fn param<'a>(h: &'a Helper<'_>, i: usize, what: &str) -> Result<&'a PathAndJson<'a>, String> {
-    let p = h.param(i).ok_or_else(|| format!("expects {what} as argument {}", i + 1))?;
-    if p.is_value_missing() {
-        let path = p.relative_path().map_or("?", String::as_str);
-        return Err(format!("unknown field `{path}` given as {what}"));
-    }
-    Ok(p)
-}
-
-fn param_str<'a>(h: &'a Helper<'_>, i: usize, what: &str) -> Result<&'a str, String> {
-    let p = param(h, i, what)?;
-    p.value()
-        .as_str()
-        .ok_or_else(|| format!("expects {what} as a string, got {}", p.value()))
-}
-
-fn timezone(h: &Helper<'_>, i: usize) -> Result<Tz, String> {
-    let name = param_str(h, i, "an IANA time zone")?;
-    name.parse::<Tz>().map_err(|_| format!("unknown time zone {name:?}"))
-}
-
-fn instant(h: &Helper<'_>) -> Result<DateTime<FixedOffset>, String> {
-    let s = param_str(h, 0, "an RFC 3339 time")?;
-    DateTime::parse_from_rfc3339(s).map_err(|e| format!("{s:?} is not an RFC 3339 time: {e}"))
-}
-
-fn local(h: &Helper<'_>) -> Result<DateTime<Tz>, String> {
-    let t = instant(h)?;
-    let tz = timezone(h, 1)?;
-    Ok(t.with_timezone(&tz))
-}
-
-const DATE_FORMAT: &str = "%A %-d %B";
-const TIME_FORMAT: &str = "%H:%M";
-
-/// `{{datetime t tz}}` → `Tuesday 3 March, 17:30`.
-fn datetime_helper(h: &Helper<'_>) -> Result<String, String> {
-    let t = local(h)?;
-    Ok(format!("{}, {}", t.format(DATE_FORMAT), t.format(TIME_FORMAT)))
-}
-
-/// `{{date t tz}}` → `Tuesday 3 March`; a bare `YYYY-MM-DD` is taken as is.
-fn date_helper(h: &Helper<'_>) -> Result<String, String> {
-    let s = param_str(h, 0, "an RFC 3339 time")?;
-    if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(day.format(DATE_FORMAT).to_string());
-    }
-    Ok(local(h)?.format(DATE_FORMAT).to_string())
-}
-
-/// `{{time t tz}}` → `17:30`.
-fn time_helper(h: &Helper<'_>) -> Result<String, String> {
-    Ok(local(h)?.format(TIME_FORMAT).to_string())
-}
-
-/// `{{money minor currency}}` → `£45.00`.
-fn money_helper(h: &Helper<'_>) -> Result<String, String> {
-    let p = param(h, 0, "an amount in minor units")?;
-    let minor = match p.value() {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse::<i64>().ok(),
-        _ => None,
-    }
-    .ok_or_else(|| format!("expects an integer amount in minor units, got {}", p.value()))?;
-    let currency = param_str(h, 1, "a currency code")?;
-    if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
-        return Err(format!("{currency:?} is not an ISO 4217 currency code"));
-    }
-    Ok(format_money(minor, &currency.to_ascii_uppercase()))
-}
-
-fn format_money(minor: i64, currency: &str) -> String {
-    let sign = if minor < 0 { "-" } else { "" };
-    let abs = minor.unsigned_abs();
-    let units = (abs / 100).to_string();
-    let mut grouped = String::with_capacity(units.len() + units.len() / 3);
-    for (i, c) in units.chars().enumerate() {
-        if i > 0 && (units.len() - i).is_multiple_of(3) {
-            grouped.push(',');
-        }
-        grouped.push(c);
-    }
-    let amount = format!("{grouped}.{:02}", abs % 100);
-    match currency {
-        "GBP" => format!("{sign}£{amount}"),
-        "EUR" => format!("{sign}€{amount}"),
-        "USD" => format!("{sign}${amount}"),
-        other => format!("{sign}{amount} {other}"),
-    }
-}
-
-/// `{{plural n "lesson"}}` → `1 lesson`, `2 lessons`; `{{plural n "person" "people"}}`.
-fn plural_helper(h: &Helper<'_>) -> Result<String, String> {
-    let p = param(h, 0, "a count")?;
-    let n = p
-        .value()
-        .as_i64()
-        .ok_or_else(|| format!("expects an integer count, got {}", p.value()))?;
-    let one = param_str(h, 1, "the singular word")?;
-    if n == 1 {
-        return Ok(format!("1 {one}"));
-    }
-    match h.param(2) {
-        Some(_) => Ok(format!("{n} {}", param_str(h, 2, "the plural word")?)),
-        None => Ok(format!("{n} {one}s")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use chrono::DateTime;
+    use serde_json::json;
+
     use super::*;
 
     fn templates_dir() -> PathBuf {
