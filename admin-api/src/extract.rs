@@ -438,7 +438,7 @@ mod tests {
     }
 
     #[test]
-    fn times() {
+    fn rfc3339_needs_an_offset_and_hhmm_a_valid_clock_time() {
         assert!(rfc3339::parse("2026-01-01T10:00:00 01:00").is_ok());
         assert!(rfc3339::parse("2026-01-01T10:00:00").is_err());
         assert_eq!(hhmm::format(&hhmm::parse("07:30").unwrap()), "07:30");

@@ -63,7 +63,7 @@ async fn noop(_job: NoopJob, drain: Data<Arc<Drain>>) -> Result<(), BoxDynError>
 /// Which apalis setup drains the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Variant {
-    /// The project's batched queue path (core/src/queue/mod.rs, worker/src/drain.rs).
+    /// The project's batched queue path (core/src/queue/mod.rs, worker/src/drain/).
     Project,
     /// apalis-postgres's default `Config`, one worker.
     Default,

@@ -228,7 +228,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens() {
+    fn a_page_token_is_64_lowercase_hex_compared_in_constant_time() {
         let t = "0123456789abcdef".repeat(4);
         assert!(well_formed(&t));
         assert!(!well_formed(&t.to_uppercase()));

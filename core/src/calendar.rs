@@ -424,7 +424,7 @@ mod tests {
     }
 
     #[test]
-    fn mailboxes() {
+    fn a_mailbox_parses_with_or_without_a_quoted_display_name() {
         assert_eq!(
             parse_mailbox("Dashlight <no-reply@localhost>"),
             Some(CalPerson {

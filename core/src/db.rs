@@ -294,7 +294,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls() {
+    fn only_postgres_urls_are_accepted_and_passwords_are_redacted() {
         assert!(validate_url("postgres://root@127.0.0.1:5432/x").is_ok());
         assert!(validate_url("mysql://root@h/x").unwrap_err().contains("postgres://"));
         assert!(validate_url("not a url").is_err());

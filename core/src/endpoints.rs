@@ -155,7 +155,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn addresses() {
+    fn loopback_private_link_local_and_mapped_addresses_are_not_public() {
         for bad in [
             "127.0.0.1",
             "10.1.2.3",
@@ -223,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn endpoints() {
+    fn a_push_endpoint_must_be_https_on_a_public_host_without_credentials_unless_loopback_is_allowed() {
         for bad in [
             "http://169.254.169.254/latest/meta-data",
             "https://127.0.0.1:5432/x",

@@ -412,7 +412,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keywords() {
+    fn replies_classify_as_stop_start_help_confirm_rearrange_or_other_whatever_their_case() {
         for w in STOP_WORDS {
             assert_eq!(classify(w), Keyword::Stop);
             assert_eq!(classify(&format!("  {}. ", w.to_lowercase())), Keyword::Stop);

@@ -56,7 +56,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validators() {
+    fn emails_phones_time_zones_and_currencies_are_refused_unless_well_formed() {
         assert!(email("email", "a@b.co").is_ok());
         assert!(email("email", "a b@c.co").is_err());
         assert!(email("email", "ab.co").is_err());

@@ -1,7 +1,10 @@
 //! The schema enforces the rules, whatever code path writes; migrations are repeatable; the demo
 //! data loads; every program refuses a bad DATABASE_URL with a clear line.
 
+use std::collections::BTreeSet;
+
 use chrono::{TimeZone, Utc};
+use dashlight_core::states::{AttemptOutcome, BookingStatus, DeliveryStatus, NotificationStatus};
 use dashlight_tests::{api::TOKEN, bins, db::TestDb, world::World};
 
 async fn err_code(r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> (String, String) {
@@ -70,6 +73,69 @@ async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
 /// Every pool of the programs plans each statement for the data it has now: a generic plan
 /// cached while a table was empty (a queue fetch, a foreign-key check) stays a sequential scan
 /// as the table grows, which the benchmark measured at 700 ms a fetch (BENCHMARKS.md).
+/// The values the database lets `table.column` hold: its own CHECK constraint (one on that
+/// column alone, `column = ANY (ARRAY['a'::text, …])`), read back from `pg_constraint`.
+async fn allowed_values(pool: &sqlx::PgPool, table: &str, column: &str) -> BTreeSet<String> {
+    let defs: Vec<String> = sqlx::query_scalar(
+        "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c
+         JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+         WHERE c.contype = 'c' AND c.conrelid = $1::regclass AND a.attname = $2 AND cardinality(c.conkey) = 1",
+    )
+    .bind(table)
+    .bind(column)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(defs.len(), 1, "{table}.{column} has one CHECK of its own: {defs:?}");
+    assert!(defs[0].contains("ANY (ARRAY["), "{table}.{column}: {}", defs[0]);
+    // The quoted literals are the allowed values.
+    defs[0].split('\'').skip(1).step_by(2).map(str::to_owned).collect()
+}
+
+/// The text values of a state enum.
+fn values<T: Copy>(all: &[T], as_str: fn(T) -> &'static str) -> BTreeSet<String> {
+    all.iter().map(|s| as_str(*s).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn every_state_column_allows_exactly_the_values_of_its_enum() {
+    let db = TestDb::new().await;
+    let columns = [
+        (
+            "notifications",
+            "status",
+            values(NotificationStatus::ALL, NotificationStatus::as_str),
+        ),
+        (
+            "notification_deliveries",
+            "status",
+            values(DeliveryStatus::ALL, DeliveryStatus::as_str),
+        ),
+        (
+            "delivery_attempt_log",
+            "outcome",
+            values(AttemptOutcome::ALL, AttemptOutcome::as_str),
+        ),
+        ("bookings", "status", values(BookingStatus::ALL, BookingStatus::as_str)),
+    ];
+    for (table, column, enum_values) in columns {
+        assert_eq!(
+            allowed_values(&db.pool, table, column).await,
+            enum_values,
+            "{table}.{column}: the CHECK constraint and the enum differ"
+        );
+    }
+    // Each enum reads back what it writes.
+    assert!(
+        NotificationStatus::ALL
+            .iter()
+            .all(|s| NotificationStatus::parse(s.as_str()) == Some(*s))
+    );
+    assert!(DeliveryStatus::ALL.iter().all(|s| DeliveryStatus::parse(s.as_str()) == Some(*s)));
+    assert!(AttemptOutcome::ALL.iter().all(|s| AttemptOutcome::parse(s.as_str()) == Some(*s)));
+    assert!(BookingStatus::ALL.iter().all(|s| BookingStatus::parse(s.as_str()) == Some(*s)));
+}
+
 #[tokio::test]
 async fn the_programs_pools_never_reuse_a_plan_made_for_other_data() {
     let db = TestDb::new().await;

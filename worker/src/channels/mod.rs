@@ -196,7 +196,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classification() {
+    fn http_statuses_classify_as_transient_or_permanent_and_numbers_must_be_e164() {
         assert!(matches!(SendError::from_http_status(429, None, ""), SendError::Transient { .. }));
         assert!(matches!(SendError::from_http_status(503, None, ""), SendError::Transient { .. }));
         assert!(matches!(

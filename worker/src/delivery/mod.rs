@@ -6,10 +6,12 @@
 //!
 //! 1. [`load`]: the batch's notifications with recipients, preferences, devices and existing
 //!    deliveries, in three statements.
-//! 2. [`plan`]: what each job means (`plan::decide`: deliver, cancel, expire, later, wait) and
+//! 2. [`plan`]: what each job means (`plan::decide`: deliver, cancel, expire, later — an
+//!    `Applicable` decision — or a wait, which the drain holds and decides again) and
 //!    which deliveries a policy, preferences, addresses, devices and quiet hours give
 //!    (`plan::plan`). No I/O.
-//! 3. `record::apply`: writes the decisions of a chunk of jobs in one transaction. New
+//! 3. `record::apply`: writes the decisions of a chunk of jobs in one transaction (a pure step
+//!    turns them into a plan of writes, then one step per statement group writes it). New
 //!    deliveries to send are inserted `sending`, naming the worker and job sending attempt 1
 //!    (the insert is the claim: `ON CONFLICT DO NOTHING` lets one worker win); due ones are claimed by a conditional
 //!    UPDATE; skipped, held, cancelled and expired ones are written as such; jobs with nothing

@@ -36,9 +36,31 @@ pub(crate) struct Planned {
     pub(crate) hold_until: Option<DateTime<Utc>>,
 }
 
-/// What a job means for its notification.
+/// What a job means for its notification: a decision to apply now, or a moment to wait first.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Decision {
+    /// Apply this now (`super::record::apply`).
+    Apply(Applicable),
+    /// Due within [`EARLY_GAP`] (or a report ahead of its send): hold the job this long, then
+    /// decide again. Never applied.
+    Wait(Duration),
+}
+
+impl From<Applicable> for Decision {
+    fn from(a: Applicable) -> Self {
+        Decision::Apply(a)
+    }
+}
+
+impl PartialEq<Applicable> for Decision {
+    fn eq(&self, other: &Applicable) -> bool {
+        matches!(self, Decision::Apply(a) if a == other)
+    }
+}
+
+/// A decision the recorder applies (every one but a wait).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Applicable {
     /// The job can never succeed (its notification is gone or of an unknown kind).
     Kill(String),
     /// Close the open deliveries as `cancelled`: the booking changed first.
@@ -50,8 +72,6 @@ pub(crate) enum Decision {
     Expire,
     /// Not due yet: another job at that time.
     Later(DateTime<Utc>),
-    /// Due within [`EARLY_GAP`]: hold the job this long, then decide again.
-    Wait(Duration),
     /// Deliver: reopen a failed delivery (operator retry), insert newly planned deliveries (those
     /// to send are claimed by their insert) and claim due ones. With nothing to insert or claim,
     /// the notification is only settled (done when nothing is open).
@@ -89,11 +109,11 @@ pub(crate) struct ReceiptMove {
     pub(crate) next_stage: bool,
 }
 
-impl Decision {
+impl Applicable {
     /// Does it send anything?
     pub(crate) fn sends(&self) -> usize {
         match self {
-            Decision::Deliver { insert, claim, .. } => {
+            Applicable::Deliver { insert, claim, .. } => {
                 insert.iter().filter(|p| p.skip.is_none() && p.hold_until.is_none()).count() + claim.len()
             }
             _ => 0,
@@ -106,17 +126,18 @@ impl Decision {
 /// (an injected clock never waits in memory).
 pub(crate) fn decide(loaded: Option<&Loaded>, retry_delivery_id: Option<i64>, now: DateTime<Utc>, system_clock: bool) -> Decision {
     let Some(l) = loaded else {
-        return Decision::Kill("the notification does not exist (deleted?)".into());
+        return Applicable::Kill("the notification does not exist (deleted?)".into()).into();
     };
     let n = &l.n;
     match n.status {
-        NotificationStatus::Cancelled => return Decision::Cancel,
+        NotificationStatus::Cancelled => return Applicable::Cancel.into(),
         NotificationStatus::Done | NotificationStatus::Skipped if retry_delivery_id.is_none() => {
-            return Decision::Deliver {
+            return Applicable::Deliver {
                 reopen: None,
                 insert: vec![],
                 claim: vec![],
-            };
+            }
+            .into();
         }
         _ => {}
     }
@@ -125,20 +146,21 @@ pub(crate) fn decide(loaded: Option<&Loaded>, retry_delivery_id: Option<i64>, no
         return if system_clock && wait <= EARLY_GAP {
             Decision::Wait(wait)
         } else {
-            Decision::Later(n.due_at)
+            Applicable::Later(n.due_at).into()
         };
     }
     if n.expires_at.is_some_and(|e| e <= now) {
-        return Decision::Expire;
+        return Applicable::Expire.into();
     }
     let reopen = retry_delivery_id.filter(|id| l.deliveries.iter().any(|d| d.id == *id && d.status.is_failure()));
     if l.deliveries.is_empty() {
         let insert = plan(n.policy, &n.channels, 0, &l.recipient, &l.devices, now, lesson_start(n));
-        return Decision::Deliver {
+        return Applicable::Deliver {
             reopen: None,
             insert,
             claim: vec![],
-        };
+        }
+        .into();
     }
     let due = |d: &DeliveryRow| {
         Some(d.id) == reopen
@@ -164,18 +186,20 @@ pub(crate) fn decide(loaded: Option<&Loaded>, retry_delivery_id: Option<i64>, no
             && let Some(from) = next_stage(&n.channels, &l.deliveries)
         {
             let insert = plan(n.policy, &n.channels, from, &l.recipient, &l.devices, now, lesson_start(n));
-            return Decision::Deliver {
+            return Applicable::Deliver {
                 reopen: None,
                 insert,
                 claim: vec![],
-            };
+            }
+            .into();
         }
     }
-    Decision::Deliver {
+    Applicable::Deliver {
         reopen,
         insert: vec![],
         claim,
     }
+    .into()
 }
 
 /// How long a report about a delivery still `sending` waits before it is decided again.
@@ -194,7 +218,7 @@ pub(crate) fn on_receipt(loaded: Option<&Loaded>, r: Option<&Receipt>) -> Decisi
     {
         return Decision::Wait(RECEIPT_EARLY_WAIT);
     }
-    Decision::Receipt(receipt(loaded, r))
+    Applicable::Receipt(receipt(loaded, r)).into()
 }
 
 /// What a provider's report does to its delivery. Only a `sent` delivery moves: to `delivered`
@@ -256,11 +280,11 @@ pub(crate) fn receipt(loaded: Option<&Loaded>, r: Option<&Receipt>) -> Option<Re
 
 /// What an operator's cancel of a notification's job (`DeliverJob::cancel`) means: the
 /// notification is recorded `cancelled` unless it has already ended.
-pub(crate) fn withdraw(loaded: Option<&Loaded>, reason: &str) -> Decision {
+pub(crate) fn withdraw(loaded: Option<&Loaded>, reason: &str) -> Applicable {
     match loaded.map(|l| l.n.status) {
-        None => Decision::Kill("the notification does not exist (deleted?)".into()),
-        Some(NotificationStatus::Pending | NotificationStatus::Processing) => Decision::Withdraw(reason.to_owned()),
-        Some(_) => Decision::Deliver {
+        None => Applicable::Kill("the notification does not exist (deleted?)".into()),
+        Some(NotificationStatus::Pending | NotificationStatus::Processing) => Applicable::Withdraw(reason.to_owned()),
+        Some(_) => Applicable::Deliver {
             reopen: None,
             insert: vec![],
             claim: vec![],
@@ -418,10 +442,18 @@ fn quiet_end(start: Option<NaiveTime>, end: Option<NaiveTime>, now: DateTime<Utc
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use dashlight_core::kinds::Kind;
 
     use super::*;
+
+    /// The decision, which must be one to apply now.
+    fn applicable(d: Decision) -> Applicable {
+        match d {
+            Decision::Apply(a) => a,
+            Decision::Wait(w) => panic!("waits {w:?}"),
+        }
+    }
 
     pub(crate) fn recipient() -> Recipient {
         Recipient {
@@ -441,11 +473,11 @@ mod tests {
         }
     }
 
-    fn t(s: &str) -> DateTime<Utc> {
+    pub(crate) fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    fn device(id: i64) -> Device {
+    pub(crate) fn device(id: i64) -> Device {
         Device {
             id,
             push_endpoint: format!("https://p/{id}"),
@@ -454,7 +486,7 @@ mod tests {
         }
     }
 
-    fn loaded(status: NotificationStatus, deliveries: Vec<DeliveryRow>) -> Loaded {
+    pub(crate) fn loaded(status: NotificationStatus, deliveries: Vec<DeliveryRow>) -> Loaded {
         Loaded {
             n: NotificationRow {
                 id: 1,
@@ -476,7 +508,7 @@ mod tests {
         }
     }
 
-    fn delivery(id: i64, channel: Channel, status: DeliveryStatus, next: Option<&str>) -> DeliveryRow {
+    pub(crate) fn delivery(id: i64, channel: Channel, status: DeliveryStatus, next: Option<&str>) -> DeliveryRow {
         DeliveryRow {
             id,
             channel,
@@ -510,12 +542,14 @@ mod tests {
             NotificationStatus::Done,
             vec![delivery(5, Channel::Sms, DeliveryStatus::Sent, None)],
         );
-        assert!(matches!(on_receipt(Some(&sent), Some(&r)), Decision::Receipt(Some(m)) if m.to == DeliveryStatus::Delivered));
+        assert!(
+            matches!(on_receipt(Some(&sent), Some(&r)), Decision::Apply(Applicable::Receipt(Some(m))) if m.to == DeliveryStatus::Delivered)
+        );
         let delivered = loaded(
             NotificationStatus::Done,
             vec![delivery(5, Channel::Sms, DeliveryStatus::Delivered, None)],
         );
-        assert_eq!(on_receipt(Some(&delivered), Some(&r)), Decision::Receipt(None));
+        assert_eq!(on_receipt(Some(&delivered), Some(&r)), Applicable::Receipt(None));
     }
 
     #[test]
@@ -567,8 +601,8 @@ mod tests {
     #[test]
     fn a_new_notification_due_now_plans_its_first_stage() {
         let l = loaded(NotificationStatus::Pending, vec![]);
-        let d = decide(Some(&l), None, t("2026-03-03T12:00:00Z"), false);
-        let Decision::Deliver { insert, claim, reopen } = &d else {
+        let d = applicable(decide(Some(&l), None, t("2026-03-03T12:00:00Z"), false));
+        let Applicable::Deliver { insert, claim, reopen } = &d else {
             panic!("{d:?}")
         };
         assert!(claim.is_empty() && reopen.is_none());
@@ -580,14 +614,14 @@ mod tests {
     #[test]
     fn missing_cancelled_expired_and_early_notifications() {
         let now = t("2026-03-03T12:00:00Z");
-        assert!(matches!(decide(None, None, now, false), Decision::Kill(_)));
+        assert!(matches!(decide(None, None, now, false), Decision::Apply(Applicable::Kill(_))));
         let l = loaded(NotificationStatus::Cancelled, vec![]);
-        assert_eq!(decide(Some(&l), None, now, false), Decision::Cancel);
+        assert_eq!(decide(Some(&l), None, now, false), Applicable::Cancel);
         let l = loaded(NotificationStatus::Pending, vec![]);
-        assert_eq!(decide(Some(&l), None, t("2026-03-03T14:00:00Z"), false), Decision::Expire);
+        assert_eq!(decide(Some(&l), None, t("2026-03-03T14:00:00Z"), false), Applicable::Expire);
         assert_eq!(
             decide(Some(&l), None, t("2026-03-03T11:00:00Z"), false),
-            Decision::Later(t("2026-03-03T12:00:00Z"))
+            Applicable::Later(t("2026-03-03T12:00:00Z"))
         );
         assert_eq!(
             decide(Some(&l), None, t("2026-03-03T11:59:59.5Z"), true),
@@ -596,7 +630,7 @@ mod tests {
         // An injected clock never waits in memory.
         assert!(matches!(
             decide(Some(&l), None, t("2026-03-03T11:59:59.5Z"), false),
-            Decision::Later(_)
+            Decision::Apply(Applicable::Later(_))
         ));
     }
 
@@ -609,7 +643,7 @@ mod tests {
         );
         assert_eq!(
             decide(Some(&l), None, now, false),
-            Decision::Deliver {
+            Applicable::Deliver {
                 reopen: None,
                 insert: vec![],
                 claim: vec![5]
@@ -619,14 +653,14 @@ mod tests {
             NotificationStatus::Pending,
             vec![delivery(5, Channel::Push, DeliveryStatus::Retrying, Some("2026-03-03T12:06:00Z"))],
         );
-        assert_eq!(decide(Some(&l), None, now, false).sends(), 0);
+        assert_eq!(applicable(decide(Some(&l), None, now, false)).sends(), 0);
         // Push failed for good: SMS next.
         let l = loaded(
             NotificationStatus::Pending,
             vec![delivery(5, Channel::Push, DeliveryStatus::Failed, None)],
         );
-        let d = decide(Some(&l), None, now, false);
-        let Decision::Deliver { insert, .. } = &d else { panic!("{d:?}") };
+        let d = applicable(decide(Some(&l), None, now, false));
+        let Applicable::Deliver { insert, .. } = &d else { panic!("{d:?}") };
         assert_eq!(insert[0].channel, Channel::Sms);
     }
 
@@ -639,7 +673,7 @@ mod tests {
         );
         assert_eq!(
             decide(Some(&l), Some(5), now, false),
-            Decision::Deliver {
+            Applicable::Deliver {
                 reopen: Some(5),
                 insert: vec![],
                 claim: vec![5]
@@ -649,6 +683,6 @@ mod tests {
             NotificationStatus::Done,
             vec![delivery(5, Channel::Push, DeliveryStatus::Sent, None)],
         );
-        assert_eq!(decide(Some(&l), Some(5), now, false).sends(), 0);
+        assert_eq!(applicable(decide(Some(&l), Some(5), now, false)).sends(), 0);
     }
 }

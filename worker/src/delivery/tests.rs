@@ -16,12 +16,20 @@ use sqlx::PgPool;
 
 use super::{
     DeliverySettings, load,
-    plan::{self, Decision},
+    plan::{self, Applicable, Decision},
     record::{self, Attempted, Claimed, Decided, Stuck},
 };
 use crate::channels::{SendError, Sent};
 
 const WORKER: &str = "test-worker";
+
+/// A decision the test expects to apply now.
+fn applicable(d: Decision) -> Applicable {
+    match d {
+        Decision::Apply(a) => a,
+        Decision::Wait(w) => panic!("waits {w:?}"),
+    }
+}
 
 fn settings() -> DeliverySettings {
     DeliverySettings {
@@ -108,8 +116,8 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
         .map(|j| {
             let job: dashlight_core::jobs::DeliverJob = serde_json::from_slice(&j.payload).unwrap();
             let l = loaded.remove(&job.notification_id).map(Arc::new);
-            let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
-            assert!(matches!(decision, Decision::Deliver { .. }), "{decision:?}");
+            let decision = applicable(plan::decide(l.as_deref(), None, Utc::now(), false));
+            assert!(matches!(decision, Applicable::Deliver { .. }), "{decision:?}");
             Decided {
                 job_id: j.id.clone(),
                 notification: job.notification_id,
@@ -287,8 +295,8 @@ async fn one_batch_of_every_outcome_writes_exactly_the_promised_rows() {
 
     // The next stage of `first`: the planner turns the new job into SMS.
     let (loaded, _) = load::load(pool, &s, &[ids[3]]).await.unwrap();
-    match plan::decide(loaded.get(&ids[3]), None, Utc::now(), false) {
-        Decision::Deliver { insert, .. } => assert_eq!(insert.first().map(|p| p.channel), Some(dashlight_core::kinds::Channel::Sms)),
+    match applicable(plan::decide(loaded.get(&ids[3]), None, Utc::now(), false)) {
+        Applicable::Deliver { insert, .. } => assert_eq!(insert.first().map(|p| p.channel), Some(dashlight_core::kinds::Channel::Sms)),
         other => panic!("{other:?}"),
     }
 
@@ -459,7 +467,7 @@ async fn claim_one(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i
     let jobs = queue.fetch(100, Duration::ZERO, None).await.unwrap();
     let (loaded, _) = load::load(pool, s, &[nid]).await.unwrap();
     let l = loaded.get(&nid).cloned().map(Arc::new);
-    let decision = plan::decide(l.as_deref(), None, Utc::now(), false);
+    let decision = applicable(plan::decide(l.as_deref(), None, Utc::now(), false));
     let job = jobs
         .iter()
         .find(|j| {
@@ -497,12 +505,12 @@ async fn send_first_stage(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue,
 }
 
 /// Applies the receipt job of `nid` as the drain does: load, plan, apply.
-async fn apply_receipt(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64) -> Decision {
+async fn apply_receipt(pool: &PgPool, s: &DeliverySettings, queue: &JobQueue, nid: i64) -> Applicable {
     let (job_id, job) = receipt_job(queue, nid).await;
     let (loaded, _) = load::load(pool, s, &[nid]).await.unwrap();
     let receipts = load::receipts(pool, &[job.receipt_id.unwrap()]).await.unwrap();
     let l = loaded.get(&nid).cloned().map(Arc::new);
-    let decision = Decision::Receipt(plan::receipt(l.as_deref(), receipts.get(&job.receipt_id.unwrap())));
+    let decision = Applicable::Receipt(plan::receipt(l.as_deref(), receipts.get(&job.receipt_id.unwrap())));
     let decided = vec![Decided {
         job_id,
         notification: nid,
@@ -558,7 +566,7 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
     // delivered: the delivery moves, once.
     report(pool, sms, ReceiptStatus::Delivered, None).await;
     let d = apply_receipt(pool, &s, &queue, nid).await;
-    assert!(matches!(&d, Decision::Receipt(Some(m)) if !m.next_stage), "{d:?}");
+    assert!(matches!(&d, Applicable::Receipt(Some(m)) if !m.next_stage), "{d:?}");
     let (status, delivered_at): (String, Option<DateTime<Utc>>) =
         sqlx::query_as("SELECT status, delivered_at FROM notification_deliveries WHERE id = $1")
             .bind(sms)
@@ -576,7 +584,7 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
     assert_eq!(events, 1);
     // A late `undelivered` (or a second `delivered`) changes nothing: delivered stays delivered.
     report(pool, sms, ReceiptStatus::Undelivered, Some("30005")).await;
-    assert_eq!(apply_receipt(pool, &s, &queue, nid).await, Decision::Receipt(None));
+    assert_eq!(apply_receipt(pool, &s, &queue, nid).await, Applicable::Receipt(None));
     let status: String = scalar(pool, "SELECT status FROM notification_deliveries WHERE id = $1", sms).await;
     assert_eq!(status, "delivered");
 
@@ -597,7 +605,7 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
     assert_eq!(n_status, "done");
     report(pool, sms, ReceiptStatus::Undelivered, Some("30003")).await;
     let d = apply_receipt(pool, &s, &queue, nid).await;
-    assert!(matches!(&d, Decision::Receipt(Some(m)) if m.next_stage), "{d:?}");
+    assert!(matches!(&d, Applicable::Receipt(Some(m)) if m.next_stage), "{d:?}");
     let (status, error): (String, Option<String>) = sqlx::query_as("SELECT status, last_error FROM notification_deliveries WHERE id = $1")
         .bind(sms)
         .fetch_one(pool)
@@ -608,14 +616,14 @@ async fn receipts_move_sent_deliveries_once_and_undelivered_moves_on() {
     let n_status: String = scalar(pool, "SELECT status FROM notifications WHERE id = $1", nid).await;
     assert_eq!(n_status, "processing");
     let (loaded, _) = load::load(pool, &s, &[nid]).await.unwrap();
-    match plan::decide(loaded.get(&nid), None, Utc::now(), false) {
-        Decision::Deliver { insert, .. } => assert_eq!(insert.first().map(|p| p.channel), Some(Channel::Email)),
+    match applicable(plan::decide(loaded.get(&nid), None, Utc::now(), false)) {
+        Applicable::Deliver { insert, .. } => assert_eq!(insert.first().map(|p| p.channel), Some(Channel::Email)),
         other => panic!("{other:?}"),
     }
     // An operator may retry it like a failed one.
-    let decision = plan::decide(loaded.get(&nid), Some(sms), Utc::now(), false);
+    let decision = applicable(plan::decide(loaded.get(&nid), Some(sms), Utc::now(), false));
     match &decision {
-        Decision::Deliver { reopen, .. } => assert_eq!(*reopen, Some(sms)),
+        Applicable::Deliver { reopen, .. } => assert_eq!(*reopen, Some(sms)),
         other => panic!("{other:?}"),
     }
 
@@ -707,7 +715,7 @@ async fn opted_out_numbers_suppressed_and_skipped_and_email_opt_outs_honoured() 
     let next = notify::create(&mut tx, n).await.unwrap().unwrap();
     tx.commit().await.unwrap();
     let (loaded, _) = load::load(pool, &s, &[next]).await.unwrap();
-    let Decision::Deliver { insert, .. } = plan::decide(loaded.get(&next), None, Utc::now(), false) else {
+    let Applicable::Deliver { insert, .. } = applicable(plan::decide(loaded.get(&next), None, Utc::now(), false)) else {
         panic!()
     };
     let sms_plan = insert.iter().find(|p| p.channel == Channel::Sms).unwrap();
@@ -721,7 +729,7 @@ async fn opted_out_numbers_suppressed_and_skipped_and_email_opt_outs_honoured() 
         .await
         .unwrap();
     let (loaded, _) = load::load(pool, &s, &[next]).await.unwrap();
-    let Decision::Deliver { insert, .. } = plan::decide(loaded.get(&next), None, Utc::now(), false) else {
+    let Applicable::Deliver { insert, .. } = applicable(plan::decide(loaded.get(&next), None, Utc::now(), false)) else {
         panic!()
     };
     assert_eq!(
