@@ -4,7 +4,7 @@
 //! every other flow so the outbox shows each kind: a completed lesson with its report, a package
 //! running low, a message thread, a driving test coming up and a lead waiting for a follow-up;
 //! two students wait on the waitlist, so a cancellation shows `slot_offer` in the outbox.
-//! Two weeks of past lessons ([`history`]) were reminded, confirmed or not and ended completed
+//! Two weeks of past lessons (`history`) were reminded, confirmed or not and ended completed
 //! or as no-shows, so the dashboard's Confirmations chart has something to show at once.
 //! Every row is written through the core operations the admin API uses ([`people`],
 //! [`bookings`], [`payments`], [`packages`], [`lessons`], [`messages`], [`crm`],
