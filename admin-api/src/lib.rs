@@ -107,6 +107,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/sw.js"),
     ("GET", "/api/suppressions"),
     ("DELETE", "/api/suppressions/{id}"),
+    ("GET", "/api/users/{id}/export"),
+    ("POST", "/api/users/{id}/erase"),
     ("POST", "/hooks/sms/status"),
     ("POST", "/hooks/sms/inbound"),
     ("GET", "/api/openapi.json"),
@@ -172,6 +174,7 @@ impl AppState {
 pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(http::people::routes())
+        .merge(http::privacy::routes())
         .merge(http::bookings::routes())
         .merge(http::queues::routes())
         .merge(http::controls::routes())
