@@ -250,7 +250,7 @@ pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) 
         "UPDATE notifications
          SET title = erase_needles(title, $3, $4),
              content = erase_needles(content, $3, $4),
-             data = erase_needles_jsonb(data - 'reply' - 'preview' - 'page_path', $3, $4),
+             data = erase_needles_jsonb(data - 'reply' - 'preview' - CASE WHEN user_id = $1 THEN 'page_path' ELSE '' END, $3, $4),
              recipient_email = erase_needles(recipient_email, $3, $4)
          WHERE user_id = $1 OR booking_id = ANY($2)
             OR EXISTS (SELECT 1 FROM unnest($5::text[]) AS s

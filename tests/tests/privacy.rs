@@ -268,6 +268,18 @@ async fn erasure_leaves_only_keyed_hashes_keeps_invoices_and_stays_suppressed() 
     );
     api.get_open(&format!("/me/{access_token}")).await.expect(404);
     api.get_open(&format!("/calendar/{calendar_token}.ics")).await.expect(404);
+    assert!(
+        scalar_i64(
+            &pool,
+            &format!(
+                "SELECT count(*) FROM notifications WHERE user_id = {} AND data ? 'page_path'",
+                instructor.user_id
+            )
+        )
+        .await
+            > 0,
+        "other people's notifications about them keep their own page link"
+    );
     let erasures = scalar_i64(&pool, "SELECT count(*) FROM person_erasures").await;
     assert_eq!(erasures, 1);
 
