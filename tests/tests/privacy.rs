@@ -515,6 +515,7 @@ async fn retention_deletes_exactly_the_rows_past_the_limit() {
         batch: 4,
         budget: Duration::from_secs(60),
         pause: Duration::ZERO,
+        rest: 0.0,
     };
     let (purged, invoices) = dashlight_worker::periodic::retention::purge(&ctx, Utc::now(), o).await.unwrap();
 
@@ -626,6 +627,7 @@ async fn a_purge_and_a_burst_at_once_lose_nothing() {
             batch: 500,
             budget: Duration::from_secs(120),
             pause: Duration::ZERO,
+            rest: 0.0,
         };
         dashlight_worker::periodic::retention::purge(&ctx, Utc::now(), o).await.unwrap()
     });

@@ -1,10 +1,11 @@
 //! The retention purge: rows past their retention are deleted in small batches ([`BATCH`] rows
 //! per statement, each statement its own short transaction on a pool connection taken for that
-//! statement only), so a purge never holds locks or a connection that sends need, and never
-//! touches a row a send is still writing (unsettled deliveries are skipped, rows locked by
-//! someone else are skipped with `SKIP LOCKED`). A run stops after [`RUN_BUDGET`] and the next
-//! run carries on where it stopped: catching up with a large backlog takes several runs, not one
-//! long one.
+//! statement only, followed by a rest at least as long as the statement took). So a purge never
+//! holds locks or a connection that sends need, takes at most half of one connection's time,
+//! and never touches a row a send is still writing (unsettled deliveries are skipped, rows
+//! locked by someone else are skipped with `SKIP LOCKED`). A run stops after [`RUN_BUDGET`] and
+//! the next run carries on where it stopped: catching up with a large backlog takes several
+//! runs, not one long one.
 //!
 //! What goes (see `docs/data-retention.md`): deliveries created before `RETENTION_DELIVERIES`
 //! with their attempts and receipts, and attempts, receipts and inbound emails of that age;
@@ -51,8 +52,11 @@ pub struct Options {
     pub batch: i64,
     /// Stop after this long.
     pub budget: Duration,
-    /// Pause between statements (gives the disk to the senders).
+    /// Pause between statements, at least (gives the disk to the senders).
     pub pause: Duration,
+    /// And at least this many times as long as the last statement took: with 1.0 the purge
+    /// uses at most half of one connection's time, whatever the machine's speed.
+    pub rest: f64,
 }
 
 impl Default for Options {
@@ -61,6 +65,7 @@ impl Default for Options {
             batch: BATCH,
             budget: RUN_BUDGET,
             pause: Duration::from_millis(5),
+            rest: 1.0,
         }
     }
 }
@@ -77,13 +82,15 @@ where
         if Instant::now() >= deadline {
             return Ok((total, true));
         }
+        let started = Instant::now();
         let n = step(pool.acquire().await?).await?;
         total += n;
         if n < o.batch.max(1) as u64 {
             return Ok((total, false));
         }
-        if !o.pause.is_zero() {
-            tokio::time::sleep(o.pause).await;
+        let rest = o.pause.max(started.elapsed().mul_f64(o.rest.max(0.0)));
+        if !rest.is_zero() {
+            tokio::time::sleep(rest).await;
         }
     }
 }
