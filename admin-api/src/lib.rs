@@ -116,6 +116,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/suppressions"),
     ("DELETE", "/api/suppressions/{id}"),
     ("GET", "/api/analytics/confirmations"),
+    ("GET", "/api/users/{id}/export"),
+    ("POST", "/api/users/{id}/erase"),
     ("POST", "/hooks/sms/status"),
     ("POST", "/hooks/sms/inbound"),
     ("GET", "/api/openapi.json"),
@@ -189,6 +191,7 @@ impl AppState {
 pub(crate) fn api_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(http::people::routes())
+        .merge(http::privacy::routes())
         .merge(http::bookings::routes())
         .merge(http::queues::routes())
         .merge(http::controls::routes())

@@ -18,6 +18,7 @@
 //! - [`burst`]: scenario 2, end-to-end burst, and scenario 5, footprint.
 //! - [`steady`]: scenario 3, steady lateness, and scenario 4, history.
 //! - [`mixed`]: reminders' lateness while a bulk of invoice emails drains.
+//! - [`purge`]: reminders' lateness while the retention purge deletes old deliveries.
 //! - [`ceiling`]: an experiment, the database's ceiling for a batched delivery path.
 //! - [`world`]: the data; [`workers`]: the worker processes; [`pg`]: databases and server
 //!   statistics; [`report`]: BENCHMARKS.md.
@@ -28,6 +29,7 @@ mod graphile;
 mod mixed;
 mod pg;
 mod pooler;
+mod purge;
 mod raw;
 mod report;
 mod sinks;
@@ -60,6 +62,9 @@ enum Scenario {
     /// Not in `all`: steady lateness of reminders at --rate while --bulk invoice
     /// emails drain at the same time (see `mixed`).
     Mixed,
+    /// Not in `all`: steady lateness of reminders at --rate while the retention purge deletes
+    /// --old deliveries older than 400 days (see `purge`).
+    Purge,
     /// Experiment (not in `all`): the database's ceiling for a batched delivery path, with the
     /// scenario 2 reminders (see `ceiling`).
     Ceiling,
@@ -137,6 +142,9 @@ struct Args {
     /// Bulk invoice emails of the `mixed` scenario (default 20,000; 2,000 with --quick).
     #[arg(long)]
     bulk: Option<u64>,
+    /// Old deliveries the `purge` scenario deletes (default 3,000,000; 100,000 with --quick).
+    #[arg(long)]
+    old: Option<u64>,
     /// Concurrent batchers of the `ceiling` experiment.
     #[arg(long, default_value_t = 2)]
     ceiling_tasks: usize,
@@ -476,6 +484,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
             println!(
                 "{}",
                 json!({"scenario": "mixed", "run": k + 1, "rate": sizes.rate, "seconds": sizes.steady_seconds, "result": r})
+            );
+        }
+    }
+
+    if s == Scenario::Purge {
+        let old = args.old.unwrap_or(if args.quick { 100_000 } else { 3_000_000 });
+        eprintln!(
+            "== purge: {} reminders/s for {} s while {old} old deliveries are purged, {} run(s)",
+            sizes.rate, sizes.steady_seconds, runs
+        );
+        for k in 0..runs {
+            let r = purge::run(
+                &ctx,
+                sizes.rate,
+                Duration::from_secs(sizes.steady_seconds),
+                Duration::from_secs(sizes.grace_seconds),
+                old,
+            )
+            .await?;
+            eprintln!("  run {}: {}", k + 1, serde_json::to_string(&r)?);
+            println!(
+                "{}",
+                json!({"scenario": "purge", "run": k + 1, "rate": sizes.rate, "seconds": sizes.steady_seconds, "result": r})
             );
         }
     }

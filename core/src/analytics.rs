@@ -218,3 +218,20 @@ pub async fn unconfirmed_lessons(
     .fetch_all(conn)
     .await
 }
+
+/// Erasure: the person's events keep their (pseudonymous) user id and type; any identifying
+/// string in their data, or in another event's data about them, becomes the pseudonym.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE analytics_events SET event_data = erase_needles_jsonb(event_data, $2, $3)
+         WHERE (user_id = $1 OR EXISTS (SELECT 1 FROM unnest($4::text[]) AS s WHERE strpos(lower(event_data::text), lower(s)) > 0))
+           AND event_data <> erase_needles_jsonb(event_data, $2, $3)",
+        e.user_id,
+        &e.needles,
+        e.pseudonym,
+        &e.strong,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}

@@ -843,3 +843,23 @@ pub async fn finish(conn: &mut PgConnection, id: i64, outcome: Outcome) -> Resul
     let instructor = instructor_any(conn, b.instructor_id).await?;
     Ok((b, student, instructor))
 }
+
+/// Erasure: a student's bookings keep their times, states and prices; pick-up and drop-off
+/// places and cancel reasons go. Cancel reasons of an instructor's bookings lose the
+/// instructor's name. Returns the rows changed.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE bookings
+         SET pickup_location = CASE WHEN student_id = $1 THEN NULL ELSE pickup_location END,
+             dropoff_location = CASE WHEN student_id = $1 THEN NULL ELSE dropoff_location END,
+             cancel_reason = CASE WHEN student_id = $1 THEN NULL ELSE erase_needles(cancel_reason, $3, $4) END
+         WHERE student_id = $1 OR instructor_id = $2",
+        e.student_id,
+        e.instructor_id,
+        &e.needles,
+        e.pseudonym,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}

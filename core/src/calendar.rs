@@ -355,6 +355,32 @@ pub async fn rotate_token(conn: &mut PgConnection, user_id: i64, now: DateTime<U
     Ok(token)
 }
 
+/// Erasure: calendar events of the person, of their lessons, or naming them keep their times
+/// and UIDs; their name becomes the pseudonym in titles and organisers, and the place of the
+/// person's own events and of a student's lessons goes. (Attendees are kept as user ids, which
+/// now name the pseudonym.)
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE calendar_events
+         SET title = erase_needles(title, $3, $4),
+             organizer = erase_needles(organizer, $3, $4),
+             location = CASE WHEN owner_id = $1 OR (booking_id = ANY($2) AND $6::bigint IS NOT NULL) THEN NULL
+                             ELSE erase_needles(location, $3, $4) END
+         WHERE owner_id = $1 OR booking_id = ANY($2)
+            OR EXISTS (SELECT 1 FROM unnest($5::text[]) AS s
+                       WHERE strpos(lower(title || ' ' || coalesce(organizer, '') || ' ' || coalesce(location, '')), lower(s)) > 0)",
+        e.user_id,
+        &e.booking_ids,
+        &e.needles,
+        e.pseudonym,
+        &e.strong,
+        e.student_id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;

@@ -124,6 +124,12 @@ pub struct Config {
     pub outbox_dir: PathBuf,
     /// `INVOICE_DIR`.
     pub invoice_dir: PathBuf,
+    /// `RETENTION_DELIVERIES` (default `400d`, at least [`MIN_RETENTION_DELIVERIES`]):
+    /// deliveries, attempts, receipts and inbound emails older than this are purged.
+    pub retention_deliveries: Duration,
+    /// `RETENTION_INVOICES` (default `7y`; empty or `never`: never): invoices and payments
+    /// older than this are purged.
+    pub retention_invoices: Option<Duration>,
     /// `TEMPLATES_DIR`: a school's own copy of the notification templates; `None` (unset) uses
     /// the templates built into the worker.
     pub templates_dir: Option<PathBuf>,
@@ -277,6 +283,8 @@ impl std::fmt::Debug for Config {
             .field("admin_api_token", &self.admin_api_token.as_ref().map(|_| "<redacted>"))
             .field("outbox_dir", &self.outbox_dir)
             .field("invoice_dir", &self.invoice_dir)
+            .field("retention_deliveries", &self.retention_deliveries)
+            .field("retention_invoices", &self.retention_invoices)
             .field("templates_dir", &self.templates_dir)
             .field("reminder_offsets", &self.reminder_offsets)
             .field("confirm_nudge_before", &self.confirm_nudge_before)
@@ -364,6 +372,57 @@ fn escalation(name: &'static str, default: Duration) -> Result<Option<Duration>,
                 format!("expected a duration such as 12h or 90m (empty turns it off), got {v:?}"),
             )
         }),
+    }
+}
+
+/// `RETENTION_DELIVERIES` when unset.
+pub const DEFAULT_RETENTION_DELIVERIES: Duration = Duration::from_secs(400 * 86_400);
+/// `RETENTION_INVOICES` when unset (seven years of 365 days).
+pub const DEFAULT_RETENTION_INVOICES: Duration = Duration::from_secs(7 * 365 * 86_400);
+/// The shortest `RETENTION_DELIVERIES`: longer than the days the analytics rollup recomputes
+/// (the last three), so a day whose deliveries were purged is never recomputed to zero.
+pub const MIN_RETENTION_DELIVERIES: Duration = Duration::from_secs(7 * 86_400);
+
+/// A retention period: [`parse_duration`]'s units plus `w` (weeks) and `y` (365 days).
+pub fn parse_retention(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    match unit {
+        "w" => n.checked_mul(7 * 86_400).map(Duration::from_secs),
+        "y" => n.checked_mul(365 * 86_400).map(Duration::from_secs),
+        _ => parse_duration(s),
+    }
+}
+
+fn retention_deliveries() -> Result<Duration, ConfigError> {
+    let name = "RETENTION_DELIVERIES";
+    let Some(v) = var(name) else {
+        return Ok(DEFAULT_RETENTION_DELIVERIES);
+    };
+    let d = parse_retention(&v).ok_or_else(|| ConfigError::new(name, format!("expected a duration such as 400d, 60w or 2y, got {v:?}")))?;
+    if d < MIN_RETENTION_DELIVERIES {
+        return Err(ConfigError::new(
+            name,
+            format!("expected at least 7d (the analytics rollup recomputes recent days from these rows), got {v:?}"),
+        ));
+    }
+    Ok(d)
+}
+
+fn retention_invoices() -> Result<Option<Duration>, ConfigError> {
+    let name = "RETENTION_INVOICES";
+    match std::env::var(name) {
+        Err(_) => Ok(Some(DEFAULT_RETENTION_INVOICES)),
+        Ok(v) if v.trim().is_empty() || v.trim().eq_ignore_ascii_case("never") => Ok(None),
+        Ok(v) => match parse_retention(&v) {
+            Some(d) if d >= Duration::from_secs(365 * 86_400) => Ok(Some(d)),
+            Some(_) => Err(ConfigError::new(name, format!("expected at least 1y (tax records), got {v:?}"))),
+            None => Err(ConfigError::new(
+                name,
+                format!("expected a duration such as 7y or 2555d, or empty for never, got {v:?}"),
+            )),
+        },
     }
 }
 
@@ -746,6 +805,8 @@ impl Config {
             admin_api_token,
             outbox_dir: var("OUTBOX_DIR").unwrap_or_else(|| "./outbox".into()).into(),
             invoice_dir: var("INVOICE_DIR").unwrap_or_else(|| "./invoices".into()).into(),
+            retention_deliveries: retention_deliveries()?,
+            retention_invoices: retention_invoices()?,
             templates_dir: var("TEMPLATES_DIR").map(PathBuf::from),
             reminder_offsets,
             confirm_nudge_before: escalation("CONFIRM_NUDGE_BEFORE", Duration::from_secs(12 * 3600))?,
@@ -786,6 +847,8 @@ impl Config {
             admin_api_token: Some(TEST_ADMIN_TOKEN.into()),
             outbox_dir: std::env::temp_dir().join("dashlight-outbox"),
             invoice_dir: std::env::temp_dir().join("dashlight-invoices"),
+            retention_deliveries: DEFAULT_RETENTION_DELIVERIES,
+            retention_invoices: Some(DEFAULT_RETENTION_INVOICES),
             templates_dir: None,
             reminder_offsets: vec![Duration::from_secs(86_400), Duration::from_secs(7_200)],
             // Off for tests and tools unless a test turns them on: lessons booked far ahead in
@@ -822,6 +885,11 @@ mod tests {
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(format_offset(Duration::from_secs(86_400)), "24h");
         assert_eq!(format_offset(Duration::from_secs(5400)), "90m");
+        assert_eq!(parse_retention("400d"), Some(DEFAULT_RETENTION_DELIVERIES));
+        assert_eq!(parse_retention("7y"), Some(DEFAULT_RETENTION_INVOICES));
+        assert_eq!(parse_retention("2w"), Some(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_retention("y"), None);
+        assert_eq!(parse_retention("99999999999999999y"), None);
     }
 
     #[test]

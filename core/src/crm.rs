@@ -235,3 +235,43 @@ pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Contact, DomainErro
     .await?
     .ok_or(DomainError::NotFound("contact"))
 }
+
+/// The addresses and numbers of a person's CRM contacts (theirs, and leads with their address).
+pub async fn addresses_of(conn: &mut PgConnection, user_id: i64, email: &str) -> Result<crate::privacy::Addresses, sqlx::Error> {
+    let rows = sqlx::query!(
+        "SELECT email, phone FROM crm_contacts WHERE user_id = $1 OR lower(email) = lower($2)",
+        user_id,
+        email,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(crate::privacy::Addresses {
+        emails: rows.iter().filter_map(|r| r.email.clone()).collect(),
+        phones: rows.iter().filter_map(|r| r.phone.clone()).collect(),
+    })
+}
+
+/// Erasure: the person's contacts (theirs, and leads with one of their addresses or numbers)
+/// keep their status and value under the pseudonym, without address or number; the notes of
+/// staff interactions with them are gone. Returns the rows changed.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    let ids: Vec<i64> = sqlx::query_scalar!(
+        "UPDATE crm_contacts SET name = $4, email = NULL, phone = NULL, source = erase_needles(source, $5, $4)
+         WHERE user_id = $1 OR lower(email) = ANY($2) OR phone = ANY($3) RETURNING id",
+        e.user_id,
+        &e.emails,
+        &e.phones,
+        e.pseudonym,
+        &e.needles,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let notes = sqlx::query!(
+        "UPDATE crm_interactions SET notes = NULL WHERE contact_id = ANY($1) AND notes IS NOT NULL",
+        &ids
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(ids.len() as u64 + notes)
+}

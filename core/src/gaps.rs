@@ -689,6 +689,35 @@ pub async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<u
     Ok(r.rows_affected())
 }
 
+/// Erasure: a student leaves the waitlist; their slot offers lose the pick-up place, open ones
+/// are withdrawn, and every offer's token digest is replaced by a random one (the links in the
+/// offers sent stop working).
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    let mut n = sqlx::query!(
+        "UPDATE waitlist_entries SET active = false, closed_at = coalesce(closed_at, $2), closed_reason = 'erased'
+         WHERE student_id = $1",
+        e.student_id,
+        e.now,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    n += sqlx::query!(
+        "UPDATE slot_offers
+         SET pickup_location = NULL,
+             token_sha256 = sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')),
+             status = CASE WHEN status = 'open' THEN 'withdrawn' ELSE status END,
+             withdrawn_at = CASE WHEN status = 'open' THEN $2 ELSE withdrawn_at END
+         WHERE student_id = $1",
+        e.student_id,
+        e.now,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -591,6 +591,36 @@ pub async fn receive(conn: &mut PgConnection, key: &Key, raw: &[u8]) -> Result<O
     Ok(out)
 }
 
+/// Erasure: mail that came back from or about the person (by user, by one of their deliveries,
+/// or naming one of their addresses) keeps its verdict, size and digest; its head and detail go.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing, delivery_ids: &[i64]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE inbound_emails SET head = '', detail = NULL
+         WHERE (user_id = $1 OR delivery_id = ANY($2)
+                OR EXISTS (SELECT 1 FROM unnest($3::text[]) AS s
+                           WHERE strpos(lower(head || ' ' || coalesce(detail, '')), lower(s)) > 0))
+           AND (head <> '' OR detail IS NOT NULL)",
+        e.user_id,
+        delivery_ids,
+        &e.strong,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Retention: deletes at most `batch` inbound emails received before `cutoff`.
+pub async fn purge_batch(conn: &mut PgConnection, cutoff: chrono::DateTime<chrono::Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "DELETE FROM inbound_emails WHERE id IN (SELECT id FROM inbound_emails WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        cutoff,
+        batch,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

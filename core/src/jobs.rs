@@ -175,11 +175,14 @@ pub enum PeriodicTask {
     CrmFollowUp,
     /// Delete finished jobs older than the retention.
     PruneJobs,
+    /// Purge deliveries, attempts, receipts and inbound emails past `RETENTION_DELIVERIES`, and
+    /// invoices and payments past `RETENTION_INVOICES`, in small batches.
+    Retention,
 }
 
 impl PeriodicTask {
     /// Every periodic task.
-    pub const ALL: [PeriodicTask; 8] = [
+    pub const ALL: [PeriodicTask; 9] = [
         PeriodicTask::ReminderSweep,
         PeriodicTask::RecurringBookings,
         PeriodicTask::Invoices,
@@ -188,6 +191,7 @@ impl PeriodicTask {
         PeriodicTask::TestReminders,
         PeriodicTask::CrmFollowUp,
         PeriodicTask::PruneJobs,
+        PeriodicTask::Retention,
     ];
 
     /// Stable name (tick claims, config variables, logs).
@@ -201,6 +205,7 @@ impl PeriodicTask {
             PeriodicTask::TestReminders => "test_reminders",
             PeriodicTask::CrmFollowUp => "crm_follow_up",
             PeriodicTask::PruneJobs => "prune_jobs",
+            PeriodicTask::Retention => "retention",
         }
     }
 }

@@ -329,3 +329,49 @@ pub async fn no_show(conn: &mut PgConnection, booking_id: i64, now: DateTime<Utc
     .await?;
     Ok(booking)
 }
+
+/// Erasure: a student's lessons keep their dates and skill ratings; the instructor's notes about
+/// them (the lesson's, each skill's, in the progress data) and attachments go. An instructor's
+/// name is taken out of the notes of the lessons they taught. Returns the rows changed.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    let mut n = sqlx::query!(
+        r#"UPDATE lessons
+           SET lesson_notes = NULL, attachments = '{}',
+               progress_data = CASE WHEN jsonb_typeof(progress_data -> 'skills') = 'array'
+                   THEN jsonb_set(progress_data, '{skills}',
+                                  coalesce((SELECT jsonb_agg(s - 'notes') FROM jsonb_array_elements(progress_data -> 'skills') AS s), '[]'))
+                   ELSE progress_data END
+           WHERE student_id = $1"#,
+        e.student_id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    n += sqlx::query!(
+        "UPDATE lessons SET lesson_notes = erase_needles(lesson_notes, $2, $3),
+                            progress_data = erase_needles_jsonb(progress_data, $2, $3)
+         WHERE instructor_id = $1",
+        e.instructor_id,
+        &e.needles,
+        e.pseudonym,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    n += sqlx::query!(
+        "UPDATE lesson_progress SET notes = NULL WHERE notes IS NOT NULL AND lesson_id IN (SELECT id FROM lessons WHERE student_id = $1)",
+        e.student_id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    n += sqlx::query!(
+        "UPDATE lesson_skill_progress SET instructor_notes = NULL
+         WHERE instructor_notes IS NOT NULL AND lesson_id IN (SELECT id FROM lessons WHERE student_id = $1)",
+        e.student_id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n)
+}

@@ -34,6 +34,8 @@
 //! - [`crm`]: contacts (students and leads), their status moves, staff interactions.
 //! - [`people`]: users with their student/instructor profile, preferences (with per-kind email
 //!   opt-outs), devices, availability.
+//! - [`privacy`]: a person's data over time: export, erasure (calling each owner's
+//!   `erase_person` in one transaction) and the retention purge.
 //! - [`states`]: the schema's constrained states (deliveries, notifications, attempts) as enums.
 //! - [`validate`]: checks of emails, phone numbers, time zones and currencies.
 //! - [`cli`]: what every program does around its work (logging, config, database, signals).
@@ -64,6 +66,7 @@ pub mod notify;
 pub mod packages;
 pub mod payments;
 pub mod people;
+pub mod privacy;
 pub mod queue;
 pub mod receipts;
 pub mod replies;

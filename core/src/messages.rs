@@ -330,3 +330,29 @@ pub async fn threads(conn: &mut PgConnection, user_id: i64, limit: i64, before: 
         })
         .collect())
 }
+
+/// Erasure: the bodies of the messages the person wrote are gone (`[erased]`); in the other
+/// messages of their threads, their name, address and number become the pseudonym. Who took
+/// part stays (as user ids). Returns the rows changed.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    let mut n = sqlx::query!(
+        "UPDATE messages SET content = '[erased]' WHERE sender_id = $1 AND message_type = 'text'",
+        e.user_id
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    n += sqlx::query!(
+        "UPDATE messages SET content = erase_needles(content, $2, $3)
+         WHERE thread_id IN (SELECT m.thread_id FROM messages m JOIN message_participants p ON p.message_id = m.id WHERE p.user_id = $1
+                             UNION SELECT thread_id FROM messages WHERE sender_id = $1)
+           AND content <> erase_needles(content, $2, $3)",
+        e.user_id,
+        &e.needles,
+        e.pseudonym,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n)
+}

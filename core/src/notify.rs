@@ -266,3 +266,42 @@ pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -
     jobs::enqueue(conn, &[NewJob::new(QUEUE_NOTIFICATIONS, &job).priority(priority as i32)]).await?;
     Ok(true)
 }
+
+/// Cancels every open (pending or processing) notification of a user (their erasure). The
+/// worker, meeting a cancelled notification, cancels its open deliveries. Returns how many.
+pub async fn cancel_for_user(conn: &mut PgConnection, user_id: i64, reason: &str) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query!(
+        "UPDATE notifications SET status = 'cancelled', status_reason = $2
+         WHERE user_id = $1 AND status IN ('pending', 'processing')",
+        user_id,
+        reason,
+    )
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+/// Erasure: the person's notifications, and other people's notifications about them (of their
+/// bookings, or naming them), keep their kind, state and times; the person's name, addresses,
+/// numbers and link secrets become the pseudonym in title, content and data, and quoted words
+/// (an SMS reply, a message preview) go. Returns the rows changed.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    let r = sqlx::query!(
+        "UPDATE notifications
+         SET title = erase_needles(title, $3, $4),
+             content = erase_needles(content, $3, $4),
+             data = erase_needles_jsonb(data - 'reply' - 'preview' - CASE WHEN user_id = $1 THEN 'page_path' ELSE '' END, $3, $4),
+             recipient_email = erase_needles(recipient_email, $3, $4)
+         WHERE user_id = $1 OR booking_id = ANY($2)
+            OR EXISTS (SELECT 1 FROM unnest($5::text[]) AS s
+                       WHERE strpos(lower(title || ' ' || content || ' ' || data::text || ' ' || coalesce(recipient_email, '')), lower(s)) > 0)",
+        e.user_id,
+        &e.booking_ids,
+        &e.needles,
+        e.pseudonym,
+        &e.strong,
+    )
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected())
+}

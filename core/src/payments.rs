@@ -145,3 +145,37 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
     }
     Ok(p)
 }
+
+/// Erasure: the person's payments and invoices are kept as they are (the law requires them;
+/// they name the person only through `student_id`, whose name is now the pseudonym), and their
+/// invoice PDFs are marked to be drawn again with the pseudonym by the invoice task. Returns
+/// how many invoices were marked.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    let Some(student_id) = e.student_id else { return Ok(0) };
+    Ok(sqlx::query!(
+        "UPDATE invoices SET pdf_redraw_requested_at = $2
+         WHERE payment_id IN (SELECT id FROM payments WHERE student_id = $1) AND pdf_path IS NOT NULL",
+        student_id,
+        e.now,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Retention: deletes at most `batch` payments created before `cutoff` that no longer have an
+/// invoice (the invoice task deletes old invoices first) and are settled. Returns how many.
+pub async fn purge_batch(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "DELETE FROM payments WHERE id IN (
+             SELECT p.id FROM payments p
+             WHERE p.created_at < $1 AND p.status <> 'pending'
+               AND NOT EXISTS (SELECT 1 FROM invoices i WHERE i.payment_id = p.id)
+             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        cutoff,
+        batch,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}

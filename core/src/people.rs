@@ -580,3 +580,76 @@ pub async fn set_availability(conn: &mut PgConnection, instructor_id: i64, windo
     .map_err(DomainError::from_db)?;
     Ok(saved)
 }
+
+/// Who a person is, read (and their `users` row locked) at the start of an erasure.
+#[derive(Debug, Clone)]
+pub struct ErasureSubject {
+    /// `users.id`.
+    pub user_id: i64,
+    /// First name.
+    pub first_name: String,
+    /// Last name.
+    pub last_name: String,
+    /// Account address.
+    pub email: String,
+    /// Phone, if any.
+    pub phone: Option<String>,
+    /// Own-page secret.
+    pub access_token: String,
+    /// Calendar feed secret.
+    pub calendar_token: String,
+    /// `students.id`.
+    pub student_id: Option<i64>,
+    /// `instructors.id`.
+    pub instructor_id: Option<i64>,
+    /// The instructor's licence number.
+    pub license_number: Option<String>,
+}
+
+/// Locks the person's `users` row for an erasure and reads who they are; `None` when there is
+/// no such user.
+pub async fn lock_for_erasure(conn: &mut PgConnection, user_id: i64) -> Result<Option<ErasureSubject>, sqlx::Error> {
+    sqlx::query_as!(
+        ErasureSubject,
+        r#"SELECT u.id AS user_id, u.first_name, u.last_name, u.email, u.phone, u.access_token, u.calendar_token,
+                  s.id AS "student_id?", i.id AS "instructor_id?", i.license_number AS "license_number?"
+           FROM users u LEFT JOIN students s ON s.user_id = u.id LEFT JOIN instructors i ON i.user_id = u.id
+           WHERE u.id = $1 FOR UPDATE OF u"#,
+        user_id,
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Erasure, the person's own rows: name replaced by the pseudonym, address by one that cannot
+/// be delivered (`erased-<id>@erased.invalid`), phone gone, both link secrets replaced by new
+/// random ones nobody knows and the account disabled (own page and calendar feed answer 404),
+/// devices deleted (with their keys), an instructor's bio and licence number gone. Preferences,
+/// opt-outs and the student profile stay (they hold nothing that names the person). Returns the
+/// rows changed.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    let mut n = sqlx::query!(
+        "UPDATE users SET first_name = 'Erased', last_name = $2, email = 'erased-' || id || '@erased.invalid', phone = NULL,
+                          status = 'disabled',
+                          calendar_token = replace(gen_random_uuid()::text, '-', ''),
+                          access_token = replace(gen_random_uuid()::text, '-', '') || replace(gen_random_uuid()::text, '-', '')
+         WHERE id = $1",
+        e.user_id,
+        e.pseudonym_suffix,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    n += sqlx::query!("DELETE FROM user_devices WHERE user_id = $1", e.user_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    n += sqlx::query!(
+        "UPDATE instructors SET bio = NULL, license_number = 'ERASED-' || id WHERE user_id = $1",
+        e.user_id
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(n)
+}

@@ -213,3 +213,27 @@ pub async fn of_delivery(conn: &mut PgConnection, delivery_id: i64) -> Result<Ve
     .fetch_all(&mut *conn)
     .await
 }
+
+/// Erasure: the provider's words about the person's deliveries go (a DSN's diagnostic names the
+/// address); the status and time stay.
+pub async fn erase_person(conn: &mut PgConnection, delivery_ids: &[i64]) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE delivery_receipts SET detail = NULL WHERE delivery_id = ANY($1) AND detail IS NOT NULL",
+        delivery_ids
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
+/// Retention: deletes at most `batch` receipts received before `cutoff`.
+pub async fn purge_batch(conn: &mut PgConnection, cutoff: chrono::DateTime<chrono::Utc>, batch: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "DELETE FROM delivery_receipts WHERE id IN (SELECT id FROM delivery_receipts WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        cutoff,
+        batch,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}

@@ -407,6 +407,25 @@ async fn lesson_context(conn: &mut PgConnection, booking_id: i64) -> Result<(ser
     Ok((bookings::booking_context(&b, &student, &instructor), instructor.user_id))
 }
 
+/// The numbers a person texted the school from.
+pub async fn numbers_of(conn: &mut PgConnection, user_id: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar!("SELECT DISTINCT from_number FROM sms_replies WHERE user_id = $1", user_id)
+        .fetch_all(&mut *conn)
+        .await
+}
+
+/// Erasure: the texts the person sent keep their keyword and time; the number and the body go.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE sms_replies SET from_number = 'erased', body = '' WHERE user_id = $1 OR from_number = ANY($2)",
+        e.user_id,
+        &e.phones,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

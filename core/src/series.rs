@@ -445,6 +445,17 @@ pub async fn notify_conflicts(
     Ok(created)
 }
 
+/// Erasure: a student's weekly series lose their pick-up place.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query!(
+        "UPDATE booking_series SET pickup_location = NULL WHERE student_id = $1 AND pickup_location IS NOT NULL",
+        e.student_id,
+    )
+    .execute(&mut *conn)
+    .await?
+    .rows_affected())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

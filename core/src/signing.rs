@@ -45,6 +45,9 @@ pub enum Purpose {
     Unsubscribe,
     /// A lesson's confirmation link: the payload is the booking id and the student id.
     Confirm,
+    /// The keyed hash an erased person's address or number is kept as in the suppression list
+    /// (never a token: see [`Key::keyed_hash`]).
+    Suppression,
 }
 
 impl Purpose {
@@ -53,9 +56,14 @@ impl Purpose {
             Purpose::Verp => b"dashlight/verp/v1",
             Purpose::Unsubscribe => b"dashlight/unsubscribe/v1",
             Purpose::Confirm => b"dashlight/confirm/v1",
+            Purpose::Suppression => SUPPRESSION_LABEL.as_bytes(),
         }
     }
 }
+
+/// The label of [`Purpose::Suppression`]; the SQL of [`crate::suppressions::among`] computes the
+/// same HMAC in the database and must use the same bytes.
+pub const SUPPRESSION_LABEL: &str = "dashlight/suppression/v1";
 
 /// The signing key. Cheap to clone; its `Debug` does not show it.
 #[derive(Clone)]
@@ -102,6 +110,13 @@ impl Key {
         let (payload, tag) = bytes.split_at(bytes.len() - TAG_LEN);
         self.mac(purpose, payload).verify_truncated_left(tag).ok()?;
         Some(payload.to_vec())
+    }
+
+    /// The full HMAC-SHA256 of `purpose ‖ 0x00 ‖ payload`: a keyed hash that cannot be
+    /// reversed or recomputed without the key (an erased person's address in the suppression
+    /// list).
+    pub fn keyed_hash(&self, purpose: Purpose, payload: &[u8]) -> [u8; 32] {
+        self.mac(purpose, payload).finalize().into_bytes().into()
     }
 
     /// The VERP token of a delivery.

@@ -1,13 +1,23 @@
 //! Addresses and numbers nothing is sent to (docs/hearing-back.md): hard bounces, STOP
 //! replies and Twilio's 21610 add one; START and operators lift it. The one writer of
 //! `suppressions`. The worker's planner reads them and records sends to them as `skipped`
-//! (`suppressed` for a bounce, `opted_out` for a STOP).
+//! (`suppressed` for a bounce, `opted_out` for a STOP, `erased` for an erased person).
+//!
+//! **Erased people.** When a person is erased ([`crate::privacy`]) their addresses and numbers
+//! are kept here only as keyed hashes, `hmac-sha256:<hex>` of
+//! HMAC-SHA256(signing key, `dashlight/suppression/v1 ‖ 0 ‖ channel ‖ 0 ‖ target`) under the
+//! reason `erased` ([`erase_targets`]). [`among`] hashes the targets it is asked about in the
+//! database with the same key (`hmac_sha256_pad`, see the migration `…030100_person_erasure`), so
+//! a later import or booking with the same address is skipped without the address being stored.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgConnection};
 
-use crate::kinds::Channel;
+use crate::{
+    kinds::Channel,
+    signing::{Key, Purpose, SUPPRESSION_LABEL},
+};
 
 /// Why nothing is sent to a target (`suppressions.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
@@ -18,6 +28,8 @@ pub enum Reason {
     Bounced,
     /// The person texted STOP (or the provider answered 21610).
     OptedOut,
+    /// The person was erased; the target is kept only as a keyed hash.
+    Erased,
 }
 
 impl Reason {
@@ -26,6 +38,7 @@ impl Reason {
         match self {
             Reason::Bounced => "suppressed",
             Reason::OptedOut => "opted_out",
+            Reason::Erased => "erased",
         }
     }
 }
@@ -55,6 +68,48 @@ pub fn normalise(channel: Channel, target: &str) -> String {
         Channel::Email => target.trim().to_lowercase(),
         _ => target.trim().to_owned(),
     }
+}
+
+/// The stored form of an erased person's target: `hmac-sha256:<64 hex digits>` (see the
+/// module map). Matches what [`among`] computes in the database.
+pub fn hashed_target(key: &Key, channel: Channel, target: &str) -> String {
+    let mut payload = channel.as_str().as_bytes().to_vec();
+    payload.push(0);
+    payload.extend_from_slice(normalise(channel, target).as_bytes());
+    let hash = key.keyed_hash(Purpose::Suppression, &payload);
+    let mut out = String::with_capacity(12 + 64);
+    out.push_str("hmac-sha256:");
+    for b in hash {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Replaces an erased person's targets of one channel by their keyed hashes: plain rows of
+/// these targets go, a hashed row (reason `erased`) stays for each. Returns how many hashed rows
+/// are new.
+pub async fn erase_targets(conn: &mut PgConnection, key: &Key, channel: Channel, targets: &[String]) -> Result<u64, sqlx::Error> {
+    let plain: Vec<String> = targets.iter().map(|t| normalise(channel, t)).filter(|t| !t.is_empty()).collect();
+    if plain.is_empty() {
+        return Ok(0);
+    }
+    let hashed: Vec<String> = plain.iter().map(|t| hashed_target(key, channel, t)).collect();
+    sqlx::query!(
+        "DELETE FROM suppressions WHERE channel = $1 AND target = ANY($2)",
+        channel as Channel,
+        &plain,
+    )
+    .execute(&mut *conn)
+    .await?;
+    let r = sqlx::query!(
+        "INSERT INTO suppressions (channel, target, reason) SELECT $1, t, 'erased' FROM unnest($2::text[]) AS t
+         ON CONFLICT (channel, target) DO NOTHING",
+        channel as Channel,
+        &hashed,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Suppresses a target. A target already suppressed keeps its first record; returns whether a
@@ -138,12 +193,27 @@ pub async fn page(
 }
 
 /// Which of these targets of one channel are suppressed, and why (the planner's batch read).
+/// A target matches its plain row or, for an erased person, its keyed hash (computed here in the
+/// database with the signing key: the inner and outer padded keys once per statement, then two
+/// built-in `sha256` per target).
 pub async fn among(conn: &mut PgConnection, channel: Channel, targets: &[String]) -> Result<Vec<(String, Reason)>, sqlx::Error> {
     let normalised: Vec<String> = targets.iter().map(|t| normalise(channel, t)).collect();
     Ok(sqlx::query!(
-        r#"SELECT target, reason AS "reason: Reason" FROM suppressions WHERE channel = $1 AND target = ANY($2)"#,
+        r#"WITH k AS (SELECT hmac_sha256_pad(secret, 54) AS inner_key, hmac_sha256_pad(secret, 92) AS outer_key
+                     FROM signing_keys WHERE name = 'links'),
+                t AS (SELECT DISTINCT target FROM unnest($2::text[]) AS target),
+                h AS (SELECT t.target,
+                             'hmac-sha256:' || encode(sha256(k.outer_key || sha256(k.inner_key || convert_to($3, 'UTF8') || '\x00'::bytea
+                                 || convert_to($1, 'UTF8') || '\x00'::bytea || convert_to(t.target, 'UTF8'))), 'hex') AS hashed
+                      FROM t, k
+                      WHERE EXISTS (SELECT 1 FROM suppressions WHERE reason = 'erased'))
+           SELECT t.target AS "target!", s.reason AS "reason!: Reason"
+           FROM t JOIN suppressions s ON s.channel = $1 AND s.target = t.target
+           UNION ALL
+           SELECT h.target, s.reason FROM h JOIN suppressions s ON s.channel = $1 AND s.target = h.hashed"#,
         channel as Channel,
         &normalised,
+        SUPPRESSION_LABEL,
     )
     .fetch_all(&mut *conn)
     .await?

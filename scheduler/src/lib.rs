@@ -30,6 +30,7 @@ pub fn default_schedule(task: PeriodicTask) -> &'static str {
         PeriodicTask::TestReminders => "0 */15 * * * *",
         PeriodicTask::CrmFollowUp => "0 0 * * * *",
         PeriodicTask::PruneJobs => "0 30 3 * * *",
+        PeriodicTask::Retention => "0 45 * * * *",
     }
 }
 

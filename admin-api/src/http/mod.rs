@@ -2,6 +2,7 @@
 //! every route.
 //!
 //! - [`people`]: users, preferences, devices, instructors' availability.
+//! - [`privacy`]: a person's export (streamed) and erasure.
 //! - [`bookings`]: bookings, their cancel/reschedule and timeline, weekly series.
 //! - [`queues`]: queue counts, jobs and job retries (apalis's table).
 //! - [`controls`]: pausing and resuming queues and channels, cancelling jobs.
@@ -36,6 +37,7 @@ pub mod messages;
 pub mod own_page;
 pub mod payments;
 pub mod people;
+pub mod privacy;
 pub mod queues;
 pub mod suppressions;
 pub mod unsubscribe;

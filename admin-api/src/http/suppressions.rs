@@ -33,11 +33,13 @@ pub struct SuppressionOut {
     pub id: i64,
     /// `email` or `sms`.
     pub channel: String,
-    /// The lower-cased address or the E.164 number.
+    /// The lower-cased address or the E.164 number; for an erased person only its keyed hash,
+    /// `hmac-sha256:<64 hex digits>`.
     pub target: String,
-    /// `bounced` (a hard bounce) or `opted_out` (STOP, Twilio 21610).
+    /// `bounced` (a hard bounce), `opted_out` (STOP, Twilio 21610) or `erased` (the person
+    /// was erased).
     pub reason: String,
-    /// The skip reason sends to it get: `suppressed` or `opted_out`.
+    /// The skip reason sends to it get: `suppressed`, `opted_out` or `erased`.
     pub skip_reason: String,
     /// The delivery that caused it, if one did.
     pub delivery_id: Option<i64>,
@@ -56,6 +58,7 @@ impl From<Suppression> for SuppressionOut {
             reason: match s.reason {
                 Reason::Bounced => "bounced",
                 Reason::OptedOut => "opted_out",
+                Reason::Erased => "erased",
             }
             .to_owned(),
             skip_reason: s.reason.skip_reason().to_owned(),
@@ -73,7 +76,7 @@ impl From<Suppression> for SuppressionOut {
 pub struct SuppressionQuery {
     /// Only this channel (`email` or `sms`).
     pub channel: Option<String>,
-    /// Only this reason (`bounced` or `opted_out`).
+    /// Only this reason (`bounced`, `opted_out` or `erased`).
     pub reason: Option<String>,
     /// Page size (1 to 500, default 50).
     pub limit: Option<i64>,
@@ -115,7 +118,8 @@ pub async fn list_suppressions(
         None => None,
         Some("bounced") => Some(Reason::Bounced),
         Some("opted_out") => Some(Reason::OptedOut),
-        Some(_) => return Err(ApiError::invalid("reason", "expected bounced or opted_out")),
+        Some("erased") => Some(Reason::Erased),
+        Some(_) => return Err(ApiError::invalid("reason", "expected bounced, opted_out or erased")),
     };
     let mut conn = state.pool.acquire().await?;
     let rows = suppressions::page(&mut conn, channel, reason, cursor, limit + 1).await?;

@@ -93,10 +93,94 @@ pub struct Outcome {
 /// Issues the invoices of every waiting payment; returns the summary line.
 pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
     let o = issue_all(ctx, now).await?;
+    let redrawn = redraw_all(ctx).await?;
     Ok(format!(
-        "issued {} invoices, {} payments already invoiced, {} failed",
+        "issued {} invoices, {} payments already invoiced, {} failed, {redrawn} PDFs redrawn",
         o.issued, o.already, o.failed
     ))
+}
+
+/// Retention: deletes at most `batch` invoices issued before `cutoff`, and their PDF files.
+/// Returns how many rows were deleted.
+pub async fn purge_batch(ctx: &Context, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, PeriodicError> {
+    let paths: Vec<Option<String>> = sqlx::query_scalar!(
+        "DELETE FROM invoices WHERE id IN (SELECT id FROM invoices WHERE issued_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING pdf_path",
+        cutoff,
+        batch,
+    )
+    .fetch_all(&ctx.pool)
+    .await?;
+    for path in paths.iter().flatten() {
+        match tokio::fs::remove_file(path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path, error = %e, "an old invoice's PDF could not be removed"),
+        }
+    }
+    Ok(paths.len() as u64)
+}
+
+/// Draws again the PDFs of invoices whose person was erased (`pdf_redraw_requested_at`, set by
+/// the erasure): same number, dates, lines and totals, with the person's name and address as
+/// they now are (the pseudonym). One invoice per transaction; returns how many were redrawn.
+pub async fn redraw_all(ctx: &Context) -> Result<usize, PeriodicError> {
+    let tz = ctx.config.school_timezone;
+    let mut done = 0;
+    while done < MAX_PER_RUN {
+        let mut tx = ctx.pool.begin().await?;
+        let Some(inv) = sqlx::query!(
+            r#"SELECT i.id, i.invoice_number, i.issued_at, i.net_minor, i.tax_minor, i.total_minor, i.currency,
+                      i.pdf_path AS "pdf_path!",
+                      p.id AS payment_id, p.amount_minor, p.method, p.paid_at, p.booking_id, p.purchase_id, p.currency AS payment_currency,
+                      u.id AS user_id, u.first_name || ' ' || u.last_name AS "student_name!", u.email
+               FROM invoices i JOIN payments p ON p.id = i.payment_id JOIN students s ON s.id = p.student_id JOIN users u ON u.id = s.user_id
+               WHERE i.pdf_redraw_requested_at IS NOT NULL AND i.pdf_path IS NOT NULL
+               ORDER BY i.id LIMIT 1 FOR UPDATE OF i SKIP LOCKED"#
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            break;
+        };
+        let p = Payment {
+            id: inv.payment_id,
+            amount_minor: inv.amount_minor,
+            currency: inv.payment_currency,
+            method: inv.method,
+            paid_at: inv.paid_at,
+            booking_id: inv.booking_id,
+            purchase_id: inv.purchase_id,
+            student_user_id: inv.user_id,
+            student_name: inv.student_name,
+            student_email: inv.email,
+        };
+        let doc = InvoiceDoc {
+            school_name: ctx.config.school_name.clone(),
+            school_email: ctx.school_email(),
+            number: inv.invoice_number,
+            issued_at: inv.issued_at,
+            issued_on: inv.issued_at.with_timezone(&tz).date_naive(),
+            paid_on: p.paid_at.map(|t| t.with_timezone(&tz).date_naive()),
+            method: p.method.clone(),
+            student_name: p.student_name.clone(),
+            student_email: p.student_email.clone(),
+            lines: lines(&mut tx, &p, tz).await?,
+            net_minor: inv.net_minor,
+            tax_minor: inv.tax_minor,
+            total_minor: inv.total_minor,
+            vat_rate_percent: VAT_RATE_PERCENT,
+            currency: inv.currency.trim().to_owned(),
+        };
+        write_pdf(Path::new(&inv.pdf_path), doc).await?;
+        sqlx::query!("UPDATE invoices SET pdf_redraw_requested_at = NULL WHERE id = $1", inv.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(invoice = inv.id, user = p.student_user_id, "invoice PDF redrawn after an erasure");
+        done += 1;
+    }
+    Ok(done)
 }
 
 /// Issues invoices one payment at a time until none is waiting (or `MAX_PER_RUN`, 1,000 a run).

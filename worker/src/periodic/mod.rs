@@ -26,6 +26,7 @@ pub mod invoices;
 pub mod offers;
 pub mod prune;
 pub mod recurring;
+pub mod retention;
 pub mod rollup;
 pub mod test_reminders;
 
@@ -114,6 +115,7 @@ pub async fn run(ctx: &Context, job: &PeriodicJob) -> anyhow::Result<String> {
         PeriodicTask::TestReminders => test_reminders::run(ctx, now).await?,
         PeriodicTask::CrmFollowUp => crm::run(ctx, now).await?,
         PeriodicTask::PruneJobs => prune::run(ctx, now).await?,
+        PeriodicTask::Retention => retention::run(ctx, now).await?,
     })
 }
 

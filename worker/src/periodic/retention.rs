@@ -1,0 +1,53 @@
+//! The retention task: deliveries, attempts, receipts and inbound emails older than
+//! `RETENTION_DELIVERIES`, and invoices (with their PDFs) and payments older than
+//! `RETENTION_INVOICES`, deleted in small batches ([`dashlight_core::privacy::retention`]). A
+//! run stops after its budget and the next one carries on.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use dashlight_core::privacy::retention::{self, Options, Purged};
+
+use super::{Context, PeriodicError, invoices};
+
+/// Runs the purge with the default options; returns the summary line.
+pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
+    let p = purge(ctx, now, Options::default()).await?;
+    tracing::info!(?p, "retention purge");
+    Ok(format!(
+        "purged {} deliveries, {} attempts, {} receipts, {} inbound emails, {} invoices and payments{}",
+        p.0.deliveries,
+        p.0.attempts,
+        p.0.receipts,
+        p.0.inbound_emails,
+        p.1 + p.0.payments,
+        if p.0.unfinished { " (more left for the next run)" } else { "" }
+    ))
+}
+
+/// The purge with `o`: returns what went and how many invoices.
+pub async fn purge(ctx: &Context, now: DateTime<Utc>, o: Options) -> Result<(Purged, u64), PeriodicError> {
+    let mut out = match retention::cutoff(now, ctx.config.retention_deliveries) {
+        Some(cutoff) => retention::purge_deliveries(&ctx.pool, cutoff, o).await?,
+        None => Purged::default(),
+    };
+    let mut invoices_purged = 0;
+    if let Some(cutoff) = ctx.config.retention_invoices.and_then(|r| retention::cutoff(now, r)) {
+        let deadline = Instant::now() + o.budget;
+        loop {
+            if Instant::now() >= deadline {
+                out.unfinished = true;
+                break;
+            }
+            let n = invoices::purge_batch(ctx, cutoff, o.batch).await?;
+            invoices_purged += n;
+            if n < o.batch as u64 {
+                let (payments, cut) = retention::purge_payments(&ctx.pool, cutoff, o).await?;
+                out.payments = payments;
+                out.unfinished |= cut;
+                break;
+            }
+        }
+    }
+    Ok((out, invoices_purged))
+}
