@@ -2,7 +2,7 @@
 //! `{"format": …, "user_id": …, "exported_at": …, "<section>": [rows…], …}`, one section per kind
 //! of data ([`SECTIONS`]). Each row is made to JSON by Postgres (`to_jsonb`) and read with a
 //! `fetch` stream, so a person with ten thousand notifications is never held in memory: the
-//! caller gets each piece as it is read ([`write`] hands them to a sink, e.g. a channel feeding
+//! caller gets each piece as it is read ([`write()`] hands them to a sink, e.g. a channel feeding
 //! an HTTP body). All sections are read in one `REPEATABLE READ` transaction, so the document is
 //! one consistent snapshot.
 //!
