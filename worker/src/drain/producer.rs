@@ -8,7 +8,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::anyhow;
 use dashlight_core::{
-    jobs::{DeliverJob, QUEUE_NOTIFICATIONS},
+    jobs::{DeliverJob, NOTIFICATIONS_PER_JOB, QUEUE_NOTIFICATIONS},
     kinds::TIME_CRITICAL,
     queue::{FetchedJob, InsertListener},
 };
@@ -104,8 +104,6 @@ impl Drain {
         let mut tasks = JoinSet::new();
         let (held_tx, mut held_rx) = mpsc::unbounded_channel::<Vec<FetchedJob>>();
         let mut died: Option<anyhow::Error> = None;
-        // Units per job in the last fetch (the next fetch's estimate).
-        let mut per_job = 1usize;
         loop {
             while tasks.try_join_next().is_some() {}
             // Wait for room (or the stop, or a dead task).
@@ -117,15 +115,18 @@ impl Drain {
                 permit = room.sem.acquire() => drop(permit),
             }
             // Above the reserve, any job (highest priority first); within it, time-critical only.
-            // The room counts units; a fetch asks for as many jobs as fit at the size of the
-            // jobs last fetched (a job carries up to NOTIFICATIONS_PER_JOB notifications).
+            // The room counts units; a fetch asks for as many jobs as fit if each carried the
+            // most a job may (NOTIFICATIONS_PER_JOB), so a fetch never takes more units than are
+            // free however the jobs are made up (estimating from the last fetch let a fetch that
+            // met singletons first take a whole bulk of grouped jobs next, and hold the room the
+            // time-critical jobs need).
             let free = room.sem.available_permits();
             let (units, min_priority) = if free > reserve {
                 ((free - reserve).min(this.settings.batch_size), None)
             } else {
                 (free, Some(TIME_CRITICAL))
             };
-            let limit = units.div_ceil(per_job).max(1);
+            let limit = (units / NOTIFICATIONS_PER_JOB).max(1);
             let t0 = std::time::Instant::now();
             let fetched = match this.queue.fetch(limit, this.settings.poll_interval, min_priority).await {
                 Ok(jobs) => jobs,
@@ -141,7 +142,6 @@ impl Drain {
             let got = fetched.len();
             if got > 0 {
                 let fetched_units: usize = fetched.iter().map(units_of).sum();
-                per_job = fetched_units.div_ceil(got).max(1);
                 tracing::debug!(
                     got,
                     units = fetched_units,
