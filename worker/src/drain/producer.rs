@@ -8,7 +8,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use anyhow::anyhow;
 use dashlight_core::{
-    jobs::{DeliverJob, NOTIFICATIONS_PER_JOB, QUEUE_NOTIFICATIONS},
+    jobs::{DeliverJob, QUEUE_NOTIFICATIONS},
     kinds::TIME_CRITICAL,
     queue::{FetchedJob, InsertListener},
 };
@@ -58,6 +58,25 @@ impl Room {
     }
 }
 
+/// The fetched jobs that fit in `units` (highest priority first, then earliest due; at least
+/// one), and the ids of the rest.
+fn fit(mut fetched: Vec<FetchedJob>, units: usize) -> (Vec<FetchedJob>, Vec<String>) {
+    fetched.sort_by_key(|j| (std::cmp::Reverse(j.priority), j.due_in));
+    let mut taken = 0usize;
+    let mut keep = Vec::with_capacity(fetched.len());
+    let mut excess = Vec::new();
+    for job in fetched {
+        let n = units_of(&job);
+        if keep.is_empty() || taken + n <= units {
+            taken += n;
+            keep.push(job);
+        } else {
+            excess.push(job.id);
+        }
+    }
+    (keep, excess)
+}
+
 /// How many notifications (units) a job's payload carries; 1 for one that does not decode.
 fn units_of(job: &FetchedJob) -> usize {
     serde_json::from_slice::<DeliverJob>(&job.payload).map_or(1, |d| d.notifications().len().max(1))
@@ -104,6 +123,8 @@ impl Drain {
         let mut tasks = JoinSet::new();
         let (held_tx, mut held_rx) = mpsc::unbounded_channel::<Vec<FetchedJob>>();
         let mut died: Option<anyhow::Error> = None;
+        // Units per job in the last fetch (the next fetch's estimate).
+        let mut per_job = 1usize;
         loop {
             while tasks.try_join_next().is_some() {}
             // Wait for room (or the stop, or a dead task).
@@ -115,18 +136,15 @@ impl Drain {
                 permit = room.sem.acquire() => drop(permit),
             }
             // Above the reserve, any job (highest priority first); within it, time-critical only.
-            // The room counts units; a fetch asks for as many jobs as fit if each carried the
-            // most a job may (NOTIFICATIONS_PER_JOB), so a fetch never takes more units than are
-            // free however the jobs are made up (estimating from the last fetch let a fetch that
-            // met singletons first take a whole bulk of grouped jobs next, and hold the room the
-            // time-critical jobs need).
+            // The room counts units; a fetch asks for as many jobs as fit at the size of the
+            // jobs last fetched (a job carries up to NOTIFICATIONS_PER_JOB notifications).
             let free = room.sem.available_permits();
             let (units, min_priority) = if free > reserve {
                 ((free - reserve).min(this.settings.batch_size), None)
             } else {
                 (free, Some(TIME_CRITICAL))
             };
-            let limit = (units / NOTIFICATIONS_PER_JOB).max(1);
+            let limit = units.div_ceil(per_job).max(1);
             let t0 = std::time::Instant::now();
             let fetched = match this.queue.fetch(limit, this.settings.poll_interval, min_priority).await {
                 Ok(jobs) => jobs,
@@ -139,9 +157,22 @@ impl Drain {
                     continue;
                 }
             };
+            // A fetch that met bigger jobs than the last one (a bulk of grouped jobs after
+            // singletons) keeps what fits in the room it asked for and puts the rest back at
+            // once: the room the time-critical jobs need is never taken by one fetch.
+            let (fetched, excess) = fit(fetched, units);
+            if !excess.is_empty() {
+                match this.queue.release(&excess).await {
+                    Ok(n) => tracing::debug!(released = n, "jobs beyond the room put back"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not put back jobs beyond the room; they return after the heartbeat timeout")
+                    }
+                }
+            }
             let got = fetched.len();
             if got > 0 {
                 let fetched_units: usize = fetched.iter().map(units_of).sum();
+                per_job = fetched_units.div_ceil(got).max(1);
                 tracing::debug!(
                     got,
                     units = fetched_units,
@@ -319,5 +350,35 @@ async fn listen_once(pool: &sqlx::PgPool, queue: &str, wake: &Notify) -> Result<
     loop {
         listener.next(queue).await?;
         wake.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, priority: i32, ids: &[i64]) -> FetchedJob {
+        FetchedJob {
+            id: id.into(),
+            payload: serde_json::to_vec(&DeliverJob::deliver_all(ids)).unwrap(),
+            attempts: 1,
+            max_attempts: 5,
+            priority,
+            due_in: Duration::ZERO,
+            waited: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn a_fetch_keeps_what_fits_in_its_room_urgent_first_and_puts_the_rest_back() {
+        let bulk: Vec<i64> = (1..=100).collect();
+        let fetched = vec![job("bulk1", 10, &bulk), job("reminder", 20, &[7]), job("bulk2", 10, &bulk)];
+        let (keep, excess) = fit(fetched, 150);
+        let kept: Vec<&str> = keep.iter().map(|j| j.id.as_str()).collect();
+        assert_eq!(kept, ["reminder", "bulk1"]);
+        assert_eq!(excess, ["bulk2"]);
+        // At least one job, however big.
+        let (keep, excess) = fit(vec![job("bulk", 10, &bulk)], 10);
+        assert_eq!((keep.len(), excess.len()), (1, 0));
     }
 }
