@@ -1,7 +1,9 @@
 //! Creating notifications: the producers' side of the pipeline. A notification row is the
 //! logical message; it is unique for its triggering event (`dedupe_key`), so producing the same
-//! event twice creates nothing new. Creating one enqueues its [`DeliverJob`] at its due time on
-//! the same connection. Owns inserts into `notifications` and the cancel of open ones; deliveries
+//! event twice creates nothing new. Creating notifications enqueues their [`DeliverJob`]s at their
+//! due time on the same connection ([`create`] for one, [`create_all`] for many, which share jobs
+//! when due together). Owns inserts into `notifications` and the cancel of open ones (an
+//! operator's cancel of one goes through the worker's recorder: [`cancel_one`]); deliveries
 //! belong to the worker.
 
 use chrono::{DateTime, Utc};
@@ -130,8 +132,8 @@ async fn insert(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i6
 
 /// Inserts the notifications and enqueues their jobs, as [`create`] does for one: notifications
 /// due at the same instant with the same priority share jobs (up to
-/// [`jobs::NOTIFICATIONS_PER_JOB`] each, [`jobs::delivery_jobs`]), so a reminder run, an invoice
-/// run or a booking's confirmation and alert cost one job row, not one each. Returns each
+/// [`jobs::NOTIFICATIONS_PER_JOB`] each, [`jobs::delivery_jobs`]), so a bulk written at once
+/// (a reminder run, an invoice run) costs one job row per hundred, not one each. Returns each
 /// notification's id, or `None` where its event was already notified. Use it on a transaction:
 /// the notifications and their jobs commit together.
 pub async fn create_all(conn: &mut PgConnection, all: Vec<NewNotification>) -> Result<Vec<Option<i64>>, sqlx::Error> {
