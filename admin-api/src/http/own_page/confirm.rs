@@ -30,11 +30,17 @@ use dashlight_core::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{cross_site, html, in_zone, message, not_found, owner_or_404, page_error, same_origin, with_info};
+use super::{
+    html,
+    link::{cross_site, not_found, owner_or_404, same_origin},
+    message, page_error,
+    view::in_zone,
+};
 use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::ApiPath,
+    page::with_error,
 };
 
 /// What the confirmation page shows.
@@ -137,7 +143,7 @@ fn page(status: StatusCode, v: &ConfirmView) -> Response {
     if status.is_success() {
         res
     } else {
-        with_info(res, "conflict", &v.message, None)
+        with_error(res, "conflict", &v.message, None)
     }
 }
 
