@@ -16,7 +16,7 @@ use dashlight_core::{
 
 use super::{
     html,
-    link::{cross_site, owner_or_404, same_origin},
+    link::writer,
     message, page_error,
     view::{FieldError, kind_label, page_view},
 };
@@ -123,13 +123,10 @@ async fn save_prefs(state: &AppState, o: &Owner, body: &[u8]) -> Result<(), ApiE
         (status = 422, description = "A field is not acceptable: the page, naming it (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn post_preferences(State(state): State<AppState>, headers: HeaderMap, ApiPath(token): ApiPath<String>, body: Bytes) -> Response {
-    let o = match owner_or_404(&state, &token).await {
+    let o = match writer(&state, &headers, &token).await {
         Ok(o) => o,
         Err(r) => return r,
     };
-    if !same_origin(&headers, &state.config.public_base_url) {
-        return cross_site(&state);
-    }
     match save_prefs(&state, &o, &body).await {
         Ok(()) => Redirect::to(&format!("/me/{token}?done=preferences#preferences")).into_response(),
         Err(ApiError::Invalid { field, message, .. }) => {
@@ -161,13 +158,10 @@ pub async fn post_preferences(State(state): State<AppState>, headers: HeaderMap,
         (status = 404, description = "No page at this address, or not one of this person's notifications (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn mark_read(State(state): State<AppState>, headers: HeaderMap, ApiPath((token, id)): ApiPath<(String, i64)>) -> Response {
-    let o = match owner_or_404(&state, &token).await {
+    let o = match writer(&state, &headers, &token).await {
         Ok(o) => o,
         Err(r) => return r,
     };
-    if !same_origin(&headers, &state.config.public_base_url) {
-        return cross_site(&state);
-    }
     let done = async {
         let mut conn = state.pool.acquire().await?;
         access::mark_read(&mut conn, o.user_id, id, state.clock.now()).await?;

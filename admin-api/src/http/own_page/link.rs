@@ -152,6 +152,16 @@ pub fn same_origin(headers: &HeaderMap, public_base_url: &str) -> bool {
     !host.is_empty() && origin_host.eq_ignore_ascii_case(host)
 }
 
+/// The owner of the token, when the write comes from this site: the 404 page for a token that
+/// opens nothing, the 403 page for a write from another site ([`same_origin`]).
+pub(super) async fn writer(state: &AppState, headers: &HeaderMap, token: &str) -> Result<Owner, Response> {
+    let o = owner_or_404(state, token).await?;
+    if !same_origin(headers, &state.config.public_base_url) {
+        return Err(cross_site(state));
+    }
+    Ok(o)
+}
+
 pub(super) fn cross_site(state: &AppState) -> Response {
     tracing::warn!("own page: a write from another site refused");
     message(

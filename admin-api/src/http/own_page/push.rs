@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use super::{
     SW_CONTENT_TYPE,
-    link::{cross_site, owner_or_404, same_origin},
+    link::{same_origin, writer},
     message, page_error,
 };
 use crate::{
@@ -26,6 +26,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiPath},
     http::people::{DeviceOut, check_endpoint, check_push_keys},
+    page::asset,
 };
 
 /// Switches one of the person's devices off (no more alerts to it); `303` back to the page.
@@ -37,13 +38,10 @@ use crate::{
         (status = 404, description = "No page at this address, or not one of this person's devices (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn remove_device(State(state): State<AppState>, headers: HeaderMap, ApiPath((token, id)): ApiPath<(String, i64)>) -> Response {
-    let o = match owner_or_404(&state, &token).await {
+    let o = match writer(&state, &headers, &token).await {
         Ok(o) => o,
         Err(r) => return r,
     };
-    if !same_origin(&headers, &state.config.public_base_url) {
-        return cross_site(&state);
-    }
     let done = async {
         let mut conn = state.pool.acquire().await?;
         people::remove_device(&mut conn, o.user_id, id).await?;
@@ -224,17 +222,11 @@ pub async fn vapid_public_key(State(state): State<AppState>) -> Result<Json<Vapi
 #[utoipa::path(get, path = "/sw.js", tag = "own page",
     responses((status = 200, description = "The script", content_type = "application/javascript", body = String)))]
 pub async fn service_worker() -> Response {
-    let mut res = (
-        [
-            (header::CONTENT_TYPE, SW_CONTENT_TYPE),
-            (header::CACHE_CONTROL, "no-cache"),
-            (header::HeaderName::from_static("service-worker-allowed"), "/"),
-        ],
-        include_str!("sw.js"),
-    )
-        .into_response();
-    res.headers_mut()
-        .insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    let mut res = asset(SW_CONTENT_TYPE, include_str!("sw.js"));
+    res.headers_mut().insert(
+        header::HeaderName::from_static("service-worker-allowed"),
+        HeaderValue::from_static("/"),
+    );
     res
 }
 
