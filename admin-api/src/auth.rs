@@ -104,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens() {
+    fn bearer_tokens_are_read_and_compared_whole() {
         assert_eq!(bearer("Bearer abc"), Some("abc"));
         assert_eq!(bearer("bearer  abc "), Some("abc"));
         assert_eq!(bearer("Basic abc"), None);

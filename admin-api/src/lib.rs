@@ -16,6 +16,8 @@
 //!   client address (429 over the limit), and the own page's device registrations per person.
 //! - [`dashboard`]: the operators' dashboard at `/` (HTML pages, sign-in with the token); its
 //!   buttons call the `/api` routes. Not part of [`ROUTES`] nor of the OpenAPI document.
+//! - [`page`]: the one renderer of the HTML pages (dashboard, own page, offer and unsubscribe
+//!   links): templates, security headers, content negotiation, the fallback page.
 //! - [`pagination`]: `limit`/`cursor` and the `{items, next_cursor}` page.
 //! - [`http`]: the handlers, one module per area, each with its routes.
 //! - [`telemetry`]: request tracing, Prometheus metrics.
@@ -33,6 +35,7 @@ pub mod error;
 pub mod extract;
 pub mod guard;
 pub mod http;
+pub mod page;
 pub mod pagination;
 pub mod server;
 pub mod telemetry;

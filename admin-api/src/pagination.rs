@@ -1,6 +1,10 @@
 //! Lists: `limit` (default [`DEFAULT_LIMIT`], at most [`MAX_LIMIT`], 422 beyond) and an opaque
-//! `cursor` (the last id of the previous page), answered as `{items, next_cursor}`. Each list
-//! fetches one row more than asked to know whether another page follows.
+//! `cursor` (the last id of the previous page), answered as a [`Paged`] list, `{items,
+//! next_cursor}`. Each list fetches one row more than asked to know whether another page
+//! follows ([`finish`]).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
@@ -29,15 +33,35 @@ pub fn id_cursor(cursor: Option<&str>) -> Result<Option<i64>, ApiError> {
     }
 }
 
-/// Cuts the extra row off and returns the items and the cursor of the next page.
-pub fn finish<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
-    if rows.len() as i64 > limit {
-        rows.truncate(limit as usize);
-        let next = rows.last().map(key);
-        (rows, next)
-    } else {
-        (rows, None)
+/// A page of a list, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Paged<T> {
+    /// The page's items.
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Paged<T> {
+    /// The same page with each item turned into another.
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Paged<U> {
+        Paged {
+            items: self.items.into_iter().map(f).collect(),
+            next_cursor: self.next_cursor,
+        }
     }
+}
+
+/// Cuts the extra row off: the page, with the cursor of the next one (`key` of its last item)
+/// when there is one.
+pub fn finish<T>(mut rows: Vec<T>, limit: i64, key: impl Fn(&T) -> String) -> Paged<T> {
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(key)
+    } else {
+        None
+    };
+    Paged { items: rows, next_cursor }
 }
 
 #[cfg(test)]
@@ -45,14 +69,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limits_and_cursors() {
+    fn limits_are_bounded_and_cursors_come_from_the_last_row() {
         assert_eq!(limit(None).unwrap(), 50);
         assert_eq!(limit(Some(500)).unwrap(), 500);
         assert!(limit(Some(501)).is_err());
         assert!(limit(Some(0)).is_err());
         assert_eq!(id_cursor(Some("42")).unwrap(), Some(42));
         assert!(id_cursor(Some("x")).is_err());
-        assert_eq!(finish(vec![3, 2, 1], 2, |n| n.to_string()), (vec![3, 2], Some("2".into())));
-        assert_eq!(finish(vec![3, 2], 2, |n| n.to_string()), (vec![3, 2], None));
+        let page = |p: Paged<i32>| (p.items, p.next_cursor);
+        assert_eq!(page(finish(vec![3, 2, 1], 2, |n| n.to_string())), (vec![3, 2], Some("2".into())));
+        assert_eq!(page(finish(vec![3, 2], 2, |n| n.to_string())), (vec![3, 2], None));
+        assert_eq!(
+            page(finish(vec![3, 2, 1], 2, |n| n.to_string()).map(|n| n * 10)),
+            (vec![30, 20], Some("2".into()))
+        );
     }
 }

@@ -19,8 +19,9 @@
 //! through the JSON API itself: the Retry buttons `fetch()` `POST /api/deliveries/...` with the
 //! session cookie and `X-Requested-With: dashlight` (see [`crate::auth`]). The pages work
 //! without JavaScript for reading; only the buttons need it. Every page is rendered by
-//! handlebars from `admin-api/templates/dashboard/`, which escapes every value (no template
-//! uses the triple-stash), and is served with a strict Content-Security-Policy.
+//! handlebars from `admin-api/templates/dashboard/` through [`crate::page`], which escapes every
+//! value (no template uses the triple-stash), and is served with a strict
+//! Content-Security-Policy (every dashboard response carries the security headers).
 
 pub mod chart;
 pub mod confirmations;
@@ -36,13 +37,18 @@ use axum::{
     extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header, request::Parts},
     middleware::Next,
-    response::{Html, IntoResponse, Redirect, Response},
+    response::{IntoResponse, Redirect, Response},
     routing::get,
 };
-use handlebars::Handlebars;
 use serde::{Deserialize, Serialize};
 
-use crate::{AppState, auth::token_matches, error::ApiError, guard::ClientAddr};
+use crate::{
+    AppState,
+    auth::token_matches,
+    error::ApiError,
+    guard::ClientAddr,
+    page::{Pages, Policy, asset},
+};
 
 /// Largest form body the dashboard accepts.
 const FORM_LIMIT: usize = 16 * 1024;
@@ -50,8 +56,11 @@ const FORM_LIMIT: usize = 16 * 1024;
 /// Served with every page. Scripts only from this server; inline styles allowed for the emails
 /// previewed in the outbox (the sandboxed frame inherits this policy, so their images and scripts
 /// stay blocked).
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
-     connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+const POLICY: Policy = Policy {
+    csp: "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+    referrer: "same-origin",
+};
 
 /// The dashboard's routes (mounted by [`crate::router`] next to the API, outside `ROUTES`).
 pub fn routes() -> Router<AppState> {
@@ -69,37 +78,31 @@ pub fn routes() -> Router<AppState> {
         .layer(axum::middleware::from_fn(security_headers))
 }
 
-/// Middleware: the security and caching headers of every dashboard response.
+/// Middleware: the security and caching headers of every dashboard response (redirects and
+/// assets too).
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    POLICY.secure(res.headers_mut());
     res
 }
 
-static TEMPLATES: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
-    let mut hb = Handlebars::new();
-    hb.set_strict_mode(false);
-    let parts = [
-        ("layout", include_str!("../../templates/dashboard/layout.html.hbs")),
-        ("sign_in", include_str!("../../templates/dashboard/sign_in.html.hbs")),
-        ("queues", include_str!("../../templates/dashboard/queues.html.hbs")),
-        ("deliveries", include_str!("../../templates/dashboard/deliveries.html.hbs")),
-        ("timeline", include_str!("../../templates/dashboard/timeline.html.hbs")),
-        ("outbox", include_str!("../../templates/dashboard/outbox.html.hbs")),
-        ("error", include_str!("../../templates/dashboard/error.html.hbs")),
-        ("confirmations", include_str!("../../templates/dashboard/confirmations.html.hbs")),
-    ];
-    for (name, text) in parts {
-        hb.register_template_string(name, text)
-            .unwrap_or_else(|e| panic!("dashboard template {name}: {e}"));
-    }
-    hb.register_partial("layout", parts[0].1).expect("layout partial");
-    hb
+/// The pages; `layout` is also the partial every other page is drawn in.
+static PAGES: LazyLock<Pages> = LazyLock::new(|| {
+    Pages::new(
+        "dashboard",
+        POLICY,
+        &[
+            ("layout", include_str!("../../templates/dashboard/layout.html.hbs")),
+            ("sign_in", include_str!("../../templates/dashboard/sign_in.html.hbs")),
+            ("queues", include_str!("../../templates/dashboard/queues.html.hbs")),
+            ("deliveries", include_str!("../../templates/dashboard/deliveries.html.hbs")),
+            ("timeline", include_str!("../../templates/dashboard/timeline.html.hbs")),
+            ("outbox", include_str!("../../templates/dashboard/outbox.html.hbs")),
+            ("error", include_str!("../../templates/dashboard/error.html.hbs")),
+            ("confirmations", include_str!("../../templates/dashboard/confirmations.html.hbs")),
+        ],
+    )
+    .with_partial("layout")
 });
 
 /// What the layout of every page shows.
@@ -139,18 +142,7 @@ impl Layout {
 
 /// Renders the template `name` with `{layout, page}` as its data.
 pub fn render(status: StatusCode, name: &str, layout: &Layout, page: &impl Serialize) -> Response {
-    let data = serde_json::json!({ "layout": layout, "page": page });
-    match TEMPLATES.render(name, &data) {
-        Ok(html) => (status, Html(html)).into_response(),
-        Err(e) => {
-            tracing::error!(template = name, error = %e, "dashboard template failed");
-            (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the page could not be rendered; the error has been logged",
-            )
-                .into_response()
-        }
-    }
+    PAGES.render(status, name, &serde_json::json!({ "layout": layout, "page": page }))
 }
 
 /// An error page: the status and message of an API error, in the layout.
@@ -375,10 +367,6 @@ pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> Resp
     res
 }
 
-fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
-}
-
 /// `GET /assets/dashboard.css`.
 pub async fn stylesheet() -> Response {
     asset("text/css; charset=utf-8", include_str!("assets/dashboard.css"))
@@ -394,36 +382,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn templates_compile() {
-        LazyLock::force(&TEMPLATES);
-        for name in [
-            "layout",
-            "sign_in",
-            "queues",
-            "deliveries",
-            "timeline",
-            "outbox",
-            "error",
-            "confirmations",
-        ] {
-            assert!(TEMPLATES.has_template(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn no_template_uses_the_triple_stash() {
-        for text in [
-            include_str!("../../templates/dashboard/layout.html.hbs"),
-            include_str!("../../templates/dashboard/sign_in.html.hbs"),
-            include_str!("../../templates/dashboard/queues.html.hbs"),
-            include_str!("../../templates/dashboard/deliveries.html.hbs"),
-            include_str!("../../templates/dashboard/timeline.html.hbs"),
-            include_str!("../../templates/dashboard/outbox.html.hbs"),
-            include_str!("../../templates/dashboard/error.html.hbs"),
-            include_str!("../../templates/dashboard/confirmations.html.hbs"),
-        ] {
-            assert!(!text.contains("{{{"), "unescaped output in a dashboard template");
-        }
+    fn templates_compile_and_none_uses_the_triple_stash() {
+        PAGES.assert_templates_escape();
     }
 
     #[test]

@@ -294,7 +294,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_and_sizes() {
+    fn file_names_and_sizes_are_read_for_people() {
         let (t, ch, id) = parse_name("20261125T031500.123456Z-email-42.eml");
         assert_eq!(t.unwrap().to_rfc3339(), "2026-11-25T03:15:00.123456+00:00");
         assert_eq!((ch.as_str(), id), ("email", Some(42)));

@@ -227,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn cookie_headers() {
+    fn the_session_cookie_is_found_among_others_and_set_strict() {
         let now = Utc::now();
         let v = issue(Some("t"), now).unwrap();
         let mut h = HeaderMap::new();

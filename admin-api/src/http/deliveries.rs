@@ -18,7 +18,7 @@ use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::{ApiPath, ApiQuery, OptionalJson, rfc3339},
-    pagination,
+    pagination::{self, Paged},
 };
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -288,19 +288,10 @@ pub struct NotificationQuery {
     pub cursor: Option<String>,
 }
 
-/// A page of notifications, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NotificationPage {
-    /// The notifications.
-    pub items: Vec<NotificationOut>,
-    /// Pass as `cursor` for the next page; `null` on the last one.
-    pub next_cursor: Option<String>,
-}
-
 /// Notifications with their deliveries, newest first.
 #[utoipa::path(get, path = "/api/notifications", tag = "deliveries", params(NotificationQuery),
     responses(
-        (status = 200, description = "A page", body = NotificationPage),
+        (status = 200, description = "A page of notifications", body = Paged<NotificationOut>),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
@@ -309,7 +300,7 @@ pub struct NotificationPage {
 pub async fn list_notifications(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<NotificationQuery>,
-) -> Result<Json<NotificationPage>, ApiError> {
+) -> Result<Json<Paged<NotificationOut>>, ApiError> {
     let limit = pagination::limit(q.limit)?;
     let cursor = pagination::id_cursor(q.cursor.as_deref())?;
     check_kind(q.kind.as_deref())?;
@@ -324,9 +315,9 @@ pub async fn list_notifications(
     )
     .fetch_all(&mut *conn)
     .await?;
-    let (rows, next_cursor) = pagination::finish(rows, limit, |r| r.id.to_string());
+    let Paged { items: rows, next_cursor } = pagination::finish(rows, limit, |r| r.id.to_string());
     let items = with_deliveries(&mut conn, rows).await?;
-    Ok(Json(NotificationPage { items, next_cursor }))
+    Ok(Json(Paged { items, next_cursor }))
 }
 
 /// `GET /api/deliveries` parameters.
@@ -352,25 +343,19 @@ pub struct DeliveryQuery {
     pub cursor: Option<String>,
 }
 
-/// A page of deliveries, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct DeliveryPage {
-    /// The deliveries.
-    pub items: Vec<DeliveryOut>,
-    /// Pass as `cursor` for the next page; `null` on the last one.
-    pub next_cursor: Option<String>,
-}
-
 /// Delivery records, newest first.
 #[utoipa::path(get, path = "/api/deliveries", tag = "deliveries", params(DeliveryQuery),
     responses(
-        (status = 200, description = "A page", body = DeliveryPage),
+        (status = 200, description = "A page of deliveries", body = Paged<DeliveryOut>),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn list_deliveries(State(state): State<AppState>, ApiQuery(q): ApiQuery<DeliveryQuery>) -> Result<Json<DeliveryPage>, ApiError> {
+pub async fn list_deliveries(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<DeliveryQuery>,
+) -> Result<Json<Paged<DeliveryOut>>, ApiError> {
     let limit = pagination::limit(q.limit)?;
     let cursor = pagination::id_cursor(q.cursor.as_deref())?;
     if let Some(s) = q.status.as_deref()
@@ -395,8 +380,7 @@ pub async fn list_deliveries(State(state): State<AppState>, ApiQuery(q): ApiQuer
         Some(limit + 1),
     )
     .await?;
-    let (items, next_cursor) = pagination::finish(rows, limit, |d| d.id.to_string());
-    Ok(Json(DeliveryPage { items, next_cursor }))
+    Ok(Json(pagination::finish(rows, limit, |d| d.id.to_string())))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -5,18 +5,18 @@
 //! names one offer to one student).
 //!
 //! The offer link answers a browser (an `Accept` naming `text/html` and not
-//! `application/json`) with a small page: no JavaScript, every value escaped by handlebars, a
-//! strict Content-Security-Policy; anyone else gets JSON with the usual error body. Accepting
-//! books through `dashlight_core::gaps::accept`, which uses the same booking operation as `POST
-//! /api/bookings`, in one transaction (run again if it loses a deadlock).
+//! `application/json`) with a small page of [`crate::page`]: no JavaScript, every value escaped
+//! by handlebars, a strict Content-Security-Policy; anyone else gets JSON with the usual error
+//! body. Accepting books through `dashlight_core::gaps::accept`, which uses the same booking
+//! operation as `POST /api/bookings`, in one transaction (run again if it loses a deadlock).
 
 use std::sync::LazyLock;
 
 use axum::{
     Json,
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -25,7 +25,6 @@ use dashlight_core::{
     gaps::{self, Offer, SetWaitlist, Waitlist},
     people::Window,
 };
-use handlebars::Handlebars;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -35,6 +34,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiPath},
     http::{bookings::BookingOut, people::WindowIo},
+    page::{self, Pages, json_error, no_store, wants_html},
 };
 
 /// `/api` routes (bearer token).
@@ -263,26 +263,14 @@ pub struct AcceptedOut {
 // The offer link
 // ---------------------------------------------------------------------------------------------
 
-/// Served with every offer page: no script at all, inline styles only, forms to this server.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
-
-static PAGE: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
-    let mut hb = Handlebars::new();
-    hb.set_strict_mode(false);
-    hb.register_template_string("page", include_str!("../../templates/offers/page.html.hbs"))
-        .expect("offer page template");
-    hb
+/// The offer page: no script at all ([`page::NO_SCRIPT`]).
+static PAGES: LazyLock<Pages> = LazyLock::new(|| {
+    Pages::new(
+        "offer page",
+        page::NO_SCRIPT,
+        &[("page", include_str!("../../templates/offers/page.html.hbs"))],
+    )
 });
-
-/// True when the client wants a page: it names `text/html` and does not ask for JSON.
-fn wants_html(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    accept.contains("text/html") && !accept.contains("application/json")
-}
 
 #[derive(Serialize)]
 struct SlotView {
@@ -317,18 +305,7 @@ fn slot_view(o: &Offer, with_expiry: bool) -> SlotView {
 }
 
 fn page(status: StatusCode, view: PageView) -> Response {
-    let body = PAGE.render("page", &view).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "offer page failed to render");
-        "<!DOCTYPE html><title>Error</title><p>Something went wrong.</p>".to_owned()
-    });
-    let mut res = (status, Html(body)).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    PAGES.render(status, "page", &view)
 }
 
 fn simple(state: &AppState, status: StatusCode, kind: &'static str, title: &str, message: &str, offer: Option<&Offer>) -> Response {
@@ -348,22 +325,6 @@ fn simple(state: &AppState, status: StatusCode, kind: &'static str, title: &str,
 
 const NO_OFFER: &str =
     "There is no lesson offer at this address. Offer links are personal; check you opened the whole link from your message.";
-
-/// A JSON error with the usual body and any status (410 has no [`ApiError`] variant).
-fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let mut res = (
-        status,
-        Json(ErrorBody {
-            error: code.to_owned(),
-            message: message.to_owned(),
-            field: None,
-        }),
-    )
-        .into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
 
 /// The offer behind a link: a page (browsers) or the offer as JSON. Opening it marks the offer
 /// opened (its holder will hear `slot_taken` if someone else accepts first).
@@ -395,14 +356,11 @@ pub async fn offer_page(State(state): State<AppState>, headers: HeaderMap, ApiPa
         return Ok(if html {
             simple(&state, StatusCode::GONE, "gone", "This lesson has gone", message, Some(&offer))
         } else {
-            json_error(StatusCode::GONE, "gone", message)
+            json_error(StatusCode::GONE, "gone", message, None)
         });
     }
     if !html {
-        let mut res = Json(OfferOut::from(offer)).into_response();
-        res.headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        return Ok(res);
+        return Ok(no_store(Json(OfferOut::from(offer)).into_response()));
     }
     if offer.status == "accepted" {
         return Ok(simple(
@@ -475,17 +433,11 @@ pub async fn accept_offer(
                     Some(&a.offer),
                 ))
             } else {
-                let mut res = (
-                    status,
-                    Json(AcceptedOut {
-                        offer: a.offer.into(),
-                        booking: a.booking.into(),
-                    }),
-                )
-                    .into_response();
-                res.headers_mut()
-                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                Ok(res)
+                let accepted = AcceptedOut {
+                    offer: a.offer.into(),
+                    booking: a.booking.into(),
+                };
+                Ok(no_store((status, Json(accepted)).into_response()))
             }
         }
         Err(DomainError::NotFound(_)) if html => Ok(simple(&state, StatusCode::NOT_FOUND, "gone", "Offer not found", NO_OFFER, None)),
@@ -529,21 +481,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn browsers_get_pages_and_clients_json() {
-        let mut h = HeaderMap::new();
-        assert!(!wants_html(&h));
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"),
-        );
-        assert!(wants_html(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        assert!(!wants_html(&h));
-        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        assert!(!wants_html(&h));
-    }
-
-    #[test]
     fn the_page_escapes_what_it_shows() {
         let view = PageView {
             school: "<b>School</b>".into(),
@@ -554,7 +491,8 @@ mod tests {
             slot: None,
             accept_action: Some("/offers/abc/accept".into()),
         };
-        let out = PAGE.render("page", &view).unwrap();
+        PAGES.assert_templates_escape();
+        let out = PAGES.render_to_string("page", &view).unwrap();
         assert!(!out.contains("<script>"));
         assert!(out.contains("&lt;script&gt;"));
         assert!(!out.contains("<b>School</b>"));

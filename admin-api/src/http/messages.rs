@@ -16,7 +16,7 @@ use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::{ApiJson, ApiPath, ApiQuery},
-    pagination,
+    pagination::{self, Paged},
 };
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -233,19 +233,10 @@ impl From<ThreadSummary> for ThreadOut {
     }
 }
 
-/// A page of threads, the one with the newest message first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ThreadPage {
-    /// The threads.
-    pub items: Vec<ThreadOut>,
-    /// Pass as `cursor` for the next page; `null` on the last one.
-    pub next_cursor: Option<String>,
-}
-
 /// The user's message threads with their last message and unread counts.
 #[utoipa::path(get, path = "/api/users/{id}/messages", tag = "messages", params(("id" = i64, Path, description = "users.id"), ThreadQuery),
     responses(
-        (status = 200, description = "A page", body = ThreadPage),
+        (status = 200, description = "A page of threads, the one with the newest message first", body = Paged<ThreadOut>),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
@@ -256,14 +247,12 @@ pub async fn user_threads(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
     ApiQuery(q): ApiQuery<ThreadQuery>,
-) -> Result<Json<ThreadPage>, ApiError> {
+) -> Result<Json<Paged<ThreadOut>>, ApiError> {
     let limit = pagination::limit(q.limit)?;
     let cursor = pagination::id_cursor(q.cursor.as_deref())?;
     let mut conn = state.pool.acquire().await?;
     let rows = messages::threads(&mut conn, id, limit + 1, cursor).await?;
-    let (rows, next_cursor) = pagination::finish(rows, limit, |t| t.last_message.id.to_string());
-    Ok(Json(ThreadPage {
-        items: rows.into_iter().map(Into::into).collect(),
-        next_cursor,
-    }))
+    Ok(Json(
+        pagination::finish(rows, limit, |t| t.last_message.id.to_string()).map(ThreadOut::from),
+    ))
 }

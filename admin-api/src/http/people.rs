@@ -529,7 +529,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn push_keys() {
+    fn push_keys_and_endpoints_are_checked() {
         // From the web-push crate's docs (also the demo data).
         let p = "BLMbF9ffKBiWQLCKvTHb6LO8Nb6dcUh6TItC455vu2kElga6PQvUmaFyCdykxY2nOSSL3yKgfbmFLRTUaGv4yV8";
         let a = "xS03Fi5ErfTNH_l9WHE9Ig";

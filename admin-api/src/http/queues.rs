@@ -22,7 +22,7 @@ use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::{ApiPath, ApiQuery},
-    pagination,
+    pagination::{self, Paged},
 };
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -162,25 +162,16 @@ pub struct JobQuery {
     pub cursor: Option<String>,
 }
 
-/// A page of jobs, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct JobPage {
-    /// The jobs.
-    pub items: Vec<JobOut>,
-    /// Pass as `cursor` for the next page; `null` on the last one.
-    pub next_cursor: Option<String>,
-}
-
 /// Jobs of a queue, newest first.
 #[utoipa::path(get, path = "/api/jobs", tag = "queues", params(JobQuery),
     responses(
-        (status = 200, description = "A page", body = JobPage),
+        (status = 200, description = "A page of jobs", body = Paged<JobOut>),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn list_jobs(State(state): State<AppState>, ApiQuery(q): ApiQuery<JobQuery>) -> Result<Json<JobPage>, ApiError> {
+pub async fn list_jobs(State(state): State<AppState>, ApiQuery(q): ApiQuery<JobQuery>) -> Result<Json<Paged<JobOut>>, ApiError> {
     let limit = pagination::limit(q.limit)?;
     if let Some(queue) = q.queue.as_deref()
         && !QUEUES.contains(&queue)
@@ -206,11 +197,7 @@ pub async fn list_jobs(State(state): State<AppState>, ApiQuery(q): ApiQuery<JobQ
         limit + 1,
     )
     .await?;
-    let (rows, next_cursor) = pagination::finish(rows, limit, |r| r.id.clone());
-    Ok(Json(JobPage {
-        items: rows.into_iter().map(JobOut::from).collect(),
-        next_cursor,
-    }))
+    Ok(Json(pagination::finish(rows, limit, |r| r.id.clone()).map(JobOut::from)))
 }
 
 async fn load_job(state: &AppState, id: &str) -> Result<JobOut, ApiError> {

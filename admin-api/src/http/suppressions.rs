@@ -17,7 +17,7 @@ use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::{ApiPath, ApiQuery},
-    pagination,
+    pagination::{self, Paged},
 };
 
 pub(crate) fn routes() -> OpenApiRouter<AppState> {
@@ -84,19 +84,10 @@ pub struct SuppressionQuery {
     pub cursor: Option<String>,
 }
 
-/// A page of suppressions, newest first.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SuppressionPage {
-    /// The suppressions.
-    pub items: Vec<SuppressionOut>,
-    /// Pass as `cursor` for the next page; `null` on the last one.
-    pub next_cursor: Option<String>,
-}
-
 /// Suppressed addresses and numbers, newest first.
 #[utoipa::path(get, path = "/api/suppressions", tag = "suppressions", params(SuppressionQuery),
     responses(
-        (status = 200, description = "A page", body = SuppressionPage),
+        (status = 200, description = "A page of suppressions", body = Paged<SuppressionOut>),
         (status = 401, description = "No or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
         (status = 503, description = "Database unavailable", body = ErrorBody),
@@ -105,7 +96,7 @@ pub struct SuppressionPage {
 pub async fn list_suppressions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SuppressionQuery>,
-) -> Result<Json<SuppressionPage>, ApiError> {
+) -> Result<Json<Paged<SuppressionOut>>, ApiError> {
     let limit = pagination::limit(q.limit)?;
     let cursor = pagination::id_cursor(q.cursor.as_deref())?;
     let channel = match q.channel.as_deref() {
@@ -123,11 +114,9 @@ pub async fn list_suppressions(
     };
     let mut conn = state.pool.acquire().await?;
     let rows = suppressions::page(&mut conn, channel, reason, cursor, limit + 1).await?;
-    let (rows, next_cursor) = pagination::finish(rows, limit, |r| r.id.to_string());
-    Ok(Json(SuppressionPage {
-        items: rows.into_iter().map(SuppressionOut::from).collect(),
-        next_cursor,
-    }))
+    Ok(Json(
+        pagination::finish(rows, limit, |r| r.id.to_string()).map(SuppressionOut::from),
+    ))
 }
 
 /// Lifts a suppression: sends to that address or number go out again.

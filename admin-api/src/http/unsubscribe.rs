@@ -11,22 +11,21 @@
 //!
 //! A token that does not verify, or names a user who no longer exists, is a 404: a page for
 //! browsers (an `Accept` naming `text/html`), the usual JSON error body for anyone else. The pages
-//! follow the offer page's discipline: no script, every value escaped by handlebars, a strict
-//! Content-Security-Policy, no caching, no referrer.
+//! are [`crate::page`]'s, like the offer page: no script ([`crate::page::NO_SCRIPT`]), every
+//! value escaped by handlebars, a strict Content-Security-Policy, no caching, no referrer.
 
 use std::sync::LazyLock;
 
 use axum::{
     extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
 };
 use dashlight_core::{
     DomainError,
     kinds::Kind,
     people::{self, OptOutSource},
 };
-use handlebars::Handlebars;
 use serde::Serialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -34,6 +33,7 @@ use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::ApiPath,
+    page::{self, Pages},
 };
 
 /// The open routes of the unsubscribe link.
@@ -41,15 +41,13 @@ pub(crate) fn open_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(unsubscribe_page, unsubscribe))
 }
 
-/// Served with every page: no script at all, inline styles only, forms to this server.
-const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
-
-static PAGE: LazyLock<Handlebars<'static>> = LazyLock::new(|| {
-    let mut hb = Handlebars::new();
-    hb.set_strict_mode(false);
-    hb.register_template_string("page", include_str!("../../templates/unsubscribe/page.html.hbs"))
-        .expect("unsubscribe page template");
-    hb
+/// The page: no script at all ([`page::NO_SCRIPT`]).
+static PAGES: LazyLock<Pages> = LazyLock::new(|| {
+    Pages::new(
+        "unsubscribe page",
+        page::NO_SCRIPT,
+        &[("page", include_str!("../../templates/unsubscribe/page.html.hbs"))],
+    )
 });
 
 /// A kind's emails in words, for people.
@@ -81,32 +79,11 @@ struct PageView {
 }
 
 fn page(status: StatusCode, view: PageView) -> Response {
-    let body = PAGE.render("page", &view).unwrap_or_else(|e| {
-        tracing::error!(error = %e, "unsubscribe page failed to render");
-        "<!DOCTYPE html><title>Error</title><p>Something went wrong.</p>".to_owned()
-    });
-    let mut res = (status, Html(body)).into_response();
-    let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
-}
-
-/// True when the client wants a page: it names `text/html` and does not ask for JSON.
-fn wants_html(headers: &HeaderMap) -> bool {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    accept.contains("text/html") && !accept.contains("application/json")
+    PAGES.render(status, "page", &view)
 }
 
 fn not_found(state: &AppState, headers: &HeaderMap) -> Response {
-    if !wants_html(headers) {
+    if !page::wants_html(headers) {
         return ApiError::NotFound("no unsubscribe link at this address".into()).into_response();
     }
     page(
@@ -208,4 +185,26 @@ pub async fn unsubscribe(State(state): State<AppState>, headers: HeaderMap, ApiP
             action: None,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_compiles_and_escapes_what_it_shows() {
+        PAGES.assert_templates_escape();
+        let view = PageView {
+            school: "S".into(),
+            title: "Unsubscribe?".into(),
+            message: "Stop getting <b>lesson reminders</b>?".into(),
+            state: "ask",
+            action: Some("/u/abc".into()),
+        };
+        let out = PAGES.render_to_string("page", &view).unwrap();
+        assert!(
+            out.contains("&lt;b&gt;lesson reminders&lt;/b&gt;") && out.contains("/u/abc"),
+            "{out}"
+        );
+    }
 }

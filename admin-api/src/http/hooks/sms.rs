@@ -318,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn message_sids() {
+    fn only_well_formed_message_sids_are_accepted() {
         assert!(well_formed_message_sid("SM0123456789abcdef0123456789abcdef"));
         assert!(well_formed_message_sid("MM0123456789ABCDEF0123456789abcdef"));
         for bad in [

@@ -30,11 +30,17 @@ use dashlight_core::{
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{cross_site, html, in_zone, message, not_found, owner_or_404, page_error, same_origin, with_info};
+use super::{
+    html,
+    link::{cross_site, not_found, same_origin, writer},
+    message, page_error,
+    view::in_zone,
+};
 use crate::{
     AppState,
     error::{ApiError, ErrorBody},
     extract::ApiPath,
+    page::with_error,
 };
 
 /// What the confirmation page shows.
@@ -137,7 +143,7 @@ fn page(status: StatusCode, v: &ConfirmView) -> Response {
     if status.is_success() {
         res
     } else {
-        with_info(res, "conflict", &v.message, None)
+        with_error(res, "conflict", &v.message, None)
     }
 }
 
@@ -265,13 +271,10 @@ pub async fn confirm_push(
         (status = 409, description = "The lesson is cancelled or over (a page for browsers asking for text/html)", body = ErrorBody),
     ))]
 pub async fn confirm_own(State(state): State<AppState>, headers: HeaderMap, ApiPath((token, id)): ApiPath<(String, i64)>) -> Response {
-    let o = match owner_or_404(&state, &token).await {
+    let o = match writer(&state, &headers, &token).await {
         Ok(o) => o,
         Err(r) => return r,
     };
-    if !same_origin(&headers, &state.config.public_base_url) {
-        return cross_site(&state);
-    }
     let theirs = async {
         let mut conn = state.pool.acquire().await?;
         let found = match bookings::with_parties(&mut conn, id).await {
