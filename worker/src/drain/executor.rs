@@ -19,7 +19,7 @@ use dashlight_core::{
     queue::{FetchedJob, JobOutcome},
 };
 use futures::FutureExt as _;
-use tokio::task::JoinSet;
+use tokio::{sync::OwnedSemaphorePermit, task::JoinSet};
 
 use super::{Drain, Out, Record};
 use crate::{
@@ -39,7 +39,15 @@ impl Drain {
     /// One group of jobs due at the same moment: each job's notifications become units (one
     /// notification of one job); plan them, apply chunk by chunk, send, hand the results to the
     /// recorder.
-    pub(super) async fn handle(self: Arc<Self>, jobs: Vec<FetchedJob>, out: Out, sends: Arc<PriorityPermits>) {
+    /// `planning` is the planner's permit, given back once the group is decided.
+    pub(super) async fn handle(
+        self: Arc<Self>,
+        jobs: Vec<FetchedJob>,
+        out: Out,
+        sends: Arc<PriorityPermits>,
+        planning: OwnedSemaphorePermit,
+    ) {
+        let mut planning = Some(planning);
         let mut candidates = Vec::with_capacity(jobs.len());
         for mut job in jobs {
             match serde_json::from_slice::<DeliverJob>(&job.payload) {
@@ -74,6 +82,7 @@ impl Drain {
                 }
             };
             tracing::debug!(jobs = n, ms = t0.elapsed().as_millis() as u64, "planned");
+            drop(planning.take());
             // A second job for a notification of the same group has nothing to add.
             for job in duplicates {
                 self.unit_done(&out, &job.id, JobOutcome::Done);

@@ -4,7 +4,9 @@
 //!
 //! One loop per worker process fetches batches of jobs ([`JobQueue::fetch`], due now or within
 //! the look-ahead; those are held in memory until their due time, so reminders leave on time)
-//! and hands each group of jobs due together to a task. A job carries one notification or
+//! and hands each group of jobs due together to the planner, which plans at most two groups at
+//! once and merges the groups that fell due while it was busy (under load, fewer and larger
+//! round trips rather than more of them). A job carries one notification or
 //! several written and due together; each notification of a job is a *unit*, and the job is
 //! finished when all its units are (its outcome decided then: `Failed` if a unit hit an error
 //! worth trying again, else `Done`, or `Killed` when no unit could be planned). At most two
@@ -37,7 +39,8 @@
 //! The rooms, after River's producer, executor and completer:
 //!
 //! - `producer.rs`: [`Drain::run`], the fetch loop and its room, the dispatch of groups held
-//!   until due, the heartbeat and the LISTEN that wakes the loop.
+//!   until due, the planner that merges the groups due while it is busy, the heartbeat and the
+//!   LISTEN that wakes the loop.
 //! - `executor.rs`: one group's handling: decide its units, apply them in chunks, send.
 //! - `completer.rs`: the recorder task and the tickets that decide a job's outcome when its
 //!   last unit finishes.
