@@ -44,6 +44,7 @@ use crate::{
     kinds::Kind,
     notify::{self, NewNotification},
     people::Window,
+    states::OfferStatus,
 };
 
 /// The gap-filling settings.
@@ -461,8 +462,8 @@ pub struct Offer {
     pub end_time: DateTime<Utc>,
     /// The student's pickup.
     pub pickup_location: Option<String>,
-    /// open, accepted, withdrawn, expired.
-    pub status: String,
+    /// Its state (`expired` as soon as its time ran out, even before the expiry job has run).
+    pub status: OfferStatus,
     /// When the slot was freed.
     pub freed_at: DateTime<Utc>,
     /// Accept before this.
@@ -489,7 +490,7 @@ macro_rules! select_offers {
     SELECT o.id, o.booking_id, o.booking_version, o.instructor_id, iu.first_name || ' ' || iu.last_name AS "instructor_name!",
            o.student_id, su.first_name || ' ' || su.last_name AS "student_name!", su.timezone AS student_timezone,
            o.start_time, o.end_time, o.pickup_location,
-           CASE WHEN o.status = 'open' AND o.expires_at <= $1 THEN 'expired' ELSE o.status END AS "status!",
+           CASE WHEN o.status = 'open' AND o.expires_at <= $1 THEN 'expired' ELSE o.status END AS "status!: OfferStatus",
            o.freed_at, o.expires_at, o.opened_at, o.accepted_at, o.accepted_booking_id, o.withdrawn_at, o.created_at
     FROM slot_offers o
     JOIN instructors i ON i.id = o.instructor_id JOIN users iu ON iu.id = i.user_id
@@ -555,9 +556,9 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
         .fetch_optional(&mut *conn)
         .await?;
     let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
-    match offer.status.as_str() {
-        "open" => {}
-        "accepted" => {
+    match offer.status {
+        OfferStatus::Open => {}
+        OfferStatus::Accepted => {
             let booking = bookings::get(conn, offer.accepted_booking_id.ok_or(DomainError::NotFound("booking"))?).await?;
             return Ok(Accepted {
                 offer,
@@ -565,12 +566,12 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
                 fresh: false,
             });
         }
-        "expired" => {
+        OfferStatus::Expired => {
             return Err(DomainError::Conflict(
                 "this offer has expired: the slot can no longer be booked through it".into(),
             ));
         }
-        _ => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
+        OfferStatus::Withdrawn => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
     }
     // The student may have booked something else at that time since the offer was made.
     let busy: bool = sqlx::query_scalar!(

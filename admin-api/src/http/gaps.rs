@@ -24,6 +24,7 @@ use dashlight_core::{
     DomainError,
     gaps::{self, Offer, SetWaitlist, Waitlist},
     people::Window,
+    states::OfferStatus,
 };
 use handlebars::Handlebars;
 use serde::{Deserialize, Serialize};
@@ -218,7 +219,7 @@ impl From<Offer> for OfferOut {
             start_time: o.start_time,
             end_time: o.end_time,
             pickup_location: o.pickup_location,
-            status: o.status,
+            status: o.status.to_string(),
             freed_at: o.freed_at,
             expires_at: o.expires_at,
             opened_at: o.opened_at,
@@ -386,10 +387,10 @@ pub async fn offer_page(State(state): State<AppState>, headers: HeaderMap, ApiPa
             ApiError::NotFound("no offer at this address".into()).into_response()
         });
     };
-    let gone = match offer.status.as_str() {
-        "expired" => Some("This offer has expired: it is too close to the lesson to book it now."),
-        "withdrawn" => Some("Sorry, this lesson has gone: another student accepted it first."),
-        _ => None,
+    let gone = match offer.status {
+        OfferStatus::Expired => Some("This offer has expired: it is too close to the lesson to book it now."),
+        OfferStatus::Withdrawn => Some("Sorry, this lesson has gone: another student accepted it first."),
+        OfferStatus::Open | OfferStatus::Accepted => None,
     };
     if let Some(message) = gone {
         return Ok(if html {
@@ -404,7 +405,7 @@ pub async fn offer_page(State(state): State<AppState>, headers: HeaderMap, ApiPa
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         return Ok(res);
     }
-    if offer.status == "accepted" {
+    if offer.status == OfferStatus::Accepted {
         return Ok(simple(
             &state,
             StatusCode::OK,
