@@ -202,7 +202,7 @@ pub async fn check_availability(
     if !any {
         return Ok(true);
     }
-    let tz: Tz = instructor.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+    let tz = crate::validate::stored_timezone(&instructor.timezone);
     let (ls, le) = (start.with_timezone(&tz), end.with_timezone(&tz));
     if ls.date_naive() != le.date_naive() && le.time() != NaiveTime::MIN {
         return Ok(false);

@@ -580,6 +580,8 @@ impl Config {
                 format!("expected an IANA time zone such as Europe/London, got {tz_name:?}"),
             )
         })?;
+        // What a stored zone that does not parse is read as (`validate::stored_timezone`).
+        crate::validate::set_school_timezone(school_timezone);
 
         let smtp = match var("SMTP_URL") {
             None => None,

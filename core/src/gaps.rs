@@ -371,7 +371,7 @@ pub async fn offer_freed_slot(
                 end_time: w.end_time,
             })
             .collect();
-        let tz: Tz = c.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+        let tz = crate::validate::stored_timezone(&c.timezone);
         if !within_windows(&own, tz, slot.start_time, slot.end_time) {
             continue;
         }

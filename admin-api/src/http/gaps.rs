@@ -19,7 +19,6 @@ use axum::{
     response::{Html, IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use dashlight_core::{
     DomainError,
     gaps::{self, Offer, SetWaitlist, Waitlist},
@@ -306,7 +305,7 @@ struct PageView {
 }
 
 fn slot_view(o: &Offer, with_expiry: bool) -> SlotView {
-    let tz: Tz = o.student_timezone.parse().unwrap_or(chrono_tz::Europe::London);
+    let tz = dashlight_core::validate::stored_timezone(&o.student_timezone);
     let (s, e) = (o.start_time.with_timezone(&tz), o.end_time.with_timezone(&tz));
     SlotView {
         start_iso: o.start_time.to_rfc3339(),
