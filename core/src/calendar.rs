@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 
-use crate::{analytics, error::DomainError};
+use crate::{analytics, error::DomainError, states::CalendarStatus};
 
 /// `PRODID` of everything Dashlight writes.
 pub const PRODID: &str = "-//Dashlight//Dashlight driving lessons//EN";
@@ -231,7 +231,7 @@ struct EventRow {
     end_time: DateTime<Utc>,
     title: String,
     location: Option<String>,
-    status: String,
+    status: CalendarStatus,
     organizer: Option<String>,
     student_name: String,
     student_email: String,
@@ -258,7 +258,7 @@ pub async fn booking_invitation(
 ) -> Result<Option<Value>, sqlx::Error> {
     let row: Option<EventRow> = sqlx::query_as!(
         EventRow,
-        r#"SELECT e.uid, e.sequence, e.start_time, e.end_time, e.title, e.location, e.status, e.organizer,
+        r#"SELECT e.uid, e.sequence, e.start_time, e.end_time, e.title, e.location, e.status AS "status: CalendarStatus", e.organizer,
                 su.first_name || ' ' || su.last_name AS "student_name!", su.email AS student_email
          FROM calendar_events e
          JOIN bookings b ON b.id = e.booking_id
@@ -277,7 +277,7 @@ pub async fn booking_invitation(
         end: r.end_time,
         summary: r.title,
         location: r.location,
-        cancelled: r.status == "cancelled",
+        cancelled: r.status == CalendarStatus::Cancelled,
         organizer: r.organizer.as_deref().and_then(parse_mailbox),
         attendees: vec![CalPerson {
             name: Some(r.student_name),

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{FromRow, PgConnection};
 
-use crate::{analytics, error::DomainError, validate};
+use crate::{analytics, error::DomainError, states::LeadStatus, validate};
 
 /// The interaction kinds the schema allows.
 pub const INTERACTION_TYPES: [&str; 5] = ["call", "email", "sms", "meeting", "note"];
@@ -29,8 +29,8 @@ pub struct Contact {
     pub phone: Option<String>,
     /// lead, student or partner.
     pub contact_type: String,
-    /// lead, active, passed, lapsed or lost.
-    pub lead_status: String,
+    /// Where the contact stands.
+    pub lead_status: LeadStatus,
     /// Succeeded payments so far, minor units (kept by the rollup job).
     pub lifetime_value_minor: i64,
     /// Currency of the lifetime value.
@@ -102,7 +102,7 @@ pub async fn create_lead(conn: &mut PgConnection, nc: NewContact, now: DateTime<
         Contact,
         r#"INSERT INTO crm_contacts (name, email, phone, contact_type, lead_status, source, created_at)
          VALUES ($1, $2, $3, 'lead', 'lead', $4, $5)
-         RETURNING id, user_id, name, email, phone, contact_type, lead_status, lifetime_value_minor,
+         RETURNING id, user_id, name, email, phone, contact_type, lead_status AS "lead_status: LeadStatus", lifetime_value_minor,
                    currency::text AS "currency!", source, last_interaction_at, created_at"#,
         name,
         nc.email.as_deref().map(str::trim),
@@ -226,7 +226,7 @@ pub async fn record_interaction(conn: &mut PgConnection, ni: NewInteraction, now
 pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Contact, DomainError> {
     sqlx::query_as!(
         Contact,
-        r#"SELECT id, user_id, name, email, phone, contact_type, lead_status, lifetime_value_minor,
+        r#"SELECT id, user_id, name, email, phone, contact_type, lead_status AS "lead_status: LeadStatus", lifetime_value_minor,
                   currency::text AS "currency!", source, last_interaction_at, created_at
            FROM crm_contacts WHERE id = $1"#,
         id,

@@ -2,9 +2,11 @@
 //! logical message; it is unique for its triggering event (`dedupe_key`), so producing the same
 //! event twice creates nothing new. Creating notifications enqueues their [`DeliverJob`]s at their
 //! due time on the same connection ([`create`] for one, [`create_all`] for many, which share jobs
-//! when due together). Owns inserts into `notifications` and the cancel of open ones (an
-//! operator's cancel of one goes through the worker's recorder: [`cancel_one`]); deliveries
-//! belong to the worker.
+//! when due together). Owns inserts into `notifications` and the one write of `cancelled`
+//! ([`record_cancelled`]), which every cancel goes through: a booking's ([`cancel_for_booking`]),
+//! by key ([`cancel_by_key`]), a person's ([`cancel_for_user`]), and an operator's of one
+//! ([`cancel_one`]), whose cancel job the worker's recorder applies with it; deliveries belong to
+//! the worker.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -89,7 +91,11 @@ async fn insert(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i6
     let (policy, routed) = n.kind.routing();
     let channels = n.channels.as_deref().filter(|c| !c.is_empty()).unwrap_or(routed);
     let channels: Vec<&str> = channels.iter().map(|c| c.as_str()).collect();
-    let status = if n.skip_reason.is_some() { "skipped" } else { "pending" };
+    let status = if n.skip_reason.is_some() {
+        NotificationStatus::Skipped
+    } else {
+        NotificationStatus::Pending
+    };
     let id: Option<i64> = sqlx::query_scalar!(
         r#"
         INSERT INTO notifications (user_id, recipient_email, type, title, content, channels, policy, data,
@@ -118,7 +124,7 @@ async fn insert(conn: &mut PgConnection, n: NewNotification) -> Result<Option<i6
         n.dedupe_key,
         n.due_at,
         n.expires_at,
-        status,
+        status.as_str(),
         n.skip_reason,
         n.kind.priority() as i16,
     )
@@ -167,34 +173,53 @@ fn metrics_created(kind: Kind) {
     tracing::debug!(kind = kind.as_str(), "notification created");
 }
 
-/// Cancels the open (pending or processing) notifications of a booking of the given kinds.
-/// The worker, meeting a cancelled notification, cancels its open deliveries. Returns how many.
-pub async fn cancel_for_booking(conn: &mut PgConnection, booking_id: i64, kinds: &[Kind], reason: &str) -> Result<u64, sqlx::Error> {
-    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-    let r = sqlx::query!(
-        "UPDATE notifications SET status = 'cancelled', status_reason = $3
-         WHERE booking_id = $1 AND type = ANY($2) AND status IN ('pending', 'processing')",
-        booking_id,
-        &kinds as &[&str],
+/// Records the open (pending or processing) notifications among `ids` `cancelled` with
+/// `reason`: the one statement that writes a notification's `cancelled`, whoever cancels it (a
+/// booking change, a message read, an erasure, the worker's recorder applying an operator's
+/// cancel). A notification that has ended is left as it is. Returns the ids it cancelled.
+///
+/// A cancelled notification is never sent afterwards: the worker, meeting it, sends nothing and
+/// closes its open deliveries (the recorder closes them in the same transaction when it is the
+/// one cancelling).
+pub async fn record_cancelled(conn: &mut PgConnection, ids: &[i64], reason: &str) -> Result<Vec<i64>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar!(
+        "UPDATE notifications SET status = 'cancelled', status_reason = $2
+         WHERE id = ANY($1) AND status IN ('pending', 'processing') RETURNING id",
+        ids,
         reason,
     )
-    .execute(conn)
+    .fetch_all(conn)
+    .await
+}
+
+/// Cancels the open (pending or processing) notifications of a booking of the given kinds
+/// ([`record_cancelled`]). Returns how many.
+pub async fn cancel_for_booking(conn: &mut PgConnection, booking_id: i64, kinds: &[Kind], reason: &str) -> Result<u64, sqlx::Error> {
+    let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    let ids = sqlx::query_scalar!(
+        "SELECT id FROM notifications WHERE booking_id = $1 AND type = ANY($2) AND status IN ('pending', 'processing')
+         ORDER BY id FOR UPDATE",
+        booking_id,
+        &kinds as &[&str],
+    )
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(r.rows_affected())
+    Ok(record_cancelled(conn, &ids, reason).await?.len() as u64)
 }
 
 /// Cancels one open notification by its dedupe key (e.g. the delayed email of a message that was
-/// read). Returns whether one was cancelled.
+/// read; [`record_cancelled`]). Returns whether one was cancelled.
 pub async fn cancel_by_key(conn: &mut PgConnection, dedupe_key: &str, reason: &str) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query!(
-        "UPDATE notifications SET status = 'cancelled', status_reason = $2
-         WHERE dedupe_key = $1 AND status IN ('pending', 'processing')",
+    let ids = sqlx::query_scalar!(
+        "SELECT id FROM notifications WHERE dedupe_key = $1 AND status IN ('pending', 'processing') FOR UPDATE",
         dedupe_key,
-        reason,
     )
-    .execute(conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(r.rows_affected() > 0)
+    Ok(!record_cancelled(conn, &ids, reason).await?.is_empty())
 }
 
 /// What [`cancel_one`] did.
@@ -269,18 +294,16 @@ pub async fn enqueue_delivery_retry(conn: &mut PgConnection, delivery_id: i64) -
     Ok(true)
 }
 
-/// Cancels every open (pending or processing) notification of a user (their erasure). The
-/// worker, meeting a cancelled notification, cancels its open deliveries. Returns how many.
+/// Cancels every open (pending or processing) notification of a user (their erasure;
+/// [`record_cancelled`]). Returns how many.
 pub async fn cancel_for_user(conn: &mut PgConnection, user_id: i64, reason: &str) -> Result<u64, sqlx::Error> {
-    let r = sqlx::query!(
-        "UPDATE notifications SET status = 'cancelled', status_reason = $2
-         WHERE user_id = $1 AND status IN ('pending', 'processing')",
+    let ids = sqlx::query_scalar!(
+        "SELECT id FROM notifications WHERE user_id = $1 AND status IN ('pending', 'processing') ORDER BY id FOR UPDATE",
         user_id,
-        reason,
     )
-    .execute(conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(r.rows_affected())
+    Ok(record_cancelled(conn, &ids, reason).await?.len() as u64)
 }
 
 /// Erasure: the person's notifications, and other people's notifications about them (of their

@@ -15,6 +15,7 @@ use crate::{
     error::DomainError,
     kinds::Kind,
     notify::{self, NewNotification},
+    states::PackageStatus,
     validate,
 };
 
@@ -110,8 +111,8 @@ pub struct Purchase {
     pub purchased_at: DateTime<Utc>,
     /// Valid until.
     pub expires_at: DateTime<Utc>,
-    /// active, used_up, expired or refunded.
-    pub status: String,
+    /// Its state.
+    pub status: PackageStatus,
 }
 
 /// Buys a package for a student: a purchase with the package's lessons, valid for its
@@ -131,8 +132,8 @@ pub async fn purchase(conn: &mut PgConnection, student_id: i64, package_id: i64,
     .map(|r| (r.name, r.lessons_included, r.validity_days));
     let (name, lessons, days) = package.ok_or_else(|| DomainError::invalid("package_id", "no such package on sale"))?;
     let inserted = sqlx::query!(
-        "INSERT INTO package_purchases (student_id, package_id, lessons_total, lessons_remaining, purchased_at, expires_at)
-         VALUES ($1, $2, $3, $3, $4, $5) RETURNING id, status",
+        r#"INSERT INTO package_purchases (student_id, package_id, lessons_total, lessons_remaining, purchased_at, expires_at)
+         VALUES ($1, $2, $3, $3, $4, $5) RETURNING id, status AS "status: PackageStatus""#,
         student_id,
         package_id,
         lessons,
@@ -253,9 +254,9 @@ pub async fn give_back(conn: &mut PgConnection, booking_id: i64, now: DateTime<U
 pub async fn get_purchase(conn: &mut PgConnection, id: i64) -> Result<Purchase, DomainError> {
     sqlx::query_as!(
         Purchase,
-        "SELECT pp.id, pp.student_id, pp.package_id, lp.name AS package_name, pp.lessons_total, pp.lessons_remaining,
-                pp.purchased_at, pp.expires_at, pp.status
-         FROM package_purchases pp JOIN lesson_packages lp ON lp.id = pp.package_id WHERE pp.id = $1",
+        r#"SELECT pp.id, pp.student_id, pp.package_id, lp.name AS package_name, pp.lessons_total, pp.lessons_remaining,
+                pp.purchased_at, pp.expires_at, pp.status AS "status: PackageStatus"
+         FROM package_purchases pp JOIN lesson_packages lp ON lp.id = pp.package_id WHERE pp.id = $1"#,
         id,
     )
     .fetch_optional(conn)

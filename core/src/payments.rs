@@ -8,12 +8,10 @@ use serde::Serialize;
 use serde_json::json;
 use sqlx::{FromRow, PgConnection};
 
-use crate::{analytics, error::DomainError, packages, validate};
+use crate::{analytics, error::DomainError, packages, states::PaymentStatus, validate};
 
 /// The payment methods the schema allows.
 pub const METHODS: [&str; 4] = ["card", "cash", "bank_transfer", "other"];
-/// The payment statuses the schema allows.
-pub const STATUSES: [&str; 4] = ["pending", "succeeded", "failed", "refunded"];
 
 /// A payment to record.
 #[derive(Debug, Clone)]
@@ -30,7 +28,7 @@ pub struct NewPayment {
     pub currency: String,
     /// One of [`METHODS`].
     pub method: String,
-    /// One of [`STATUSES`].
+    /// A [`PaymentStatus`] name, as given (checked by [`record`]).
     pub status: String,
     /// The provider's reference, if any.
     pub provider_ref: Option<String>,
@@ -53,8 +51,8 @@ pub struct Payment {
     pub currency: String,
     /// card, cash, bank_transfer, other.
     pub method: String,
-    /// pending, succeeded, failed, refunded.
-    pub status: String,
+    /// Its state.
+    pub status: PaymentStatus,
     /// Provider reference.
     pub provider_ref: Option<String>,
     /// When it succeeded.
@@ -74,9 +72,12 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
     if !METHODS.contains(&np.method.as_str()) {
         return Err(DomainError::invalid("method", format!("expected one of {}", METHODS.join(", "))));
     }
-    if !STATUSES.contains(&np.status.as_str()) {
-        return Err(DomainError::invalid("status", format!("expected one of {}", STATUSES.join(", "))));
-    }
+    let Some(status) = PaymentStatus::parse(&np.status) else {
+        return Err(DomainError::invalid(
+            "status",
+            format!("expected one of {}", PaymentStatus::NAMES.join(", ")),
+        ));
+    };
     if np.provider_ref.as_ref().is_some_and(|r| r.chars().count() > 200) {
         return Err(DomainError::invalid("provider_ref", "at most 200 characters"));
     }
@@ -95,7 +96,9 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
         }
     }
     let purchase_id = match np.package_id {
-        Some(p) if matches!(np.status.as_str(), "pending" | "succeeded") => Some(packages::purchase(conn, np.student_id, p, now).await?.id),
+        Some(p) if matches!(status, PaymentStatus::Pending | PaymentStatus::Succeeded) => {
+            Some(packages::purchase(conn, np.student_id, p, now).await?.id)
+        }
         Some(p) => {
             let exists: bool = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM lesson_packages WHERE id = $1) AS "exists!""#, p)
                 .fetch_one(&mut *conn)
@@ -107,19 +110,19 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
         }
         None => None,
     };
-    let paid_at = (np.status == "succeeded").then_some(now);
+    let paid_at = (status == PaymentStatus::Succeeded).then_some(now);
     let p: Payment = sqlx::query_as!(
         Payment,
         r#"INSERT INTO payments (booking_id, student_id, purchase_id, amount_minor, currency, method, status, provider_ref, paid_at, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-         RETURNING id, student_id, booking_id, purchase_id, amount_minor, currency::text AS "currency!", method, status, provider_ref, paid_at, created_at"#,
+         RETURNING id, student_id, booking_id, purchase_id, amount_minor, currency::text AS "currency!", method, status AS "status: PaymentStatus", provider_ref, paid_at, created_at"#,
         np.booking_id,
         np.student_id,
         purchase_id,
         np.amount_minor,
         np.currency,
         np.method,
-        np.status,
+        status as PaymentStatus,
         np.provider_ref,
         paid_at,
         now,
@@ -127,10 +130,10 @@ pub async fn record(conn: &mut PgConnection, np: NewPayment, now: DateTime<Utc>)
     .fetch_one(&mut *conn)
     .await
     .map_err(DomainError::from_db)?;
-    let event = match p.status.as_str() {
-        "succeeded" => Some("payment_succeeded"),
-        "failed" => Some("payment_failed"),
-        _ => None,
+    let event = match p.status {
+        PaymentStatus::Succeeded => Some("payment_succeeded"),
+        PaymentStatus::Failed => Some("payment_failed"),
+        PaymentStatus::Pending | PaymentStatus::Refunded => None,
     };
     if let Some(event) = event {
         analytics::record(

@@ -20,6 +20,7 @@ use crate::{
     error::DomainError,
     kinds::Kind,
     notify::{self, NewNotification},
+    states::SeriesStatus,
     validate,
 };
 
@@ -73,8 +74,8 @@ pub struct Series {
     pub until_on: Option<NaiveDate>,
     /// Occurrence limit.
     pub occurrence_count: Option<i32>,
-    /// `active` or `ended`.
-    pub status: String,
+    /// Whether it still makes lessons.
+    pub status: SeriesStatus,
     /// Last local date expansion has looked at.
     pub expanded_through: Option<NaiveDate>,
     /// Created.
@@ -87,7 +88,7 @@ pub struct Series {
 macro_rules! series_query {
     ([$($done:literal)*] COLUMNS $($rest:tt)*) => {
         series_query!([$($done)* "id, student_id, instructor_id, weekdays, local_start_time, duration_minutes, timezone, pickup_location, \
-     starts_on, until_on, occurrence_count, status, expanded_through, created_at"] $($rest)*)
+     starts_on, until_on, occurrence_count, status AS \"status: SeriesStatus\", expanded_through, created_at"] $($rest)*)
     };
     ([$($done:literal)*] $piece:literal $($rest:tt)*) => {
         series_query!([$($done)* $piece] $($rest)*)
@@ -245,7 +246,7 @@ pub async fn expand(
         created: Vec::new(),
         skipped: Vec::new(),
         expanded_through: series.expanded_through,
-        ended: series.status == "ended",
+        ended: series.status == SeriesStatus::Ended,
     };
     if report.ended {
         return Ok(report);

@@ -175,3 +175,81 @@ impl ConfirmedVia {
         }
     }
 }
+
+text_state! {
+    /// `slot_offers.status`: a freed slot offered to a waitlisted student ([`crate::gaps`]).
+    OfferStatus {
+        /// Sent, not yet accepted, withdrawn or expired.
+        Open => "open",
+        /// This student accepted it: the slot is booked for them.
+        Accepted => "accepted",
+        /// Another student accepted the slot first (or the student was erased).
+        Withdrawn => "withdrawn",
+        /// Its time to accept ran out.
+        Expired => "expired",
+    }
+}
+
+text_state! {
+    /// `payments.status`.
+    PaymentStatus {
+        /// Recorded, not yet settled.
+        Pending => "pending",
+        /// Paid.
+        Succeeded => "succeeded",
+        /// The payment did not go through.
+        Failed => "failed",
+        /// Paid, then given back.
+        Refunded => "refunded",
+    }
+}
+
+text_state! {
+    /// `package_purchases.status`: a student's bought package of lessons ([`crate::packages`]).
+    PackageStatus {
+        /// Lessons left and not expired: bookings draw on it.
+        Active => "active",
+        /// Every lesson used.
+        UsedUp => "used_up",
+        /// Its validity ran out.
+        Expired => "expired",
+        /// Given back.
+        Refunded => "refunded",
+    }
+}
+
+text_state! {
+    /// `booking_series.status`: a recurring booking ([`crate::series`]).
+    SeriesStatus {
+        /// Still making its lessons.
+        Active => "active",
+        /// Ended: makes no more lessons.
+        Ended => "ended",
+    }
+}
+
+text_state! {
+    /// `crm_contacts.lead_status` ([`crate::crm`]).
+    LeadStatus {
+        /// A prospect, not yet learning.
+        Lead => "lead",
+        /// Learning with the school.
+        Active => "active",
+        /// Passed their test.
+        Passed => "passed",
+        /// Stopped booking.
+        Lapsed => "lapsed",
+        /// Gone elsewhere or not interested.
+        Lost => "lost",
+    }
+}
+
+text_state! {
+    /// `calendar_events.status`: a lesson's calendar event ([`crate::calendar`]).
+    CalendarStatus {
+        /// On the calendars.
+        Confirmed => "confirmed",
+        /// Taken off the calendars (its booking was cancelled).
+        Cancelled => "cancelled",
+    }
+}

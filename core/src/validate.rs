@@ -1,6 +1,9 @@
 //! Checks of the values several domain modules accept: email addresses, E.164 phone numbers,
 //! IANA time zones and ISO 4217 currencies. Each names the offending field in its
-//! [`DomainError::Invalid`]. Pure functions: no database, no table.
+//! [`DomainError::Invalid`]. Pure functions: no database, no table. Also the one reader of
+//! time zones read back from the database, [`stored_timezone`].
+
+use std::sync::RwLock;
 
 use chrono_tz::Tz;
 
@@ -42,6 +45,33 @@ pub fn timezone(field: &str, tz: &str) -> Result<Tz, DomainError> {
         .map_err(|_| DomainError::invalid(field, format!("expected an IANA time zone such as Europe/London, got {tz:?}")))
 }
 
+/// The school's zone (`SCHOOL_TIMEZONE`), recorded by [`crate::Config::from_env`]: what
+/// [`stored_timezone`] reads a zone it cannot parse as. Europe/London until a configuration is
+/// loaded (the configuration's own default).
+static SCHOOL_ZONE: RwLock<Tz> = RwLock::new(chrono_tz::Europe::London);
+
+/// Records the school's zone for [`stored_timezone`] (done by [`crate::Config::from_env`]).
+pub fn set_school_timezone(tz: Tz) {
+    *SCHOOL_ZONE.write().unwrap_or_else(|e| e.into_inner()) = tz;
+}
+
+/// Reads a time zone stored in the database (a user's, a series'): the one place a stored
+/// zone is parsed. Every zone is refused at input unless it parses ([`timezone`]: the API
+/// answers 422 naming the field) and the schema's `CHECK` refuses names Postgres does not
+/// know, so one that does not parse here means the zone databases of chrono-tz and Postgres
+/// disagree: it is logged as a warning and read as the school's zone (`SCHOOL_TIMEZONE`).
+pub fn stored_timezone(tz: &str) -> Tz {
+    tz.parse::<Tz>().unwrap_or_else(|_| {
+        let school = *SCHOOL_ZONE.read().unwrap_or_else(|e| e.into_inner());
+        tracing::warn!(
+            stored = tz,
+            school = school.name(),
+            "a stored time zone does not parse; read as the school's zone"
+        );
+        school
+    })
+}
+
 /// Checks an ISO 4217 code: three capital letters.
 pub fn currency(field: &str, c: &str) -> Result<(), DomainError> {
     if c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -67,6 +97,7 @@ mod tests {
         assert!(phone("phone", "+44 7700 900").is_err());
         assert!(timezone("tz", "Europe/Berlin").is_ok());
         assert!(timezone("tz", "Mars/Olympus").is_err());
+        assert_eq!(stored_timezone("Europe/Berlin"), chrono_tz::Europe::Berlin);
         assert!(currency("currency", "GBP").is_ok());
         assert!(currency("currency", "gbp").is_err());
     }

@@ -72,15 +72,16 @@ fn variables_read() -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for file in &files {
         let code = production_code(file);
-        // `std::env::var("X")`, `env::var_os("X")`, config.rs's own `var("X")`.
+        // `std::env::var("X")`, `env::var_os("X")`, the config module's own `var("X")`.
         let reads = |ident: &str| {
             let last = ident.rsplit("::").next().unwrap_or(ident);
             last == "var" || last == "var_os"
         };
         names.extend(names_after(&code, reads));
-        // config.rs reads through small helpers (`duration("X", ...)`, `boolean("X", ...)`,
-        // `ConfigError::new("X", ...)`): there any call's first argument of that shape counts.
-        if file.ends_with("core/src/config.rs") {
+        // The config module (core/src/config/) reads through small helpers (`duration("X", ...)`,
+        // `boolean("X", ...)`, `ConfigError::new("X", ...)`): there any call's first argument of
+        // that shape counts.
+        if file.starts_with(root().join("core/src/config")) {
             names.extend(names_after(&code, |ident| {
                 ident
                     .rsplit("::")

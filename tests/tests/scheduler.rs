@@ -16,7 +16,10 @@
 //! render, row factories).
 
 use chrono::{DateTime, Utc};
-use dashlight_core::jobs::{PeriodicJob, PeriodicTask};
+use dashlight_core::{
+    jobs::{PeriodicJob, PeriodicTask},
+    kinds::Kind,
+};
 use dashlight_tests::world::{Person, World};
 use dashlight_worker::{
     periodic::{self, Context},
@@ -105,7 +108,7 @@ async fn assert_renders(w: &World, kind: &str) {
         ctx["school"] = json!({"name": w.config.school_name});
         for part in Part::ALL {
             let out = renderer
-                .render(kind, part, &ctx)
+                .render(Kind::parse(kind).expect("a known kind"), part, &ctx)
                 .unwrap_or_else(|e| panic!("{kind} {part} of {}: {e}\n{ctx:#}", n.dedupe_key));
             assert!(!out.trim().is_empty(), "{kind} {part} is empty");
         }

@@ -4,7 +4,10 @@
 use std::collections::BTreeSet;
 
 use chrono::{TimeZone, Utc};
-use dashlight_core::states::{AttemptOutcome, BookingStatus, DeliveryStatus, NotificationStatus};
+use dashlight_core::states::{
+    AttemptOutcome, BookingStatus, CalendarStatus, DeliveryStatus, LeadStatus, NotificationStatus, OfferStatus, PackageStatus,
+    PaymentStatus, SeriesStatus,
+};
 use dashlight_tests::{api::TOKEN, bins, db::TestDb, world::World};
 
 async fn err_code(r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> (String, String) {
@@ -117,6 +120,12 @@ async fn every_state_column_allows_exactly_the_values_of_its_enum() {
             values(AttemptOutcome::ALL, AttemptOutcome::as_str),
         ),
         ("bookings", "status", values(BookingStatus::ALL, BookingStatus::as_str)),
+        ("slot_offers", "status", values(OfferStatus::ALL, OfferStatus::as_str)),
+        ("payments", "status", values(PaymentStatus::ALL, PaymentStatus::as_str)),
+        ("package_purchases", "status", values(PackageStatus::ALL, PackageStatus::as_str)),
+        ("booking_series", "status", values(SeriesStatus::ALL, SeriesStatus::as_str)),
+        ("crm_contacts", "lead_status", values(LeadStatus::ALL, LeadStatus::as_str)),
+        ("calendar_events", "status", values(CalendarStatus::ALL, CalendarStatus::as_str)),
     ];
     for (table, column, enum_values) in columns {
         assert_eq!(
@@ -134,6 +143,12 @@ async fn every_state_column_allows_exactly_the_values_of_its_enum() {
     assert!(DeliveryStatus::ALL.iter().all(|s| DeliveryStatus::parse(s.as_str()) == Some(*s)));
     assert!(AttemptOutcome::ALL.iter().all(|s| AttemptOutcome::parse(s.as_str()) == Some(*s)));
     assert!(BookingStatus::ALL.iter().all(|s| BookingStatus::parse(s.as_str()) == Some(*s)));
+    assert!(OfferStatus::ALL.iter().all(|s| OfferStatus::parse(s.as_str()) == Some(*s)));
+    assert!(PaymentStatus::ALL.iter().all(|s| PaymentStatus::parse(s.as_str()) == Some(*s)));
+    assert!(PackageStatus::ALL.iter().all(|s| PackageStatus::parse(s.as_str()) == Some(*s)));
+    assert!(SeriesStatus::ALL.iter().all(|s| SeriesStatus::parse(s.as_str()) == Some(*s)));
+    assert!(LeadStatus::ALL.iter().all(|s| LeadStatus::parse(s.as_str()) == Some(*s)));
+    assert!(CalendarStatus::ALL.iter().all(|s| CalendarStatus::parse(s.as_str()) == Some(*s)));
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use dashlight_core::{
     bookings::{self, Booking, BookingSettings, NewBooking},
     db::retry_deadlock,
     series::{self, ExpandReport, NewSeries, Series},
+    states::NotificationStatus,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
@@ -315,7 +316,7 @@ pub async fn booking_timeline(State(state): State<AppState>, ApiPath(id): ApiPat
     let student_confirmed_via = booking.student_confirmed_via.map(|v| v.as_str().to_owned());
     let next_escalation = notifications
         .iter()
-        .filter(|n| bookings::ESCALATIONS.iter().any(|k| k.as_str() == n.kind) && n.status == "pending")
+        .filter(|n| bookings::ESCALATIONS.iter().any(|k| k.as_str() == n.kind) && n.status == NotificationStatus::Pending.as_str())
         .min_by_key(|n| n.due_at)
         .map(|n| NextEscalation {
             kind: n.kind.clone(),
@@ -510,7 +511,7 @@ pub async fn create_series(
                 starts_on: s.starts_on,
                 until_on: s.until_on,
                 occurrence_count: s.occurrence_count,
-                status: s.status,
+                status: s.status.to_string(),
                 expanded_through: s.expanded_through,
             },
             bookings: report.created.into_iter().map(BookingOut::from).collect(),

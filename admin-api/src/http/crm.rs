@@ -77,7 +77,7 @@ impl From<Contact> for ContactOut {
             email: c.email,
             phone: c.phone,
             contact_type: c.contact_type,
-            lead_status: c.lead_status,
+            lead_status: c.lead_status.to_string(),
             lifetime_value: c.lifetime_value_minor,
             currency: c.currency,
             source: c.source,

@@ -19,11 +19,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
 use dashlight_core::{
     DomainError,
     gaps::{self, Offer, SetWaitlist, Waitlist},
     people::Window,
+    states::OfferStatus,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -218,7 +218,7 @@ impl From<Offer> for OfferOut {
             start_time: o.start_time,
             end_time: o.end_time,
             pickup_location: o.pickup_location,
-            status: o.status,
+            status: o.status.to_string(),
             freed_at: o.freed_at,
             expires_at: o.expires_at,
             opened_at: o.opened_at,
@@ -293,7 +293,7 @@ struct PageView {
 }
 
 fn slot_view(o: &Offer, with_expiry: bool) -> SlotView {
-    let tz: Tz = o.student_timezone.parse().unwrap_or(chrono_tz::Europe::London);
+    let tz = dashlight_core::validate::stored_timezone(&o.student_timezone);
     let (s, e) = (o.start_time.with_timezone(&tz), o.end_time.with_timezone(&tz));
     SlotView {
         start_iso: o.start_time.to_rfc3339(),
@@ -347,10 +347,10 @@ pub async fn offer_page(State(state): State<AppState>, headers: HeaderMap, ApiPa
             ApiError::NotFound("no offer at this address".into()).into_response()
         });
     };
-    let gone = match offer.status.as_str() {
-        "expired" => Some("This offer has expired: it is too close to the lesson to book it now."),
-        "withdrawn" => Some("Sorry, this lesson has gone: another student accepted it first."),
-        _ => None,
+    let gone = match offer.status {
+        OfferStatus::Expired => Some("This offer has expired: it is too close to the lesson to book it now."),
+        OfferStatus::Withdrawn => Some("Sorry, this lesson has gone: another student accepted it first."),
+        OfferStatus::Open | OfferStatus::Accepted => None,
     };
     if let Some(message) = gone {
         return Ok(if html {
@@ -362,7 +362,7 @@ pub async fn offer_page(State(state): State<AppState>, headers: HeaderMap, ApiPa
     if !html {
         return Ok(no_store(Json(OfferOut::from(offer)).into_response()));
     }
-    if offer.status == "accepted" {
+    if offer.status == OfferStatus::Accepted {
         return Ok(simple(
             &state,
             StatusCode::OK,

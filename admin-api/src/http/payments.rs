@@ -88,7 +88,7 @@ impl From<Purchase> for PurchaseOut {
             lessons_remaining: p.lessons_remaining,
             purchased_at: p.purchased_at,
             expires_at: p.expires_at,
-            status: p.status,
+            status: p.status.as_str().to_owned(),
         }
     }
 }
@@ -132,7 +132,7 @@ fn payment_out(p: Payment, purchase: Option<Purchase>) -> PaymentOut {
         amount: p.amount_minor,
         currency: p.currency,
         method: p.method,
-        status: p.status,
+        status: p.status.as_str().to_owned(),
         provider_ref: p.provider_ref,
         paid_at: p.paid_at,
         created_at: p.created_at,

@@ -29,7 +29,7 @@ impl Pipeline {
         let ctx = self.context(n, r);
         let render = |part| {
             self.renderer
-                .render(kind.as_str(), part, &ctx)
+                .render(kind, part, &ctx)
                 .map_err(|e| SendError::permanent(format!("template: {e}")))
         };
         match d.channel {

@@ -329,7 +329,7 @@ pub(crate) fn plan(
     lesson_start: Option<DateTime<Utc>>,
 ) -> Vec<Planned> {
     let mut out = Vec::new();
-    let tz: Tz = r.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+    let tz = dashlight_core::validate::stored_timezone(&r.timezone);
     let quiet_until = quiet_end(r.quiet_start, r.quiet_end, now, tz);
     for &channel in &channels[from.min(channels.len())..] {
         let skip = |reason: String| Planned {

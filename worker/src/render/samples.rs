@@ -4,14 +4,15 @@
 
 use serde_json::{Value, json};
 
+use dashlight_core::kinds::Kind;
+
 use super::Renderer;
 
 impl Renderer {
     /// A realistic context of `kind` following the worker's context contract,
     /// with every optional field filled in. Used to check templates at load
-    /// time and handy in tests. An unknown kind gets only the fields common to
-    /// all kinds (`recipient` and `school`).
-    pub fn sample_context(kind: &str) -> Value {
+    /// time and handy in tests.
+    pub fn sample_context(kind: Kind) -> Value {
         let student = json!({
             "first_name": "Amelia",
             "last_name": "Hughes",
@@ -41,8 +42,8 @@ impl Renderer {
         let moved = booking("confirmed", "2026-03-05T16:00:00Z", "2026-03-05T17:00:00Z");
 
         let (recipient, extra) = match kind {
-            "booking_confirmed" => (student, json!({ "booking": confirmed, "page_url": PAGE_URL })),
-            "lesson_reminder" => (
+            Kind::BookingConfirmed => (student, json!({ "booking": confirmed, "page_url": PAGE_URL })),
+            Kind::LessonReminder => (
                 student,
                 json!({
                     "booking": confirmed,
@@ -51,20 +52,20 @@ impl Renderer {
                     "confirm_url": "https://school.example/confirm/AAAAAAAAAAAqAAAAAAAAAAfN2m1s0aC9eU3bQxFvYc",
                 }),
             ),
-            "access_link" => (student, json!({ "page_url": PAGE_URL })),
-            "booking_cancelled" => (
+            Kind::AccessLink => (student, json!({ "page_url": PAGE_URL })),
+            Kind::BookingCancelled => (
                 student,
                 json!({
                     "booking": booking("cancelled", "2026-03-03T17:30:00Z", "2026-03-03T18:30:00Z"),
                     "reason": "Your instructor is unwell",
                 }),
             ),
-            "booking_rescheduled" => (student, json!({ "booking": moved, "previous": previous })),
-            "booking_alert" => (
+            Kind::BookingRescheduled => (student, json!({ "booking": moved, "previous": previous })),
+            Kind::BookingAlert => (
                 instructor,
                 json!({ "booking": moved, "change": "rescheduled", "previous": previous }),
             ),
-            "recurring_conflict" => (
+            Kind::RecurringConflict => (
                 student,
                 json!({
                     "series": {
@@ -76,7 +77,7 @@ impl Renderer {
                     "reason": "the instructor is already booked",
                 }),
             ),
-            "invoice_issued" => (
+            Kind::InvoiceIssued => (
                 student,
                 json!({
                     "invoice": {
@@ -87,7 +88,7 @@ impl Renderer {
                     },
                 }),
             ),
-            "daily_agenda" => (
+            Kind::DailyAgenda => (
                 instructor,
                 json!({
                     "date": "2026-03-03T00:00:00Z",
@@ -114,7 +115,7 @@ impl Renderer {
                     "count": 3,
                 }),
             ),
-            "lesson_report" => (
+            Kind::LessonReport => (
                 student,
                 json!({
                     "lesson": {
@@ -132,7 +133,7 @@ impl Renderer {
                     ],
                 }),
             ),
-            "new_message" => (
+            Kind::NewMessage => (
                 student,
                 json!({
                     "sender_name": "Daniel Okafor",
@@ -140,8 +141,8 @@ impl Renderer {
                     "thread_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
                 }),
             ),
-            "test_reminder" => (student, json!({ "test": { "date": "2026-03-10T09:14:00Z", "days_before": 7 } })),
-            "package_low" => (
+            Kind::TestReminder => (student, json!({ "test": { "date": "2026-03-10T09:14:00Z", "days_before": 7 } })),
+            Kind::PackageLow => (
                 student,
                 json!({
                     "package": {
@@ -151,7 +152,7 @@ impl Renderer {
                     },
                 }),
             ),
-            "crm_follow_up" => (
+            Kind::CrmFollowUp => (
                 json!({ "first_name": "Sarah", "last_name": "Whitfield", "timezone": "Europe/London" }),
                 json!({
                     "contact": {
@@ -163,7 +164,7 @@ impl Renderer {
                     },
                 }),
             ),
-            "slot_offer" => (
+            Kind::SlotOffer => (
                 student,
                 json!({
                     "offer": {
@@ -177,7 +178,7 @@ impl Renderer {
                     },
                 }),
             ),
-            "slot_taken" => (
+            Kind::SlotTaken => (
                 student,
                 json!({
                     "offer": {
@@ -188,23 +189,23 @@ impl Renderer {
                     },
                 }),
             ),
-            "student_confirmed" => (
+            Kind::StudentConfirmed => (
                 instructor,
                 json!({ "booking": confirmed, "via": "push", "via_phrase": "from the push notification" }),
             ),
-            "confirm_nudge" => (
+            Kind::ConfirmNudge => (
                 student,
                 json!({ "booking": confirmed, "offset_label": "12 hours", "student_phone": null }),
             ),
-            "unconfirmed_lesson" => (
+            Kind::UnconfirmedLesson => (
                 instructor,
                 json!({ "booking": confirmed, "offset_label": "3 hours", "student_phone": "+447700900123" }),
             ),
-            "rearrange_request" => (
+            Kind::RearrangeRequest => (
                 instructor,
                 json!({ "booking": confirmed, "reply": "R can we do Thursday instead?", "from": "+447700900123" }),
             ),
-            "inbound_reply" => (
+            Kind::InboundReply => (
                 json!({ "first_name": "Greenway Driving School", "last_name": "", "timezone": "Europe/London" }),
                 json!({
                     "booking": confirmed,
@@ -213,7 +214,6 @@ impl Renderer {
                     "sender_name": "Amelia Hughes",
                 }),
             ),
-            _ => (student, json!({})),
         };
 
         let mut ctx = json!({
@@ -232,9 +232,9 @@ const PAGE_URL: &str = "https://school.example/me/3f2a9c0e5b7d4e1f8a6c2b9d0e4f7a
 
 /// The contexts every template is rendered with at load time: the sample,
 /// its sparse variant, and any other variant that takes a different branch.
-pub(super) fn check_contexts(kind: &str) -> Vec<Value> {
+pub(super) fn check_contexts(kind: Kind) -> Vec<Value> {
     let mut contexts = vec![Renderer::sample_context(kind), sparse_context(kind)];
-    if kind == "booking_alert" {
+    if kind == Kind::BookingAlert {
         let mut cancelled = Renderer::sample_context(kind);
         cancelled["change"] = json!("cancelled");
         cancelled["booking"]["status"] = json!("cancelled");
@@ -245,22 +245,22 @@ pub(super) fn check_contexts(kind: &str) -> Vec<Value> {
 
 /// The sample context with every nullable field null and every list empty,
 /// so load-time checks also walk the `{{else}}` branches.
-fn sparse_context(kind: &str) -> Value {
+fn sparse_context(kind: Kind) -> Value {
     let mut ctx = Renderer::sample_context(kind);
     let nulls: &[&str] = match kind {
-        "booking_confirmed" => &["/booking/pickup_location", "/page_url"],
-        "lesson_reminder" => &["/booking/pickup_location", "/page_url", "/confirm_url"],
-        "booking_rescheduled" => &["/booking/pickup_location"],
-        "booking_cancelled" => &["/booking/pickup_location", "/reason"],
-        "booking_alert" => &["/booking/pickup_location", "/previous"],
-        "lesson_report" => &["/lesson/notes"],
-        "package_low" => &["/package/expires_at"],
-        "slot_offer" => &["/offer/pickup_location"],
-        "crm_follow_up" => &["/contact/email", "/contact/phone", "/contact/last_interaction_at"],
-        "student_confirmed" => &["/booking/pickup_location", "/via_phrase"],
-        "rearrange_request" | "confirm_nudge" => &["/booking/pickup_location"],
-        "unconfirmed_lesson" => &["/booking/pickup_location", "/student_phone"],
-        "inbound_reply" => &["/booking", "/sender_name"],
+        Kind::BookingConfirmed => &["/booking/pickup_location", "/page_url"],
+        Kind::LessonReminder => &["/booking/pickup_location", "/page_url", "/confirm_url"],
+        Kind::BookingRescheduled => &["/booking/pickup_location"],
+        Kind::BookingCancelled => &["/booking/pickup_location", "/reason"],
+        Kind::BookingAlert => &["/booking/pickup_location", "/previous"],
+        Kind::LessonReport => &["/lesson/notes"],
+        Kind::PackageLow => &["/package/expires_at"],
+        Kind::SlotOffer => &["/offer/pickup_location"],
+        Kind::CrmFollowUp => &["/contact/email", "/contact/phone", "/contact/last_interaction_at"],
+        Kind::StudentConfirmed => &["/booking/pickup_location", "/via_phrase"],
+        Kind::RearrangeRequest | Kind::ConfirmNudge => &["/booking/pickup_location"],
+        Kind::UnconfirmedLesson => &["/booking/pickup_location", "/student_phone"],
+        Kind::InboundReply => &["/booking", "/sender_name"],
         _ => &[],
     };
     for pointer in nulls {
@@ -269,18 +269,18 @@ fn sparse_context(kind: &str) -> Value {
         }
     }
     match kind {
-        "booking_alert" => ctx["change"] = json!("new"),
-        "daily_agenda" => {
+        Kind::BookingAlert => ctx["change"] = json!("new"),
+        Kind::DailyAgenda => {
             ctx["lessons"] = json!([]);
             ctx["count"] = json!(0);
         }
-        "lesson_report" => {
+        Kind::LessonReport => {
             ctx["skills"] = json!([]);
             ctx["progress"] = json!([]);
         }
-        "test_reminder" => ctx["test"]["days_before"] = json!(1),
-        "package_low" => ctx["package"]["lessons_remaining"] = json!(0),
-        "crm_follow_up" => ctx["recipient"]["first_name"] = json!(""),
+        Kind::TestReminder => ctx["test"]["days_before"] = json!(1),
+        Kind::PackageLow => ctx["package"]["lessons_remaining"] = json!(0),
+        Kind::CrmFollowUp => ctx["recipient"]["first_name"] = json!(""),
         _ => {}
     }
     ctx

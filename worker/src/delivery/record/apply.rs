@@ -15,7 +15,7 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use dashlight_core::{controls, kinds::Channel, queue::JobOutcome, states::DeliveryStatus};
+use dashlight_core::{controls, kinds::Channel, notify, queue::JobOutcome, states::DeliveryStatus};
 use sqlx::{PgConnection, PgPool};
 
 use super::{Claimed, Decided, close_open, enqueue_runs, fail_notifications, settle_notifications};
@@ -305,17 +305,13 @@ async fn hold_paused(tx: &mut PgConnection, w: &mut Writes<'_>) -> Result<(), sq
     Ok(())
 }
 
-/// An operator cancelled these notifications' jobs: each is recorded `cancelled` with its reason.
+/// An operator cancelled these notifications' jobs: each has its open deliveries closed and is
+/// recorded `cancelled` with its reason (by core's one writer of that state,
+/// `notify::record_cancelled`).
 async fn withdraw(tx: &mut PgConnection, withdraw: &[(i64, &str)]) -> Result<(), sqlx::Error> {
     for (id, why) in withdraw {
         close_open(&mut *tx, &[*id], DeliveryStatus::Cancelled, why).await?;
-        sqlx::query!(
-            "UPDATE notifications SET status = 'cancelled', status_reason = $2 WHERE id = $1 AND status IN ('pending', 'processing')",
-            *id,
-            *why,
-        )
-        .execute(&mut *tx)
-        .await?;
+        notify::record_cancelled(&mut *tx, &[*id], why).await?;
         tracing::info!(notification = id, reason = why, "notification cancelled: its job was cancelled");
     }
     Ok(())

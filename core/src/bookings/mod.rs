@@ -11,6 +11,13 @@
 //! [`Kind::UnconfirmedLesson`]) with the booking, withdrawn on confirmation, cancellation and
 //! reschedule and recreated for the new time. Owns writes to `bookings` and
 //! `calendar_events`/`event_participants`.
+//!
+//! Files: this one holds the booking and its parties (the row, [`NewBooking`],
+//! [`BookingSettings`], [`Party`]), the reads ([`get`], [`with_parties`], the party loaders),
+//! the checks (availability, times), making a booking ([`create`]) with the alert, reminders and
+//! escalations that [`cancel`] and [`reschedule`] make again, and the erasure; `changes.rs` moves
+//! a booking ([`cancel`], [`reschedule`], [`finish`]); `confirmation.rs` records the student's
+//! confirmation ([`confirm`]).
 
 use std::time::Duration;
 
@@ -26,7 +33,7 @@ use crate::{
     config::format_offset,
     crm,
     error::DomainError,
-    gaps::{self, FreedSlot, GapFill},
+    gaps::GapFill,
     kinds::Kind,
     notify::{self, NewNotification},
     packages,
@@ -85,6 +92,12 @@ macro_rules! booking_query {
         booking_query!([] $($rest)+)
     };
 }
+
+mod changes;
+mod confirmation;
+
+pub use changes::{Outcome, cancel, finish, reschedule};
+pub use confirmation::{Confirmation, ESCALATIONS, confirm};
 
 /// What a new booking needs.
 #[derive(Debug, Clone)]
@@ -202,7 +215,7 @@ pub async fn check_availability(
     if !any {
         return Ok(true);
     }
-    let tz: Tz = instructor.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+    let tz = crate::validate::stored_timezone(&instructor.timezone);
     let (ls, le) = (start.with_timezone(&tz), end.with_timezone(&tz));
     if ls.date_naive() != le.date_naive() && le.time() != NaiveTime::MIN {
         return Ok(false);
@@ -254,88 +267,6 @@ async fn load(conn: &mut PgConnection, id: i64, lock: bool) -> Result<Booking, D
     booking.ok_or(DomainError::NotFound("booking"))
 }
 
-/// The kinds that escalate an unconfirmed lesson: withdrawn when it is confirmed, cancelled,
-/// moved or ended.
-pub const ESCALATIONS: [Kind; 2] = [Kind::ConfirmNudge, Kind::UnconfirmedLesson];
-
-/// What [`confirm`] found.
-#[derive(Debug, Clone)]
-pub enum Confirmation {
-    /// This call confirmed the lesson: the instructor was told, the escalations withdrawn.
-    Confirmed(Booking),
-    /// It had been confirmed before (the first confirmation wins; nothing changed).
-    Already(Booking),
-    /// The booking is not an upcoming confirmed lesson (cancelled, ended or over).
-    NotConfirmable(Booking),
-}
-
-impl Confirmation {
-    /// The booking as it is now.
-    pub fn booking(&self) -> &Booking {
-        match self {
-            Confirmation::Confirmed(b) | Confirmation::Already(b) | Confirmation::NotConfirmable(b) => b,
-        }
-    }
-}
-
-/// The student confirms that they will come to the lesson, by any path. One conditional
-/// `UPDATE … WHERE student_confirmed_at IS NULL` records it, so of two confirmations at once
-/// exactly one wins (the other waits for the row, then finds it confirmed: [`Confirmation::Already`]).
-/// The first one withdraws the lesson's pending escalations and tells the instructor
-/// (`student_confirmed`). Only a `confirmed` booking that has not ended can be confirmed.
-pub async fn confirm(conn: &mut PgConnection, id: i64, via: ConfirmedVia, now: DateTime<Utc>) -> Result<Confirmation, DomainError> {
-    let updated = booking_query!(
-        "UPDATE bookings SET student_confirmed_at = $2, student_confirmed_via = $3
-         WHERE id = $1 AND status = 'confirmed' AND student_confirmed_at IS NULL AND end_time > $2
-         RETURNING " COLUMNS;
-        id,
-        now,
-        via as ConfirmedVia,
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(b) = updated else {
-        let b = load(conn, id, false).await?;
-        return Ok(if b.student_confirmed_at.is_some() {
-            Confirmation::Already(b)
-        } else {
-            Confirmation::NotConfirmable(b)
-        });
-    };
-    notify::cancel_for_booking(conn, id, &ESCALATIONS, "the student confirmed the lesson").await?;
-    let student = student(conn, b.student_id).await?;
-    let instructor = instructor_plain(conn, b.instructor_id).await?;
-    let mut n = NewNotification::to_user(
-        Kind::StudentConfirmed,
-        instructor.user_id,
-        format!("student_confirmed:{}:v{}", b.id, b.version),
-        now,
-    );
-    n.booking_id = Some(b.id);
-    n.title = "Lesson confirmed by the student".into();
-    n.content = format!("{} confirmed the lesson {}", student.name, via.phrase());
-    n.data = json!({
-        "booking": booking_context(&b, &student, &instructor),
-        "via": via,
-        "via_phrase": via.phrase(),
-    });
-    notify::create(conn, n).await?;
-    analytics::record(
-        conn,
-        Some(student.user_id),
-        "lesson_confirmed",
-        json!({"booking_id": b.id, "instructor_id": instructor.id, "via": via}),
-        now,
-    )
-    .await?;
-    tracing::info!(
-        booking = b.id,
-        via = via.as_str(),
-        "lesson confirmed by the student; instructor told, escalations withdrawn"
-    );
-    Ok(Confirmation::Confirmed(b))
-}
-
 /// A booking with its student and instructor (for pages about it); `NotFound` when there is
 /// no such booking.
 pub async fn with_parties(conn: &mut PgConnection, id: i64) -> Result<(Booking, Party, Party), DomainError> {
@@ -361,6 +292,27 @@ async fn instructor_plain(conn: &mut PgConnection, id: i64) -> Result<Party, Dom
 /// Reads a booking.
 pub async fn get(conn: &mut PgConnection, id: i64) -> Result<Booking, DomainError> {
     load(conn, id, false).await
+}
+
+fn field_not_found(e: DomainError, field: &str) -> DomainError {
+    match e {
+        DomainError::NotFound(what) => DomainError::invalid(field, format!("no such {what}")),
+        other => other,
+    }
+}
+
+/// Loads an instructor, active or not, locking the row like [`instructor`].
+async fn instructor_any(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
+    sqlx::query_as!(
+        Party,
+        r#"SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
+         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1
+         FOR NO KEY UPDATE OF i"#,
+        id,
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or(DomainError::NotFound("instructor"))
 }
 
 /// Creates a confirmed booking with its calendar event, notifications and reminders.
@@ -447,13 +399,6 @@ pub async fn create(conn: &mut PgConnection, s: &BookingSettings, nb: NewBooking
     )
     .await?;
     Ok(booking)
-}
-
-fn field_not_found(e: DomainError, field: &str) -> DomainError {
-    match e {
-        DomainError::NotFound(what) => DomainError::invalid(field, format!("no such {what}")),
-        other => other,
-    }
 }
 
 async fn alert(
@@ -604,244 +549,6 @@ pub fn human_offset(d: Duration) -> String {
     } else {
         plural(s / 60, "minute")
     }
-}
-
-/// Cancels a pending or confirmed booking: pending reminders are cancelled, the calendar event
-/// is cancelled (SEQUENCE raised), the student and instructor are told, and the freed slot is
-/// offered to waitlisted students ([`gaps::offer_freed_slot`]).
-pub async fn cancel(
-    conn: &mut PgConnection,
-    s: &BookingSettings,
-    id: i64,
-    reason: Option<String>,
-    now: DateTime<Utc>,
-) -> Result<Booking, DomainError> {
-    let b = load(conn, id, true).await?;
-    if !b.status.is_cancellable() {
-        return Err(DomainError::Conflict(format!(
-            "booking is {}, only pending or confirmed bookings can be cancelled",
-            b.status
-        )));
-    }
-    let b: Booking = booking_query!(
-        "UPDATE bookings SET status = 'cancelled', cancel_reason = $2, cancelled_at = $3 WHERE id = $1 RETURNING " COLUMNS;
-        id,
-        reason.as_deref(),
-        now,
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    notify::cancel_for_booking(
-        conn,
-        id,
-        &[Kind::LessonReminder, Kind::ConfirmNudge, Kind::UnconfirmedLesson],
-        "booking cancelled",
-    )
-    .await?;
-    sqlx::query!(
-        "UPDATE calendar_events SET status = 'cancelled', sequence = sequence + 1 WHERE booking_id = $1",
-        id
-    )
-    .execute(&mut *conn)
-    .await?;
-    packages::give_back(conn, id, now).await?;
-    let student = student(conn, b.student_id).await?;
-    let instructor = instructor_any(conn, b.instructor_id).await?;
-    let mut n = NewNotification::to_user(Kind::BookingCancelled, student.user_id, format!("booking_cancelled:{id}"), now);
-    n.title = "Lesson cancelled".into();
-    n.content = format!("Your lesson with {} has been cancelled.", instructor.name);
-    n.data = json!({
-        "booking": booking_context(&b, &student, &instructor),
-        "reason": reason,
-        "calendar": calendar::booking_invitation(conn, id, Method::Cancel, now).await?,
-    });
-    n.booking_id = Some(id);
-    notify::create(conn, n).await?;
-    alert(conn, &b, &student, &instructor, "cancelled", None, now).await?;
-    let freed = FreedSlot {
-        booking_id: b.id,
-        booking_version: b.version,
-        student_id: b.student_id,
-        instructor: &instructor,
-        start_time: b.start_time,
-        end_time: b.end_time,
-    };
-    gaps::offer_freed_slot(conn, &s.gap_fill, &freed, now).await?;
-    analytics::record(
-        conn,
-        Some(student.user_id),
-        "booking_cancelled",
-        json!({"booking_id": id, "reason": reason}),
-        now,
-    )
-    .await?;
-    Ok(b)
-}
-
-/// Loads an instructor, active or not, locking the row like [`instructor`].
-async fn instructor_any(conn: &mut PgConnection, id: i64) -> Result<Party, DomainError> {
-    sqlx::query_as!(
-        Party,
-        r#"SELECT i.id, u.id AS user_id, u.first_name || ' ' || u.last_name AS "name!", u.timezone
-         FROM instructors i JOIN users u ON u.id = i.user_id WHERE i.id = $1
-         FOR NO KEY UPDATE OF i"#,
-        id,
-    )
-    .fetch_optional(conn)
-    .await?
-    .ok_or(DomainError::NotFound("instructor"))
-}
-
-/// Moves a confirmed booking: version raised, old reminders and escalations cancelled and new
-/// ones scheduled, the calendar event moved (SEQUENCE raised), both people told. The student's
-/// confirmation was for the old time: it is cleared, and the new time asks again.
-pub async fn reschedule(
-    conn: &mut PgConnection,
-    s: &BookingSettings,
-    id: i64,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Result<Booking, DomainError> {
-    validate_times(start, end)?;
-    let old = load(conn, id, true).await?;
-    if old.status != BookingStatus::Confirmed {
-        return Err(DomainError::Conflict(format!(
-            "booking is {}, only confirmed bookings can be rescheduled",
-            old.status
-        )));
-    }
-    let instructor = instructor_any(conn, old.instructor_id).await?;
-    if !check_availability(conn, &instructor, start, end).await? {
-        return Err(DomainError::invalid("start_time", "outside the instructor's availability"));
-    }
-    let b: Booking = booking_query!(
-        "UPDATE bookings SET start_time = $2, end_time = $3, booking_date = $4, version = version + 1,
-                            student_confirmed_at = NULL, student_confirmed_via = NULL
-         WHERE id = $1 RETURNING " COLUMNS;
-        id,
-        start,
-        end,
-        start.with_timezone(&s.school_tz).date_naive(),
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(DomainError::from_db)?;
-    notify::cancel_for_booking(
-        conn,
-        id,
-        &[Kind::LessonReminder, Kind::ConfirmNudge, Kind::UnconfirmedLesson],
-        "booking rescheduled",
-    )
-    .await?;
-    sqlx::query!(
-        "UPDATE calendar_events SET start_time = $2, end_time = $3, sequence = sequence + 1 WHERE booking_id = $1",
-        id,
-        start,
-        end,
-    )
-    .execute(&mut *conn)
-    .await?;
-    let student = student(conn, b.student_id).await?;
-    let mut n = NewNotification::to_user(
-        Kind::BookingRescheduled,
-        student.user_id,
-        format!("booking_rescheduled:{id}:v{}", b.version),
-        now,
-    );
-    n.title = "Lesson moved".into();
-    n.content = format!("Your lesson with {} has moved.", instructor.name);
-    n.data = json!({
-        "booking": booking_context(&b, &student, &instructor),
-        "previous": {"start_time": old.start_time.to_rfc3339(), "end_time": old.end_time.to_rfc3339()},
-        "calendar": calendar::booking_invitation(conn, id, Method::Request, now).await?,
-    });
-    n.booking_id = Some(id);
-    notify::create(conn, n).await?;
-    alert(
-        conn,
-        &b,
-        &student,
-        &instructor,
-        "rescheduled",
-        Some((old.start_time, old.end_time)),
-        now,
-    )
-    .await?;
-    schedule_reminders(conn, s, &b, &student, &instructor, now).await?;
-    let freed = FreedSlot {
-        booking_id: b.id,
-        booking_version: old.version,
-        student_id: b.student_id,
-        instructor: &instructor,
-        start_time: old.start_time,
-        end_time: old.end_time,
-    };
-    gaps::offer_freed_slot(conn, &s.gap_fill, &freed, now).await?;
-    analytics::record(
-        conn,
-        Some(student.user_id),
-        "booking_rescheduled",
-        json!({"booking_id": id, "version": b.version}),
-        now,
-    )
-    .await?;
-    Ok(b)
-}
-
-/// How a confirmed booking ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The lesson took place.
-    Completed,
-    /// The student did not turn up.
-    NoShow,
-}
-
-impl Outcome {
-    /// The booking status it leads to.
-    pub fn status(self) -> BookingStatus {
-        match self {
-            Outcome::Completed => BookingStatus::Completed,
-            Outcome::NoShow => BookingStatus::NoShow,
-        }
-    }
-}
-
-/// Ends a confirmed booking as `completed` or `no_show` (anything else is a conflict) and
-/// cancels its pending reminders. The calendar event stays: the lesson was in the diary. Returns
-/// the booking with its student and instructor.
-pub async fn finish(conn: &mut PgConnection, id: i64, outcome: Outcome) -> Result<(Booking, Party, Party), DomainError> {
-    let b = load(conn, id, true).await?;
-    if b.status != BookingStatus::Confirmed {
-        return Err(DomainError::Conflict(format!(
-            "booking is {}, only a confirmed booking can be marked {}",
-            b.status,
-            outcome.status()
-        )));
-    }
-    let b: Booking = booking_query!(
-        "UPDATE bookings SET status = $2 WHERE id = $1 RETURNING " COLUMNS;
-        id,
-        outcome.status() as BookingStatus,
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(DomainError::from_db)?;
-    let reason = match outcome {
-        Outcome::Completed => "lesson completed",
-        Outcome::NoShow => "student did not show up",
-    };
-    notify::cancel_for_booking(
-        conn,
-        id,
-        &[Kind::LessonReminder, Kind::ConfirmNudge, Kind::UnconfirmedLesson],
-        reason,
-    )
-    .await?;
-    let student = student(conn, b.student_id).await?;
-    let instructor = instructor_any(conn, b.instructor_id).await?;
-    Ok((b, student, instructor))
 }
 
 /// Erasure: a student's bookings keep their times, states and prices; pick-up and drop-off

@@ -1,267 +1,21 @@
-//! Filling gaps (docs/gap-filling.md): the waitlist, the offers of a freed slot, and
-//! accepting one.
-//!
-//! - [`set_waitlist`] / [`get_waitlist`]: a student's entry: preferred instructors (none = any),
-//!   weekly windows in the student's own time zone (none = any), active or not. The entry's
-//!   `joined_at` is its place in the queue: set when it becomes active, kept while it stays
-//!   active. **Rule:** accepting an offer closes the entry; booking a lesson any other way
-//!   leaves it open (the student may still want an earlier or extra one); leaving is
-//!   `active: false`.
-//! - [`offer_freed_slot`]: called by [`crate::bookings::cancel`] and
-//!   [`crate::bookings::reschedule`] in their transaction. A slot freed at least
-//!   `GAP_FILL_MIN_NOTICE` before its start, that the instructor's availability still covers and
-//!   no other live booking of the instructor overlaps, is offered to up to `GAP_FILL_MAX_OFFERS`
-//!   active entries, oldest first, whose instructors and windows match and whose student has no
-//!   lesson then. Each offer is a `slot_offer` notification carrying a single-person link
-//!   `PUBLIC_BASE_URL/offers/{token}`; the token is 32 random bytes, stored only as its SHA-256
-//!   (the message carrying the link keeps it, as any sent message does).
-//! - [`open`], [`find`]: the link's page; opening marks the offer `opened_at`.
-//! - [`accept`]: books the slot through [`crate::bookings::create`] (confirmation, alert,
-//!   reminders, invitation, package). Acceptances queue on the instructor's row lock, the one
-//!   every booking of that instructor takes, and read their offer again once through; the
-//!   exclusion constraint has the last word against any other booking. The winner's transaction
-//!   withdraws the slot's other open offers, tells those who had opened theirs (`slot_taken`),
-//!   and closes the winner's waitlist entry.
-//! - [`expire_due`]: the sweep's net that marks offers past their expiry `expired` (the state is
-//!   also computed at every read, so nothing waits for it).
-//!
-//! Owns `waitlist_entries`, `waitlist_windows` and `slot_offers`.
+//! The offers of a freed slot ([`offer_freed_slot`]), reading them ([`find`], [`open`],
+//! [`for_booking`]), accepting one ([`accept`]) and the expiry sweep ([`expire_due`]).
 
-use std::time::Duration;
-
-use base64::Engine as _;
-use chrono::{DateTime, Datelike, NaiveTime, Utc};
-use chrono_tz::Tz;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
+use super::{GapFill, new_token, token_hash, within_windows};
 use crate::{
-    Config, analytics,
+    analytics,
     bookings::{self, Booking, BookingSettings, NewBooking, Party},
     error::DomainError,
     kinds::Kind,
     notify::{self, NewNotification},
     people::Window,
+    states::OfferStatus,
 };
-
-/// The gap-filling settings.
-#[derive(Debug, Clone)]
-pub struct GapFill {
-    /// `GAP_FILL_MIN_NOTICE`.
-    pub min_notice: Duration,
-    /// `GAP_FILL_MAX_OFFERS` (0: no offers).
-    pub max_offers: u32,
-    /// `PUBLIC_BASE_URL`, no trailing slash.
-    pub public_base_url: String,
-}
-
-impl GapFill {
-    /// The settings of a configuration.
-    pub fn from_config(config: &Config) -> GapFill {
-        GapFill {
-            min_notice: config.gap_fill_min_notice,
-            max_offers: config.gap_fill_max_offers,
-            public_base_url: config.public_base_url.trim_end_matches('/').to_owned(),
-        }
-    }
-
-    fn notice(&self) -> chrono::Duration {
-        chrono::Duration::from_std(self.min_notice).unwrap_or(chrono::Duration::MAX)
-    }
-}
-
-/// Most instructors and windows one entry may name.
-pub const MAX_PREFERENCES: usize = 50;
-
-/// A student's waitlist entry.
-#[derive(Debug, Clone, Serialize)]
-pub struct Waitlist {
-    /// `students.id`.
-    pub student_id: i64,
-    /// Preferred instructors; empty = any.
-    pub instructor_ids: Vec<i64>,
-    /// Weekly windows in `timezone`; empty = any time.
-    pub windows: Vec<Window>,
-    /// On the waitlist now.
-    pub active: bool,
-    /// The place in the queue (older first); `None` when the student never joined.
-    pub joined_at: Option<DateTime<Utc>>,
-    /// When the entry was closed (left, or an offer accepted).
-    pub closed_at: Option<DateTime<Utc>>,
-    /// Why it was closed.
-    pub closed_reason: Option<String>,
-    /// The student's time zone, that of the windows.
-    pub timezone: String,
-}
-
-/// What `PUT /api/students/{id}/waitlist` sets.
-#[derive(Debug, Clone)]
-pub struct SetWaitlist {
-    /// Preferred instructors; empty = any.
-    pub instructor_ids: Vec<i64>,
-    /// Weekly windows in the student's time zone; empty = any time.
-    pub windows: Vec<Window>,
-    /// Join (or stay) / leave.
-    pub active: bool,
-}
-
-fn validate(w: &SetWaitlist) -> Result<(), DomainError> {
-    if w.instructor_ids.len() > MAX_PREFERENCES {
-        return Err(DomainError::invalid(
-            "instructor_ids",
-            format!("at most {MAX_PREFERENCES} instructors"),
-        ));
-    }
-    if w.windows.len() > MAX_PREFERENCES {
-        return Err(DomainError::invalid("windows", format!("at most {MAX_PREFERENCES} windows")));
-    }
-    for (i, win) in w.windows.iter().enumerate() {
-        if !(1..=7).contains(&win.day_of_week) {
-            return Err(DomainError::invalid(
-                format!("windows[{i}].day_of_week"),
-                "expected 1 (Monday) to 7 (Sunday)",
-            ));
-        }
-        if win.end_time <= win.start_time {
-            return Err(DomainError::invalid(format!("windows[{i}].end_time"), "must be after start_time"));
-        }
-        for (j, o) in w.windows.iter().enumerate().take(i) {
-            if o.day_of_week == win.day_of_week && o.start_time == win.start_time {
-                return Err(DomainError::invalid(
-                    format!("windows[{i}]"),
-                    format!("starts at the same time as windows[{j}] on the same day"),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Replaces a student's waitlist entry (creating it on first use) and returns it.
-pub async fn set_waitlist(conn: &mut PgConnection, student_id: i64, w: SetWaitlist, now: DateTime<Utc>) -> Result<Waitlist, DomainError> {
-    validate(&w)?;
-    let mut ids = w.instructor_ids.clone();
-    ids.sort_unstable();
-    ids.dedup();
-    if !ids.is_empty() {
-        let found: Vec<i64> = sqlx::query_scalar!("SELECT id FROM instructors WHERE id = ANY($1)", &ids)
-            .fetch_all(&mut *conn)
-            .await?;
-        if let Some(missing) = ids.iter().find(|id| !found.contains(id)) {
-            return Err(DomainError::invalid("instructor_ids", format!("no such instructor: {missing}")));
-        }
-    }
-    // Locking the student serialises concurrent replacements of one entry.
-    let locked: Option<i64> = sqlx::query_scalar!("SELECT id FROM students WHERE id = $1 FOR UPDATE", student_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if locked.is_none() {
-        return Err(DomainError::NotFound("student"));
-    }
-    let entry_id: i64 = sqlx::query_scalar!(
-        "INSERT INTO waitlist_entries (student_id, instructor_ids, active, joined_at, closed_at, closed_reason)
-         VALUES ($1, $2, $3, $4, CASE WHEN $3 THEN NULL ELSE $4::timestamptz END, CASE WHEN $3 THEN NULL ELSE 'left the waitlist' END)
-         ON CONFLICT (student_id) DO UPDATE SET
-            instructor_ids = EXCLUDED.instructor_ids,
-            active = EXCLUDED.active,
-            joined_at = CASE WHEN EXCLUDED.active AND NOT waitlist_entries.active THEN EXCLUDED.joined_at ELSE waitlist_entries.joined_at END,
-            closed_at = CASE WHEN EXCLUDED.active THEN NULL WHEN waitlist_entries.active THEN EXCLUDED.closed_at ELSE waitlist_entries.closed_at END,
-            closed_reason = CASE WHEN EXCLUDED.active THEN NULL WHEN waitlist_entries.active THEN EXCLUDED.closed_reason ELSE waitlist_entries.closed_reason END
-         RETURNING id",
-        student_id,
-        &ids,
-        w.active,
-        now,
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(DomainError::from_db)?;
-    sqlx::query!("DELETE FROM waitlist_windows WHERE entry_id = $1", entry_id)
-        .execute(&mut *conn)
-        .await?;
-    let days: Vec<i16> = w.windows.iter().map(|x| x.day_of_week).collect();
-    let starts: Vec<NaiveTime> = w.windows.iter().map(|x| x.start_time).collect();
-    let ends: Vec<NaiveTime> = w.windows.iter().map(|x| x.end_time).collect();
-    sqlx::query!(
-        "INSERT INTO waitlist_windows (entry_id, day_of_week, start_time, end_time)
-         SELECT $1, d, s, e FROM unnest($2::smallint[], $3::time[], $4::time[]) AS t(d, s, e)",
-        entry_id,
-        &days,
-        &starts,
-        &ends,
-    )
-    .execute(&mut *conn)
-    .await
-    .map_err(DomainError::from_db)?;
-    analytics::record(
-        conn,
-        None,
-        if w.active { "waitlist_joined" } else { "waitlist_left" },
-        json!({"student_id": student_id, "instructor_ids": ids, "windows": w.windows.len()}),
-        now,
-    )
-    .await?;
-    get_waitlist(conn, student_id).await
-}
-
-/// A student's waitlist entry; an inactive, empty one when they never joined.
-pub async fn get_waitlist(conn: &mut PgConnection, student_id: i64) -> Result<Waitlist, DomainError> {
-    // The entry's columns come through a left join: null when the student never joined.
-    let row = sqlx::query!(
-        r#"SELECT u.timezone, e.id AS "id?", e.instructor_ids AS "instructor_ids?", e.active AS "active?",
-                  e.joined_at AS "joined_at?", e.closed_at, e.closed_reason
-           FROM students s JOIN users u ON u.id = s.user_id LEFT JOIN waitlist_entries e ON e.student_id = s.id
-           WHERE s.id = $1"#,
-        student_id,
-    )
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or(DomainError::NotFound("student"))?;
-    let windows: Vec<Window> = match row.id {
-        Some(id) => {
-            sqlx::query_as!(
-                Window,
-                "SELECT day_of_week, start_time, end_time FROM waitlist_windows WHERE entry_id = $1 ORDER BY day_of_week, start_time",
-                id,
-            )
-            .fetch_all(&mut *conn)
-            .await?
-        }
-        None => Vec::new(),
-    };
-    Ok(Waitlist {
-        student_id,
-        instructor_ids: row.instructor_ids.unwrap_or_default(),
-        windows,
-        active: row.active.unwrap_or(false),
-        joined_at: row.id.and(row.joined_at),
-        closed_at: row.closed_at,
-        closed_reason: row.closed_reason,
-        timezone: row.timezone,
-    })
-}
-
-/// Whether `[start, end)` lies within one of `windows` in `tz` (no windows: any time). A slot
-/// running over local midnight fits no window.
-pub fn within_windows(windows: &[Window], tz: Tz, start: DateTime<Utc>, end: DateTime<Utc>) -> bool {
-    if windows.is_empty() {
-        return true;
-    }
-    let (ls, le) = (start.with_timezone(&tz), end.with_timezone(&tz));
-    let end_t = if le.date_naive() == ls.date_naive() {
-        le.time()
-    } else if le.date_naive() == ls.date_naive().succ_opt().unwrap_or(ls.date_naive()) && le.time() == NaiveTime::MIN {
-        NaiveTime::from_hms_opt(23, 59, 59).expect("valid time")
-    } else {
-        return false;
-    };
-    let dow = ls.weekday().number_from_monday() as i16;
-    windows
-        .iter()
-        .any(|w| w.day_of_week == dow && w.start_time <= ls.time() && end_t <= w.end_time)
-}
 
 /// A slot a cancellation or a move has just freed.
 #[derive(Debug, Clone)]
@@ -286,16 +40,6 @@ struct Candidate {
     user_id: i64,
     timezone: String,
     pickup_location: Option<String>,
-}
-
-/// SHA-256 of an offer token.
-fn token_hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
-fn new_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 /// Offers a freed slot (see the module header). Returns the ids of the offers made; none when
@@ -370,7 +114,7 @@ pub async fn offer_freed_slot(
                 end_time: w.end_time,
             })
             .collect();
-        let tz: Tz = c.timezone.parse().unwrap_or(chrono_tz::Europe::London);
+        let tz = crate::validate::stored_timezone(&c.timezone);
         if !within_windows(&own, tz, slot.start_time, slot.end_time) {
             continue;
         }
@@ -461,8 +205,8 @@ pub struct Offer {
     pub end_time: DateTime<Utc>,
     /// The student's pickup.
     pub pickup_location: Option<String>,
-    /// open, accepted, withdrawn, expired.
-    pub status: String,
+    /// Its state (`expired` as soon as its time ran out, even before the expiry job has run).
+    pub status: OfferStatus,
     /// When the slot was freed.
     pub freed_at: DateTime<Utc>,
     /// Accept before this.
@@ -489,7 +233,7 @@ macro_rules! select_offers {
     SELECT o.id, o.booking_id, o.booking_version, o.instructor_id, iu.first_name || ' ' || iu.last_name AS "instructor_name!",
            o.student_id, su.first_name || ' ' || su.last_name AS "student_name!", su.timezone AS student_timezone,
            o.start_time, o.end_time, o.pickup_location,
-           CASE WHEN o.status = 'open' AND o.expires_at <= $1 THEN 'expired' ELSE o.status END AS "status!",
+           CASE WHEN o.status = 'open' AND o.expires_at <= $1 THEN 'expired' ELSE o.status END AS "status!: OfferStatus",
            o.freed_at, o.expires_at, o.opened_at, o.accepted_at, o.accepted_booking_id, o.withdrawn_at, o.created_at
     FROM slot_offers o
     JOIN instructors i ON i.id = o.instructor_id JOIN users iu ON iu.id = i.user_id
@@ -555,9 +299,9 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
         .fetch_optional(&mut *conn)
         .await?;
     let offer = find(conn, token, now).await?.ok_or(DomainError::NotFound("offer"))?;
-    match offer.status.as_str() {
-        "open" => {}
-        "accepted" => {
+    match offer.status {
+        OfferStatus::Open => {}
+        OfferStatus::Accepted => {
             let booking = bookings::get(conn, offer.accepted_booking_id.ok_or(DomainError::NotFound("booking"))?).await?;
             return Ok(Accepted {
                 offer,
@@ -565,12 +309,12 @@ pub async fn accept(conn: &mut PgConnection, s: &BookingSettings, token: &str, n
                 fresh: false,
             });
         }
-        "expired" => {
+        OfferStatus::Expired => {
             return Err(DomainError::Conflict(
                 "this offer has expired: the slot can no longer be booked through it".into(),
             ));
         }
-        _ => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
+        OfferStatus::Withdrawn => return Err(DomainError::Conflict("the slot has gone: another student accepted it first".into())),
     }
     // The student may have booked something else at that time since the offer was made.
     let busy: bool = sqlx::query_scalar!(
@@ -687,70 +431,4 @@ pub async fn expire_due(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<u
     .execute(conn)
     .await?;
     Ok(r.rows_affected())
-}
-
-/// Erasure: a student leaves the waitlist; their slot offers lose the pick-up place, open ones
-/// are withdrawn, and every offer's token digest is replaced by a random one (the links in the
-/// offers sent stop working).
-pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
-    let mut n = sqlx::query!(
-        "UPDATE waitlist_entries SET active = false, closed_at = coalesce(closed_at, $2), closed_reason = 'erased'
-         WHERE student_id = $1",
-        e.student_id,
-        e.now,
-    )
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    n += sqlx::query!(
-        "UPDATE slot_offers
-         SET pickup_location = NULL,
-             token_sha256 = sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')),
-             status = CASE WHEN status = 'open' THEN 'withdrawn' ELSE status END,
-             withdrawn_at = CASE WHEN status = 'open' THEN $2 ELSE withdrawn_at END
-         WHERE student_id = $1",
-        e.student_id,
-        e.now,
-    )
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(n)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn w(d: i16, s: &str, e: &str) -> Window {
-        Window {
-            day_of_week: d,
-            start_time: NaiveTime::parse_from_str(s, "%H:%M").unwrap(),
-            end_time: NaiveTime::parse_from_str(e, "%H:%M").unwrap(),
-        }
-    }
-
-    #[test]
-    fn windows_are_read_in_the_students_zone() {
-        // Tuesday 3 March 2026, 17:00-18:00 UTC.
-        let s = DateTime::parse_from_rfc3339("2026-03-03T17:00:00Z").unwrap().to_utc();
-        let e = s + chrono::Duration::hours(1);
-        let london = chrono_tz::Europe::London;
-        let ny = chrono_tz::America::New_York;
-        assert!(within_windows(&[], london, s, e));
-        assert!(within_windows(&[w(2, "16:00", "19:00")], london, s, e));
-        assert!(!within_windows(&[w(2, "17:30", "19:00")], london, s, e));
-        assert!(!within_windows(&[w(3, "16:00", "19:00")], london, s, e));
-        // 12:00-13:00 in New York.
-        assert!(within_windows(&[w(2, "12:00", "13:00")], ny, s, e));
-        assert!(!within_windows(&[w(2, "16:00", "19:00")], ny, s, e));
-    }
-
-    #[test]
-    fn tokens_are_long_and_hashed() {
-        let t = new_token();
-        assert_eq!(t.len(), 43);
-        assert_ne!(new_token(), t);
-        assert_eq!(token_hash(&t).len(), 32);
-    }
 }
