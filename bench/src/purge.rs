@@ -3,7 +3,7 @@
 //! `RETENTION_DELIVERIES` (400 days) at the same time. The old deliveries (each with its
 //! notification and one failed attempt in `delivery_attempt_log`) are loaded first; the purge
 //! starts when the first reminder falls due and runs `dashlight_core::privacy::retention` —
-//! the statements, batch size (1,000) and pause of the worker's `retention` task — from the
+//! the statements, batch size (250) and rest of the worker's `retention` task — from the
 //! bench process on its own connections, with no run budget, until nothing old is left.
 //! Lateness is `sent_at − due_at` of each reminder's `sent` delivery (database timestamps).
 

@@ -587,7 +587,7 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
     writeln!(
         w,
         "Worker processes: {} × the release `dashlight-worker` with WORKER_CONCURRENCY={}, WORKER_BATCH_SIZE={} and POLL_INTERVAL={}ms (the defaults of \
-         `core/src/config.rs`), RUST_LOG=warn, SMTP/SMS/push pointed at the bench's loopback sinks (tokio SMTP sink, axum HTTP sink).",
+         `core/src/config/`), RUST_LOG=warn, SMTP/SMS/push pointed at the bench's loopback sinks (tokio SMTP sink, axum HTTP sink).",
         s.workers, s.concurrency, s.batch, s.poll_ms
     )?;
     writeln!(w)?;
@@ -612,7 +612,7 @@ pub fn write(path: &Path, m: &Machine, s: &Sizes, r: &Results) -> anyhow::Result
         )?;
         writeln!(
             w,
-            "| 1 | same jobs, apalis-postgres default `Config`, one worker | (≈ 1,500 in APALIS_NOTES.md) | {} jobs/s | |",
+            "| 1 | same jobs, apalis-postgres default `Config`, one worker | (≈ 1,500 measured before this project) | {} jobs/s | |",
             n0(d)
         )?;
         writeln!(w, "| 1 | ratio project / default | | {:.2} | |", raw.ratio_project_to_default)?;

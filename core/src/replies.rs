@@ -170,7 +170,9 @@ pub async fn handle(conn: &mut PgConnection, school: &School, msg: &Inbound<'_>,
     .fetch_optional(&mut *conn)
     .await?;
     let replayed = reply_id.is_none();
-    let tz: Tz = sender.as_ref().and_then(|s| s.timezone.parse().ok()).unwrap_or(school.timezone);
+    let tz: Tz = sender
+        .as_ref()
+        .map_or(school.timezone, |s| crate::validate::stored_timezone(&s.timezone));
     let when = |t: DateTime<Utc>| t.with_timezone(&tz).format("%a %-d %b %H:%M").to_string();
     let user_id = sender.as_ref().map(|s| s.id);
     let mut out = Handled {

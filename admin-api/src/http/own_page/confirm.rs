@@ -26,6 +26,7 @@ use chrono_tz::Tz;
 use dashlight_core::{
     bookings::{self, Booking, Confirmation, Party},
     states::{BookingStatus, ConfirmedVia},
+    validate,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -74,7 +75,7 @@ async fn resolve(state: &AppState, token: &str) -> Result<Option<(Booking, Party
 }
 
 fn view(state: &AppState, token: &str, b: &Booking, student: &Party, instructor: &Party, kind: &'static str) -> ConfirmView {
-    let tz: Tz = student.timezone.parse().unwrap_or(state.config.school_timezone);
+    let tz: Tz = validate::stored_timezone(&student.timezone);
     let when = format!("{}–{}", in_zone(b.start_time, tz), b.end_time.with_timezone(&tz).format("%H:%M"));
     let (title, text) = match kind {
         "ask" => (

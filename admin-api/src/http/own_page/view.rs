@@ -8,6 +8,7 @@ use dashlight_core::{
     access::{self, Owner},
     kinds::{Channel, Kind},
     people::{self, Preferences},
+    validate,
 };
 use serde::{Deserialize, Serialize};
 
@@ -138,7 +139,7 @@ pub(super) async fn page_view(
     error: Option<FieldError>,
 ) -> Result<PageView, ApiError> {
     let now = state.clock.now();
-    let tz: Tz = o.timezone.parse().unwrap_or(state.config.school_timezone);
+    let tz: Tz = validate::stored_timezone(&o.timezone);
     let mut conn = state.pool.acquire().await?;
     let lessons = access::upcoming_lessons(&mut conn, o.user_id, now).await?;
     let feed = access::feed(&mut conn, o.user_id, now).await?;
