@@ -365,6 +365,20 @@ pub struct DeviceOut {
     pub updated_at: DateTime<Utc>,
 }
 
+impl From<people::Device> for DeviceOut {
+    fn from(d: people::Device) -> Self {
+        DeviceOut {
+            id: d.id,
+            user_id: d.user_id,
+            device_id: d.device_id,
+            push_endpoint: d.push_endpoint,
+            active: d.active,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
 fn decode_b64url(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(value.trim().trim_end_matches('='))
@@ -441,18 +455,7 @@ pub async fn add_device(
     let (d, created) = people::register_device(&mut tx, id, &nd).await?;
     tx.commit().await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((
-        status,
-        Json(DeviceOut {
-            id: d.id,
-            user_id: d.user_id,
-            device_id: d.device_id,
-            push_endpoint: d.push_endpoint,
-            active: d.active,
-            created_at: d.created_at,
-            updated_at: d.updated_at,
-        }),
-    ))
+    Ok((status, Json(DeviceOut::from(d))))
 }
 
 /// A weekly window in the instructor's time zone.

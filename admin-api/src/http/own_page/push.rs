@@ -154,18 +154,7 @@ pub async fn add_device(
         "push subscription registered from the own page"
     );
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok((
-        status,
-        Json(DeviceOut {
-            id: d.id,
-            user_id: d.user_id,
-            device_id: d.device_id,
-            push_endpoint: d.push_endpoint,
-            active: d.active,
-            created_at: d.created_at,
-            updated_at: d.updated_at,
-        }),
-    ))
+    Ok((status, Json(DeviceOut::from(d))))
 }
 
 fn rename_field(e: ApiError, to: &str) -> ApiError {
