@@ -311,10 +311,10 @@ const PLANNERS: usize = 2;
 
 /// Plans the groups that fell due, at most [`PLANNERS`] at a time: the groups that fell due
 /// while both were busy are merged and planned together (one load, then claims of whole chunks),
-/// so under load the work per database round trip grows instead of the round trips (a group a
-/// 5 ms bucket, each with its own load and claim, was 200 loads and 200 claims a second at 1,000
-/// reminders a second, which queued behind a bulk for seconds). Ends when every group has come
-/// and been handled.
+/// so under load the work per database round trip grows instead of the round trips (a task per
+/// 5 ms bucket, each with its own load and claim, made 200 loads and 200 claims a second at 1,000
+/// reminders a second, all at once beside a bulk). Ends when every group has come and been
+/// handled.
 async fn planner(this: Arc<Drain>, mut due: mpsc::UnboundedReceiver<Vec<FetchedJob>>, out: Out, sends: Arc<PriorityPermits>) {
     let gate = Arc::new(Semaphore::new(PLANNERS));
     let mut handles = JoinSet::new();
