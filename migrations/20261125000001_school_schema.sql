@@ -1,6 +1,6 @@
 -- Dashlight: the driving school's data model.
 --
--- Source: the ERD in shared/seed plus the decisions of PRODUCT.md.
+-- Source: the school's data model and the decisions described in docs/.
 -- Conventions:
 --   * ids are `bigint generated always as identity`;
 --   * every state is a constrained text value (CHECK), listed where it is declared;

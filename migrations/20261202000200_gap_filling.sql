@@ -1,4 +1,4 @@
--- Dashlight: filling cancelled slots (PRODUCT.md, "Filling gaps").
+-- Dashlight: filling cancelled slots (docs/gap-filling.md).
 --
 -- Students join a waitlist with preferred instructors and weekly windows in their own time
 -- zone; a booking cancelled (or moved) early enough offers its freed slot to up to

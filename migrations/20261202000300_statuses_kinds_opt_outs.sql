@@ -1,5 +1,5 @@
--- Dashlight: the shared groundwork of the third round (PRODUCT.md, "Hearing back", "A page of
--- one's own"): the two delivery statuses providers report after acceptance, the new kinds, the
+-- Dashlight: the shared groundwork of the third round (docs/hearing-back.md, docs/own-page.md):
+-- the two delivery statuses providers report after acceptance, the new kinds, the
 -- per-kind email opt-outs that unsubscribe links and a person's own page both change, and the
 -- read mark of a person's notification feed.
 

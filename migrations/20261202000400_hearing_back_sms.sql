@@ -1,4 +1,4 @@
--- Dashlight: the SMS half of "Hearing back" (PRODUCT.md): a student's C/YES reply confirms a
+-- Dashlight: the SMS half of "Hearing back" (docs/hearing-back.md): a student's C/YES reply confirms a
 -- lesson, every inbound SMS is kept, and the rollup counts what providers reported.
 
 -- When the student confirmed the lesson by replying C or YES to its reminder (NULL: not yet).

@@ -1,4 +1,4 @@
--- Dashlight: hearing back by email (PRODUCT.md, "Hearing back"): the secret that signs the VERP
+-- Dashlight: hearing back by email (docs/hearing-back.md): the secret that signs the VERP
 -- addresses of bounces and the unsubscribe links, and the record of every message the inbound
 -- email hook received.
 

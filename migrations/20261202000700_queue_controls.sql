@@ -1,4 +1,4 @@
--- Dashlight: operating the queues (PRODUCT.md, "Operating the queues", issue #18).
+-- Dashlight: operating the queues (docs/operating.md).
 
 -- A paused queue (no worker fetches from it) or channel (its sends wait as `pending`), one row
 -- while paused. Written only by dashlight_core::controls; read by the queue driver's fetch and

@@ -20,6 +20,43 @@ async fn err_code(r: Result<sqlx::postgres::PgQueryResult, sqlx::Error>) -> (Str
 }
 
 #[tokio::test]
+async fn a_database_migrated_before_a_comment_was_reworded_still_migrates_and_other_texts_are_refused() {
+    let db = TestDb::new().await;
+    // As a database migrated before the queue controls' comment was reworded stores it.
+    let old = "086c3902da27000b4dfd";
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = decode($1, 'hex') WHERE version = 20261202000700")
+        .bind(dashlight_core::db::reworded_checksum(20261202000700).expect("listed"))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let stored = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT encode(checksum, 'hex') FROM _sqlx_migrations WHERE version = 20261202000700")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert!(stored(db.pool.clone()).await.starts_with(old));
+    dashlight_core::db::migrate(&db.pool)
+        .await
+        .expect("the old text's checksum is adopted");
+    let shipped = dashlight_core::db::migrator()
+        .iter()
+        .find(|m| m.version == 20261202000700)
+        .map(|m| m.checksum.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        .unwrap();
+    assert_eq!(stored(db.pool.clone()).await, shipped);
+    // Any other text than the listed one still stops the run.
+    sqlx::query("UPDATE _sqlx_migrations SET checksum = decode(repeat('ab', 48), 'hex') WHERE version = 20261202000700")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let e = dashlight_core::db::migrate(&db.pool)
+        .await
+        .expect_err("a changed migration is refused");
+    assert!(e.to_string().contains("20261202000700"), "{e}");
+}
+
+#[tokio::test]
 async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
     let db = TestDb::new().await;
     // The template was migrated once; migrating again is a no-op.
