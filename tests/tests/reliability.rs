@@ -513,8 +513,23 @@ async fn replicas_racing_over_an_hour_do_everything_exactly_once() {
     let ticks = scalar(&w, "SELECT count(*) FROM scheduler_ticks").await;
     let periodic_jobs = scalar(&w, "SELECT count(*) FROM apalis.jobs WHERE job_type = 'dashlight.periodic'").await;
     assert_eq!(ticks, periodic_jobs);
+    // One school row per day, for the three days each rollup recomputes: three days, or one more
+    // for each midnight (in the school's zone, Europe/London by default) the hour crossed.
     let rollup_rows = scalar(&w, "SELECT count(*) FROM daily_rollups WHERE instructor_id IS NULL").await;
-    assert!((1..=3).contains(&rollup_rows), "one school row per day: {rollup_rows}");
+    let rollup_days = scalar(&w, "SELECT count(DISTINCT day) FROM daily_rollups WHERE instructor_id IS NULL").await;
+    assert_eq!(rollup_rows, rollup_days, "one school row per day");
+    let midnights: i64 = sqlx::query_scalar(
+        "SELECT (($2::timestamptz AT TIME ZONE 'Europe/London')::date - ($1::timestamptz AT TIME ZONE 'Europe/London')::date)::int8",
+    )
+    .bind(start)
+    .bind(start + chrono::Duration::minutes(60))
+    .fetch_one(w.pool())
+    .await
+    .unwrap();
+    assert!(
+        (1..=3 + midnights).contains(&rollup_rows),
+        "one school row per day: {rollup_rows} ({midnights} midnights crossed)"
+    );
 }
 
 /// The crash target (docs/guarantees.md): `kill -9` mid-drain, then a new worker and nothing else (no sweep,
