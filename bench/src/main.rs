@@ -145,6 +145,21 @@ struct Args {
     /// Old deliveries the `purge` scenario deletes (default 3,000,000; 100,000 with --quick).
     #[arg(long)]
     old: Option<u64>,
+    /// The `purge` scenario's control: the old deliveries are loaded but not purged (what the
+    /// reminders' lateness is on that database without the purge).
+    #[arg(long)]
+    purge_off: bool,
+    /// The `purge` scenario waits for the whole purge to end (by default it stops the purge once
+    /// the reminders are measured and reports its pace so far).
+    #[arg(long)]
+    purge_whole: bool,
+    /// An experiment: rows per statement of the `purge` scenario (default: the worker's).
+    #[arg(long)]
+    purge_batch: Option<i64>,
+    /// An experiment: the purge's rest after each statement, as a multiple of how long it took
+    /// (default: the worker's).
+    #[arg(long)]
+    purge_rest: Option<f64>,
     /// Concurrent batchers of the `ceiling` experiment.
     #[arg(long, default_value_t = 2)]
     ceiling_tasks: usize,
@@ -495,12 +510,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             sizes.rate, sizes.steady_seconds, runs
         );
         for k in 0..runs {
+            let mut o = purge::default_options();
+            o.batch = args.purge_batch.unwrap_or(o.batch);
+            o.rest = args.purge_rest.unwrap_or(o.rest);
             let r = purge::run(
                 &ctx,
                 sizes.rate,
                 Duration::from_secs(sizes.steady_seconds),
                 Duration::from_secs(sizes.grace_seconds),
                 old,
+                (!args.purge_off).then_some(o),
+                args.purge_whole,
             )
             .await?;
             eprintln!("  run {}: {}", k + 1, serde_json::to_string(&r)?);

@@ -4,8 +4,14 @@
 //! notification and one failed attempt in `delivery_attempt_log`) are loaded first; the purge
 //! starts when the first reminder falls due and runs `dashlight_core::privacy::retention` —
 //! the statements, batch size (250) and rest of the worker's `retention` task — from the
-//! bench process on its own connections, with no run budget, until nothing old is left.
+//! bench process on its own connections, with no run budget, until the reminders are measured
+//! (with `--purge-whole`, until nothing old is left).
 //! Lateness is `sent_at − due_at` of each reminder's `sent` delivery (database timestamps).
+//!
+//! The loading is followed by a `CHECKPOINT`, so the reminders do not share the disk with the
+//! writing out of the load (in a school the old rows were written long ago); `--purge-off` runs
+//! the same database without the purge, the control of the purge's own cost. The run reports the
+//! WAL written and the checkpoints between the first and the last reminder's due time.
 
 use std::time::{Duration, Instant};
 
@@ -35,16 +41,47 @@ pub struct PurgeRun {
     pub old_deliveries: u64,
     /// Old deliveries deleted while the reminders were due (first due to last due).
     pub purged_during_steady: u64,
-    /// Old deliveries deleted in the end.
+    /// Old deliveries deleted in the end (by the end of the measurement, unless `--purge-whole`).
     pub purged: u64,
-    /// How long the whole purge took, s.
+    /// How long the purge ran, s (to its end with `--purge-whole`).
     pub purge_seconds: f64,
     /// Deliveries deleted per second (with their attempts).
     pub purge_per_second: f64,
+    /// Whether the purge ran (false: the `--purge-off` control).
+    pub purging: bool,
+    /// WAL written from the first to the last reminder's due time, MiB.
+    pub wal_mib_during_steady: f64,
+    /// Checkpoints begun in that time (timed + requested).
+    pub checkpoints_during_steady: i64,
+}
+
+/// The worker's retention options, without the run budget (the bench purges to the end).
+pub fn default_options() -> Options {
+    Options {
+        budget: Duration::from_secs(3600),
+        ..Options::default()
+    }
+}
+
+/// The server's WAL bytes written so far and checkpoints begun so far.
+async fn wal_and_checkpoints(pool: &PgPool) -> anyhow::Result<(f64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT (SELECT wal_bytes::float8 FROM pg_stat_wal), (SELECT checkpoints_timed + checkpoints_req FROM pg_stat_bgwriter)",
+    )
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Runs the scenario once on a fresh database with the bench's worker processes.
-pub async fn run(ctx: &Ctx, rate: u64, duration: Duration, grace: Duration, old: u64) -> anyhow::Result<PurgeRun> {
+pub async fn run(
+    ctx: &Ctx,
+    rate: u64,
+    duration: Duration,
+    grace: Duration,
+    old: u64,
+    purge: Option<Options>,
+    whole: bool,
+) -> anyhow::Result<PurgeRun> {
     let db = BenchDb::create("purge", &ctx.db_settings).await?;
     let result = async {
         let n = (rate as f64 * duration.as_secs_f64()).round() as i64;
@@ -54,9 +91,10 @@ pub async fn run(ctx: &Ctx, rate: u64, duration: Duration, grace: Duration, old:
         sqlx::query("VACUUM (ANALYZE) notifications, notification_deliveries, delivery_attempt_log, apalis.jobs")
             .execute(&db.pool)
             .await?;
+        sqlx::query("CHECKPOINT").execute(&db.pool).await?;
         let mut conn = db.connect().await?;
         let workers = Workers::start(&ctx.worker_bin, &db, &mut conn, &ctx.sinks, &ctx.keys, &ctx.settings, "purge").await?;
-        let r = one(&db, &mut conn, &pop, rate, duration, grace, old).await;
+        let r = one(&db, &mut conn, &pop, rate, duration, grace, old, purge, whole).await;
         workers.stop().await?;
         r
     }
@@ -94,6 +132,7 @@ async fn insert_old(pool: &PgPool, old: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn one(
     db: &BenchDb,
     conn: &mut PgConnection,
@@ -102,6 +141,8 @@ async fn one(
     duration: Duration,
     grace: Duration,
     old: u64,
+    options: Option<Options>,
+    whole: bool,
 ) -> anyhow::Result<PurgeRun> {
     let pool = &db.pool;
     let n = (rate as f64 * duration.as_secs_f64()).round() as u64;
@@ -119,28 +160,31 @@ async fn one(
         .unwrap_or_default();
     let start = Instant::now() + lead;
     tokio::time::sleep(lead).await;
+    let (wal_at_start, checkpoints_at_start) = wal_and_checkpoints(pool).await?;
 
     // The purge, on its own pool (as the worker's periodic task would run it), from the first due.
     let purge_pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect_with((*pool.connect_options()).clone())
         .await?;
+    let purge_started = Instant::now();
     let purge = tokio::spawn(async move {
         let t = Instant::now();
         let cutoff = Utc::now() - chrono::Duration::days(400);
-        let o = Options {
-            budget: Duration::from_secs(3600),
-            ..Options::default()
+        let p = match options {
+            Some(o) => retention::purge_deliveries(&purge_pool, cutoff, o).await,
+            None => Ok(retention::Purged::default()),
         };
-        let p = retention::purge_deliveries(&purge_pool, cutoff, o).await;
         (p, t.elapsed())
     });
 
     let steady_end = start + duration;
     let deadline = steady_end + grace;
     let mut purged_during_steady = None;
+    let mut steady_wal = None;
     loop {
         if purged_during_steady.is_none() && Instant::now() >= steady_end {
+            steady_wal = Some(wal_and_checkpoints(pool).await?);
             purged_during_steady = Some(old_left(pool).await?);
         }
         let open: i64 =
@@ -152,6 +196,10 @@ async fn one(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let (wal_at_end, checkpoints_at_end) = match steady_wal {
+        Some(w) => w,
+        None => wal_and_checkpoints(pool).await?,
+    };
     let left_at_steady_end = match purged_during_steady {
         Some(left) => left,
         None => old_left(pool).await?,
@@ -171,8 +219,16 @@ async fn one(
     .bind(first_due)
     .fetch_one(pool)
     .await?;
-    let (purged, took) = purge.await?;
-    let purged = purged?;
+    let (purged, took) = if whole {
+        let (purged, took) = purge.await?;
+        (purged?.deliveries, took)
+    } else {
+        // The reminders are measured: what the purge did so far is its pace.
+        purge.abort();
+        let took = purge_started.elapsed();
+        let left = if options.is_some() { old_left(pool).await? } else { old };
+        (old.saturating_sub(left), took)
+    };
     Ok(PurgeRun {
         reminders,
         reminders_sent: sent as u64,
@@ -182,9 +238,12 @@ async fn one(
         late_over_1s: over_1s as u64,
         old_deliveries: old,
         purged_during_steady: old.saturating_sub(left_at_steady_end),
-        purged: purged.deliveries,
+        purged,
         purge_seconds: took.as_secs_f64(),
-        purge_per_second: purged.deliveries as f64 / took.as_secs_f64().max(1e-9),
+        purge_per_second: purged as f64 / took.as_secs_f64().max(1e-9),
+        purging: options.is_some(),
+        wal_mib_during_steady: (wal_at_end - wal_at_start) / (1024.0 * 1024.0),
+        checkpoints_during_steady: checkpoints_at_end - checkpoints_at_start,
     })
 }
 

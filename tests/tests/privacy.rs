@@ -603,6 +603,96 @@ async fn retention_deletes_exactly_the_rows_past_the_limit() {
     );
 }
 
+/// The deliveries' purge walks them by id, a window of `batch` at a time: a window of old
+/// deliveries it must keep (still being sent) does not end the walk, the rows that refer to a
+/// purged delivery without belonging to it (a suppression, an inbound email) keep their row and
+/// lose the reference, and what was kept goes in a later run once it is settled.
+#[tokio::test]
+async fn the_purge_walks_past_deliveries_it_must_keep_and_lets_go_of_references() {
+    let w = World::start().await;
+    let pool = w.pool().clone();
+    let p = w.person("student", "Walker", None).await;
+    // By id: five old deliveries still pending, five old settled ones, five young ones.
+    exec(
+        &pool,
+        "DO $$
+         DECLARE n bigint;
+         BEGIN
+           FOR i IN 1..15 LOOP
+             INSERT INTO notifications (user_id, type, title, content, channels, policy, dedupe_key, status, created_at)
+             VALUES ($1, 'package_low', 't', 'c', '{email}', 'all', 'walk:' || i, 'done', now() - interval '500 days')
+             RETURNING id INTO n;
+             INSERT INTO notification_deliveries (notification_id, channel, target, status, created_at, attempts)
+             VALUES (n, 'email', 'walk' || i || '@school.test', CASE WHEN i <= 5 THEN 'pending' ELSE 'failed' END,
+                     now() - interval '1 day' * (CASE WHEN i <= 10 THEN 500 ELSE 10 END), 1);
+           END LOOP;
+         END $$"
+            .replace("$1", &p.user_id.to_string())
+            .as_str(),
+        &[],
+    )
+    .await;
+    let delivery = |i: i64| format!("(SELECT id FROM notification_deliveries WHERE target = 'walk{i}@school.test')");
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO suppressions (channel, target, reason, delivery_id) VALUES ('email', 'walk6@school.test', 'bounced', {})",
+            delivery(6)
+        ),
+        &[],
+    )
+    .await;
+    exec(
+        &pool,
+        &format!(
+            "INSERT INTO inbound_emails (verdict, size_bytes, sha256, head, delivery_id) VALUES ('other', 1, sha256('walk7'::bytea), 'h', {})",
+            delivery(7)
+        ),
+        &[],
+    )
+    .await;
+
+    let ctx = dashlight_worker::periodic::Context::new(&w.config, pool.clone(), Clock::system());
+    let o = dashlight_core::privacy::retention::Options {
+        batch: 2,
+        budget: Duration::from_secs(60),
+        pause: Duration::ZERO,
+        rest: 0.0,
+    };
+    let (purged, _) = dashlight_worker::periodic::retention::purge(&ctx, Utc::now(), o).await.unwrap();
+    assert_eq!(purged.deliveries, 5, "{purged:?}");
+    let kept = ids(&pool, "SELECT target FROM notification_deliveries ORDER BY id").await;
+    let expected: Vec<String> = (1..=5).chain(11..=15).map(|i| format!("walk{i}@school.test")).collect();
+    assert_eq!(kept, expected);
+    assert_eq!(
+        ids(
+            &pool,
+            "SELECT coalesce(delivery_id::text, 'none') FROM suppressions WHERE target = 'walk6@school.test'"
+        )
+        .await,
+        vec!["none".to_owned()],
+        "the suppression stays, without its delivery"
+    );
+    assert_eq!(
+        ids(&pool, "SELECT coalesce(delivery_id::text, 'none') FROM inbound_emails").await,
+        vec!["none".to_owned()],
+        "the young inbound email stays, without its delivery"
+    );
+
+    // Once settled, the old ones go in the next run; the young ones stay.
+    exec(
+        &pool,
+        "UPDATE notification_deliveries SET status = 'failed' WHERE status = 'pending'",
+        &[],
+    )
+    .await;
+    let (purged, _) = dashlight_worker::periodic::retention::purge(&ctx, Utc::now(), o).await.unwrap();
+    assert_eq!(purged.deliveries, 5, "{purged:?}");
+    let kept = ids(&pool, "SELECT target FROM notification_deliveries ORDER BY id").await;
+    let expected: Vec<String> = (11..=15).map(|i| format!("walk{i}@school.test")).collect();
+    assert_eq!(kept, expected);
+}
+
 #[tokio::test]
 async fn a_purge_and_a_burst_at_once_lose_nothing() {
     let w = World::start().await;

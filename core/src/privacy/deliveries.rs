@@ -69,21 +69,51 @@ pub async fn erase_person(conn: &mut PgConnection, e: &Erasing, ids: &[i64]) -> 
     Ok(n)
 }
 
-/// Retention: deletes at most `batch` deliveries created before `cutoff` that are settled (no
-/// send under way or to come), with their attempts and receipts (`ON DELETE CASCADE`). Returns
-/// how many deliveries were deleted; less than `batch` means none is left.
-pub async fn purge_batch(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query!(
-        "DELETE FROM notification_deliveries WHERE id IN (
-             SELECT id FROM notification_deliveries
-             WHERE created_at < $1 AND status NOT IN ('pending', 'sending', 'retrying')
-             LIMIT $2 FOR UPDATE SKIP LOCKED)",
+/// One statement of the deliveries' purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeStep {
+    /// Deliveries deleted.
+    pub deleted: u64,
+    /// The id to carry on after, or `None` when no delivery past the cutoff is left beyond it.
+    pub next: Option<i64>,
+}
+
+/// Retention: looks at the next `batch` deliveries by id after `after` and deletes those created
+/// before `cutoff` that are settled (no send under way or to come), with their attempts and
+/// receipts (`ON DELETE CASCADE`). A delivery's id rises with its creation, so a purge walks the
+/// old ones from the oldest and each statement reads only its own `batch` rows: one that searched
+/// by `created_at` would read again, each time, every row the statements before it deleted (they
+/// stay in the table until vacuumed). The walk ends at the first window with nothing old in it;
+/// a delivery skipped (unsettled, or locked by a send) is looked at again by the next run.
+///
+/// The ids go from one step to the next as arrays (`= ANY (ARRAY(…))`), so that every plan of
+/// the statement, the prepared statement's generic plan too, reaches the rows through the primary
+/// key: written as `id IN (SELECT …)`, the generic plan joined the window to a scan of the whole
+/// table (190 ms a statement at a million rows instead of 7).
+pub async fn purge_batch(conn: &mut PgConnection, cutoff: DateTime<Utc>, batch: i64, after: i64) -> Result<PurgeStep, sqlx::Error> {
+    let r = sqlx::query!(
+        r#"WITH w AS (
+               SELECT id, created_at FROM notification_deliveries WHERE id > $3 ORDER BY id LIMIT $2),
+           gone AS (
+               DELETE FROM notification_deliveries WHERE id = ANY (ARRAY(
+                   SELECT d.id FROM notification_deliveries d
+                   WHERE d.id = ANY (ARRAY(SELECT id FROM w)) AND d.created_at < $1
+                     AND d.status NOT IN ('pending', 'sending', 'retrying')
+                   FOR UPDATE SKIP LOCKED))
+               RETURNING 1)
+           SELECT (SELECT count(*) FROM gone) AS "deleted!",
+                  (SELECT max(id) FROM w) AS last,
+                  EXISTS (SELECT 1 FROM w WHERE created_at < $1) AS "old!""#,
         cutoff,
         batch,
+        after,
     )
-    .execute(&mut *conn)
-    .await?
-    .rows_affected())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(PurgeStep {
+        deleted: r.deleted as u64,
+        next: r.last.filter(|_| r.old),
+    })
 }
 
 /// Retention: deletes at most `batch` attempts started before `cutoff` (those whose delivery is

@@ -3,7 +3,9 @@
 //! statement only, followed by a rest at least four times as long as the statement took). So a purge never
 //! holds locks or a connection that sends need, takes at most a fifth of one connection's time,
 //! and never touches a row a send is still writing (unsettled deliveries are skipped, rows
-//! locked by someone else are skipped with `SKIP LOCKED`). A run stops after [`RUN_BUDGET`] and
+//! locked by someone else are skipped with `SKIP LOCKED`). Deliveries are walked by id, so a
+//! statement reads only its own rows, never those earlier ones deleted
+//! ([`super::deliveries::purge_batch`]). A run stops after [`RUN_BUDGET`] and
 //! the next run carries on where it stopped: catching up with a large backlog takes several
 //! runs, not one long one.
 //!
@@ -72,12 +74,14 @@ impl Default for Options {
     }
 }
 
-/// Runs batches of `step` until one deletes fewer than `batch` rows or the deadline passes.
-/// Returns (rows deleted, whether it stopped at the deadline).
-async fn drain<F, Fut>(pool: &PgPool, o: Options, deadline: Instant, mut step: F) -> Result<(u64, bool), sqlx::Error>
+/// Runs steps from `at` until one says nothing is left (`None`) or the deadline passes; each step
+/// gets a connection of its own and where the last one stopped. Returns (rows deleted, whether it
+/// stopped at the deadline).
+async fn drain<S, F, Fut>(pool: &PgPool, o: Options, deadline: Instant, mut at: S, mut step: F) -> Result<(u64, bool), sqlx::Error>
 where
-    F: FnMut(sqlx::pool::PoolConnection<sqlx::Postgres>) -> Fut,
-    Fut: Future<Output = Result<u64, sqlx::Error>>,
+    S: Copy,
+    F: FnMut(sqlx::pool::PoolConnection<sqlx::Postgres>, S) -> Fut,
+    Fut: Future<Output = Result<(u64, Option<S>), sqlx::Error>>,
 {
     let mut total = 0;
     loop {
@@ -85,11 +89,12 @@ where
             return Ok((total, true));
         }
         let started = Instant::now();
-        let n = step(pool.acquire().await?).await?;
+        let (n, next) = step(pool.acquire().await?, at).await?;
         total += n;
-        if n < o.batch.max(1) as u64 {
+        let Some(next) = next else {
             return Ok((total, false));
-        }
+        };
+        at = next;
         let rest = o.pause.max(started.elapsed().mul_f64(o.rest.max(0.0)));
         if !rest.is_zero() {
             tokio::time::sleep(rest).await;
@@ -97,34 +102,37 @@ where
     }
 }
 
+/// A step of a table purged `batch` rows at a time until a statement deletes fewer.
+fn until_short(n: u64, batch: i64) -> (u64, Option<()>) {
+    (n, (n >= batch.max(1) as u64).then_some(()))
+}
+
 /// Purges deliveries, attempts, receipts and inbound emails from before `cutoff`.
 pub async fn purge_deliveries(pool: &PgPool, cutoff: DateTime<Utc>, o: Options) -> Result<Purged, sqlx::Error> {
     let deadline = Instant::now() + o.budget;
     let b = o.batch;
     let mut out = Purged::default();
-    let (n, cut) = drain(pool, o, deadline, |mut c| async move {
-        super::deliveries::purge_batch(&mut c, cutoff, b).await
+    let (n, cut) = drain(pool, o, deadline, 0, |mut c, after| async move {
+        let s = super::deliveries::purge_batch(&mut c, cutoff, b, after).await?;
+        Ok((s.deleted, s.next))
     })
     .await?;
     out.deliveries = n;
     out.unfinished |= cut;
-    let (n, cut) = drain(pool, o, deadline, |mut c| async move {
-        super::deliveries::purge_attempts_batch(&mut c, cutoff, b).await
+    let (n, cut) = drain(pool, o, deadline, (), |mut c, ()| async move {
+        Ok(until_short(super::deliveries::purge_attempts_batch(&mut c, cutoff, b).await?, b))
     })
     .await?;
     out.attempts = n;
     out.unfinished |= cut;
-    let (n, cut) = drain(
-        pool,
-        o,
-        deadline,
-        |mut c| async move { receipts::purge_batch(&mut c, cutoff, b).await },
-    )
+    let (n, cut) = drain(pool, o, deadline, (), |mut c, ()| async move {
+        Ok(until_short(receipts::purge_batch(&mut c, cutoff, b).await?, b))
+    })
     .await?;
     out.receipts = n;
     out.unfinished |= cut;
-    let (n, cut) = drain(pool, o, deadline, |mut c| async move {
-        inbound_email::purge_batch(&mut c, cutoff, b).await
+    let (n, cut) = drain(pool, o, deadline, (), |mut c, ()| async move {
+        Ok(until_short(inbound_email::purge_batch(&mut c, cutoff, b).await?, b))
     })
     .await?;
     out.inbound_emails = n;
@@ -137,12 +145,9 @@ pub async fn purge_deliveries(pool: &PgPool, cutoff: DateTime<Utc>, o: Options) 
 pub async fn purge_payments(pool: &PgPool, cutoff: DateTime<Utc>, o: Options) -> Result<(u64, bool), sqlx::Error> {
     let deadline = Instant::now() + o.budget;
     let b = o.batch;
-    drain(
-        pool,
-        o,
-        deadline,
-        |mut c| async move { payments::purge_batch(&mut c, cutoff, b).await },
-    )
+    drain(pool, o, deadline, (), |mut c, ()| async move {
+        Ok(until_short(payments::purge_batch(&mut c, cutoff, b).await?, b))
+    })
     .await
 }
 
