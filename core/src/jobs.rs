@@ -176,7 +176,8 @@ pub enum PeriodicTask {
     /// Delete finished jobs older than the retention.
     PruneJobs,
     /// Purge deliveries, attempts, receipts and inbound emails past `RETENTION_DELIVERIES`, and
-    /// invoices and payments past `RETENTION_INVOICES`, in small batches.
+    /// invoices and payments past `RETENTION_INVOICES`, in small batches; delete the files whose
+    /// deletion is still requested (`crate::files`).
     Retention,
 }
 

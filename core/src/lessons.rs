@@ -3,7 +3,8 @@
 //! the student's `student_progress` of every rated category and sends the student their
 //! `lesson_report` — all in the caller's transaction. A no-show is recorded as such. Owns writes
 //! to `lessons`, `lesson_progress`, `lesson_skill_progress` and `student_progress`; the booking's
-//! own status change is [`bookings::finish`]'s.
+//! own status change is [`bookings::finish`]'s. An erased student's attachment files are handed
+//! to [`crate::files`] for deletion from disk ([`erase_person`]).
 //!
 //! A category's level is the rounded mean of the student's last three ratings in it (1–5), its
 //! percentage the level × 20.
@@ -330,10 +331,31 @@ pub async fn no_show(conn: &mut PgConnection, booking_id: i64, now: DateTime<Utc
     Ok(booking)
 }
 
+/// What [`erase_person`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Erased {
+    /// Rows changed.
+    pub rows: u64,
+    /// Attachment files whose deletion from disk was requested ([`crate::files`]).
+    pub attachment_files: u64,
+}
+
 /// Erasure: a student's lessons keep their dates and skill ratings; the instructor's notes about
-/// them (the lesson's, each skill's, in the progress data) and attachments go. An instructor's
-/// name is taken out of the notes of the lessons they taught. Returns the rows changed.
-pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<u64, sqlx::Error> {
+/// them (the lesson's, each skill's, in the progress data) and attachments go: every attachment's
+/// path is first recorded for deletion from disk ([`crate::files::request_deletion`], in the same
+/// transaction), then the lessons' lists are emptied. An instructor's name is taken out of the
+/// notes of the lessons they taught.
+pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) -> Result<Erased, sqlx::Error> {
+    // The lessons are locked while their paths are read, so none is added before they are emptied.
+    let paths = sqlx::query_scalar!(
+        r#"SELECT coalesce(array_agg(DISTINCT a) FILTER (WHERE a <> ''), '{}') AS "paths!"
+           FROM (SELECT attachments FROM lessons WHERE student_id = $1 AND cardinality(attachments) > 0 FOR UPDATE) AS l,
+                unnest(l.attachments) AS a"#,
+        e.student_id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let attachment_files = crate::files::request_deletion(conn, &paths).await?;
     let mut n = sqlx::query!(
         r#"UPDATE lessons
            SET lesson_notes = NULL, attachments = '{}',
@@ -373,5 +395,5 @@ pub async fn erase_person(conn: &mut PgConnection, e: &crate::privacy::Erasing) 
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    Ok(n)
+    Ok(Erased { rows: n, attachment_files })
 }

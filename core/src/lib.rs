@@ -27,6 +27,8 @@
 //! - [`gaps`]: the waitlist, freed slots offered to waiting students, accepting an offer.
 //! - [`series`]: weekly recurring bookings and their expansion over the horizon (DST-correct).
 //! - [`lessons`]: completing a lesson (progress rows, skill levels, the report) and no-shows.
+//! - [`files`]: files to delete from disk (an erased student's lesson attachments), requested in
+//!   a transaction and deleted after it, inside `ATTACHMENTS_DIR` only.
 //! - [`payments`]: recording payments (a package payment buys the package).
 //! - [`packages`]: lesson packages, purchases, the lessons bookings consume and give back.
 //! - [`calendar`]: iCalendar invitations of lessons, the per-person feed and its secret.
@@ -56,6 +58,7 @@ pub mod db;
 pub mod demo;
 pub mod endpoints;
 pub mod error;
+pub mod files;
 pub mod gaps;
 pub mod inbound_email;
 pub mod jobs;

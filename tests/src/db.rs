@@ -158,6 +158,7 @@ impl TestDb {
         let dir = std::env::temp_dir().join(format!("dashlight-test-{}", self.name));
         c.outbox_dir = dir.join("outbox");
         c.invoice_dir = dir.join("invoices");
+        c.attachments_dir = dir.join("attachments");
         c
     }
 }

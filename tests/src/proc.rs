@@ -76,6 +76,7 @@ pub fn spawn_program(w: &World, program: &str, tag: &str, extra: &[(&str, &str)]
         .env("PUSH_ALLOW_PRIVATE_ENDPOINTS", "true")
         .env("OUTBOX_DIR", &c.outbox_dir)
         .env("INVOICE_DIR", &c.invoice_dir)
+        .env("ATTACHMENTS_DIR", &c.attachments_dir)
         .env("RETRY_BASE_DELAY", "200ms")
         .env("RETRY_MAX_DELAY", "2s")
         .env("POLL_INTERVAL", "100ms")

@@ -1,8 +1,12 @@
 //! A person's data over time: the export (`GET /api/users/{id}/export`), the erasure
-//! (`POST /api/users/{id}/erase`) and the retention purge, end to end with a real worker, real
-//! loopback SMTP / SMS / push peers and the admin API over HTTP.
+//! (`POST /api/users/{id}/erase`) with the deletion of their lesson attachments' files, and the
+//! retention purge, end to end with a real worker, real loopback SMTP / SMS / push peers, real
+//! files in the test's own directory and the admin API over HTTP.
 
-use std::time::Duration;
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use chrono::Utc;
 use dashlight_core::{Clock, kinds::Channel, signing, suppressions};
@@ -82,6 +86,14 @@ async fn find_anywhere(pool: &sqlx::PgPool, needles: &[String]) -> Vec<String> {
     hits
 }
 
+/// A file under `dir` (its folders made), holding its own name; returns its path.
+fn file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, name).unwrap();
+    path
+}
+
 fn pdf_text(path: &str) -> String {
     let bytes = std::fs::read(path).unwrap();
     let doc = lopdf::Document::load_mem(&bytes).expect("lopdf parses the invoice");
@@ -134,12 +146,15 @@ async fn erasure_leaves_only_keyed_hashes_keeps_invoices_and_stays_suppressed() 
     exec(
         &pool,
         &format!(
-            "INSERT INTO lessons (booking_id, instructor_id, student_id, lesson_notes, progress_data)
-             VALUES ($1, $2, $3, '{FIRST} {LAST} was nervous at roundabouts', '{{\"skills\": [{{\"name\": \"Roundabouts\", \"rating\": 2, \"notes\": \"{FIRST} hesitated\"}}]}}')"
+            "INSERT INTO lessons (booking_id, instructor_id, student_id, lesson_notes, progress_data, attachments)
+             VALUES ($1, $2, $3, '{FIRST} {LAST} was nervous at roundabouts', '{{\"skills\": [{{\"name\": \"Roundabouts\", \"rating\": 2, \"notes\": \"{FIRST} hesitated\"}}]}}',
+                     ARRAY['lessons/{FIRST}-{LAST}/roundabouts.jpg'])"
         ),
         &[booking.id, instructor.profile_id, zeb.profile_id],
     )
     .await;
+    // Its attachment, a file whose path names them.
+    let attachment = file(&w.config.attachments_dir, &format!("lessons/{FIRST}-{LAST}/roundabouts.jpg"));
     exec(
         &pool,
         &format!("INSERT INTO sms_replies (from_number, user_id, booking_id, body, keyword) VALUES ('{PHONE}', $1, $2, 'yes from {FIRST}', 'other')"),
@@ -219,6 +234,9 @@ async fn erasure_leaves_only_keyed_hashes_keeps_invoices_and_stays_suppressed() 
     assert!(pseudonym.starts_with("Erased "), "{pseudonym}");
     assert_eq!(r["erased_by"], "office");
     assert_eq!(r["reason"], json!(format!("{pseudonym} asked by email")));
+    // The attachment's file went before the answer; its request (and the path naming them) too.
+    assert_eq!(r["summary"]["lesson_attachment_files"], 1, "{r}");
+    assert!(!attachment.exists(), "the attachment's file is deleted");
 
     // Nothing but keyed hashes anywhere, in any table, apalis's included.
     let hits = find_anywhere(&pool, &needles).await;
@@ -446,6 +464,135 @@ async fn export_holds_a_known_set_of_rows_and_no_device_keys() {
     assert_eq!(doc["bookings"].as_array().unwrap().len(), 2);
     assert_eq!(doc["student"].as_array().unwrap().len(), 0);
     api.stop().await;
+}
+
+/// The lesson attachments of one lesson, set as a tool or an import would.
+async fn attach(pool: &sqlx::PgPool, booking_id: i64, student: i64, instructor: i64, paths: &[&str]) {
+    sqlx::query("INSERT INTO lessons (booking_id, instructor_id, student_id, attachments) VALUES ($1, $2, $3, $4)")
+        .bind(booking_id)
+        .bind(instructor)
+        .bind(student)
+        .bind(paths)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn erasure_deletes_the_lesson_attachment_files_inside_the_directory_only() {
+    let w = World::start().await;
+    let pool = w.pool().clone();
+    let dir = w.config.attachments_dir.clone();
+    // The test's own folder, which holds ATTACHMENTS_DIR: what lies there is outside it.
+    let beside = dir.parent().unwrap().to_owned();
+    let api = spawn_api(&w.config, pool.clone(), Clock::system()).await;
+    let instructor = w.person("instructor", "Ivanka", None).await;
+    let zeb = student(&api, &instructor).await;
+    let otto = w.person("student", "Otto", None).await;
+    let now = Utc::now();
+
+    let route = file(&dir, "route.pdf");
+    let sketch = file(&dir, "lessons/2026/sketch.jpg");
+    let absolute_inside = file(&dir, "absolute.txt");
+    let ottos = file(&dir, "otto.jpg");
+    let outside = file(&beside, "outside.txt");
+    let outside_absolute = file(&beside, "elsewhere/absolute.txt");
+    let outside_linked = file(&beside, "elsewhere/linked.txt");
+    // A folder inside that is a link to one outside.
+    std::os::unix::fs::symlink(beside.join("elsewhere"), dir.join("away")).unwrap();
+    let hostile = ["../outside.txt", outside_absolute.to_str().unwrap(), "away/linked.txt"];
+    let mut first = vec![
+        "route.pdf",
+        "lessons/2026/sketch.jpg",
+        absolute_inside.to_str().unwrap(),
+        "never-there.jpg",
+    ];
+    first.extend(hostile);
+    let b1 = w.book(&zeb, &instructor, lesson_start(5), now).await;
+    attach(&pool, b1.id, zeb.profile_id, instructor.profile_id, &first).await;
+    // A second lesson of theirs naming a file again; another student's lesson.
+    let b2 = w.book(&zeb, &instructor, lesson_start(6), now).await;
+    attach(&pool, b2.id, zeb.profile_id, instructor.profile_id, &["route.pdf", ""]).await;
+    let b3 = w.book(&otto, &instructor, lesson_start(7), now).await;
+    attach(&pool, b3.id, otto.profile_id, instructor.profile_id, &["otto.jpg"]).await;
+
+    let r = api
+        .post(&format!("/api/users/{}/erase", zeb.user_id), json!({"reason": "asked"}))
+        .await
+        .expect(200);
+    // Each path once, the empty one left out.
+    assert_eq!(r["summary"]["lesson_attachment_files"], 7, "{r}");
+
+    // When the answer comes, their files inside the directory are gone, the rest untouched.
+    for gone in [&route, &sketch, &absolute_inside] {
+        assert!(!gone.exists(), "{} deleted", gone.display());
+    }
+    for kept in [&ottos, &outside, &outside_absolute, &outside_linked] {
+        assert!(kept.exists(), "{} kept", kept.display());
+    }
+    assert!(dir.join("away").is_symlink(), "the link is not followed, nor removed");
+    // Every request is done: carried out, already gone, or refused and dropped.
+    assert_eq!(scalar_i64(&pool, "SELECT count(*) FROM file_deletions").await, 0);
+    let lists: Vec<(i64, Vec<String>)> = sqlx::query_as("SELECT student_id, attachments FROM lessons ORDER BY booking_id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        lists,
+        vec![
+            (zeb.profile_id, vec![]),
+            (zeb.profile_id, vec![]),
+            (otto.profile_id, vec!["otto.jpg".to_owned()])
+        ]
+    );
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn a_file_deletion_left_behind_is_carried_out_by_the_retention_task() {
+    let w = World::start().await;
+    let pool = w.pool().clone();
+    let dir = w.config.attachments_dir.clone();
+    let left = file(&dir, "lessons/left-behind.jpg");
+    file(&dir, "a-folder/inside.txt");
+    // As if the admin API had stopped right after an erasure's commit; and a request whose path
+    // is a folder, which cannot be removed as a file.
+    exec(
+        &pool,
+        "INSERT INTO file_deletions (path) VALUES ('lessons/left-behind.jpg'), ('a-folder')",
+        &[],
+    )
+    .await;
+
+    // A process without the directory does nothing and keeps the requests for one that has it.
+    let err = dashlight_core::files::delete_requested(&pool, &dir.join("not-here"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, dashlight_core::files::DeleteError::Dir { .. }), "{err}");
+    assert_eq!(scalar_i64(&pool, "SELECT count(*) FROM file_deletions").await, 2);
+
+    let ctx = dashlight_worker::periodic::Context::new(&w.config, pool.clone(), Clock::system());
+    let line = dashlight_worker::periodic::retention::run(&ctx, Utc::now()).await.unwrap();
+    assert!(
+        line.ends_with("; 1 attachment files deleted, 1 failed (tried again next run)"),
+        "{line}"
+    );
+    assert!(!left.exists());
+    // The failed request stays, with its attempt and the OS's reason.
+    let (path, attempts, error): (String, i32, Option<String>) = sqlx::query_as("SELECT path, attempts, last_error FROM file_deletions")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!((path.as_str(), attempts), ("a-folder", 1));
+    assert!(error.as_deref().is_some_and(|e| e.contains("directory")), "{error:?}");
+
+    // Once nothing stands in the way, the next run finishes it.
+    std::fs::remove_dir_all(dir.join("a-folder")).unwrap();
+    let line = dashlight_worker::periodic::retention::run(&ctx, Utc::now()).await.unwrap();
+    assert!(line.ends_with("; 1 attachment files deleted (1 already gone)"), "{line}");
+    assert_eq!(scalar_i64(&pool, "SELECT count(*) FROM file_deletions").await, 0);
+    let line = dashlight_worker::periodic::retention::run(&ctx, Utc::now()).await.unwrap();
+    assert!(line.ends_with("; 0 attachment files deleted"), "{line}");
 }
 
 /// Old and young rows of every kind the purge looks at; returns the ids that must stay, per

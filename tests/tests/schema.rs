@@ -95,6 +95,7 @@ async fn migrations_apply_to_an_empty_database_and_twice_in_a_row() {
         "lesson_skill_progress",
         "lesson_packages",
         "booking_series",
+        "file_deletions",
     ] {
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(t)
@@ -260,6 +261,9 @@ async fn the_schema_refuses_what_the_rules_forbid() {
         .execute(pool)
         .await;
     assert_eq!(err_code(prefs).await.0, "23505");
+    // A file deletion names a file.
+    let nothing = sqlx::query("INSERT INTO file_deletions (path) VALUES ('')").execute(pool).await;
+    assert_eq!(err_code(nothing).await, ("23514".into(), "file_deletions_path_check".into()));
 }
 
 #[tokio::test]

@@ -71,6 +71,7 @@ fn command_in(program: &str, dir: &Path) -> std::process::Command {
         .env_remove("TEMPLATES_DIR")
         .env_remove("OUTBOX_DIR")
         .env_remove("INVOICE_DIR")
+        .env_remove("ATTACHMENTS_DIR")
         .env_remove("PUBLIC_BASE_URL")
         .env_remove("LOG_FORMAT")
         .env_remove("NO_COLOR")

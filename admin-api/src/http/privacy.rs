@@ -1,6 +1,10 @@
 //! A person's data: `GET /api/users/{id}/export` (everything held about them, one JSON document
-//! streamed as it is read) and `POST /api/users/{id}/erase` (erasure in one transaction). The
-//! reading and the erasing are `dashlight_core::privacy`'s; this module only serves them.
+//! streamed as it is read) and `POST /api/users/{id}/erase` (erasure in one transaction, then
+//! the deletion of the files it asked to delete). The reading and the erasing are
+//! `dashlight_core::privacy`'s, the files' deletion `dashlight_core::files`'s; this module only
+//! serves them.
+
+use std::time::Duration;
 
 use axum::{
     Json,
@@ -10,7 +14,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use chrono::{DateTime, Utc};
-use dashlight_core::privacy::{self, export};
+use dashlight_core::{
+    files,
+    privacy::{self, export},
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -28,6 +35,10 @@ pub(crate) fn routes() -> OpenApiRouter<AppState> {
 /// Pieces of the document buffered between the database and the client: the export holds at
 /// most this many rows in memory, whatever the person's history.
 const EXPORT_BUFFER: usize = 32;
+
+/// How long an erasure waits for the deletion of files after its commit; what is left then is
+/// the worker's retention task's.
+const FILES_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything held about a person as one JSON document: `format`, `user_id`, `exported_at`, then
 /// one array per section: `profile`, `student`, `instructor`, `preferences`, `email_opt_outs`,
@@ -102,7 +113,8 @@ pub struct ErasureOut {
     pub erased_by: String,
     /// When.
     pub erased_at: DateTime<Utc>,
-    /// Rows changed per table.
+    /// Rows changed per table, and `lesson_attachment_files`: the lesson attachments' files
+    /// whose deletion from disk was requested.
     #[schema(value_type = Object)]
     pub summary: serde_json::Value,
 }
@@ -121,8 +133,9 @@ fn printable(field: &str, value: Option<&str>, max: usize, default: &str) -> Res
 /// table that holds it; invoices and payments are kept with the pseudonym (their PDFs drawn
 /// again by the invoice task); devices, own-page link, calendar feed and offer links stop
 /// working; pending notifications are cancelled; their addresses and numbers stay suppressed as
-/// keyed hashes only; the erasure is recorded. A second erase changes nothing and answers 200
-/// with `status: already_erased`.
+/// keyed hashes only; the erasure is recorded. Then, after the commit, their lesson attachments'
+/// files are deleted from `ATTACHMENTS_DIR` (best effort: what fails here is left to the worker's
+/// retention task). A second erase changes nothing and answers 200 with `status: already_erased`.
 #[utoipa::path(post, path = "/api/users/{id}/erase", tag = "people", request_body = EraseRequest,
     params(("id" = i64, Path, description = "users.id")),
     responses(
@@ -146,6 +159,9 @@ pub async fn erase_user(
     let mut tx = state.pool.begin().await?;
     let outcome = privacy::erase(&mut tx, &key, id, &reason, &by, state.clock.now()).await?;
     tx.commit().await?;
+    if outcome.erased_now {
+        delete_files(&state).await;
+    }
     let e = outcome.erasure;
     Ok((
         StatusCode::OK,
@@ -160,4 +176,23 @@ pub async fn erase_user(
             summary: e.summary,
         }),
     ))
+}
+
+/// Carries out the file deletions waiting (the erasure's, and any left before), best effort: a
+/// failure is logged, not the caller's error; its requests stay for the worker's retention task.
+async fn delete_files(state: &AppState) {
+    let dir = &state.config.attachments_dir;
+    match tokio::time::timeout(FILES_WAIT, files::delete_requested(&state.pool, dir)).await {
+        Ok(Ok(d)) if d.failed > 0 => {
+            tracing::warn!(
+                ?d,
+                "some files of the erasure could not be deleted; the worker's retention task tries again"
+            )
+        }
+        Ok(Ok(d)) => tracing::info!(?d, "files of the erasure deleted"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "files of the erasure not deleted now; the worker's retention task will")
+        }
+        Err(_) => tracing::warn!("deleting files took longer than {FILES_WAIT:?}; the rest are left to the worker's retention task"),
+    }
 }

@@ -277,6 +277,7 @@ impl Config {
             admin_api_token,
             outbox_dir: var("OUTBOX_DIR").unwrap_or_else(|| "./outbox".into()).into(),
             invoice_dir: var("INVOICE_DIR").unwrap_or_else(|| "./invoices".into()).into(),
+            attachments_dir: var("ATTACHMENTS_DIR").unwrap_or_else(|| "./attachments".into()).into(),
             retention_deliveries: retention_deliveries()?,
             retention_invoices: retention_invoices()?,
             templates_dir: var("TEMPLATES_DIR").map(PathBuf::from),

@@ -84,6 +84,9 @@ pub struct Config {
     pub outbox_dir: PathBuf,
     /// `INVOICE_DIR`.
     pub invoice_dir: PathBuf,
+    /// `ATTACHMENTS_DIR`: the directory lesson attachments' paths (`lessons.attachments`) are
+    /// relative to; files are deleted from it on erasure ([`crate::files`]), never outside it.
+    pub attachments_dir: PathBuf,
     /// `RETENTION_DELIVERIES` (default `400d`, at least [`MIN_RETENTION_DELIVERIES`]):
     /// deliveries, attempts, receipts and inbound emails older than this are purged.
     pub retention_deliveries: Duration,
@@ -160,6 +163,7 @@ impl std::fmt::Debug for Config {
             .field("admin_api_token", &self.admin_api_token.as_ref().map(|_| "<redacted>"))
             .field("outbox_dir", &self.outbox_dir)
             .field("invoice_dir", &self.invoice_dir)
+            .field("attachments_dir", &self.attachments_dir)
             .field("retention_deliveries", &self.retention_deliveries)
             .field("retention_invoices", &self.retention_invoices)
             .field("templates_dir", &self.templates_dir)
@@ -210,6 +214,7 @@ impl Config {
             admin_api_token: Some(TEST_ADMIN_TOKEN.into()),
             outbox_dir: std::env::temp_dir().join("dashlight-outbox"),
             invoice_dir: std::env::temp_dir().join("dashlight-invoices"),
+            attachments_dir: std::env::temp_dir().join("dashlight-attachments"),
             retention_deliveries: DEFAULT_RETENTION_DELIVERIES,
             retention_invoices: Some(DEFAULT_RETENTION_INVOICES),
             templates_dir: None,

@@ -98,9 +98,11 @@ pub async fn erasure_of(conn: &mut PgConnection, user_id: i64) -> Result<Option<
 /// Erases a person: their personal data is erased or pseudonymised in every table that holds it,
 /// their invoices and payments are kept with the pseudonym, their devices and link secrets are
 /// gone, their pending notifications cancelled, their addresses and numbers kept only as keyed
-/// hashes in the suppression list, and the erasure recorded. Run it in one transaction (the
-/// caller commits). A second erase of the same person changes nothing and returns the first
-/// record with `erased_now = false`.
+/// hashes in the suppression list, their lesson attachments' files requested for deletion from
+/// disk, and the erasure recorded. Run it in one transaction (the caller commits, then calls
+/// [`crate::files::delete_requested`]: files are not deleted before the erasure is). A second
+/// erase of the same person changes nothing and returns the first record with
+/// `erased_now = false`.
 pub async fn erase(
     conn: &mut PgConnection,
     key: &signing::Key,
@@ -143,7 +145,9 @@ pub async fn erase(
     note("bookings", bookings::erase_person(conn, &e).await?);
     note("booking_series", series::erase_person(conn, &e).await?);
     note("gaps", gaps::erase_person(conn, &e).await?);
-    note("lessons", lessons::erase_person(conn, &e).await?);
+    let lessons = lessons::erase_person(conn, &e).await?;
+    note("lessons", lessons.rows);
+    note("lesson_attachment_files", lessons.attachment_files);
     note("messages", messages::erase_person(conn, &e).await?);
     note("analytics_events", analytics::erase_person(conn, &e).await?);
     note("invoices_redrawn", payments::erase_person(conn, &e).await?);

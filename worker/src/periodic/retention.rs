@@ -1,21 +1,28 @@
 //! The retention task: deliveries, attempts, receipts and inbound emails older than
 //! `RETENTION_DELIVERIES`, and invoices (with their PDFs) and payments older than
 //! `RETENTION_INVOICES`, deleted in small batches ([`dashlight_core::privacy::retention`]). A
-//! run stops after its budget and the next one carries on.
+//! run stops after its budget and the next one carries on. Each run first deletes the files
+//! whose deletion is still requested ([`dashlight_core::files`]: an erased student's lesson
+//! attachments the admin API could not delete right after the erasure).
 
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use dashlight_core::privacy::retention::{self, Options, Purged};
+use dashlight_core::{
+    files::{self, DeleteError},
+    privacy::retention::{self, Options, Purged},
+};
 
 use super::{Context, PeriodicError, invoices};
 
-/// Runs the purge with the default options; returns the summary line.
+/// Deletes the requested files, then runs the purge with the default options; returns the
+/// summary line.
 pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicError> {
+    let files = delete_files(ctx).await?;
     let p = purge(ctx, now, Options::default()).await?;
     tracing::info!(?p, "retention purge");
     Ok(format!(
-        "purged {} deliveries, {} attempts, {} receipts, {} inbound emails, {} invoices and payments{}",
+        "purged {} deliveries, {} attempts, {} receipts, {} inbound emails, {} invoices and payments{}; {files}",
         p.0.deliveries,
         p.0.attempts,
         p.0.receipts,
@@ -23,6 +30,31 @@ pub async fn run(ctx: &Context, now: DateTime<Utc>) -> Result<String, PeriodicEr
         p.1 + p.0.payments,
         if p.0.unfinished { " (more left for the next run)" } else { "" }
     ))
+}
+
+/// Carries out the file deletions waiting in `ATTACHMENTS_DIR`; returns what happened, for the
+/// summary line. A directory this worker cannot use is logged and said there, not an error: the
+/// purge still runs and the requests wait.
+pub async fn delete_files(ctx: &Context) -> Result<String, PeriodicError> {
+    let d = match files::delete_requested(&ctx.pool, &ctx.config.attachments_dir).await {
+        Ok(d) => d,
+        Err(DeleteError::Db(e)) => return Err(e.into()),
+        Err(e @ DeleteError::Dir { .. }) => {
+            tracing::warn!(error = %e, "requested files not deleted: ATTACHMENTS_DIR cannot be used here");
+            return Ok(format!("attachment files not deleted ({e})"));
+        }
+    };
+    let mut line = format!("{} attachment files deleted", d.removed + d.already_gone);
+    if d.already_gone > 0 {
+        line += &format!(" ({} already gone)", d.already_gone);
+    }
+    if d.refused > 0 {
+        line += &format!(", {} refused (outside ATTACHMENTS_DIR)", d.refused);
+    }
+    if d.failed > 0 {
+        line += &format!(", {} failed (tried again next run)", d.failed);
+    }
+    Ok(line)
 }
 
 /// The purge with `o`: returns what went and how many invoices.
