@@ -441,6 +441,70 @@ async fn two_worker_processes_share_the_sms_rate_limit_and_lose_nothing() {
     assert_eq!(texts.len(), 40, "each recipient exactly once");
 }
 
+/// The worker program serves its own metrics at `WORKER_METRICS_ADDR` (a school running
+/// workers as separate processes graphs them from there): a sent reminder shows in its send
+/// lateness, a retention run in the purge's figures. A second worker given the same address, already taken, stops at start-up naming
+/// the variable rather than running without metrics.
+#[tokio::test]
+async fn a_worker_process_serves_its_metrics_and_refuses_an_address_it_cannot_bind() {
+    let w = World::start().await;
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let _worker = spawn_worker(&w, "metrics", &[("WORKER_METRICS_ADDR", addr.as_str())]);
+    workers_registered(&w, 1).await;
+    let p = w.person("student", "Metric", Some("+447700900611")).await;
+    let mut conn = w.pool().acquire().await.unwrap();
+    reminder(&mut conn, &p, "metrics-1", Utc::now()).await;
+    drop(conn);
+    w.sms.wait_for(1, LONG).await.unwrap();
+    let url = format!("http://{addr}/metrics");
+    let text = try_wait_until("the send's lateness in the worker's /metrics", LONG, || {
+        let url = url.clone();
+        async move {
+            let text = reqwest::get(&url).await?.text().await?;
+            Ok::<_, anyhow::Error>(text.contains("dashlight_send_lateness_seconds").then_some(text))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("priority="), "labelled by priority: {text}");
+    // A retention run, fired as the scheduler fires it, shows in the same place.
+    let mut conn = w.pool().acquire().await.unwrap();
+    let tick = PeriodicJob {
+        task: PeriodicTask::Retention,
+        tick: Utc::now(),
+    };
+    jobs::enqueue(&mut conn, &[NewJob::new(QUEUE_PERIODIC, &tick)]).await.unwrap();
+    drop(conn);
+    let text = try_wait_until("the retention run in the worker's /metrics", LONG, || {
+        let url = url.clone();
+        async move {
+            let text = reqwest::get(&url).await?.text().await?;
+            Ok::<_, anyhow::Error>(text.contains("dashlight_retention_unfinished").then_some(text))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(text.contains("dashlight_retention_unfinished 0"), "{text}");
+    assert!(
+        text.contains("dashlight_retention_purged_rows_total{table=\"notification_deliveries\"} 0"),
+        "{text}"
+    );
+
+    let mut second = spawn_worker(&w, "metrics-taken", &[("WORKER_METRICS_ADDR", addr.as_str())]);
+    let status = try_wait_until("the second worker stops", LONG, || {
+        let status = second.child.try_wait();
+        async move { Ok::<_, anyhow::Error>(status?) }
+    })
+    .await
+    .unwrap();
+    assert!(!status.success(), "a worker that cannot serve its metrics does not start");
+    let out = second.output();
+    assert!(out.contains("WORKER_METRICS_ADDR"), "the error names the variable: {out}");
+}
+
 #[tokio::test]
 async fn a_provider_429_holds_sms_in_every_worker_until_its_retry_after() {
     let w = World::start().await;

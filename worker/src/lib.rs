@@ -10,7 +10,8 @@
 //! - [`render`]: templates, loaded and checked at start-up.
 //! - [`periodic`]: the periodic jobs the scheduler fires (reminder sweep, invoices, ...).
 //!
-//! The queue tables belong to `dashlight_core::queue`. [`run`] starts the notification drain
+//! The queue tables belong to `dashlight_core::queue`. [`serve_metrics`] gives the worker
+//! program its own Prometheus `/metrics` (`WORKER_METRICS_ADDR`). [`run`] starts the notification drain
 //! and a stock apalis worker for the periodic queue (on `dashlight_core::queue::PausableStorage`,
 //! apalis-postgres's statements with a fetch that honours a pause), and stops cleanly when `shutdown` resolves:
 //! in-flight sends finish, nothing new is fetched.
@@ -49,6 +50,20 @@ pub fn worker_name(role: &str) -> String {
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .unwrap_or_else(|| "host".into());
     format!("{}-{role}-{}-{:04x}", host.trim(), std::process::id(), rand::random::<u16>())
+}
+
+/// Serves this process's metrics (every `dashlight_*` metric the worker records: send lateness,
+/// job waits, provider holds, the retention purge, ...) in Prometheus's text format at
+/// `http://{addr}/metrics`, with `metrics-exporter-prometheus`'s own listener. Call it once, from
+/// within the runtime, before [`run`]; an address that cannot be bound is an error at start-up.
+/// (`dashlight up` does not call it: there the admin API's `/metrics` serves the whole process.)
+pub fn serve_metrics(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("WORKER_METRICS_ADDR {addr}: cannot serve /metrics"))?;
+    tracing::info!(%addr, "metrics served at http://{addr}/metrics");
+    Ok(())
 }
 
 /// Builds the pipeline from configuration: templates are loaded (a broken one fails here with its

@@ -12,6 +12,9 @@ struct Args {}
 fn main() -> std::process::ExitCode {
     let _ = Args::parse();
     dashlight_core::cli::run_program("dashlight-worker", |config, pool, clock, shutdown| async move {
+        if let Some(addr) = config.worker_metrics_addr {
+            dashlight_worker::serve_metrics(addr)?;
+        }
         dashlight_worker::run(&config, pool, clock, shutdown).await
     })
 }

@@ -168,6 +168,16 @@ impl Config {
             )
         })?;
 
+        let worker_metrics_addr = match var("WORKER_METRICS_ADDR") {
+            None => None,
+            Some(v) => Some(v.parse::<std::net::SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "WORKER_METRICS_ADDR",
+                    format!("expected host:port such as 127.0.0.1:9464, got {v:?}"),
+                )
+            })?),
+        };
+
         let reminder_offsets = match var("REMINDER_OFFSETS") {
             None => vec![Duration::from_secs(86_400), Duration::from_secs(7_200)],
             Some(v) => {
@@ -274,6 +284,7 @@ impl Config {
             sms,
             push,
             admin_api_addr,
+            worker_metrics_addr,
             admin_api_token,
             outbox_dir: var("OUTBOX_DIR").unwrap_or_else(|| "./outbox".into()).into(),
             invoice_dir: var("INVOICE_DIR").unwrap_or_else(|| "./invoices".into()).into(),
