@@ -58,8 +58,8 @@ pub struct Options {
     pub pause: Duration,
     /// And at least this many times as long as the last statement took: with 1.0 the purge
     /// uses at most half of one connection's time, whatever the machine's speed; the default
-    /// 4.0 a fifth (with half, 1,000-row statements, the reminders' p99 beside a purge was 3.5×
-    /// that of the reminders alone, BENCHMARKS.md).
+    /// 4.0 a fifth. At the default, the reminders' lateness beside a purge is within the spread
+    /// of the same database without it (BENCHMARKS.md, "2026-12-08").
     pub rest: f64,
 }
 
