@@ -760,22 +760,23 @@ async fn the_purge_walks_past_deliveries_it_must_keep_and_lets_go_of_references(
     let pool = w.pool().clone();
     let p = w.person("student", "Walker", None).await;
     // By id: five old deliveries still pending, five old settled ones, five young ones.
+    let user_id = p.user_id;
     exec(
         &pool,
-        "DO $$
+        &format!(
+            "DO $$
          DECLARE n bigint;
          BEGIN
            FOR i IN 1..15 LOOP
              INSERT INTO notifications (user_id, type, title, content, channels, policy, dedupe_key, status, created_at)
-             VALUES ($1, 'package_low', 't', 'c', '{email}', 'all', 'walk:' || i, 'done', now() - interval '500 days')
+             VALUES ({user_id}, 'package_low', 't', 'c', '{{email}}', 'all', 'walk:' || i, 'done', now() - interval '500 days')
              RETURNING id INTO n;
              INSERT INTO notification_deliveries (notification_id, channel, target, status, created_at, attempts)
              VALUES (n, 'email', 'walk' || i || '@school.test', CASE WHEN i <= 5 THEN 'pending' ELSE 'failed' END,
                      now() - interval '1 day' * (CASE WHEN i <= 10 THEN 500 ELSE 10 END), 1);
            END LOOP;
          END $$"
-            .replace("$1", &p.user_id.to_string())
-            .as_str(),
+        ),
         &[],
     )
     .await;

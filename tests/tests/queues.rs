@@ -441,6 +441,16 @@ async fn two_worker_processes_share_the_sms_rate_limit_and_lose_nothing() {
     assert_eq!(texts.len(), 40, "each recipient exactly once");
 }
 
+/// The text of `url` (a `/metrics`) once it shows `name`.
+async fn metrics_showing(url: &str, name: &str) -> String {
+    try_wait_until(&format!("{name} in {url}"), LONG, || async move {
+        let text = reqwest::get(url).await?.text().await?;
+        Ok::<_, anyhow::Error>(text.contains(name).then_some(text))
+    })
+    .await
+    .unwrap()
+}
+
 /// The worker program serves its own metrics at `WORKER_METRICS_ADDR` (a school running
 /// workers as separate processes graphs them from there): a sent reminder shows in its send
 /// lateness, a retention run in the purge's figures. A second worker given the same address, already taken, stops at start-up naming
@@ -460,15 +470,7 @@ async fn a_worker_process_serves_its_metrics_and_refuses_an_address_it_cannot_bi
     drop(conn);
     w.sms.wait_for(1, LONG).await.unwrap();
     let url = format!("http://{addr}/metrics");
-    let text = try_wait_until("the send's lateness in the worker's /metrics", LONG, || {
-        let url = url.clone();
-        async move {
-            let text = reqwest::get(&url).await?.text().await?;
-            Ok::<_, anyhow::Error>(text.contains("dashlight_send_lateness_seconds").then_some(text))
-        }
-    })
-    .await
-    .unwrap();
+    let text = metrics_showing(&url, "dashlight_send_lateness_seconds").await;
     assert!(text.contains("priority="), "labelled by priority: {text}");
     // A retention run, fired as the scheduler fires it, shows in the same place.
     let mut conn = w.pool().acquire().await.unwrap();
@@ -478,15 +480,7 @@ async fn a_worker_process_serves_its_metrics_and_refuses_an_address_it_cannot_bi
     };
     jobs::enqueue(&mut conn, &[NewJob::new(QUEUE_PERIODIC, &tick)]).await.unwrap();
     drop(conn);
-    let text = try_wait_until("the retention run in the worker's /metrics", LONG, || {
-        let url = url.clone();
-        async move {
-            let text = reqwest::get(&url).await?.text().await?;
-            Ok::<_, anyhow::Error>(text.contains("dashlight_retention_unfinished").then_some(text))
-        }
-    })
-    .await
-    .unwrap();
+    let text = metrics_showing(&url, "dashlight_retention_unfinished").await;
     assert!(text.contains("dashlight_retention_unfinished 0"), "{text}");
     assert!(
         text.contains("dashlight_retention_purged_rows_total{table=\"notification_deliveries\"} 0"),
